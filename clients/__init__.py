@@ -1,0 +1,5 @@
+"""Python clients for the kubeinfer runtime: gRPC (Client) and REST (RestClient)."""
+
+from kubeinfer.clients.client import Client
+
+__all__ = ["Client"]

@@ -1,0 +1,5 @@
+import sys
+
+from kubeinfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `kubeinfer` console script: one entry point, a sub-command per job.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Those modules import nothing heavy at module level, so
+``kubeinfer operator`` never loads torch and ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("kubeinfer.runtime.config", "run the inference runtime (gRPC + HTTP) for one model"),
+    "predict": ("kubeinfer.clients.cli", "send images to a runtime and print the results as JSON"),
+    "demo": ("kubeinfer.runtime.demo_models", "train the small demo detector (synthetic rectangles, offline)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kubeinfer import __version__
+
+    parser = argparse.ArgumentParser(prog="kubeinfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kubeinfer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

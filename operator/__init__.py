@@ -1,0 +1,1 @@
+"""The kubeinfer operator: a kopf operator turning InferenceService resources into runtime Deployments."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for kubeinfer.v1 (see protos/generate.py; never edit by hand)."""

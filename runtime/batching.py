@@ -1,0 +1,168 @@
+"""The dynamic batcher: one queue and one inference thread per model, shared by every request and client.
+
+Callers on the event loop ``submit`` preprocessed items and await their outputs.
+The inference thread takes the oldest item, waits at most ``max_delay`` from that
+item's arrival for more (or until ``max_batch_size``), runs the model once on the
+batch and scatters the outputs back to each caller's event loop in one callback.
+Under load, items queue while the model runs, so batches fill without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kubeinfer.runtime.errors import Code, InferenceError
+from kubeinfer.runtime.metrics import RuntimeMetrics
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Batches items across callers for ``run_batch``, which maps a list of items to a list of outputs."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[Sequence[In]], Sequence[Out]],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_size = max_queue_size
+        self._metrics = metrics
+        self._queue: deque[_Pending[In, Out]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new items, let the thread finish what is queued, and wait for it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: In) -> Out:
+        return (await self.submit_many([item]))[0]
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Queue all items at once (all or none) and await their outputs, in order."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        pending = [_Pending(item, loop.create_future(), loop, now) for item in items]
+        with self._cond:
+            if self._closed:
+                raise InferenceError(Code.UNAVAILABLE, "the runtime is shutting down")
+            if len(self._queue) + len(pending) > self.max_queue_size:
+                raise InferenceError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"inference queue is full ({len(self._queue)} images waiting, limit {self.max_queue_size}); "
+                    "retry later")
+            self._queue.extend(pending)
+            self._cond.notify()
+        self._set_depth()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except asyncio.CancelledError:
+            for p in pending:
+                p.future.cancel()  # the thread skips cancelled items that are still queued
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            batch = [p for p in batch if not p.future.cancelled()]
+            if batch:
+                self._run(batch)
+
+    def _next_batch(self) -> list[_Pending[In, Out]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + self.max_delay_s
+            while len(self._queue) < self.max_batch_size and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            take = min(self.max_batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(take)]
+        self._set_depth()
+        return batch
+
+    def _run(self, batch: list[_Pending[In, Out]]) -> None:
+        started = time.monotonic()
+        try:
+            outputs = self._run_batch([p.item for p in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
+        except Exception as exc:  # one bad batch must not stop the thread
+            log.exception("batch of %d failed in %s", len(batch), self.name)
+            error = exc if isinstance(exc, InferenceError) else InferenceError(Code.INTERNAL,
+                                                                               f"inference failed: {exc}")
+            self._deliver(batch, [error] * len(batch), failed=True)
+            return
+        elapsed = time.monotonic() - started
+        if self._metrics is not None:
+            self._metrics.observe_batch(len(batch), elapsed, [started - p.enqueued for p in batch])
+        self._deliver(batch, list(outputs), failed=False)
+
+    @staticmethod
+    def _deliver(batch: list[_Pending[In, Out]], values: list, failed: bool) -> None:
+        """One thread-safe callback per event loop resolves that loop's futures."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+        for p, value in zip(batch, values, strict=True):
+            by_loop.setdefault(p.loop, []).append((p.future, value))
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that caller's loop is closed; nobody is waiting
+                loop.call_soon_threadsafe(_resolve, pairs, failed)
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self._metrics.model).set(len(self._queue))
+
+
+def _resolve(pairs: list[tuple[asyncio.Future, object]], failed: bool) -> None:
+    for future, value in pairs:
+        if future.done():
+            continue
+        if failed:
+            future.set_exception(value)  # type: ignore[arg-type]
+        else:
+            future.set_result(value)

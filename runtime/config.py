@@ -1,0 +1,211 @@
+"""Run the inference runtime for one model: gRPC (kubeinfer.v1, health, reflection) and HTTP (REST, metrics).
+
+Every flag can also be set through the environment as KUBEINFER_<FLAG>, for example
+KUBEINFER_MAX_BATCH_SIZE=32; a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
+
+
+class ConfigError(ValueError):
+    """A start-up setting is wrong; the runtime prints the message as one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Validated runtime settings, built once at start."""
+
+    task: str
+    model: Path | None
+    model_name: str
+    device: str
+    host: str
+    grpc_port: int
+    http_port: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_size: int
+    max_message_bytes: int
+    workers: int
+    grace_period: float
+    confidence: float
+    iou: float
+    max_detections: int
+    image_size: int | None
+    max_image_pixels: int
+    labels: Path | None
+    top_k: int
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    channel_order: str | None
+    resize_mode: str | None
+    window: int
+    max_streams: int
+    stream_idle_seconds: float
+    embeddings: Path | None
+    similarity_threshold: float
+    base_data: Path | None
+    gallery_batch_size: int
+    gallery_mode: str
+    max_frames_in_flight: int
+    jpeg_quality: int
+    log_level: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeConfig:
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["model_name"] = values["model_name"] or values["task"]
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, with a message naming the flag."""
+        checks: list[tuple[bool, str]] = [
+            (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}"),
+            (self.model is not None or self.task == "video", f"--model is required for task {self.task!r}"),
+            (self.max_batch_size >= 1, "--max-batch-size must be at least 1"),
+            (self.max_batch_delay_ms >= 0, "--max-batch-delay-ms must be >= 0"),
+            (self.max_queue_size >= self.max_batch_size, "--max-queue-size must be >= --max-batch-size"),
+            (self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024"),
+            (self.workers >= 1, "--workers must be at least 1"),
+            (0.0 <= self.confidence <= 1.0, "--confidence must be in [0, 1]"),
+            (0.0 <= self.iou <= 1.0, "--iou must be in [0, 1]"),
+            (1 <= self.max_detections <= 1000, "--max-detections must be in 1..1000"),
+            (self.image_size is None or 32 <= self.image_size <= 4096, "--image-size must be in 32..4096"),
+            (self.max_image_pixels >= 1, "--max-image-pixels must be positive"),
+            (self.top_k >= 1, "--top-k must be at least 1"),
+            (self.window >= 1, "--window must be at least 1"),
+            (self.max_streams >= 1, "--max-streams must be at least 1"),
+            (self.stream_idle_seconds > 0, "--stream-idle-seconds must be positive"),
+            (-1.0 <= self.similarity_threshold <= 1.0, "--similarity-threshold must be in [-1, 1]"),
+            (self.gallery_batch_size >= 1, "--gallery-batch-size must be at least 1"),
+            (self.max_frames_in_flight >= 1, "--max-frames-in-flight must be at least 1"),
+            (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
+            (0 <= self.grpc_port <= 65535 and 0 <= self.http_port <= 65535, "ports must be in 0..65535"),
+            (self.device == "cpu" or self.device.startswith("cuda"), "--device must be cpu, cuda or cuda:N"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for flag, path in (("--model", self.model), ("--labels", self.labels), ("--embeddings", self.embeddings),
+                           ("--base-data", self.base_data)):
+            if path is not None and not path.exists():
+                raise ConfigError(f"{flag} {path}: no such file or directory")
+
+
+def _env_default(name: str, default: Any, kind: Any) -> Any:
+    raw = os.environ.get("KUBEINFER_" + name.upper().replace("-", "_"))
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"kubeinfer: KUBEINFER_{name.upper().replace('-', '_')}={raw!r}: {exc}") from None
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.replace(",", " ").split()]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("expected three numbers, e.g. 0.485,0.456,0.406")
+    return (parts[0], parts[1], parts[2])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare every serve flag, each defaulting to its KUBEINFER_<FLAG> environment variable."""
+
+    core = parser.add_argument_group("model and task")
+    flag_core = _grouped(core)
+    flag_core("task", str, "detect", "what to serve", choices=TASKS)
+    flag_core("model", Path, None, "model file: ultralytics .pt, TorchScript, or ONNX")
+    flag_core("model-name", str, None,
+              "name reported to clients and metrics; the InferenceService name (default: the task)")
+    flag_core("device", str, "cpu", "cpu, cuda or cuda:N")
+    flag_core("image-size", int, None, "square model input side in pixels (default: from the model, else 640)")
+    flag_core("max-image-pixels", int, DEFAULT_MAX_IMAGE_PIXELS,
+              "refuse images with more pixels (decompression-bomb guard)")
+
+    serving = parser.add_argument_group("serving")
+    flag_serving = _grouped(serving)
+    flag_serving("host", str, "127.0.0.1", "address to listen on (0.0.0.0 in a container)")
+    flag_serving("grpc-port", int, 8001, "gRPC port")
+    flag_serving("http-port", int, 8080, "HTTP port: REST API, /healthz, /readyz, /metrics")
+    flag_serving("max-batch-size", int, 16, "most images the batcher hands the model at once")
+    flag_serving("max-batch-delay-ms", float, 2.0, "longest time the first image of a batch waits for company")
+    flag_serving("max-queue-size", int, 1024,
+                 "images waiting for the model before requests are refused (RESOURCE_EXHAUSTED)")
+    flag_serving("max-message-bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC/HTTP message accepted or sent")
+    flag_serving("workers", int, min(4, os.cpu_count() or 1), "threads decoding images and doing pre/post-processing")
+    flag_serving("grace-period", float, 20.0, "seconds in-flight requests get to finish after SIGTERM")
+    flag_serving("log-level", str, "info", "debug, info, warning or error")
+
+    detect = parser.add_argument_group("detect")
+    flag_detect = _grouped(detect)
+    flag_detect("confidence", float, 0.25, "default minimum detection score")
+    flag_detect("iou", float, 0.45, "default NMS IoU threshold")
+    flag_detect("max-detections", int, 300, "default most detections per image")
+
+    classify = parser.add_argument_group("classify and stream-classify")
+    flag_classify = _grouped(classify)
+    flag_classify("labels", Path, None, "labels file: .txt, .json, .csv, or one-hot .npy/.csv")
+    flag_classify("top-k", int, 5, "labels returned per image")
+    flag_classify("mean", _triple, None, "per-channel mean for normalisation (default from sidecar, else ImageNet)")
+    flag_classify("std", _triple, None, "per-channel std for normalisation (default from sidecar, else ImageNet)")
+    flag_classify("channel-order", str, None, "rgb or bgr model input (default from sidecar, else rgb)",
+                  choices=["rgb", "bgr"])
+    flag_classify("resize-mode", str, None, "stretch, letterbox or center-crop (default from sidecar, else stretch)",
+                  choices=["stretch", "letterbox", "center-crop"])
+    flag_classify("window", int, 8, "stream-classify: frames averaged per stream")
+    flag_classify("max-streams", int, 1024, "stream-classify: open streams before new ones are refused")
+    flag_classify("stream-idle-seconds", float, 300.0, "stream-classify: evict a stream idle this long")
+
+    recognize = parser.add_argument_group("recognize")
+    flag_recognize = _grouped(recognize)
+    flag_recognize("embeddings", Path, None,
+                   "gallery: .npz with embeddings [N,D] and labels [N], or .npy beside a labels file")
+    flag_recognize("similarity-threshold", float, 0.8, "cosine similarity at or above which a match is known")
+    flag_recognize("base-data", Path, None, "gallery built at start from DIR/<label>/<images>")
+    flag_recognize("gallery-batch-size", int, 32, "images per batch while building a gallery from --base-data")
+    flag_recognize("gallery-mode", str, "centroid", "one vector per label (centroid) or per image (exemplar)",
+                   choices=["centroid", "exemplar"])
+
+    video = parser.add_argument_group("video")
+    flag_video = _grouped(video)
+    flag_video("max-frames-in-flight", int, 8, "frames of one stream being processed at once (flow control)")
+    flag_video("jpeg-quality", int, 85, "default JPEG quality of processed frames")
+
+
+def _grouped(group: argparse._ArgumentGroup) -> Any:
+    """A flag declarer for one argument group, so --help lists flags by topic."""
+
+    def bound(name: str, kind: Any, default: Any, help_text: str, **extra: Any) -> None:
+        env = "KUBEINFER_" + name.upper().replace("-", "_")
+        shown = "unset" if default is None else default
+        group.add_argument(f"--{name}", type=kind, default=_env_default(name, default, kind),
+                           help=f"{help_text} (default {shown}; env {env})", **extra)
+
+    return bound
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `kubeinfer serve`."""
+    import sys
+
+    try:
+        config = ServeConfig.from_args(args)
+    except ConfigError as exc:
+        print(f"kubeinfer serve: {exc}", file=sys.stderr)
+        return 2
+    from kubeinfer.runtime.server import serve
+
+    return serve(config)

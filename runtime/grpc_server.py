@@ -1,0 +1,113 @@
+"""gRPC transport: kubeinfer.v1.Inference over grpc.aio, plus the standard health and reflection services.
+
+Servicer methods only translate: protobuf -> data plane call -> protobuf, and
+InferenceError -> the matching gRPC status. Every call is counted by RPC and code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kubeinfer.runtime import codec
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.errors import InferenceError
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.v1 import inference_pb2 as pb
+from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
+        """Run one unary call: map errors to statuses and record the outcome."""
+        started = time.monotonic()
+        code = "OK"
+        in_flight = self.metrics.in_flight.labels(self.metrics.model, "grpc")
+        in_flight.inc()
+        try:
+            return await call()
+        except InferenceError as exc:
+            code = exc.code.name
+            await context.abort(grpc.StatusCode[code], exc.message)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code = "INTERNAL"
+            log.exception("%s failed", rpc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled by the client or the server shutting down
+            code = "CANCELLED"
+            raise
+        finally:
+            in_flight.dec()
+            self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        async def call() -> pb.ModelInfo:
+            return codec.model_info_to_proto(self.dataplane.model_info())
+
+        return await self._unary("GetModelInfo", context, call)
+
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        async def call() -> pb.DetectResponse:
+            results = await self.dataplane.detect(codec.images_from_proto(request.images),
+                                                  codec.detect_overrides_from_proto(request.parameters))
+            return codec.detect_response_to_proto(results)
+
+        return await self._unary("Detect", context, call)
+
+
+class GrpcTransport:
+    """The grpc.aio server with the inference, health and reflection services."""
+
+    def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+        limit = config.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ])
+        self.health = health.aio.HealthServicer()
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(dataplane, metrics), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        address = f"{config.host}:{config.grpc_port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            from kubeinfer.runtime.errors import StartupError
+
+            raise StartupError(f"cannot listen on {address} for gRPC")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(False)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def drain(self, grace: float) -> None:
+        """NOT_SERVING for everyone, refuse new calls, give in-flight ones ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

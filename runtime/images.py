@@ -1,0 +1,83 @@
+"""Image decoding and size guards. Runs in the worker pool, never on the event loop.
+
+Decoded images are BGR, HWC, uint8 and C-contiguous: OpenCV's native layout, which
+the detectors take as is and the other tasks convert once after resizing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+
+from kubeinfer.runtime.errors import invalid_argument
+
+# Pillow only identifies here (header read); the pixel guard is ours, so lift Pillow's own.
+PILImage.MAX_IMAGE_PIXELS = None
+ENCODED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image as received: encoded file bytes, or raw RGB/grey pixels with their shape."""
+
+    encoded: bytes | None = None
+    pixels: bytes | None = None
+    height: int = 0
+    width: int = 0
+    channels: int = 3
+
+
+def decode(image: ImageInput, index: int, max_pixels: int) -> np.ndarray:
+    """Decode to BGR uint8 HWC, refusing malformed or oversized images with a message naming ``index``."""
+    if image.encoded is not None:
+        return _decode_encoded(image.encoded, index, max_pixels)
+    if image.pixels is not None:
+        return _decode_raw(image, index, max_pixels)
+    raise invalid_argument(f"image {index}: empty (set either encoded bytes or raw pixels)")
+
+
+def _decode_encoded(data: bytes, index: int, max_pixels: int) -> np.ndarray:
+    if not data:
+        raise invalid_argument(f"image {index}: empty encoded bytes")
+    try:
+        with PILImage.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            fmt = header.format
+    except Exception:
+        raise invalid_argument(f"image {index}: not a decodable JPEG, PNG, WebP or BMP image") from None
+    if fmt not in ENCODED_FORMATS:
+        raise invalid_argument(f"image {index}: unsupported format {fmt}; send JPEG, PNG, WebP or BMP")
+    _check_pixels(index, width, height, max_pixels)
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise invalid_argument(f"image {index}: {fmt} data is corrupt or truncated")
+    return pixels
+
+
+def _decode_raw(image: ImageInput, index: int, max_pixels: int) -> np.ndarray:
+    channels = image.channels or 3
+    if channels not in (1, 3):
+        raise invalid_argument(f"image {index}: raw images need 1 or 3 channels, got {channels}")
+    if image.height <= 0 or image.width <= 0:
+        raise invalid_argument(f"image {index}: raw image needs positive height and width")
+    _check_pixels(index, image.width, image.height, max_pixels)
+    expected = image.height * image.width * channels
+    assert image.pixels is not None
+    if len(image.pixels) != expected:
+        raise invalid_argument(
+            f"image {index}: raw pixels hold {len(image.pixels)} bytes, "
+            f"expected {image.height}x{image.width}x{channels} = {expected}")
+    array = np.frombuffer(image.pixels, dtype=np.uint8).reshape(image.height, image.width, channels)
+    code = cv2.COLOR_GRAY2BGR if channels == 1 else cv2.COLOR_RGB2BGR
+    return cv2.cvtColor(array, code)  # the one copy: protobuf bytes are read-only
+
+
+def _check_pixels(index: int, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise invalid_argument(
+            f"image {index}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+            "(--max-image-pixels)")

@@ -1,0 +1,72 @@
+"""Every Prometheus metric of the runtime, in one place.
+
+Dashboards and tests take metric names from here. Each metric carries a ``model``
+label (the InferenceService name), so one Prometheus can tell runtimes apart.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "kubeinfer_"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Names, for dashboards and tests (the _total/_bucket suffixes are Prometheus's).
+REQUESTS = PREFIX + "requests_total"
+REQUEST_DURATION = PREFIX + "request_duration_seconds"
+BATCH_SIZE = PREFIX + "batch_size"
+QUEUE_WAIT = PREFIX + "queue_wait_seconds"
+INFERENCE_DURATION = PREFIX + "inference_duration_seconds"
+IMAGES = PREFIX + "images_processed_total"
+MODEL_READY = PREFIX + "model_ready"
+QUEUE_DEPTH = PREFIX + "queue_depth"
+IN_FLIGHT = PREFIX + "requests_in_flight"
+ACTIVE_STREAMS = PREFIX + "active_streams"
+FRAMES = PREFIX + "frames_processed_total"
+GALLERY_SIZE = PREFIX + "gallery_size"
+
+
+class RuntimeMetrics:
+    """The runtime's metrics in their own registry (so tests can build several)."""
+
+    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+        self.model = model
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(REQUESTS.removesuffix("_total"), "Requests by protocol, RPC and status code",
+                                ["model", "protocol", "rpc", "code"], registry=r)
+        self.request_duration = Histogram(REQUEST_DURATION, "Request latency, end to end in the server",
+                                          ["model", "protocol", "rpc"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(BATCH_SIZE, "Images per model call made by the dynamic batcher",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram(QUEUE_WAIT, "Time an image waited in the batcher queue",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_duration = Histogram(INFERENCE_DURATION, "Model time per batch",
+                                            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter(IMAGES.removesuffix("_total"), "Images run through the model",
+                              ["model", "task"], registry=r)
+        self.model_ready = Gauge(MODEL_READY, "1 once the model is loaded and warmed, 0 while loading or draining",
+                                 ["model"], registry=r)
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Images waiting in the batcher queue", ["model"], registry=r)
+        self.in_flight = Gauge(IN_FLIGHT, "Requests being served", ["model", "protocol"], registry=r)
+        self.active_streams = Gauge(ACTIVE_STREAMS, "Open streams holding state", ["model", "task"], registry=r)
+        self.frames = Counter(FRAMES.removesuffix("_total"), "Stream and video frames processed",
+                              ["model", "task"], registry=r)
+        self.gallery_size = Gauge(GALLERY_SIZE, "Vectors in the recognition gallery", ["model"], registry=r)
+        self.build = Info("kubeinfer_build", "Runtime version, task and model format", ["model"], registry=r)
+
+    def observe_request(self, protocol: str, rpc: str, code: str, seconds: float) -> None:
+        self.requests.labels(self.model, protocol, rpc, code).inc()
+        self.request_duration.labels(self.model, protocol, rpc).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float, waits: list[float]) -> None:
+        self.batch_size.labels(self.model).observe(size)
+        self.inference_duration.labels(self.model).observe(seconds)
+        histogram = self.queue_wait.labels(self.model)
+        for wait in waits:
+            histogram.observe(wait)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Model loading by format (ultralytics, TorchScript, ONNX), device placement and warm-up."""

@@ -1,0 +1,177 @@
+"""Ultralytics YOLO detectors (.pt, TorchScript, ONNX) behind a batch-friendly interface.
+
+The work is split the way the batcher needs it: ``preprocess`` (one image, worker
+pool), ``forward`` (one batch, inference thread), ``postprocess`` (one image, worker
+pool, with that request's own thresholds). So images from requests with different
+confidence or class filters still share one model call: NMS runs per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+
+log = logging.getLogger(__name__)
+FORMATS = {"pt": "pytorch", "torchscript": "torchscript", "onnx": "onnx"}
+
+
+@dataclass(frozen=True, slots=True)
+class Letterboxed:
+    """A model-ready image (RGB, HWC, uint8, square) and the shape of the original it came from."""
+
+    pixels: np.ndarray
+    original_height: int
+    original_width: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawDetections:
+    """One image's slice of the model output: predictions and, for segmentation models, mask prototypes."""
+
+    predictions: torch.Tensor
+    prototypes: torch.Tensor | None
+
+
+@dataclass(frozen=True, slots=True)
+class BoxResult:
+    """One detection in original-image pixels; ``polygons`` only when masks were asked for."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int
+    polygons: list[list[float]]
+
+
+class YoloDetector:
+    """Loads a detector once, on one device, and serves it in three thread-safe steps."""
+
+    def __init__(self, path: Path, device: str, image_size: int | None) -> None:
+        prepare_offline_ultralytics()
+        from ultralytics.nn.autobackend import AutoBackend
+
+        self.path = path
+        self.device = torch.device(device)
+        try:
+            self.backend = AutoBackend(str(path), device=self.device, fp16=False, fuse=True, verbose=False)
+        except Exception as exc:
+            raise StartupError(f"cannot load detector {path}: {type(exc).__name__}: {exc}") from exc
+        self.backend.eval()
+        self.format = FORMATS.get(self.backend.format, self.backend.format)
+        self.stride = int(max(self.backend.stride, 1)) if isinstance(self.backend.stride, int | float) else 32
+        self.names: dict[int, str] = {int(k): str(v) for k, v in self.backend.names.items()}
+        self.end2end = bool(getattr(self.backend, "end2end", False))
+        self.image_size = self._input_size(image_size)
+        self.segmentation = False
+        self._warm_up()
+
+    def _input_size(self, requested: int | None) -> int:
+        size = requested
+        if size is None:
+            meta = self.backend.metadata or {}
+            size_meta = meta.get("imgsz")
+            if size_meta is None and hasattr(self.backend.model, "args"):
+                size_meta = getattr(self.backend.model, "args", {}).get("imgsz")
+            if isinstance(size_meta, list | tuple):
+                size_meta = max(size_meta)
+            size = int(size_meta) if size_meta else 640
+        return max(self.stride, int(np.ceil(size / self.stride) * self.stride))
+
+    def _warm_up(self) -> None:
+        """One forward pass: compiles lazy kernels and tells whether the model segments."""
+        blank = np.full((self.image_size, self.image_size, 3), 114, dtype=np.uint8)
+        try:
+            outputs = self.forward([Letterboxed(blank, self.image_size, self.image_size)])
+        except Exception as exc:
+            raise StartupError(f"detector {self.path} failed a test inference: {type(exc).__name__}: {exc}") from exc
+        self.segmentation = outputs[0].prototypes is not None
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.names[i] for i in sorted(self.names)]
+
+    def preprocess(self, bgr: np.ndarray) -> Letterboxed:
+        """Letterbox to the model's square input and convert to RGB (worker pool)."""
+        height, width = bgr.shape[:2]
+        size = self.image_size
+        scale = min(size / height, size / width)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        resized = bgr if (new_w, new_h) == (width, height) else cv2.resize(
+            bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        pad_w, pad_h = (size - new_w) / 2, (size - new_h) / 2
+        top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
+        left, right = round(pad_w - 0.1), round(pad_w + 0.1)
+        boxed = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+        cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
+        return Letterboxed(boxed, height, width)
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Letterboxed]) -> list[RawDetections]:
+        """Run the model once for the whole batch (inference thread); outputs come back on the CPU."""
+        stacked = torch.from_numpy(np.stack([item.pixels for item in batch]))
+        images = stacked.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        predictions, prototypes = _split_output(self.backend(images))
+        predictions = predictions.float().cpu()
+        prototypes = prototypes.float().cpu() if prototypes is not None else None
+        return [RawDetections(predictions[i], None if prototypes is None else prototypes[i])
+                for i in range(len(batch))]
+
+    @torch.inference_mode()
+    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
+                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
+        """NMS with this request's thresholds, boxes back to original pixels, optional polygons (worker pool)."""
+        from ultralytics.utils import nms, ops
+
+        kept = nms.non_max_suppression(
+            raw.predictions[None], confidence, iou, list(classes) or None, max_det=max_detections,
+            nc=len(self.names) if raw.prototypes is not None else 0, end2end=self.end2end)[0]
+        if kept.shape[0] == 0:
+            return []
+        model_shape = (self.image_size, self.image_size)
+        polygons: list[list[list[float]]] = [[] for _ in range(kept.shape[0])]
+        if masks and raw.prototypes is not None:
+            mask_bits = ops.process_mask(raw.prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
+            polygons = [_polygons(m, model_shape, original) for m in mask_bits.byte().numpy()]
+        boxes = ops.scale_boxes(model_shape, kept[:, :4].clone(), original).tolist()
+        scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
+        return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
+                for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
+
+
+def _split_output(output: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predictions and (segmentation) prototypes from any backend's output structure."""
+    parts = list(output) if isinstance(output, list | tuple) else [output]
+    first = parts[0]
+    if isinstance(first, list | tuple):  # (predictions, prototypes) nested by some exports
+        return first[0], first[1] if len(first) > 1 and _is_prototype(first[1]) else None
+    prototypes = parts[1] if len(parts) > 1 and _is_prototype(parts[1]) else None
+    return first, prototypes
+
+
+def _is_prototype(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 4
+
+
+def _polygons(mask: np.ndarray, model_shape: tuple[int, int], original: tuple[int, int]) -> list[list[float]]:
+    """Outlines of a letterboxed binary mask, as flat x,y lists in original-image pixels."""
+    from ultralytics.utils import ops
+
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlines = []
+    for contour in contours:
+        if len(contour) < 3:
+            continue
+        points = ops.scale_coords(model_shape, contour.reshape(-1, 2).astype(np.float32), original, normalize=False)
+        outlines.append([round(float(v), 1) for v in np.asarray(points).reshape(-1)])
+    return outlines

@@ -1,0 +1,88 @@
+"""The runtime's lifecycle: listen, load and warm the model, serve, and drain on SIGTERM.
+
+Transports start first (health NOT_SERVING, /readyz 503) so probes answer while a
+large model loads; the model loads in a thread; SERVING follows the warm-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.grpc_server import GrpcTransport
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.rest_server import HttpTransport
+from kubeinfer.runtime.tasks import build_task
+
+log = logging.getLogger("kubeinfer.runtime")
+
+
+def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when the runtime cannot start."""
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(Runtime(config).run())
+    except StartupError as exc:
+        print(f"kubeinfer serve: {exc}", file=sys.stderr)
+        return 1
+
+
+class Runtime:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = RuntimeMetrics(config.model_name)
+        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
+        self.dataplane = DataPlane(config, self.metrics)
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        config = self.config
+        grpc_transport = GrpcTransport(config, self.dataplane, self.metrics)
+        http_transport = HttpTransport(config, self.dataplane, self.metrics)
+        await grpc_transport.start()
+        await http_transport.start()
+        self._install_signal_handlers()
+        log.info("listening: gRPC %s:%d, HTTP %s:%d; loading %s model %s", config.host, grpc_transport.port,
+                 config.host, config.http_port, config.task, config.model)
+        try:
+            task = await asyncio.to_thread(build_task, config, self.metrics, self.pool)
+        except BaseException:
+            await grpc_transport.drain(0)
+            await http_transport.stop()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        task.start()
+        self.dataplane.attach(task)
+        self.metrics.build.labels(config.model_name).info(
+            {"version": self.dataplane.model_info()["version"], "task": config.task,
+             "format": str(task.info().get("model_format", ""))})
+        await grpc_transport.set_serving(True)
+        log.info("serving %s (%s) on %s", config.model_name, config.task, config.device)
+
+        await self.stopping.wait()
+        log.info("draining: finishing in-flight requests within %.1fs", config.grace_period)
+        self.dataplane.begin_drain()
+        await grpc_transport.drain(config.grace_period)
+        await http_transport.stop()
+        await asyncio.to_thread(task.stop)
+        self.pool.shutdown(wait=True)
+        log.info("stopped")
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        task = self.dataplane.task
+        if task is not None:
+            log.info("SIGHUP: reloading")
+            self.pool.submit(task.reload)

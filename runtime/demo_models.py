@@ -113,7 +113,8 @@ def export_model(weights: Path, fmt: str) -> Path:
     from ultralytics import YOLO
 
     size = int(YOLO(str(weights)).model.args.get("imgsz", 640))
-    exported = Path(YOLO(str(weights)).export(format=fmt, imgsz=size, dynamic=True, batch=16, simplify=fmt == "onnx"))
+    options = {"dynamic": True, "batch": 16, "simplify": True} if fmt == "onnx" else {"batch": 16}
+    exported = Path(YOLO(str(weights)).export(format=fmt, imgsz=size, **options))
     if exported != target:
         shutil.move(exported, target)
     return target

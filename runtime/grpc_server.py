@@ -107,7 +107,11 @@ class GrpcTransport:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
-    async def drain(self, grace: float) -> None:
-        """NOT_SERVING for everyone, refuse new calls, give in-flight ones ``grace`` seconds."""
+    async def announce_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good: probes and balancers stop sending new work."""
         await self.health.enter_graceful_shutdown()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls and give in-flight ones ``grace`` seconds."""
+        await self.announce_shutdown()
         await self.server.stop(grace)

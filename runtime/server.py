@@ -66,8 +66,11 @@ class Runtime:
         log.info("serving %s (%s) on %s", config.model_name, config.task, config.device)
 
         await self.stopping.wait()
-        log.info("draining: finishing in-flight requests within %.1fs", config.grace_period)
+        log.info("shutting down: NOT_SERVING for %.1fs, then in-flight requests get %.1fs",
+                 config.shutdown_delay, config.grace_period)
         self.dataplane.begin_drain()
+        await grpc_transport.announce_shutdown()
+        await asyncio.sleep(config.shutdown_delay)
         await grpc_transport.drain(config.grace_period)
         await http_transport.stop()
         await asyncio.to_thread(task.stop)

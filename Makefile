@@ -1,0 +1,39 @@
+# Everything a developer or CI runs. `make serve` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_MODEL := .cache/models/detector.pt
+SETUP_STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test lint protos bench clean
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision first, pinned: these exact builds lie on this machine's disk (no multi-GB download)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[runtime,export,operator,dev]'
+	touch $@
+
+setup: $(SETUP_STAMP)
+
+$(DEMO_MODEL): | $(SETUP_STAMP)
+	$(BIN)/kubeinfer demo --out $(DEMO_MODEL)
+
+# The runtime serving the demo detector on 127.0.0.1 (gRPC 8001, HTTP 8080); Ctrl-C drains and stops it.
+serve: $(SETUP_STAMP) $(DEMO_MODEL)
+	$(BIN)/kubeinfer serve --task detect --model $(DEMO_MODEL) --model-name demo --host 127.0.0.1
+
+test: $(SETUP_STAMP)
+	bash scripts/install-test-tools.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(SETUP_STAMP)
+	$(BIN)/ruff check .
+
+protos: $(SETUP_STAMP)
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

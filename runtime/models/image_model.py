@@ -1,0 +1,253 @@
+"""Image-in, vector-out models: classifiers (class scores) and encoders (embeddings).
+
+Formats: TorchScript (``.pt``/``.torchscript``/``.ts``/``.jit`` saved with torch.jit),
+ONNX (``.onnx``, run by ONNX Runtime) and ultralytics classification models (``-cls``
+``.pt`` checkpoints). Preprocessing comes from flags, else a JSON sidecar beside the
+model (``model.onnx`` -> ``model.json``), else the defaults below:
+
+    {"input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+     "channel_order": "rgb", "resize_mode": "stretch", "output": "logits"}
+
+``output`` says whether the model returns ``logits`` (softmax applied here),
+``probabilities`` (used as they are) or ``embeddings`` (L2-normalised by the
+recognize task). Ultralytics classifiers get their own preprocessing (resize +
+center crop, no normalisation) and already return probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from kubeinfer.runtime.errors import StartupError
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("stretch", "letterbox", "center-crop")
+OUTPUTS = ("logits", "probabilities", "embeddings")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded BGR image becomes a model input (float32 CHW)."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "rgb"
+    resize_mode: str = "stretch"
+    output: str = "logits"
+
+    @classmethod
+    def resolve(cls, model_path: Path, *, input_size: int | None = None,
+                mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
+                channel_order: str | None = None, resize_mode: str | None = None,
+                output: str | None = None) -> Preprocessing:
+        """Flags win over the sidecar, the sidecar over the defaults."""
+        base = cls()
+        sidecar = sidecar_path(model_path)
+        if sidecar.exists():
+            base = cls.from_sidecar(sidecar)
+        overrides = {k: v for k, v in {"input_size": input_size, "mean": mean, "std": std,
+                                        "channel_order": channel_order, "resize_mode": resize_mode,
+                                        "output": output}.items() if v is not None}
+        resolved = replace(base, **overrides)
+        resolved.validate(str(sidecar) if sidecar.exists() else "flags")
+        return resolved
+
+    @classmethod
+    def from_sidecar(cls, path: Path) -> Preprocessing:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot read preprocessing sidecar {path}: {exc}") from exc
+        known = {"input_size", "mean", "std", "channel_order", "resize_mode", "output"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise StartupError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        for key in ("mean", "std"):
+            if key in data:
+                data[key] = tuple(float(v) for v in data[key])
+        return replace(cls(), **data)
+
+    def validate(self, source: str) -> None:
+        problems = []
+        if not 8 <= int(self.input_size) <= 4096:
+            problems.append(f"input_size {self.input_size} not in 8..4096")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            problems.append("mean and std need three values, std positive")
+        if self.channel_order not in ("rgb", "bgr"):
+            problems.append(f"channel_order {self.channel_order!r} is not rgb or bgr")
+        if self.resize_mode not in RESIZE_MODES:
+            problems.append(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if self.output not in OUTPUTS:
+            problems.append(f"output {self.output!r} is not one of {OUTPUTS}")
+        if problems:
+            raise StartupError(f"preprocessing from {source}: " + "; ".join(problems))
+
+    def apply(self, bgr: np.ndarray) -> np.ndarray:
+        """BGR uint8 HWC -> normalised float32 CHW of input_size x input_size (worker pool)."""
+        size = self.input_size
+        resized = _resize(bgr, size, self.resize_mode)
+        if self.channel_order == "rgb":
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        scale = np.asarray(self.std, dtype=np.float32) * 255.0
+        shift = np.asarray(self.mean, dtype=np.float32) * 255.0
+        if self.channel_order == "bgr":
+            scale, shift = scale[::-1], shift[::-1]
+        chw = (resized.astype(np.float32) - shift) / scale
+        return np.ascontiguousarray(chw.transpose(2, 0, 1))
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def _resize(bgr: np.ndarray, size: int, mode: str) -> np.ndarray:
+    height, width = bgr.shape[:2]
+    if mode == "stretch":
+        return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if min(height, width) > size
+                          else cv2.INTER_LINEAR)
+    if mode == "center-crop":
+        scale = size / min(height, width)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        resized = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return resized[top:top + size, left:left + size]
+    scale = min(size / height, size / width)  # letterbox
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    return cv2.copyMakeBorder(resized, top, size - new_h - top, left, size - new_w - left, cv2.BORDER_CONSTANT,
+                              value=(114, 114, 114))
+
+
+class ImageModel:
+    """One loaded image model on one device: ``preprocess`` per image (pool), ``forward`` per batch (thread)."""
+
+    def __init__(self, path: Path, device: str, preprocessing: Preprocessing) -> None:
+        self.path = path
+        self.device = device
+        self.preprocessing = preprocessing
+        self.class_names: list[str] = []  # known only for ultralytics classifiers
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".onnx":
+                self._load_onnx()
+            else:
+                self._load_torch()
+        except StartupError:
+            raise
+        except Exception as exc:
+            raise StartupError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+        self.output_size = self._probe_output_size()
+
+    # -- loading
+
+    def _load_onnx(self) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise StartupError(f"--device {self.device}: ONNX Runtime here has no CUDA provider")
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self._input_name = self._session.get_inputs()[0].name
+        self.format = "onnx"
+        self._run = self._run_onnx
+
+    def _load_torch(self) -> None:
+        import torch
+
+        self._torch_device = torch.device(self.device)
+        try:
+            module = torch.jit.load(str(self.path), map_location=self._torch_device)
+            self.format = "torchscript"
+        except RuntimeError:
+            module = self._load_ultralytics_classifier()
+        self._module = module.eval()
+        self._run = self._run_torch
+
+    def _load_ultralytics_classifier(self) -> Any:
+        import torch
+
+        from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+
+        prepare_offline_ultralytics()
+        from ultralytics.nn.autobackend import AutoBackend
+
+        backend = AutoBackend(str(self.path), device=self._torch_device, fuse=True, verbose=False)
+        task = getattr(getattr(backend, "model", None), "task", None)
+        if task not in (None, "classify"):
+            raise StartupError(f"{self.path} is an ultralytics {task} model; this task needs a classifier")
+        self.format = "pytorch"
+        self.class_names = [str(backend.names[i]) for i in sorted(backend.names)]
+        size = getattr(backend.model, "args", {}).get("imgsz", self.preprocessing.input_size)
+        # ultralytics classifiers: resize + center crop, pixels in [0, 1], softmax already applied
+        self.preprocessing = replace(self.preprocessing, input_size=int(size), mean=(0.0, 0.0, 0.0),
+                                     std=(1.0, 1.0, 1.0), channel_order="rgb", resize_mode="center-crop",
+                                     output="probabilities")
+
+        class _Probabilities(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.inner(x)
+                return y[0] if isinstance(y, list | tuple) else y
+
+        return _Probabilities(backend)
+
+    def _probe_output_size(self) -> int:
+        size = self.preprocessing.input_size
+        try:
+            out = self._run(np.zeros((1, 3, size, size), dtype=np.float32))
+        except Exception as exc:
+            raise StartupError(f"model {self.path} failed a test inference at {size}x{size}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        if out.ndim != 2 or out.shape[0] != 1:
+            raise StartupError(f"model {self.path} returns shape {tuple(out.shape)}; expected [batch, K]")
+        return int(out.shape[1])
+
+    # -- serving
+
+    def preprocess(self, bgr: np.ndarray) -> np.ndarray:
+        return self.preprocessing.apply(bgr)
+
+    def forward(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One model call for the batch; per-item float32 vectors (softmaxed when the model gives logits)."""
+        out = self._run(np.stack(batch))
+        if self.preprocessing.output == "logits":
+            out = _softmax(out)
+        return list(out.astype(np.float32, copy=False))
+
+    def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._input_name: batch})[0])
+
+    def _run_torch(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(batch).to(self._torch_device, non_blocking=True))
+            if isinstance(out, list | tuple):
+                out = out[0]
+            return out.float().cpu().numpy()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -5,6 +5,10 @@ The inference thread takes the oldest item, waits at most ``max_delay`` from tha
 item's arrival for more (or until ``max_batch_size``), runs the model once on the
 batch and scatters the outputs back to each caller's event loop in one callback.
 Under load, items queue while the model runs, so batches fill without waiting.
+
+Callers may ``reserve`` their items when a request arrives, before decoding them.
+The thread only waits for company while reserved items are still on their way:
+a lone request is dispatched at once instead of paying the batching delay.
 """
 
 from __future__ import annotations
@@ -25,6 +29,20 @@ from kubeinfer.runtime.metrics import RuntimeMetrics
 In = TypeVar("In")
 Out = TypeVar("Out")
 log = logging.getLogger(__name__)
+
+
+class Reservation:
+    """Items a request will submit soon; the batcher waits for them (within the delay) instead of dispatching."""
+
+    def __init__(self, batcher: DynamicBatcher, count: int) -> None:
+        self._batcher = batcher
+        self.remaining = count
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher._release(self, self.remaining)
 
 
 @dataclass(slots=True)
@@ -57,6 +75,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue: deque[_Pending[In, Out]] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._expected = 0  # reserved items not submitted yet
+        self._reservations_used = False  # set by the first reserve(): from then on, wait only for reserved items
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
 
     def start(self) -> None:
@@ -74,10 +94,24 @@ class DynamicBatcher(Generic[In, Out]):
     def depth(self) -> int:
         return len(self._queue)
 
+    def reserve(self, count: int) -> Reservation:
+        """Announce ``count`` items about to be submitted (use as a context manager around decoding)."""
+        with self._cond:
+            self._expected += count
+            self._reservations_used = True
+        return Reservation(self, count)
+
+    def _release(self, reservation: Reservation, count: int) -> None:
+        count = min(count, reservation.remaining)
+        with self._cond:
+            reservation.remaining -= count
+            self._expected -= count
+            self._cond.notify()
+
     async def submit(self, item: In) -> Out:
         return (await self.submit_many([item]))[0]
 
-    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+    async def submit_many(self, items: Sequence[In], reservation: Reservation | None = None) -> list[Out]:
         """Queue all items at once (all or none) and await their outputs, in order."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -91,6 +125,10 @@ class DynamicBatcher(Generic[In, Out]):
                     f"inference queue is full ({len(self._queue)} images waiting, limit {self.max_queue_size}); "
                     "retry later")
             self._queue.extend(pending)
+            if reservation is not None:
+                arrived = min(reservation.remaining, len(pending))
+                reservation.remaining -= arrived
+                self._expected -= arrived
             self._cond.notify()
         self._set_depth()
         try:
@@ -116,7 +154,7 @@ class DynamicBatcher(Generic[In, Out]):
                     return None
                 self._cond.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
-            while len(self._queue) < self.max_batch_size and not self._closed:
+            while len(self._queue) < self.max_batch_size and not self._closed and self._waits_for_reserved():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -152,6 +190,10 @@ class DynamicBatcher(Generic[In, Out]):
         for loop, pairs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that caller's loop is closed; nobody is waiting
                 loop.call_soon_threadsafe(_resolve, pairs, failed)
+
+    def _waits_for_reserved(self) -> bool:
+        """Without reservations every batch waits out the delay; with them, only while reserved items are due."""
+        return self._expected > 0 or not self._reservations_used
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

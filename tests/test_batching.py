@@ -153,3 +153,41 @@ async def test_metrics_record_batch_sizes_and_waits() -> None:
     assert registry.get_sample_value("kubeinfer_batch_size_sum", {"model": "unit"}) == 5
     assert registry.get_sample_value("kubeinfer_queue_wait_seconds_count", {"model": "unit"}) == 5
     assert registry.get_sample_value("kubeinfer_queue_depth", {"model": "unit"}) == 0
+
+
+async def test_with_reservations_a_lone_request_skips_the_delay() -> None:
+    model = RecordingModel()
+    batcher = make(model, max_batch_size=64, max_delay_s=1.0)
+    started = time.monotonic()
+    with batcher.reserve(1) as reservation:
+        assert await batcher.submit_many([21], reservation) == [42]
+    elapsed = time.monotonic() - started
+    batcher.stop()
+    assert elapsed < 0.5
+
+
+async def test_reserved_items_still_on_their_way_are_waited_for() -> None:
+    model = RecordingModel()
+    batcher = make(model, max_batch_size=64, max_delay_s=2.0)
+
+    async def request(values: list[int], decode_time: float) -> list[int]:
+        with batcher.reserve(len(values)) as reservation:
+            await asyncio.sleep(decode_time)  # stands in for decoding in the pool
+            return await batcher.submit_many(values, reservation)
+
+    fast, slow = await asyncio.gather(request([1, 2], 0.0), request([3], 0.2))
+    batcher.stop()
+    assert (fast, slow) == ([2, 4], [6])
+    assert model.batches == [[1, 2, 3]]
+
+
+async def test_a_failed_request_releases_its_reservation() -> None:
+    model = RecordingModel()
+    batcher = make(model, max_batch_size=64, max_delay_s=1.0)
+    with pytest.raises(ValueError), batcher.reserve(3):
+        raise ValueError("undecodable image")  # never submits
+    started = time.monotonic()
+    with batcher.reserve(1) as reservation:
+        await batcher.submit_many([5], reservation)
+    batcher.stop()
+    assert time.monotonic() - started < 0.5

@@ -130,8 +130,10 @@ class DetectTask(Task):
     async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
         require_images(images)
         params = self.detector.resolve(overrides)
-        prepared = await self.map_in_pool(self._prepare, images, range(len(images)))
-        raws = await self.detector.batcher.submit_many(prepared)
+        batcher = self.detector.batcher
+        with batcher.reserve(len(images)) as reservation:
+            prepared = await self.map_in_pool(self._prepare, images, range(len(images)))
+            raws = await batcher.submit_many(prepared, reservation)
         results = await self.map_in_pool(self.detector.postprocess, raws, prepared, [params] * len(raws))
         self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))
         return results

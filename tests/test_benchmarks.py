@@ -1,0 +1,161 @@
+"""The benchmark's load generator and its one command, run briefly against a served kubeinfer detector.
+
+No peers are installed here (`--no-peers`): the test proves the harness measures,
+reports and cleans up, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from runtime_support import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # appended: the repo root's `operator/` must not shadow the stdlib module
+
+from benchmarks import load
+
+RUN = REPO / "benchmarks" / "run.py"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert load.percentile(values, 50) == 50.0
+    assert load.percentile(values, 99) == 99.0
+    assert load.percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        load.percentile([], 50)
+
+
+def test_closed_loop_counts_requests_errors_and_latency() -> None:
+    calls = 0
+
+    async def send(i: int) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if i % 5 == 4:
+            raise RuntimeError("every fifth request fails")
+
+    result = asyncio.run(load.closed_loop(send, concurrency=4, duration=0.5, warmup=0.1, timeout=5))
+    assert result.concurrency == 4
+    assert result.requests > 0 and result.errors > 0
+    assert result.first_error == "RuntimeError: every fifth request fails"
+    assert result.throughput_rps == pytest.approx(result.requests / 0.5)
+    assert 10.0 <= result.p50_ms <= result.p99_ms
+    # closed loop: 4 callers, each waiting >= 10 ms per call, so at most 4 * (0.6 s / 10 ms) calls in all
+    assert calls <= 4 * 60 + 4
+
+
+def test_payloads_round_trip(tmp_path: Path) -> None:
+    import numpy as np
+
+    pixels = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    jpegs = [b"\xff\xd8first", b"\xff\xd8second-one"]
+    load.save_payloads(tmp_path / "p.npz", pixels, jpegs)
+    got_pixels, got_jpegs = load.load_payloads(tmp_path / "p.npz")
+    assert np.array_equal(got_pixels, pixels)
+    assert got_jpegs == jpegs
+
+
+def test_load_generator_refuses_non_loopback_targets(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        load.parse_args(["--target", "kubeinfer-detect", "--address", "10.0.0.1:8001",
+                         "--payloads", str(tmp_path / "p.npz")])
+
+
+def _bench_processes(work: Path) -> list[int]:
+    """Processes whose working directory lies under the run's work folder (its servers and load generators)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")).is_relative_to(work):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _bench_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(RUN), "--systems", "kubeinfer-detect", "--no-peers", "--concurrency", "1,16",
+            "--duration", "1", "--warmup", "0.3", "--limit-seconds", "0.3", "--out", str(tmp_path / "results"),
+            "--work", str(tmp_path / "work"), "--no-readme", *extra]
+
+
+@pytest.mark.slow
+def test_run_measures_a_served_detector_and_writes_results(detector_model: Path, tmp_path: Path) -> None:
+    done = subprocess.run(_bench_cmd(tmp_path, "--note", "pytest smoke"), capture_output=True, text=True,
+                          timeout=420, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "results"
+    results = json.loads((out / "results.json").read_text())
+
+    meta = results["meta"]
+    assert meta["concurrency"] == [1, 16] and meta["duration_s"] == 1.0 and meta["note"] == "pytest smoke"
+    assert meta["machine"] and meta["date"] and meta["versions"]["python"]
+
+    limit = results["limits"]["detector"]
+    assert limit["images_per_s"] > 0 and limit["latency_ms_batch1"] > 0
+    assert limit["best_batch_size"] in [r["batch_size"] for r in limit["by_batch_size"]]
+    assert "classifier" not in results["limits"]
+
+    rows = {r["key"]: r for r in results["rows"]}
+    assert set(rows) == {"kubeinfer-detect-b16", "kubeinfer-detect-b1"}
+    for row in rows.values():
+        assert row["status"] == "ok", row["reason"]
+        assert row["workload"] == "detector" and row["is_kubeinfer"]
+        assert [lv["concurrency"] for lv in row["levels"]] == [1, 16]
+        for lv in row["levels"]:
+            assert lv["requests"] > 0 and lv["errors"] == 0
+            assert lv["throughput_rps"] == pytest.approx(lv["requests"] / lv["duration_s"])
+            assert 0 < lv["p50_ms"] <= lv["p99_ms"]
+    assert rows["kubeinfer-detect-b16"]["batching"].startswith("max 16")
+    assert rows["kubeinfer-detect-b1"]["batching"].startswith("off")
+
+    targets = {t["id"]: t for t in results["targets"]}
+    at_16 = rows["kubeinfer-detect-b16"]["levels"][1]
+    assert targets["detector-vs-limit"]["measured"] == pytest.approx(at_16["throughput_rps"] / limit["images_per_s"])
+    assert targets["detector-vs-limit"]["met"] is (targets["detector-vs-limit"]["measured"] >= 0.9)
+    assert isinstance(targets["detector-b16-latency-overhead"]["met"], bool)
+    assert targets["classifier-vs-limit"]["met"] is None  # not measured in this run, and said so
+
+    md = (out / "results.md").read_text()
+    assert "## Targets" in md and "## Detector" in md
+    assert md.count("| kubeinfer | kubeinfer gRPC Detect (JPEG) |") == 4  # 2 configurations x 2 levels
+    assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _bench_processes(tmp_path / "work") == []
+
+
+@pytest.mark.slow
+def test_interrupted_run_stops_every_server(detector_model: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(_bench_cmd(tmp_path, "--duration", "30"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "loading kubeinfer-detect-b16" in line:
+                break
+        assert _bench_processes(tmp_path / "work"), "the server and load generator should be running now"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(seen) + rest
+    deadline = time.monotonic() + 5
+    while _bench_processes(tmp_path / "work") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _bench_processes(tmp_path / "work") == []
+    assert not (tmp_path / "results" / "results.json").exists()

@@ -6,10 +6,11 @@ InferenceError -> the matching gRPC status. Every call is counted by RPC and cod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import InferenceError
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.oip import grpc_service as oip_grpc
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -58,6 +60,36 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
         raise AssertionError("unreachable: context.abort raises")
 
+    async def _write_stream(self, rpc: str, context: grpc.aio.ServicerContext,
+                            open_stream: Callable[[], AsyncIterator[Any]], to_proto: Callable[[Any], Any]) -> None:
+        """Run one server-streaming call: write items as they come, map errors to statuses, record the outcome.
+
+        The data plane's generator is closed on every exit, so a cancelled call frees its state at once.
+        """
+        started = time.monotonic()
+        code = "OK"
+        in_flight = self.metrics.in_flight.labels(self.metrics.model, "grpc")
+        in_flight.inc()
+        try:
+            async with contextlib.aclosing(open_stream()) as items:
+                async for item in items:
+                    await context.write(to_proto(item))
+        except InferenceError as exc:
+            code = exc.code.name
+            await context.abort(grpc.StatusCode[code], exc.message)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code = "INTERNAL"
+            log.exception("%s failed", rpc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled by the client or the server shutting down
+            code = "CANCELLED"
+            raise
+        finally:
+            in_flight.dec()
+            self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
+
     async def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         async def call() -> pb.ModelInfo:
             return codec.model_info_to_proto(self.dataplane.model_info())
@@ -71,6 +103,54 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return codec.detect_response_to_proto(results)
 
         return await self._unary("Detect", context, call)
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        async def call() -> pb.ClassifyResponse:
+            results = await self.dataplane.classify(codec.images_from_proto(request.images),
+                                                    request.top_k if request.HasField("top_k") else None)
+            return codec.classify_response_to_proto(results)
+
+        return await self._unary("Classify", context, call)
+
+    async def ClassifyClip(self, request_iterator: AsyncIterator[pb.ClipFrame],
+                           context: grpc.aio.ServicerContext) -> pb.ClipResult:
+        async def call() -> pb.ClipResult:
+            result = await self.dataplane.classify_clip(codec.clip_frames_from_proto(request_iterator))
+            return codec.clip_result_to_proto(result)
+
+        return await self._unary("ClassifyClip", context, call)
+
+    async def StreamClassify(self, request_iterator: AsyncIterator[pb.StreamFrame],
+                             context: grpc.aio.ServicerContext) -> None:
+        def open_stream() -> AsyncIterator[Any]:
+            return self.dataplane.stream_classify(codec.stream_frames_from_proto(request_iterator))
+
+        await self._write_stream("StreamClassify", context, open_stream, codec.stream_prediction_to_proto)
+
+    async def Recognize(self, request: pb.RecognizeRequest,
+                        context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
+        async def call() -> pb.RecognizeResponse:
+            results = await self.dataplane.recognize(codec.images_from_proto(request.images),
+                                                     codec.recognize_overrides_from_proto(request))
+            return codec.recognize_response_to_proto(results)
+
+        return await self._unary("Recognize", context, call)
+
+    async def ProcessVideo(self, request_iterator: AsyncIterator[pb.VideoRequest],
+                           context: grpc.aio.ServicerContext) -> None:
+        async def messages() -> AsyncIterator[Any]:
+            async for request in request_iterator:
+                yield codec.video_message_from_proto(request)
+
+        await self._write_stream("ProcessVideo", context, lambda: self.dataplane.process_video(messages()),
+                                 codec.processed_frame_to_proto)
+
+    async def ProcessVideoFile(self, request: pb.VideoFileRequest, context: grpc.aio.ServicerContext) -> None:
+        def open_stream() -> AsyncIterator[Any]:
+            return self.dataplane.process_video_file(request.video,
+                                                     codec.video_pipeline_from_proto(request.pipeline))
+
+        await self._write_stream("ProcessVideoFile", context, open_stream, codec.video_file_event_to_proto)
 
 
 class GrpcTransport:
@@ -87,9 +167,11 @@ class GrpcTransport:
         ])
         self.health = health.aio.HealthServicer()
         pb_grpc.add_InferenceServicer_to_server(InferenceServicer(dataplane, metrics), self.server)
+        oip_grpc.add_to_server(self.server, dataplane, metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, oip_grpc.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self.server)
         address = f"{config.host}:{config.grpc_port}"
         self.port = self.server.add_insecure_port(address)

@@ -10,6 +10,8 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.oip import rest as oip_rest
+from kubeinfer.runtime.rest_api import add_rest_api
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def build_app(config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
+    add_rest_api(app, config, dataplane, metrics)  # POST /v1/classify, /v1/detect (add_v1_route for more)
+    oip_rest.add_routes(app, dataplane, metrics)
     return app
 
 

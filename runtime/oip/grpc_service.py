@@ -1,0 +1,203 @@
+"""The Open Inference Protocol's gRPC binding: ``inference.GRPCInferenceService`` beside kubeinfer.v1.Inference.
+
+Inputs arrive in ``raw_input_contents`` (Triton and KServe clients) or typed ``contents``.
+Outputs go back in ``raw_output_contents`` when the request sent raw inputs (what Triton's
+client reads) or asked for ``binary_data`` on an output, otherwise in typed ``contents``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from kubeinfer.oip import grpc_service_pb2 as pb
+from kubeinfer.oip import grpc_service_pb2_grpc as pb_grpc
+from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.errors import InferenceError, invalid_argument
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.oip import tensors
+from kubeinfer.runtime.oip.mappings import ParameterValue
+from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput, observed
+from kubeinfer.runtime.oip.tensors import Tensor
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once (the rest wait: flow control)
+
+# Datatype -> the InferTensorContents field carrying it.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def parameter_value(parameter: pb.InferParameter) -> ParameterValue | None:
+    kind = parameter.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(parameter, kind)
+
+
+def parameters_from_proto(parameters: object) -> dict[str, ParameterValue]:
+    values = {name: parameter_value(p) for name, p in parameters.items()}  # type: ignore[attr-defined]
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def input_from_proto(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+    shape = list(tensor.shape)
+    if raw is not None:
+        return tensors.from_raw(tensor.name, tensor.datatype, shape, raw)
+    tensors.check_datatype(tensor.name, tensor.datatype)
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise invalid_argument(f"tensor {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents")
+    return tensors.from_values(tensor.name, tensor.datatype, shape, getattr(tensor.contents, field))
+
+
+def request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise invalid_argument(f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs; "
+                               "send one per input, or none")
+    inputs = [input_from_proto(tensor, raw[i] if raw else None) for i, tensor in enumerate(request.inputs)]
+    outputs = []
+    for output in request.outputs:
+        binary = output.parameters["binary_data"].bool_param if "binary_data" in output.parameters else None
+        outputs.append(RequestedOutput(output.name, binary))
+    return InferRequest(request.model_name, request.model_version, request.id,
+                        parameters_from_proto(request.parameters), inputs, outputs)
+
+
+def wants_raw_outputs(request: pb.ModelInferRequest, parsed: InferRequest) -> bool:
+    """Raw when any output asks for binary data, or the inputs came raw and no output refused it."""
+    flags = [o.binary for o in parsed.outputs if o.binary is not None]
+    return any(flags) or (len(request.raw_input_contents) > 0 and not flags)
+
+
+def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
+                                    id=response.id)
+    for tensor in response.outputs:
+        output = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if raw:
+            message.raw_output_contents.append(tensors.to_raw(tensor))
+        else:
+            getattr(output.contents, CONTENTS_FIELD[tensor.datatype]).extend(tensors.to_values(tensor))
+    return message
+
+
+class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Translates messages only: the operations live in ``Frontend``."""
+
+    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+        self.frontend = Frontend(dataplane)
+        self.metrics = metrics
+
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
+        """Run one call counted under protocol "v2"; InferenceError -> its status, anything else -> INTERNAL."""
+        try:
+            with observed(self.metrics, rpc):
+                return await call()
+        except InferenceError as exc:
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+        except Exception as exc:
+            log.exception("%s failed", rpc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        async def call() -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._unary("ServerLive", context, call)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        async def call() -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self.frontend.server_ready())
+
+        return await self._unary("ServerReady", context, call)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        async def call() -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(ready=self.frontend.model_ready(request.name, request.version))
+
+        return await self._unary("ModelReady", context, call)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        async def call() -> pb.ServerMetadataResponse:
+            name, version, extensions = self.frontend.server_metadata()
+            return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+        return await self._unary("ServerMetadata", context, call)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        async def call() -> pb.ModelMetadataResponse:
+            meta = self.frontend.model_metadata(request.name, request.version)
+            spec = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta.name, versions=meta.versions, platform=meta.platform,
+                inputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
+                outputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs])
+
+        return await self._unary("ModelMetadata", context, call)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        parsed = request_from_proto(request)
+        response = await self.frontend.infer(parsed)
+        return response_to_proto(response, wants_raw_outputs(request, parsed))
+
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return await self._unary("ModelInfer", context, lambda: self._infer(request))
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently (so they batch together) and are answered in the order they came."""
+        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.create_task(self._stream_one(request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # a broken request stream surfaces here
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        """One stream request's answer; its failure becomes error_message, the stream goes on."""
+        try:
+            with observed(self.metrics, "ModelStreamInfer"):
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+        except InferenceError as exc:
+            code, message = exc.code.name, exc.message
+        except Exception as exc:
+            log.exception("ModelStreamInfer request %r failed", request.id)
+            code, message = "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
+        failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                       id=request.id)
+        failed.parameters["error_code"].string_param = code
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+
+def add_to_server(server: grpc.aio.Server, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(dataplane, metrics), server)

@@ -1,0 +1,145 @@
+"""The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``Frontend``.
+
+Model name = ``--model-name``, one version, "1". Requests go through the same data plane
+(dynamic batcher, limits) as the native RPCs; every call is counted under protocol "v2" with
+the operation's gRPC method name as ``rpc`` (REST calls as ``http:<method>``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from kubeinfer import __version__
+from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.errors import Code, InferenceError, invalid_argument
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.oip.mappings import (
+    INPUTS,
+    MAPPINGS,
+    Parameters,
+    ParameterValue,
+    TaskMapping,
+    TensorSpec,
+    images_from_inputs,
+)
+from kubeinfer.runtime.oip.tensors import Tensor
+
+PROTOCOL = "v2"
+SERVER_NAME = "kubeinfer"
+MODEL_VERSION = "1"
+EXTENSIONS = ("binary_tensor_data",)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # the binary_data parameter, when the client set it
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)  # empty: all outputs
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Frontend:
+    """The protocol's operations over one runtime's data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.model_name = dataplane.config.model_name
+        self.task = dataplane.config.task
+        self.mapping: TaskMapping | None = MAPPINGS.get(self.task)
+
+    def server_ready(self) -> bool:
+        return self.dataplane.ready
+
+    def check_model(self, name: str, version: str = "") -> None:
+        """NOT_FOUND unless ``name`` (and ``version``, when given) is the served model."""
+        if name != self.model_name:
+            raise InferenceError(Code.NOT_FOUND, f"unknown model {name!r}; this runtime serves {self.model_name!r}")
+        if version not in ("", MODEL_VERSION):
+            raise InferenceError(Code.NOT_FOUND, f"model {name!r} has no version {version!r}; "
+                                                 f"it has version {MODEL_VERSION!r}")
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self.check_model(name, version)
+        return self.dataplane.ready
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return SERVER_NAME, __version__, EXTENSIONS
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        self.check_model(name, version)
+        outputs = self.mapping.outputs if self.mapping else ()
+        inputs = INPUTS if self.mapping else ()
+        return ModelMetadata(self.model_name, (MODEL_VERSION,), f"kubeinfer_{self.task}", inputs, outputs)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self.check_model(request.model_name, request.model_version)
+        if self.mapping is None:
+            raise InferenceError(Code.FAILED_PRECONDITION,
+                                 f"the Open Inference Protocol serves tasks {', '.join(MAPPINGS)}; "
+                                 f"this runtime serves {self.task!r}")
+        names = [spec.name for spec in self.mapping.outputs]
+        for output in request.outputs:
+            if output.name not in names:
+                raise invalid_argument(f"unknown output {output.name!r}; this model's outputs are {names}")
+        images = images_from_inputs(request.inputs)
+        tensors = await self.mapping.run(self.dataplane, images, Parameters(request.parameters))
+        if request.outputs:
+            by_name = {t.name: t for t in tensors}
+            tensors = [by_name[o.name] for o in request.outputs]
+        return InferResponse(self.model_name, MODEL_VERSION, request.id, tensors)
+
+
+@dataclass(slots=True)
+class Outcome:
+    code: str = "OK"
+
+
+@contextmanager
+def observed(metrics: RuntimeMetrics, rpc: str) -> Iterator[Outcome]:
+    """Count one call under protocol "v2": in-flight while it runs, then its code and duration."""
+    outcome = Outcome()
+    started = time.monotonic()
+    in_flight = metrics.in_flight.labels(metrics.model, PROTOCOL)
+    in_flight.inc()
+    try:
+        yield outcome
+    except InferenceError as exc:
+        outcome.code = exc.code.name
+        raise
+    except Exception:
+        outcome.code = "INTERNAL"
+        raise
+    except BaseException:  # cancelled by the client or the server shutting down
+        outcome.code = "CANCELLED"
+        raise
+    finally:
+        in_flight.dec()
+        metrics.observe_request(PROTOCOL, rpc, outcome.code, time.monotonic() - started)

@@ -1,5 +1,6 @@
 """Python clients for the kubeinfer runtime: gRPC (Client) and REST (RestClient)."""
 
 from kubeinfer.clients.client import Client
+from kubeinfer.clients.rest import RestClient, RestError
 
-__all__ = ["Client"]
+__all__ = ["Client", "RestClient", "RestError"]

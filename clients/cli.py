@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, help="detect: minimum score")
     parser.add_argument("--iou", type=float, help="detect: NMS IoU threshold")
     parser.add_argument("--masks", action="store_true", help="detect: return segmentation polygons")
+    parser.add_argument("--threshold", type=float, help="recognize: cosine similarity for a known match, in [-1, 1]")
+    parser.add_argument("--top-k", type=int, help="labels returned per image (default: the runtime's --top-k)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
             if task == "detect":
                 results = client.detect(args.images, confidence=args.confidence, iou=args.iou,
                                         return_masks=args.masks)
+            elif task in ("classify", "stream-classify"):
+                results = client.classify(args.images, top_k=args.top_k)
+            elif task == "recognize":
+                results = client.recognize(args.images, threshold=args.threshold, top_k=args.top_k)
             else:
                 print(f"kubeinfer predict: the runtime serves {task!r}, which predict does not call", file=sys.stderr)
                 return 2

@@ -6,14 +6,25 @@ Errors surface as ``grpc.RpcError`` with the server's status code and message
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubeinfer.clients import convert
+from kubeinfer.clients import convert, video
 from kubeinfer.clients.images import ImageLike, to_proto_image
-from kubeinfer.clients.types import DetectResult, ModelInfo
+from kubeinfer.clients.types import (
+    ClassifyResult,
+    ClipResult,
+    DetectResult,
+    ModelInfo,
+    ProcessedFrame,
+    Recognition,
+    StreamFrame,
+    StreamPrediction,
+    VideoSummary,
+)
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -73,3 +84,82 @@ class Client:
         request = pb.DetectRequest(images=[to_proto_image(i) for i in images], parameters=params)
         response = self.stub.Detect(request, timeout=self._timeout(timeout))
         return [convert.detect_result(r) for r in response.results]
+
+    def classify(self, images: Iterable[ImageLike], *, top_k: int | None = None,
+                 timeout: float | None = None) -> list[ClassifyResult]:
+        """The ``top_k`` most probable labels per image (default: the runtime's --top-k), best first."""
+        request = pb.ClassifyRequest(images=[to_proto_image(i) for i in images], top_k=top_k)
+        response = self.stub.Classify(request, timeout=self._timeout(timeout))
+        return [convert.classify_result(r) for r in response.results]
+
+    def classify_clip(self, frames: Iterable[ImageLike], *, top_k: int | None = None,
+                      timeout: float | None = None) -> ClipResult:
+        """One prediction for a whole clip: the mean of its frames' class probabilities.
+
+        ``frames`` is sent lazily as it is iterated; the server batches frames as they arrive.
+        """
+        def requests() -> Iterator[pb.ClipFrame]:
+            for index, frame in enumerate(frames):
+                yield pb.ClipFrame(image=to_proto_image(frame), top_k=top_k if index == 0 else None)
+
+        return convert.clip_result(self.stub.ClassifyClip(requests(), timeout=self._timeout(timeout)))
+
+    def stream_classify(self, frames: Iterable[ImageLike | StreamFrame], *, stream_id: str = "", mode: str = "",
+                        top_k: int | None = None, timeout: float | None = None) -> Iterator[StreamPrediction]:
+        """Classify a stream of frames: per frame, in order, its own and its stream's window-averaged prediction.
+
+        Frames are numbered from 0 and belong to ``stream_id``/``mode``; ``StreamFrame`` items may carry their
+        own stream id, mode, sequence and top_k, so one call can interleave several streams (windows never mix
+        across calls, even with equal ids). ``frames`` is consumed lazily, so it may be a live source. A frame that
+        fails (bad image, stream refused past --max-streams: RESOURCE_EXHAUSTED) comes back with ``error`` set;
+        the call goes on. No deadline unless ``timeout`` is given; closing the iterator ends the call and frees
+        its windows on the server.
+        """
+        def requests() -> Iterator[pb.StreamFrame]:
+            for index, frame in enumerate(frames):
+                if isinstance(frame, StreamFrame):
+                    yield pb.StreamFrame(stream_id=stream_id if frame.stream_id is None else frame.stream_id,
+                                         mode=mode if frame.mode is None else frame.mode,
+                                         sequence=index if frame.sequence is None else frame.sequence,
+                                         image=to_proto_image(frame.image),
+                                         top_k=top_k if frame.top_k is None else frame.top_k)
+                else:
+                    yield pb.StreamFrame(stream_id=stream_id, mode=mode, sequence=index,
+                                         image=to_proto_image(frame), top_k=top_k)
+
+        return video.responses(self.stub.StreamClassify(requests(), timeout=timeout), convert.stream_prediction)
+
+    def recognize(self, images: Iterable[ImageLike], threshold: float | None = None, top_k: int | None = 1, *,
+                  timeout: float | None = None) -> list[Recognition]:
+        """The best gallery label per image ("unknown" below the threshold) and the top_k candidates.
+
+        ``threshold`` (cosine similarity in [-1, 1]) overrides the runtime's --similarity-threshold;
+        ``top_k=None`` takes the runtime's --top-k.
+        """
+        request = pb.RecognizeRequest(images=[to_proto_image(i) for i in images], threshold=threshold, top_k=top_k)
+        response = self.stub.Recognize(request, timeout=self._timeout(timeout))
+        return [convert.recognition(r) for r in response.results]
+
+    def process_video(self, frames: Iterable[ImageLike], *, ops: Sequence[video.OpLike] = (), stream_id: str = "",
+                      jpeg_quality: int | None = None, timeout: float | None = None) -> Iterator[ProcessedFrame]:
+        """Stream frames through the video task's pipeline; processed frames come back as they are done, in order.
+
+        ``frames`` is consumed lazily (frames are numbered from 0), so it may be a live source. ``ops`` are
+        operations like ``"edges:low=50:high=150"`` or ``("resize", {"width": 320})``. A frame that fails comes
+        back with ``error`` set; the stream goes on. Streams have no deadline unless ``timeout`` is given.
+        Closing the returned iterator cancels the call, which frees the stream on the server.
+        """
+        pipeline = video.to_pipeline(ops, jpeg_quality)
+        call = self.stub.ProcessVideo(video.video_requests(frames, pipeline, stream_id), timeout=timeout)
+        return video.responses(call, convert.processed_frame)
+
+    def process_video_file(self, path: str | Path | bytes, *, ops: Sequence[video.OpLike] = (),
+                           jpeg_quality: int | None = None,
+                           timeout: float | None = None) -> Iterator[ProcessedFrame | VideoSummary]:
+        """Upload a video file (anything OpenCV decodes; it must fit in one message) and iterate its processed
+        frames, then a ``VideoSummary`` with the frame count and fps. No deadline unless ``timeout`` is given."""
+        data = path if isinstance(path, bytes) else Path(path).read_bytes()
+        request = pb.VideoFileRequest(video=data, pipeline=video.to_pipeline(ops, jpeg_quality))
+        call = self.stub.ProcessVideoFile(request, timeout=timeout)
+        return video.responses(call, convert.video_file_event)
+

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from kubeinfer.clients.types import Box, Detection, DetectResult, ModelInfo
+import grpc
+
+from kubeinfer.clients.types import (
+    Box,
+    Candidate,
+    Classification,
+    ClassifyResult,
+    ClipResult,
+    Detection,
+    DetectResult,
+    FrameError,
+    ModelInfo,
+    ProcessedFrame,
+    Recognition,
+    StreamPrediction,
+    VideoSummary,
+)
 from kubeinfer.v1 import inference_pb2 as pb
 
 
@@ -23,3 +39,45 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         segmentation=info.segmentation, top_k=info.top_k, window=info.window, active_streams=info.active_streams,
         max_streams=info.max_streams, gallery_size=info.gallery_size, gallery_dimension=info.gallery_dimension,
         gallery_labels=list(info.gallery_labels), operations=list(info.operations))
+
+
+def recognition(result: pb.Recognition) -> Recognition:
+    return Recognition(label=result.label, similarity=result.similarity, known=result.known,
+                       candidates=[Candidate(c.label, c.similarity) for c in result.candidates])
+
+
+def _frame_error(error: pb.FrameError) -> FrameError:
+    names = {status.value[0]: status.name for status in grpc.StatusCode}
+    return FrameError(names.get(error.code, str(error.code)), error.message)
+
+
+def processed_frame(frame: pb.ProcessedFrame) -> ProcessedFrame:
+    return ProcessedFrame(
+        stream_id=frame.stream_id, sequence=frame.sequence, jpeg=frame.jpeg, width=frame.width, height=frame.height,
+        detections=[Detection(Box(d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.score, d.class_id, d.label,
+                              [list(p.xy) for p in d.mask]) for d in frame.detections],
+        error=_frame_error(frame.error) if frame.HasField("error") else None)
+
+
+def video_file_event(event: pb.VideoFileEvent) -> ProcessedFrame | VideoSummary:
+    if event.HasField("summary"):
+        s = event.summary
+        return VideoSummary(frame_count=s.frame_count, fps=s.fps, width=s.width, height=s.height)
+    return processed_frame(event.frame)
+
+
+def classify_result(result: pb.ClassifyResult) -> ClassifyResult:
+    return ClassifyResult([Classification(c.label, c.class_id, c.score) for c in result.top])
+
+
+def clip_result(result: pb.ClipResult) -> ClipResult:
+    return ClipResult(classify_result(result.result), result.frames)
+
+
+def stream_prediction(prediction: pb.StreamPrediction) -> StreamPrediction:
+    return StreamPrediction(
+        stream_id=prediction.stream_id, mode=prediction.mode, sequence=prediction.sequence,
+        raw=classify_result(prediction.raw) if prediction.HasField("raw") else None,
+        averaged=classify_result(prediction.averaged) if prediction.HasField("averaged") else None,
+        window_fill=prediction.window_fill,
+        error=_frame_error(prediction.error) if prediction.HasField("error") else None)

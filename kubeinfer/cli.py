@@ -16,7 +16,11 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kubeinfer.runtime.config", "run the inference runtime (gRPC + HTTP) for one model"),
     "predict": ("kubeinfer.clients.cli", "send images to a runtime and print the results as JSON"),
+    "video": ("kubeinfer.clients.video_cli", "process a video file through a runtime's video task, write the result"),
+    "operator": ("kubeinfer.operator.main", "run the operator turning InferenceService resources into runtimes"),
+    "fetch": ("kubeinfer.runtime.fetch", "download model files over http(s) into a folder (the init container)"),
     "demo": ("kubeinfer.runtime.demo_models", "train the small demo detector (synthetic rectangles, offline)"),
+    "gallery": ("kubeinfer.runtime.gallery_cli", "build recognition galleries (embeddings files) from image folders"),
 }
 
 

@@ -6,7 +6,7 @@ REST and the Open Inference Protocol alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 from kubeinfer import __version__
@@ -15,7 +15,12 @@ from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask, ClipFrameInput, ClipResult
 from kubeinfer.runtime.tasks.detect import DetectOverrides, DetectResult, DetectTask
+from kubeinfer.runtime.tasks.recognize import Recognition, RecognizeOverrides, RecognizeTask
+from kubeinfer.runtime.tasks.stream import StreamClassifyTask, StreamFrameInput, StreamPrediction
+from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary, VideoTask
+from kubeinfer.runtime.video_ops import PipelineSpec
 
 T = TypeVar("T", bound=Task)
 
@@ -80,3 +85,24 @@ class DataPlane:
 
     async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
         return await self.served(DetectTask, "Detect").detect(images, overrides)
+
+    async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
+        return await self.served(ClassifyTask, "Classify").classify(images, top_k)
+
+    async def classify_clip(self, frames: AsyncIterator[ClipFrameInput]) -> ClipResult:
+        return await self.served(ClassifyTask, "ClassifyClip").classify_clip(frames)
+
+    def stream_classify(self, frames: AsyncIterator[StreamFrameInput]) -> AsyncIterator[StreamPrediction]:
+        """Predictions of one StreamClassify call, in frame order (an async generator: close it when done)."""
+        return self.served(StreamClassifyTask, "StreamClassify").stream(frames)
+
+    async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
+        return await self.served(RecognizeTask, "Recognize").recognize(images, overrides)
+
+    def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
+        """Processed frames of one ProcessVideo call, in order (an async generator: close it when done)."""
+        return self.served(VideoTask, "ProcessVideo").process_video(messages)
+
+    def process_video_file(self, data: bytes, pipeline: PipelineSpec) -> AsyncIterator[FrameResult | VideoSummary]:
+        """A video file's processed frames, then its summary (an async generator: close it when done)."""
+        return self.served(VideoTask, "ProcessVideoFile").process_video_file(data, pipeline)

@@ -16,4 +16,20 @@ def build_task(config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExe
         from kubeinfer.runtime.tasks.detect import DetectTask
 
         return DetectTask(config, metrics, pool)
+    if config.task == "classify":
+        from kubeinfer.runtime.tasks.classify import ClassifyTask
+
+        return ClassifyTask(config, metrics, pool)
+    if config.task == "stream-classify":
+        from kubeinfer.runtime.tasks.stream import StreamClassifyTask
+
+        return StreamClassifyTask(config, metrics, pool)
+    if config.task == "recognize":
+        from kubeinfer.runtime.tasks.recognize import RecognizeTask
+
+        return RecognizeTask(config, metrics, pool)
+    if config.task == "video":
+        from kubeinfer.runtime.tasks.video import VideoTask
+
+        return VideoTask(config, metrics, pool)
     raise StartupError(f"task {config.task!r} is not available in this build")

@@ -1,0 +1,192 @@
+"""Image classification: top-k labels per image (Classify) and one averaged prediction per clip (ClassifyClip).
+
+Models are TorchScript, ONNX or ultralytics ``-cls`` classifiers loaded by
+``ImageModel`` (preprocessing from flags, else the JSON sidecar, else its defaults).
+Labels come from ``--labels`` (see ``kubeinfer.runtime.labels`` for the formats),
+else from the model (ultralytics), else they are the class indices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kubeinfer.runtime.batching import DynamicBatcher
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.errors import StartupError, invalid_argument
+from kubeinfer.runtime.images import ImageInput
+from kubeinfer.runtime.labels import check_count, load_labels
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+from kubeinfer.runtime.tasks.base import Task, require_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    label: str
+    class_id: int
+    score: float  # probability
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    top: list[Classification]  # best first
+
+
+@dataclass(frozen=True, slots=True)
+class ClipFrameInput:
+    """One frame of a clip as received; ``top_k`` is read from the first frame."""
+
+    image: ImageInput
+    top_k: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipResult:
+    result: ClassifyResult  # from the mean of the frames' class probabilities
+    frames: int
+
+
+class ClassifyTask(Task):
+    """Classify: decode + preprocess in the pool, one batched forward for all callers, top-k per image."""
+
+    name = "classify"
+
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+        super().__init__(config, metrics, pool)
+        assert config.model is not None  # ServeConfig.validate requires it for this task
+        given = load_labels(config.labels) if config.labels is not None else None  # a bad file fails before loading
+        preprocessing = Preprocessing.resolve(config.model, input_size=config.image_size, mean=config.mean,
+                                              std=config.std, channel_order=config.channel_order,
+                                              resize_mode=config.resize_mode)
+        self.model = ImageModel(config.model, config.device, preprocessing)
+        if self.model.preprocessing.output == "embeddings":
+            raise StartupError(f"model {config.model} is declared to output embeddings (sidecar \"output\"); "
+                               "classification needs \"logits\" or \"probabilities\"")
+        self.labels = self._resolve_labels(given)
+        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            self.name, self.model.forward, max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)
+        # frames of one clip or stream call in flight at once: enough to fill a batch, bounded against floods
+        self.pipeline_depth = max(2, 2 * config.max_batch_size)
+
+    def _resolve_labels(self, given: list[str] | None) -> list[str]:
+        """--labels (one per model output), else the model's own names, else the class indices."""
+        model = self.model
+        if given is not None:
+            assert self.config.labels is not None
+            check_count(given, model.output_size, self.config.labels, model.path)
+            return given
+        if model.class_names:
+            if len(model.class_names) != model.output_size:
+                raise StartupError(f"model {model.path} names {len(model.class_names)} classes but outputs "
+                                   f"{model.output_size}; give --labels")
+            return list(model.class_names)
+        log.warning("no --labels for %s: classes are reported by index", model.path)
+        return [str(i) for i in range(model.output_size)]
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    def reload(self) -> None:
+        """SIGHUP re-reads --labels; a broken or mismatched file is logged and the current labels stay."""
+        if self.config.labels is None:
+            return
+        try:
+            labels = load_labels(self.config.labels)
+            check_count(labels, self.model.output_size, self.config.labels, self.model.path)
+        except StartupError as exc:
+            log.error("labels not reloaded: %s", exc)
+            return
+        self.labels = labels
+        log.info("reloaded %d labels from %s", len(labels), self.config.labels)
+
+    def info(self) -> dict[str, Any]:
+        return {"model_format": self.model.format, "labels": list(self.labels),
+                "input_size": self.model.preprocessing.input_size}
+
+    # -- shared by every classification RPC
+
+    def resolve_top_k(self, requested: int | None) -> int:
+        """The request's top_k (at least 1), else --top-k; never more than the number of classes."""
+        if requested is not None and requested < 1:
+            raise invalid_argument(f"top_k must be at least 1, got {requested}")
+        return min(self.config.top_k if requested is None else requested, len(self.labels))
+
+    def top(self, probabilities: np.ndarray, k: int) -> ClassifyResult:
+        """The k most probable classes, best first (ties: lower class id first)."""
+        labels = self.labels
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return ClassifyResult([Classification(labels[i], int(i), float(probabilities[i])) for i in order])
+
+    def _prepare(self, image: ImageInput, index: int) -> np.ndarray:
+        return self.model.preprocess(self.decode(image, index))
+
+    async def probabilities(self, images: Sequence[ImageInput], first_index: int = 0) -> list[np.ndarray]:
+        """Class probabilities per image, through the shared batcher."""
+        with self.batcher.reserve(len(images)) as reservation:
+            prepared = await self.map_in_pool(self._prepare, images,
+                                              range(first_index, first_index + len(images)))
+            return await self.batcher.submit_many(prepared, reservation)
+
+    # -- RPCs
+
+    async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
+        require_images(images)
+        k = self.resolve_top_k(top_k)
+        outputs = await self.probabilities(images)
+        self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))
+        return [self.top(p, k) for p in outputs]
+
+    async def classify_clip(self, frames: AsyncIterable[ClipFrameInput]) -> ClipResult:
+        """Mean class probabilities over every frame of the clip; frames are batched as they arrive.
+
+        When frames fail, the error of the earliest failing one is raised (the others in flight finish first).
+        """
+        total = np.zeros(len(self.labels), dtype=np.float64)
+        count = 0
+        k = self.config.top_k
+        pending: dict[asyncio.Task[list[np.ndarray]], int] = {}  # in flight -> frame index
+
+        async def settle(done: set[asyncio.Task[list[np.ndarray]]]) -> None:
+            nonlocal total
+            finished = {t: pending.pop(t) for t in done}
+            if any(t.exception() is not None for t in finished):
+                if pending:
+                    await asyncio.wait(pending)
+                    finished.update({t: pending.pop(t) for t in list(pending)})
+                _, error = min((i, t.exception()) for t, i in finished.items() if t.exception() is not None)
+                raise error  # type: ignore[misc]
+            for t in finished:
+                total += t.result()[0]
+
+        try:
+            async for frame in frames:
+                if count == 0:
+                    k = self.resolve_top_k(frame.top_k)
+                if len(pending) >= self.pipeline_depth:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    await settle(done)
+                pending[asyncio.create_task(self.probabilities([frame.image], count))] = count
+                count += 1
+            if pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                await settle(done)
+        finally:
+            for t in pending:
+                t.cancel()
+        if count == 0:
+            raise invalid_argument("the clip holds no frames")
+        self.metrics.frames.labels(self.metrics.model, self.name).inc(count)
+        return ClipResult(self.top((total / count).astype(np.float32), k), count)

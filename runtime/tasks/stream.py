@@ -1,0 +1,286 @@
+"""Stream classification (seed 001): per-frame predictions averaged over a window of each client's stream.
+
+A StreamClassify call may interleave several streams, each frame tagged with a
+stream id and an input mode. Window state is keyed by (call, stream id): the mean
+of the class probabilities of that stream's last ``--window`` frames. Two calls
+never share state, even with equal stream ids, and a call's streams end with it.
+Streams idle for ``--stream-idle-seconds`` are evicted; past ``--max-streams``
+open streams, a frame opening a new one is answered with RESOURCE_EXHAUSTED (as
+that frame's error: the call and its other streams go on). Frames of every
+stream and call go through the one batcher of the model, as Classify requests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.errors import Code, InferenceError
+from kubeinfer.runtime.images import ImageInput
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrameInput:
+    stream_id: str
+    mode: str  # input mode / source name, echoed back
+    sequence: int  # echoed back
+    image: ImageInput
+    top_k: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    code: Code
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPrediction:
+    stream_id: str
+    mode: str
+    sequence: int
+    raw: ClassifyResult | None  # this frame alone
+    averaged: ClassifyResult | None  # mean over the stream's last `window` frames
+    window_fill: int  # frames in the window now
+    error: FrameError | None = None  # set instead of the predictions when this frame failed
+
+
+class StreamWindow:
+    """The last ``size`` probability vectors of one stream. Touched only on the event loop."""
+
+    def __init__(self, size: int, now: float) -> None:
+        self._frames: deque[np.ndarray] = deque(maxlen=size)
+        self.last_seen = now
+
+    def add(self, probabilities: np.ndarray) -> tuple[np.ndarray, int]:
+        """Push a frame; the window's mean (recomputed exactly, no drifting running sum) and fill."""
+        self._frames.append(probabilities)
+        mean = np.stack(self._frames).mean(axis=0, dtype=np.float64)
+        return mean.astype(np.float32), len(self._frames)
+
+    @property
+    def fill(self) -> int:
+        return len(self._frames)
+
+
+class StreamRegistry:
+    """Every open stream's window, keyed by (call, stream id): bounded, idle ones evicted. Thread-safe."""
+
+    def __init__(self, window: int, max_streams: int, idle_seconds: float,
+                 on_change: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.max_streams = max_streams
+        self.idle_seconds = idle_seconds
+        self._on_change = on_change
+        self._clock = clock
+        self._streams: OrderedDict[tuple[int, str], StreamWindow] = OrderedDict()  # least recently seen first
+        self._calls: dict[int, set[str]] = {}
+        self._call_ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def open_call(self) -> int:
+        """A new call's id: its streams are its own."""
+        with self._lock:
+            call = next(self._call_ids)
+            self._calls[call] = set()
+            return call
+
+    def admit(self, call: int, stream_id: str) -> StreamWindow:
+        """The stream's window, opening it if new; RESOURCE_EXHAUSTED when --max-streams are open."""
+        now = self._clock()
+        key = (call, stream_id)
+        with self._lock:
+            window = self._streams.get(key)
+            if window is not None:
+                window.last_seen = now
+                self._streams.move_to_end(key)
+                return window
+            evicted = self._evict_locked(now)
+            count = len(self._streams)
+            if count >= self.max_streams:
+                if evicted:
+                    self._notify(count)
+                raise InferenceError(Code.RESOURCE_EXHAUSTED,
+                                     f"stream {stream_id!r} refused: {count} streams are open, the limit is "
+                                     f"{self.max_streams} (--max-streams); retry later")
+            window = StreamWindow(self.window, now)
+            self._streams[key] = window
+            self._calls.setdefault(call, set()).add(stream_id)
+            self._notify(count + 1)
+            return window
+
+    def close_call(self, call: int) -> None:
+        """The call ended: its streams' state goes with it."""
+        with self._lock:
+            for stream_id in self._calls.pop(call, set()):
+                self._streams.pop((call, stream_id), None)
+            self._notify(len(self._streams))
+
+    def evict_idle(self) -> int:
+        """Drop streams idle longer than the limit; how many were dropped."""
+        with self._lock:
+            evicted = self._evict_locked(self._clock())
+            if evicted:
+                self._notify(len(self._streams))
+        return evicted
+
+    def _evict_locked(self, now: float) -> int:
+        evicted = 0
+        while self._streams:
+            (call, stream_id), window = next(iter(self._streams.items()))
+            if now - window.last_seen < self.idle_seconds:
+                break
+            del self._streams[(call, stream_id)]
+            self._calls.get(call, set()).discard(stream_id)
+            evicted += 1
+            log.info("stream %r of call %d evicted after %.0fs idle", stream_id, call, now - window.last_seen)
+        return evicted
+
+    def _notify(self, count: int) -> None:
+        """Report the count under the lock, so concurrent changes cannot land out of order."""
+        if self._on_change is not None:
+            self._on_change(count)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    frame: StreamFrameInput
+    window: StreamWindow | None
+    top_k: int
+    job: asyncio.Task[list[np.ndarray]] | None
+    error: InferenceError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: BaseException | None
+
+
+class StreamClassifyTask(ClassifyTask):
+    """Stream-classify: ClassifyTask plus the per-stream windows; Classify and ClassifyClip work here too."""
+
+    name = "stream-classify"
+
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+        super().__init__(config, metrics, pool)
+        gauge = metrics.active_streams.labels(metrics.model, self.name)
+        self.registry = StreamRegistry(config.window, config.max_streams, config.stream_idle_seconds,
+                                       on_change=gauge.set)
+        gauge.set(0)
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="stream-eviction", daemon=True)
+
+    def start(self) -> None:
+        super().start()
+        self._sweeper.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join()
+        super().stop()
+
+    def _sweep(self) -> None:
+        """Evict idle streams even when no frame arrives, so the gauge and ModelInfo stay true."""
+        interval = min(1.0, max(0.05, self.config.stream_idle_seconds / 4))
+        while not self._stopping.wait(interval):
+            self.registry.evict_idle()
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info.update(window=self.config.window, active_streams=len(self.registry),
+                    max_streams=self.config.max_streams)
+        return info
+
+    async def stream(self, frames: AsyncIterable[StreamFrameInput]) -> AsyncIterator[StreamPrediction]:
+        """One call: predictions in the order the frames came, while later frames are already being batched."""
+        call = self.registry.open_call()
+        queue: asyncio.Queue[_InFlight | _End] = asyncio.Queue(self.pipeline_depth)
+        reader = asyncio.create_task(self._read(call, frames, queue))
+        try:
+            while True:
+                entry = await queue.get()
+                if isinstance(entry, _End):
+                    if entry.error is not None:
+                        raise entry.error
+                    return
+                yield await self._finish(entry)
+        finally:
+            reader.cancel()
+            while not queue.empty():
+                left = queue.get_nowait()
+                if isinstance(left, _InFlight) and left.job is not None:
+                    left.job.cancel()
+            self.registry.close_call(call)
+
+    async def _read(self, call: int, frames: AsyncIterable[StreamFrameInput],
+                    queue: asyncio.Queue[_InFlight | _End]) -> None:
+        """Admit each frame's stream and start its inference; the bounded queue is the call's flow control."""
+        index = 0
+        try:
+            async for frame in frames:
+                entry = self._begin(call, frame, index)
+                index += 1
+                try:
+                    await queue.put(entry)
+                except BaseException:
+                    if entry.job is not None:
+                        entry.job.cancel()
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the request stream broke: the writer re-raises it
+            await queue.put(_End(exc))
+            return
+        await queue.put(_End(None))
+
+    def _begin(self, call: int, frame: StreamFrameInput, index: int) -> _InFlight:
+        try:
+            window = self.registry.admit(call, frame.stream_id)
+        except InferenceError as exc:
+            return _InFlight(frame, None, 0, None, exc)
+        try:
+            k = self.resolve_top_k(frame.top_k)
+        except InferenceError as exc:
+            return _InFlight(frame, window, 0, None, exc)
+        return _InFlight(frame, window, k, asyncio.create_task(self.probabilities([frame.image], index)))
+
+    async def _finish(self, entry: _InFlight) -> StreamPrediction:
+        frame = entry.frame
+        error = entry.error
+        if error is None:
+            assert entry.job is not None and entry.window is not None
+            try:
+                (probabilities,) = await entry.job
+            except InferenceError as exc:
+                error = exc
+            except Exception as exc:
+                log.exception("frame %d of stream %r failed", frame.sequence, frame.stream_id)
+                error = InferenceError(Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        if error is not None:
+            fill = entry.window.fill if entry.window is not None else 0
+            return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, None, None, fill,
+                                    FrameError(error.code, error.message))
+        averaged, fill = entry.window.add(probabilities)
+        self.metrics.frames.labels(self.metrics.model, self.name).inc()
+        return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, self.top(probabilities, entry.top_k),
+                                self.top(averaged, entry.top_k), fill)

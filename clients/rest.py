@@ -32,7 +32,7 @@ from google.protobuf import json_format
 
 from kubeinfer.clients import convert
 from kubeinfer.clients.images import ImageLike
-from kubeinfer.clients.types import ClassifyResult, DetectResult
+from kubeinfer.clients.types import ClassifyResult, DetectResult, Recognition
 from kubeinfer.v1 import inference_pb2 as pb
 
 
@@ -76,6 +76,15 @@ class RestClient:
             return _error(body, status), status
         response = json_format.ParseDict(body, pb.DetectResponse(), ignore_unknown_fields=True)
         return [convert.detect_result(r) for r in response.results], status
+
+    def recognize(self, images: Iterable[ImageLike], *, threshold: float | None = None, top_k: int = 1
+                  ) -> tuple[list[Recognition] | RestError, int]:
+        """Best gallery match per image (``unknown`` below the threshold), in order, and the HTTP status."""
+        body, status = self.post("recognize", images, {"threshold": threshold, "top_k": top_k})
+        if status != 200:
+            return _error(body, status), status
+        response = json_format.ParseDict(body, pb.RecognizeResponse(), ignore_unknown_fields=True)
+        return [convert.recognition(r) for r in response.results], status
 
     def post(self, name: str, images: Iterable[ImageLike], parameters: dict[str, Any] | None = None
              ) -> tuple[Any, int]:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.errors import InferenceError
+from kubeinfer.runtime.errors import InferenceError, StartupError
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.oip import grpc_service as oip_grpc
 from kubeinfer.v1 import inference_pb2 as pb
@@ -174,10 +174,11 @@ class GrpcTransport:
              reflection.SERVICE_NAME),
             self.server)
         address = f"{config.host}:{config.grpc_port}"
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc raises when the port is taken
+            raise StartupError(f"cannot listen on {address} for gRPC: {exc}") from None
         if self.port == 0:
-            from kubeinfer.runtime.errors import StartupError
-
             raise StartupError(f"cannot listen on {address} for gRPC")
 
     async def start(self) -> None:

@@ -56,6 +56,14 @@ def test_a_missing_or_corrupt_model_exits_non_zero_with_one_clear_line(tmp_path:
     assert "Traceback" not in result.stderr
 
 
+def test_a_taken_port_exits_with_one_clear_line(detect_runtime: RuntimeProcess, detector_model: Path) -> None:
+    result = run_cli("serve", "--model", str(detector_model), "--grpc-port", str(detect_runtime.grpc_port),
+                     "--http-port", str(free_port()))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{detect_runtime.grpc_port} for gRPC" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_flags_fall_back_to_kubeinfer_environment_variables(tmp_path: Path) -> None:
     env = runtime_env(KUBEINFER_MAX_BATCH_SIZE="0")
     result = run_cli("serve", "--model", str(tmp_path), env=env)

@@ -237,8 +237,11 @@ def test_rest_recognize(file_runtime: RuntimeProcess) -> None:
     assert first["candidates"][0] == {"label": "checker", "similarity": pytest.approx(first["similarity"])}
     assert (second["label"], second["known"]) == ("unknown", False)
 
-    multipart, status = RestClient(file_runtime.http_url).post("recognize", [query], {"threshold": 0.9999})
-    assert status == 200 and multipart["results"][0]["label"] == "unknown"
+    rest = RestClient(file_runtime.http_url)
+    results, status = rest.recognize([query], threshold=0.9999)
+    assert status == 200 and results[0].label == "unknown" and not results[0].known  # type: ignore[index]
+    results, status = rest.recognize([query], top_k=2)
+    assert status == 200 and results[0].known and len(results[0].candidates) == 2  # type: ignore[index]
     refused, status = post_json(url, {"images": [{"b64": base64.b64encode(query).decode()}],
                                       "parameters": {"threshold": -3}})
     assert status == 400 and refused["code"] == "INVALID_ARGUMENT" and "threshold must be in" in refused["error"]

@@ -1,1 +1,1 @@
-"""Generated stubs of the Open Inference Protocol, protobuf package ``inference`` (see protos/generate.py)."""
+"""Generated stubs of the Open Inference Protocol (protobuf package ``inference``; see protos/generate.py)."""

@@ -1,7 +1,8 @@
 """Image decoding and size guards. Runs in the worker pool, never on the event loop.
 
-Decoded images are BGR, HWC, uint8 and C-contiguous: OpenCV's native layout, which
-the detectors take as is and the other tasks convert once after resizing.
+Decoded images are HWC uint8, BGR by default (OpenCV's native layout, which the
+detectors take as is). Callers whose model wants RGB ask for ``order="rgb"``: raw RGB
+pixels then come back as a read-only view of the request bytes, with no copy at all.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ class ImageInput:
     channels: int = 3
 
 
-def decode(image: ImageInput, index: int, max_pixels: int) -> np.ndarray:
-    """Decode to BGR uint8 HWC, refusing malformed or oversized images with a message naming ``index``."""
+def decode(image: ImageInput, index: int, max_pixels: int, order: str = "bgr") -> np.ndarray:
+    """Decode to uint8 HWC in ``order`` ("bgr" or "rgb"), refusing malformed or oversized images by ``index``."""
     if image.encoded is not None:
-        return _decode_encoded(image.encoded, index, max_pixels)
+        pixels = _decode_encoded(image.encoded, index, max_pixels)
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels) if order == "rgb" else pixels
     if image.pixels is not None:
-        return _decode_raw(image, index, max_pixels)
+        return _decode_raw(image, index, max_pixels, order)
     raise invalid_argument(f"image {index}: empty (set either encoded bytes or raw pixels)")
 
 
@@ -58,7 +60,7 @@ def _decode_encoded(data: bytes, index: int, max_pixels: int) -> np.ndarray:
     return pixels
 
 
-def _decode_raw(image: ImageInput, index: int, max_pixels: int) -> np.ndarray:
+def _decode_raw(image: ImageInput, index: int, max_pixels: int, order: str) -> np.ndarray:
     channels = image.channels or 3
     if channels not in (1, 3):
         raise invalid_argument(f"image {index}: raw images need 1 or 3 channels, got {channels}")
@@ -72,8 +74,10 @@ def _decode_raw(image: ImageInput, index: int, max_pixels: int) -> np.ndarray:
             f"image {index}: raw pixels hold {len(image.pixels)} bytes, "
             f"expected {image.height}x{image.width}x{channels} = {expected}")
     array = np.frombuffer(image.pixels, dtype=np.uint8).reshape(image.height, image.width, channels)
-    code = cv2.COLOR_GRAY2BGR if channels == 1 else cv2.COLOR_RGB2BGR
-    return cv2.cvtColor(array, code)  # the one copy: protobuf bytes are read-only
+    if channels == 3 and order == "rgb":
+        return array  # read-only view of the request: resizing or batching makes the first copy
+    code = (cv2.COLOR_GRAY2RGB if order == "rgb" else cv2.COLOR_GRAY2BGR) if channels == 1 else cv2.COLOR_RGB2BGR
+    return cv2.cvtColor(array, code)
 
 
 def _check_pixels(index: int, width: int, height: int, max_pixels: int) -> None:

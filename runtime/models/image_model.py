@@ -94,17 +94,36 @@ class Preprocessing:
             raise StartupError(f"preprocessing from {source}: " + "; ".join(problems))
 
     def apply(self, bgr: np.ndarray) -> np.ndarray:
-        """BGR uint8 HWC -> normalised float32 CHW of input_size x input_size (worker pool)."""
+        """BGR uint8 HWC -> normalised float32 CHW: the reference of what the model sees."""
+        return self.normalize(self.resize(bgr, "bgr")[None])[0]
+
+    def resize(self, pixels: np.ndarray, order: str) -> np.ndarray:
+        """uint8 HWC in ``order`` -> uint8 HWC of input_size x input_size in the model's channel order (pool).
+
+        An image already of the right size and order is returned as it is: raw pixels cost no copy here.
+        """
         size = self.input_size
-        resized = _resize(bgr, size, self.resize_mode)
-        if self.channel_order == "rgb":
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        if pixels.shape[:2] != (size, size):
+            pixels = _resize(pixels, size, self.resize_mode)
+        if order != self.channel_order:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)  # the same swap either way
+        return pixels
+
+    def shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (mean, std) in 0..255 units, in the model's channel order (mean/std are given as RGB)."""
         scale = np.asarray(self.std, dtype=np.float32) * 255.0
         shift = np.asarray(self.mean, dtype=np.float32) * 255.0
         if self.channel_order == "bgr":
-            scale, shift = scale[::-1], shift[::-1]
-        chw = (resized.astype(np.float32) - shift) / scale
-        return np.ascontiguousarray(chw.transpose(2, 0, 1))
+            scale, shift = scale[::-1].copy(), shift[::-1].copy()
+        return shift, scale
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> normalised float32 NCHW, once per batch (inference thread)."""
+        shift, scale = self.shift_scale()
+        out = batch.astype(np.float32).transpose(0, 3, 1, 2)
+        out -= shift[None, :, None, None]
+        out /= scale[None, :, None, None]
+        return np.ascontiguousarray(out)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -224,15 +243,35 @@ class ImageModel:
 
     # -- serving
 
-    def preprocess(self, bgr: np.ndarray) -> np.ndarray:
-        return self.preprocessing.apply(bgr)
+    @property
+    def input_order(self) -> str:
+        """Channel order ``preprocess`` hands the model: decode straight into it to skip a conversion."""
+        return self.preprocessing.channel_order
+
+    def preprocess(self, pixels: np.ndarray, order: str = "bgr") -> np.ndarray:
+        """Decoded image -> model-sized uint8 HWC (worker pool); normalisation happens per batch in ``forward``."""
+        return self.preprocessing.resize(pixels, order)
 
     def forward(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One model call for the batch; per-item float32 vectors (softmaxed when the model gives logits)."""
-        out = self._run(np.stack(batch))
+        """One model call for a batch of ``preprocess`` outputs; per-item float32 vectors.
+
+        Softmax is applied when the model gives logits.
+        """
+        out = self._run_uint8(np.stack(batch))
         if self.preprocessing.output == "logits":
             out = _softmax(out)
         return list(out.astype(np.float32, copy=False))
+
+    def _run_uint8(self, batch: np.ndarray) -> np.ndarray:
+        if self.format == "onnx":
+            return self._run_onnx(self.preprocessing.normalize(batch))
+        import torch
+
+        shift, scale = (torch.from_numpy(v).to(self._torch_device)[None, :, None, None]
+                        for v in self.preprocessing.shift_scale())
+        with torch.inference_mode():
+            images = torch.from_numpy(batch).to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2).float()
+            return self._forward_torch(images.sub_(shift).div_(scale))
 
     def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._input_name: batch})[0])
@@ -241,10 +280,13 @@ class ImageModel:
         import torch
 
         with torch.inference_mode():
-            out = self._module(torch.from_numpy(batch).to(self._torch_device, non_blocking=True))
-            if isinstance(out, list | tuple):
-                out = out[0]
-            return out.float().cpu().numpy()
+            return self._forward_torch(torch.from_numpy(batch).to(self._torch_device, non_blocking=True))
+
+    def _forward_torch(self, images: Any) -> np.ndarray:
+        out = self._module(images.contiguous())
+        if isinstance(out, list | tuple):
+            out = out[0]
+        return out.float().cpu().numpy()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

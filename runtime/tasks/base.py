@@ -58,9 +58,9 @@ class Task(ABC):
                 future.cancel()
             raise
 
-    def decode(self, image: ImageInput, index: int) -> np.ndarray:
+    def decode(self, image: ImageInput, index: int, order: str = "bgr") -> np.ndarray:
         """Decode one request image with the runtime's pixel guard (runs in the pool)."""
-        return decode(image, index, self.config.max_image_pixels)
+        return decode(image, index, self.config.max_image_pixels, order)
 
 
 def require_images(images: Sequence[ImageInput]) -> None:

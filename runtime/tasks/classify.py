@@ -131,7 +131,8 @@ class ClassifyTask(Task):
         return ClassifyResult([Classification(labels[i], int(i), float(probabilities[i])) for i in order])
 
     def _prepare(self, image: ImageInput, index: int) -> np.ndarray:
-        return self.model.preprocess(self.decode(image, index))
+        order = self.model.input_order
+        return self.model.preprocess(self.decode(image, index, order), order)
 
     async def probabilities(self, images: Sequence[ImageInput], first_index: int = 0) -> list[np.ndarray]:
         """Class probabilities per image, through the shared batcher."""

@@ -215,7 +215,8 @@ class RecognizeTask(Task):
         return float(threshold), int(top_k)
 
     def _prepare(self, image: ImageInput, index: int) -> np.ndarray:
-        return self.encoder.preprocess(self.decode(image, index))
+        order = self.encoder.input_order
+        return self.encoder.preprocess(self.decode(image, index, order), order)
 
     async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
         require_images(images)

@@ -133,9 +133,12 @@ class YoloDetector:
         """NMS with this request's thresholds, boxes back to original pixels, optional polygons (worker pool)."""
         from ultralytics.utils import nms, ops
 
-        kept = nms.non_max_suppression(
-            raw.predictions[None], confidence, iou, list(classes) or None, max_det=max_detections,
-            nc=len(self.names) if raw.prototypes is not None else 0, end2end=self.end2end)[0]
+        if self.end2end:  # NMS-free heads: ultralytics knows their output layout
+            kept = nms.non_max_suppression(
+                raw.predictions[None], confidence, iou, list(classes) or None, max_det=max_detections,
+                nc=len(self.names) if raw.prototypes is not None else 0, end2end=True)[0]
+        else:
+            kept = select_boxes(raw.predictions, len(self.names), confidence, iou, classes, max_detections)
         if kept.shape[0] == 0:
             return []
         model_shape = (self.image_size, self.image_size)
@@ -147,6 +150,36 @@ class YoloDetector:
         scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
         return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
                 for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
+
+
+MAX_NMS_CANDIDATES = 30_000
+
+
+def select_boxes(predictions: torch.Tensor, classes_count: int, confidence: float, iou: float,
+                 classes: Sequence[int], max_detections: int) -> torch.Tensor:
+    """Class-aware NMS for one image of an NMS-based YOLO head.
+
+    ``predictions`` is [4 + classes_count + extra, anchors] (xywh, class scores, mask coefficients);
+    the result is [k, 6 + extra]: x1, y1, x2, y2, score, class, extra. The same selection as ultralytics'
+    non_max_suppression (best class per anchor) without its per-call generality: about a quarter cheaper
+    per image, and it runs once per image in the worker pool.
+    """
+    import torchvision
+
+    rows = predictions.T
+    scores, class_ids = rows[:, 4:4 + classes_count].max(dim=1)
+    keep = scores > confidence
+    if classes:
+        keep &= torch.isin(class_ids, torch.tensor(list(classes), device=class_ids.device))
+    rows, scores, class_ids = rows[keep], scores[keep], class_ids[keep]
+    if rows.shape[0] > MAX_NMS_CANDIDATES:
+        top = scores.topk(MAX_NMS_CANDIDATES).indices
+        rows, scores, class_ids = rows[top], scores[top], class_ids[top]
+    xy, half = rows[:, :2], rows[:, 2:4] / 2
+    boxes = torch.cat((xy - half, xy + half), dim=1)
+    kept = torchvision.ops.batched_nms(boxes, scores, class_ids, iou)[:max_detections]
+    return torch.cat((boxes[kept], scores[kept, None], class_ids[kept, None].float(), rows[kept, 4 + classes_count:]),
+                     dim=1)
 
 
 def _split_output(output: object) -> tuple[torch.Tensor, torch.Tensor | None]:

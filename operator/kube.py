@@ -1,0 +1,332 @@
+"""The only module that talks to the Kubernetes API: get, create, JSON-merge-patch, delete, with retries.
+
+``apply`` is create-or-patch and idempotent: it reads the live object, sends nothing when the live object
+already holds every desired field, tolerates 404/409 races (created or deleted by someone else meanwhile) and
+retries transient API errors (429, 5xx, connection failures) with backoff. It uses JSON merge patches, whose
+lists replace the live lists whole, so a child edited by hand gets exactly the rendered containers back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubeinfer.operator.render import EXACT_MAPS, MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, PRUNABLE_PATHS, ChildRef
+from kubeinfer.operator.spec import API_VERSION, PLURAL
+
+log = logging.getLogger(__name__)
+
+# (apiGroup, resource, verbs): exactly what the operator and kopf use, for the chart's ClusterRole.
+RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # The custom resource: kopf lists/watches it and patches its annotations (progress, last-handled
+    # configuration); the operator reads it before re-creating a child and writes its status.
+    ("kubeinfer.io", "inferenceservices", ("get", "list", "watch", "patch")),
+    ("kubeinfer.io", "inferenceservices/status", ("patch",)),
+    # Children carry ownerReferences with blockOwnerDeletion, which needs update on the owner's finalizers.
+    ("kubeinfer.io", "inferenceservices/finalizers", ("update",)),
+    # Children: watched to repair hand edits and to follow the rollout; HPA and PDB are deleted when unwanted.
+    ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
+    ("", "services", ("get", "list", "watch", "create", "patch")),
+    ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete")),
+    ("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
+    # Pods are only read (watched) to report crash loops and scheduling failures in status.
+    ("", "pods", ("list", "watch")),
+    # kopf: Kubernetes Events about each step; CRD discovery; namespace discovery with --namespace.
+    ("", "events", ("create",)),
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+    ("", "namespaces", ("list", "watch")),
+)
+
+# Needed in addition when the operator runs with --peering (several replicas, one active): kopf's peering
+# objects, cluster-wide (ClusterKopfPeering) or per watched namespace (KopfPeering).
+PEERING_RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
+    ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch")),
+)
+
+PLURALS: dict[str, str] = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "Pod": "pods",
+    "InferenceService": PLURAL,
+}
+TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server could not be reached)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.status in TRANSIENT_STATUSES
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object this InferenceService does not manage."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did: 'created', 'patched' or 'unchanged', and the live object afterwards."""
+
+    action: str
+    object: dict[str, Any]
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    """The REST path of a collection or an object, e.g. /apis/apps/v1/namespaces/ns/deployments/x/status."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{PLURALS[kind]}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+Transport = Callable[[str, str, Any, Mapping[str, str], Sequence[tuple[str, str]]], tuple[int, str, bytes]]
+
+
+class Kube:
+    """A small, retrying JSON client for the handful of calls the operator makes."""
+
+    def __init__(self, transport: Transport, *, attempts: int = 5, backoff: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._transport = transport
+        self._attempts = attempts
+        self._backoff = backoff
+        self._sleep = sleep
+
+    @classmethod
+    def from_environment(cls, timeout: float = 30.0) -> Kube:
+        """In a pod: the service account. Elsewhere: $KUBECONFIG (read now, not at import) or ~/.kube/config."""
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+        api = client.ApiClient(client.Configuration.get_default_copy())
+        return cls(_kubernetes_transport(api, timeout))
+
+    # -- raw calls -----------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                query: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        """One call, retried on transient failures; raises ``ApiError`` with the server's message otherwise."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                status, reason, data = self._transport(method, path, body, headers, query)
+            except OSError as exc:
+                status, reason, data = 0, "Unreachable", str(exc).encode()
+            if 200 <= status < 300:
+                return json.loads(data) if data else {}
+            error = _api_error(status, reason, data)
+            if not error.transient or attempt == self._attempts:
+                raise error
+            log.debug("%s %s: %s; retry %d in %.1fs", method, path, error, attempt, delay)
+            self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", resource_path(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), dict(obj))
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any],
+              subresource: str | None = None) -> dict[str, Any]:
+        path = resource_path(api_version, kind, namespace, name, subresource)
+        return self.request("PATCH", path, dict(patch), MERGE_PATCH)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents too); False when it was already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name), body)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def list(self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Objects with all these labels (filtered here too: a selector is a hint some servers ignore)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        found = self.request("GET", resource_path(api_version, kind, namespace), query=[("labelSelector", selector)])
+        items = found.get("items") or []
+        return [item for item in items
+                if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    # -- the operator's verbs ------------------------------------------------------------------------------
+    def get_inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(API_VERSION, "InferenceService", namespace, name)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        return self.patch(API_VERSION, "InferenceService", namespace, name, {"status": dict(status)}, "status")
+
+    def apply(self, desired: Mapping[str, Any]) -> Applied:
+        """Create the object, or patch it until it holds every desired field; no request when it already does."""
+        api_version, kind = desired["apiVersion"], desired["kind"]
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        for _ in range(3):
+            live = self.get(api_version, kind, namespace, name)
+            if live is None:
+                try:
+                    return Applied("created", self.create(desired))
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+                    continue  # created by someone else meanwhile (e.g. a restarted operator): patch it
+            _check_ownership(desired, live)
+            if (live.get("metadata") or {}).get("deletionTimestamp"):
+                raise ApiError(409, "Terminating", f"{kind} {namespace}/{name} is being deleted; retrying later")
+            patch = merge_patch_for(desired, live)
+            if patch is None:
+                return Applied("unchanged", live)
+            try:
+                return Applied("patched", self.patch(api_version, kind, namespace, name, patch))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                continue  # deleted meanwhile: create it again
+        raise ApiError(409, "Conflict", f"{kind} {namespace}/{name} kept changing while being applied")
+
+    def remove(self, ref: ChildRef, namespace: str, owner_uid: str) -> bool:
+        """Delete an unwanted child (an HPA or PDB the spec dropped), only if this owner controls it."""
+        live = self.get(ref.api_version, ref.kind, namespace, ref.name)
+        if live is None or not _controlled_by(live, owner_uid):
+            return False
+        return self.delete(ref.api_version, ref.kind, namespace, ref.name)
+
+
+def _api_error(status: int, reason: str, data: bytes) -> ApiError:
+    message = data.decode("utf-8", "replace").strip()
+    try:
+        decoded = json.loads(message)
+        if isinstance(decoded, dict) and decoded.get("message"):
+            message = str(decoded["message"])
+            reason = str(decoded.get("reason") or reason)
+    except ValueError:
+        pass
+    return ApiError(status, reason, message[:500])
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _check_ownership(desired: Mapping[str, Any], live: Mapping[str, Any]) -> None:
+    """Never take over an object that belongs to something else; adopt only our own (owner refs lost by hand)."""
+    owner = desired["metadata"]["ownerReferences"][0]
+    refs = (live.get("metadata") or {}).get("ownerReferences") or []
+    controllers = [ref for ref in refs if ref.get("controller")]
+    if any(ref.get("uid") == owner["uid"] for ref in controllers):
+        return
+    labels = (live.get("metadata") or {}).get("labels") or {}
+    ours = labels.get(MANAGED_BY_LABEL) == MANAGER and labels.get(OWNER_LABEL) == owner["name"]
+    if controllers:
+        other = controllers[0]
+        if ours and other.get("kind") == owner["kind"] and other.get("name") == owner["name"]:
+            # A previous InferenceService of the same name: the garbage collector is about to remove it.
+            raise ApiError(409, "OwnerReplaced", f"{desired['kind']} {desired['metadata']['name']} still belongs "
+                                                 "to a deleted InferenceService of the same name; retrying later")
+        raise ChildConflict(f"{desired['kind']} {desired['metadata']['name']} exists and is controlled by "
+                            f"{other.get('kind')} {other.get('name')}")
+    if not ours:
+        raise ChildConflict(f"{desired['kind']} {desired['metadata']['name']} exists and is not managed by "
+                            f"InferenceService {owner['name']}; rename one of them")
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when ``live`` holds every field of ``desired`` (extra live fields are server defaults)."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(is_subset(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True)))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if isinstance(desired, int | float) and isinstance(live, str):
+        return str(desired) == live  # quantities come back as strings: 1 -> "1"
+    return bool(desired == live)
+
+
+def _dig(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
+    node: Any = obj
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def merge_patch_for(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON merge patch that makes ``live`` match ``desired``, or None when it already does."""
+    kind = desired["kind"]
+    stale = [path for path in PRUNABLE_PATHS.get(kind, ())
+             if _dig(desired, path) is None and _dig(live, path) is not None]
+    for path in EXACT_MAPS.get(kind, ()):
+        wanted, found = _dig(desired, path), _dig(live, path)
+        if isinstance(wanted, Mapping) and isinstance(found, Mapping):
+            stale += [(*path, key) for key in found if key not in wanted]
+    if not stale and is_subset(desired, live):
+        return None
+    patch: dict[str, Any] = json.loads(json.dumps(desired))
+    for path in stale:
+        node = patch
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = None
+    return patch
+
+
+def _kubernetes_transport(api: Any, timeout: float) -> Transport:
+    """Send requests through the official client's ApiClient, which owns authentication and TLS."""
+
+    def send(method: str, path: str, body: Any, headers: Mapping[str, str],
+             query: Sequence[tuple[str, str]]) -> tuple[int, str, bytes]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        serialized = api.param_serialize(method=method, resource_path=path, query_params=list(query),
+                                         header_params=dict(headers), body=body, auth_settings=["BearerToken"])
+        verb, url, header_params, payload, _post = serialized
+        try:
+            response = api.call_api(verb, url, header_params=header_params, body=payload,
+                                    _request_timeout=timeout)
+        except ApiException as exc:  # raised for TLS and protocol failures; HTTP errors come back as responses
+            body = exc.body if isinstance(exc.body, bytes) else str(exc.body or exc.reason or "").encode()
+            return int(exc.status or 0), str(exc.reason or ""), body
+        except HTTPError as exc:
+            raise OSError(f"{method} {path}: {exc}") from exc
+        data = response.read()
+        return int(response.status), str(response.reason or ""), data or b""
+
+    return send

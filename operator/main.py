@@ -1,0 +1,121 @@
+"""Run the kubeinfer operator: InferenceService resources become runtime Deployments, Services, HPAs and PDBs.
+
+Every flag can also be set through the environment as KUBEINFER_OPERATOR_<FLAG>, for example
+KUBEINFER_OPERATOR_RUNTIME_IMAGE=registry.example.com/kubeinfer:0.1.0 or KUBEINFER_OPERATOR_NAMESPACE=a,b;
+a flag given on the command line wins. In a pod it uses its service account, elsewhere $KUBECONFIG.
+
+Several replicas: give them all --peering NAME (a ClusterKopfPeering NAME, or a KopfPeering NAME in each
+watched namespace, must exist); the live replica with the highest --priority works, the others stand by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kubeinfer.operator.spec import DEFAULT_RUNTIME_IMAGE
+
+LOG_FORMATS = ("plain", "json", "full")
+
+
+def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    variable = "KUBEINFER_OPERATOR_" + name.upper().replace("-", "_")
+    raw = os.environ.get(variable)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(f"kubeinfer operator: {variable}={raw!r}: {exc}") from None
+
+
+def _log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+def _resources(text: str) -> dict[str, Any]:
+    from kubeinfer.operator.spec import parse_resources
+
+    try:
+        return parse_resources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env_namespaces = [ns.strip() for ns in str(_env("namespace", "")).split(",") if ns.strip()]
+    parser.add_argument("--namespace", action="append", default=None, metavar="NS",
+                        help="namespace to watch; repeat for several (default: all namespaces; "
+                             "env KUBEINFER_OPERATOR_NAMESPACE, comma-separated)")
+    parser.set_defaults(env_namespaces=env_namespaces)
+    parser.add_argument("--runtime-image", default=_env("runtime-image", DEFAULT_RUNTIME_IMAGE), metavar="IMAGE",
+                        help=f"runtime image for specs without `image` (default {DEFAULT_RUNTIME_IMAGE}; "
+                             "env KUBEINFER_OPERATOR_RUNTIME_IMAGE)")
+    parser.add_argument("--default-resources", type=_resources, metavar="JSON",
+                        default=_env("default-resources", None, _resources),
+                        help='resources of runtime containers whose spec sets none, e.g. {"requests": {"cpu": "1"}} '
+                             "(default requests cpu 500m, memory 1Gi; env KUBEINFER_OPERATOR_DEFAULT_RESOURCES)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("log-format", "plain", _log_format),
+                        help="log line format (default plain; env KUBEINFER_OPERATOR_LOG_FORMAT)")
+    parser.add_argument("--metrics-port", type=int, default=_env("metrics-port", 9090, int), metavar="PORT",
+                        help="Prometheus metrics port, 0 to disable "
+                             "(default 9090; env KUBEINFER_OPERATOR_METRICS_PORT)")
+    parser.add_argument("--liveness-port", type=int, default=_env("liveness-port", 8081, int), metavar="PORT",
+                        help="kopf liveness endpoint http://HOST:PORT/healthz, 0 to disable "
+                             "(default 8081; env KUBEINFER_OPERATOR_LIVENESS_PORT)")
+    parser.add_argument("--listen-host", default=_env("listen-host", "0.0.0.0"), metavar="HOST",
+                        help="address of the metrics and liveness endpoints (default 0.0.0.0; "
+                             "env KUBEINFER_OPERATOR_LISTEN_HOST)")
+    parser.add_argument("--peering", default=_env("peering", None), metavar="NAME",
+                        help="kopf peering object for leader election between replicas (default: standalone; "
+                             "env KUBEINFER_OPERATOR_PEERING)")
+    parser.add_argument("--priority", type=int, default=_env("priority", None, int), metavar="N",
+                        help="peering priority: the live replica with the highest one works, the others wait "
+                             "(default with --peering: random, so exactly one is active; "
+                             "env KUBEINFER_OPERATOR_PRIORITY)")
+    parser.add_argument("--verbose", action="store_true",
+                        default=_env("verbose", False, lambda v: v.strip().lower() in ("1", "true", "yes")),
+                        help="debug logging (env KUBEINFER_OPERATOR_VERBOSE)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `kubeinfer operator`: configure logging and metrics, then run kopf until SIGTERM."""
+    import kopf
+    from prometheus_client import start_http_server
+
+    from kubeinfer.operator import handlers  # noqa: F401  (registers the handlers with kopf's registry)
+    from kubeinfer.operator.render import RuntimeDefaults
+
+    if args.runtime_image.strip() == "":
+        print("kubeinfer operator: --runtime-image must not be empty", file=sys.stderr)
+        return 2
+    namespaces = args.namespace if args.namespace else args.env_namespaces
+    kopf.configure(debug=args.verbose, verbose=args.verbose, log_format={
+        "plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format])
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.listen_host)
+    host = f"[{args.listen_host}]" if ":" in args.listen_host else args.listen_host
+    liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
+    defaults = RuntimeDefaults(image=args.runtime_image, **(
+        {"resources": args.default_resources} if args.default_resources is not None else {}))
+    memo = kopf.Memo(defaults=defaults)
+    priority = args.priority
+    if args.peering is not None and priority is None:
+        # kopf runs only the live peer with the highest priority; equal priorities would all run.
+        priority = secrets.randbelow(2**31 - 2) + 1
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces or (),
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=priority,
+        liveness_endpoint=liveness,
+        memo=memo,
+    )
+    return 0

@@ -1,0 +1,364 @@
+"""Pure rendering: an InferenceService spec becomes the dicts of its children. No I/O, no clock, no randomness.
+
+Children of an InferenceService NAME: a Deployment NAME running ``kubeinfer serve``, a ClusterIP Service NAME,
+a headless Service NAME-pods (clients balance gRPC per pod: a ClusterIP pins one HTTP/2 connection to one pod),
+an HPA NAME when ``autoscaling`` is set and a PodDisruptionBudget NAME when more than one replica may run.
+Each carries an owner reference to the InferenceService, so the cluster's garbage collector removes it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeinfer.operator.spec import API_VERSION, DEFAULT_RESOURCES, DEFAULT_RUNTIME_IMAGE, KIND, ServiceSpec, Uri
+
+GRPC_PORT = 8001
+HTTP_PORT = 8080
+RUNTIME_CONTAINER = "runtime"
+FETCH_CONTAINER = "fetch"
+PVC_ROOT = "/kubeinfer/pvc"
+FETCH_ROOT = "/kubeinfer/fetched"
+RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable by it
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+OWNER_LABEL = "kubeinfer.io/inferenceservice"
+RUNTIME_NAME = "kubeinfer-runtime"
+MANAGER = "kubeinfer-operator"
+
+# Fields a spec change can remove. A JSON merge patch keeps what it does not mention, so these are sent as
+# null when the desired object lacks them (lists such as containers are replaced whole by a merge patch).
+PRUNABLE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": (
+        ("spec", "template", "spec", "initContainers"),
+        ("spec", "template", "spec", "nodeSelector"),
+        ("spec", "template", "spec", "tolerations"),
+    ),
+}
+# Maps whose every key matters (a selector with an extra key selects nothing): keys the desired object lacks
+# are removed (sent as null), where elsewhere extra keys are left to whoever added them.
+EXACT_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": (("spec", "template", "spec", "nodeSelector"),),
+    "Service": (("spec", "selector"),),
+    "PodDisruptionBudget": (("spec", "selector", "matchLabels"),),
+}
+
+
+@dataclass(frozen=True)
+class RuntimeDefaults:
+    """What the operator fills in where a spec says nothing (its --runtime-image and --default-resources)."""
+
+    image: str = DEFAULT_RUNTIME_IMAGE
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceService that owns the children (its uid makes the owner reference valid)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """Identifies one child: enough to get, create, patch or delete it."""
+
+    api_version: str
+    kind: str
+    name: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class Children:
+    """What should exist (``present``) and what must not (``absent``) for one InferenceService."""
+
+    present: list[dict[str, Any]]
+    absent: list[ChildRef]
+
+
+def headless_name(name: str) -> str:
+    return f"{name}-pods"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The immutable Deployment selector and the Services' selector: only this InferenceService's pods."""
+    return {NAME_LABEL: RUNTIME_NAME, OWNER_LABEL: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {NAME_LABEL: RUNTIME_NAME, INSTANCE_LABEL: name, MANAGED_BY_LABEL: MANAGER, OWNER_LABEL: name}
+
+
+def endpoint(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc:{GRPC_PORT}"
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(owner: Owner, name: str | None = None) -> dict[str, Any]:
+    return {"name": name or owner.name, "namespace": owner.namespace, "labels": common_labels(owner.name),
+            "ownerReferences": [owner_reference(owner)]}
+
+
+@dataclass(frozen=True)
+class _Files:
+    """Where each URI appears inside the runtime container, and the volumes that make it appear there."""
+
+    paths: dict[str, str]  # role -> path in the container
+    claims: list[str]  # claim names in order of first use; volume i is "pvc-i"
+    downloads: list[str]  # "DEST=URL" items for `kubeinfer fetch`
+
+
+def _plan_files(spec: ServiceSpec) -> _Files:
+    paths: dict[str, str] = {}
+    claims: list[str] = []
+    downloads: list[str] = []
+    for role, uri in spec.uris():
+        paths[role] = _place(role, uri, claims, downloads)
+    return _Files(paths, claims, downloads)
+
+
+def _place(role: str, uri: Uri, claims: list[str], downloads: list[str]) -> str:
+    if uri.scheme == "pvc":
+        assert uri.claim is not None
+        if uri.claim not in claims:
+            claims.append(uri.claim)
+        return f"{PVC_ROOT}/{uri.claim}/{uri.path}"
+    if uri.scheme == "http":
+        if role == "base-data":  # a directory: the archive is unpacked into it
+            downloads.append(f"{role}/={uri.raw}")
+            return f"{FETCH_ROOT}/{role}"
+        downloads.append(f"{role}/{uri.basename}={uri.raw}")
+        return f"{FETCH_ROOT}/{role}/{uri.basename}"
+    return uri.path
+
+
+def runtime_args(spec: ServiceSpec, name: str, paths: dict[str, str]) -> list[str]:
+    """The `kubeinfer serve` flags for this spec: only those the task uses, so `kubectl describe` stays readable."""
+    args = ["--task", spec.task, "--model-name", name]
+    if "model" in paths:
+        args += ["--model", paths["model"]]
+    if "labels" in paths:
+        args += ["--labels", paths["labels"]]
+    if spec.task in ("detect", "video"):
+        args += ["--confidence", _num(spec.confidence), "--iou", _num(spec.iou)]
+    if spec.task in ("classify", "stream-classify", "recognize"):
+        args += ["--top-k", str(spec.top_k)]
+    if spec.task == "stream-classify" and spec.window is not None:
+        args += ["--window", str(spec.window)]
+    if spec.task == "recognize":
+        args += ["--similarity-threshold", _num(spec.similarity)]
+        if "embeddings" in paths:
+            args += ["--embeddings", paths["embeddings"]]
+        if "base-data" in paths:
+            args += ["--base-data", paths["base-data"], "--gallery-batch-size", str(spec.gallery_batch_size)]
+    args += ["--max-batch-size", str(spec.max_batch_size), "--max-batch-delay-ms", _num(spec.max_delay_ms),
+             "--max-message-bytes", str(spec.max_message_bytes), "--workers", str(spec.workers)]
+    if spec.gpus > 0:
+        args += ["--device", "cuda"]
+    args += ["--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)]
+    return args
+
+
+def _num(value: float) -> str:
+    """Shortest exact text of a number: 0.5 -> '0.5', 2.0 -> '2'."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+# Writable places for a read-only root filesystem: libraries write caches under HOME and their config dirs.
+_RUNTIME_ENV = [
+    {"name": "HOME", "value": "/tmp"},
+    {"name": "YOLO_CONFIG_DIR", "value": "/tmp/ultralytics"},
+    {"name": "YOLO_OFFLINE", "value": "1"},
+    {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
+]
+
+
+def _probe(period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {"grpc": {"port": GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures,
+            "timeoutSeconds": timeout}
+
+
+def _resources(spec: ServiceSpec, defaults: RuntimeDefaults) -> dict[str, Any]:
+    chosen = spec.resources or defaults.resources
+    resources = {kind: dict(values) for kind, values in chosen.items() if values}
+    if spec.gpus > 0:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = spec.gpus
+    return resources
+
+
+def _tolerations(spec: ServiceSpec) -> list[dict[str, Any]]:
+    tolerations = [dict(t) for t in spec.tolerations]
+    gpu_taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    if spec.gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
+        tolerations.append(gpu_taint)  # GPU nodes are commonly tainted so only GPU workloads land there
+    return tolerations
+
+
+def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults | str) -> dict[str, Any]:
+    """The runtime Deployment: hardened pod, gRPC probes, scrape annotations, volumes for every URI.
+
+    ``defaults`` may be just the default image (then the built-in default resources apply).
+    """
+    defaults = RuntimeDefaults(image=defaults) if isinstance(defaults, str) else defaults
+    files = _plan_files(spec)
+    image = spec.image or defaults.image
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    for index, claim in enumerate(files.claims):
+        volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    init_containers: list[dict[str, Any]] = []
+    if files.downloads:
+        volumes.append({"name": "fetched", "emptyDir": {}})
+        mounts.append({"name": "fetched", "mountPath": FETCH_ROOT, "readOnly": True})
+        init_containers.append({
+            "name": FETCH_CONTAINER,
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["kubeinfer", "fetch"],
+            "args": ["--into", FETCH_ROOT, *files.downloads],
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            "securityContext": _security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "fetched", "mountPath": FETCH_ROOT}],
+        })
+
+    container: dict[str, Any] = {
+        "name": RUNTIME_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["kubeinfer", "serve"],
+        "args": runtime_args(spec, owner.name, files.paths),
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                  {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": [*_RUNTIME_ENV, *(dict(e) for e in spec.env)],
+        "resources": _resources(spec, defaults),
+        # Loading a model or building a gallery may take minutes: the startup probe holds liveness back.
+        "startupProbe": _probe(period=5, failures=120, timeout=2),
+        "readinessProbe": _probe(period=5, failures=2, timeout=2),
+        "livenessProbe": _probe(period=10, failures=6, timeout=5),
+        "securityContext": _security_context(),
+        # A crash's last log line becomes the termination message, which status shows as the reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the runtime never talks to the API
+        "enableServiceLinks": False,  # a Service named kubeinfer-* would inject KUBEINFER_* variables
+        "terminationGracePeriodSeconds": 30,  # the runtime drains in-flight requests for 20 s on SIGTERM
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner.name)},
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": 900,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {
+            "metadata": {
+                "labels": common_labels(owner.name),
+                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
+                                "prometheus.io/path": "/metrics",
+                                "kubectl.kubernetes.io/default-container": RUNTIME_CONTAINER},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.autoscaling is None:  # with an HPA the HPA owns the replica count
+        deployment_spec["replicas"] = spec.replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(owner), "spec": deployment_spec}
+
+
+def _service_ports() -> list[dict[str, Any]]:
+    return [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]
+
+
+def render_service(owner: Owner) -> dict[str, Any]:
+    """ClusterIP Service NAME: the stable endpoint reported in status."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(owner),
+            "spec": {"type": "ClusterIP", "selector": selector_labels(owner.name), "ports": _service_ports()}}
+
+
+def render_headless_service(owner: Owner) -> dict[str, Any]:
+    """Headless Service NAME-pods: DNS returns every ready pod, so gRPC clients can balance per request."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(owner, headless_name(owner.name)),
+            "spec": {"clusterIP": "None", "selector": selector_labels(owner.name), "ports": _service_ports(),
+                     "publishNotReadyAddresses": False}}
+
+
+def render_hpa(owner: Owner, spec: ServiceSpec) -> dict[str, Any]:
+    assert spec.autoscaling is not None
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+            "minReplicas": spec.autoscaling.min_replicas,
+            "maxReplicas": spec.autoscaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": spec.autoscaling.target_cpu_utilization}}}],
+        },
+    }
+
+
+def render_pdb(owner: Owner) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(owner),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}}
+
+
+def child_refs(name: str) -> list[ChildRef]:
+    """Every child an InferenceService can have, present or not."""
+    return [ChildRef("apps/v1", "Deployment", name), ChildRef("v1", "Service", name),
+            ChildRef("v1", "Service", headless_name(name)),
+            ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", name),
+            ChildRef("policy/v1", "PodDisruptionBudget", name)]
+
+
+def render_children(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults | str) -> Children:
+    """All children for the spec, plus the optional ones that must go (HPA, PDB) when the spec no longer wants them."""
+    present = [render_deployment(owner, spec, defaults), render_service(owner), render_headless_service(owner)]
+    if spec.autoscaling is not None:
+        present.append(render_hpa(owner, spec))
+    if spec.max_replicas > 1:
+        present.append(render_pdb(owner))
+    wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in present}
+    absent = [ref for ref in child_refs(owner.name) if (ref.kind, ref.name) not in wanted]
+    return Children(present=present, absent=absent)

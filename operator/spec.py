@@ -1,0 +1,312 @@
+"""The InferenceService spec as typed, validated objects: the one place that knows the CRD's field names.
+
+On a real cluster the API server applies the CRD's defaults and rejects bad specs (OpenAPI + CEL) before the
+operator sees them. The operator still parses every spec here with the same defaults and rules, because it must
+not trust that (an old CRD, an API server that skipped validation, a test emulator) and because a precise
+``SpecError`` message is what ends up in the resource's status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from kubeinfer import __version__
+
+GROUP = "kubeinfer.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+
+TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
+LABELLED_TASKS = ("classify", "stream-classify")
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kubeinfer/kubeinfer-runtime:{__version__}"
+
+# Defaults: the CRD declares the same values (tests/test_crd.py checks that they agree).
+DEFAULT_CONFIDENCE = 0.25
+DEFAULT_IOU = 0.45
+DEFAULT_SIMILARITY = 0.8
+DEFAULT_TOP_K = 5
+DEFAULT_WINDOW = 8
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_DELAY_MS = 2.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_WORKERS = 4
+DEFAULT_GALLERY_BATCH_SIZE = 32
+DEFAULT_TARGET_CPU = 80
+DEFAULT_REPLICAS = 1
+# Runtime container resources when a spec sets none (`kubeinfer operator --default-resources` overrides).
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+
+# Bounds shared with the CRD schema.
+MAX_NAME_LENGTH = 58  # the headless Service is NAME-pods and a Service name is at most 63 characters
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+PVC_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+URI_PATTERN = re.compile(rf"^(pvc://{PVC_NAME}/\S+|https?://\S+|/\S*)$")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+
+
+class SpecError(ValueError):
+    """The spec cannot be served; the message names the field and is shown in status and events."""
+
+
+@dataclass(frozen=True)
+class Uri:
+    """Where a file comes from: a claim (``pvc``), the web (``http``), or a path inside the image (``path``)."""
+
+    raw: str
+    scheme: str  # "pvc" | "http" | "path"
+    claim: str | None = None
+    path: str = ""  # pvc: the path inside the claim, no leading slash; path: the absolute path
+
+    @property
+    def basename(self) -> str:
+        """The file name an http(s) download is stored under: the URL path's last segment, made file-safe."""
+        path = urlsplit(self.raw).path
+        tail = "" if path.endswith("/") else path.rsplit("/", 1)[-1]
+        clean = re.sub(r"[^A-Za-z0-9._-]", "_", tail)
+        return "" if clean in ("", ".", "..") else clean
+
+    @property
+    def is_archive(self) -> bool:
+        return self.basename.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def parse_uri(text: str, field_path: str) -> Uri:
+    """Split ``pvc://CLAIM/path``, ``http(s)://...`` or ``/absolute/path`` into a ``Uri``."""
+    if not isinstance(text, str) or not URI_PATTERN.match(text):
+        raise SpecError(f"{field_path}: {text!r} is not pvc://CLAIM/path, http(s)://... or an absolute path")
+    if text.startswith("pvc://"):
+        claim, _, path = text[len("pvc://"):].partition("/")
+        path = path.strip("/")
+        if not path or ".." in path.split("/"):
+            raise SpecError(f"{field_path}: {text!r} needs a path inside the claim without '..'")
+        return Uri(raw=text, scheme="pvc", claim=claim, path=path)
+    if text.startswith(("http://", "https://")):
+        return Uri(raw=text, scheme="http")
+    if ".." in text.split("/"):
+        raise SpecError(f"{field_path}: {text!r} must not contain '..'")
+    return Uri(raw=text, scheme="path", path=text)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything the renderer needs, defaults applied, cross-field rules checked."""
+
+    task: str
+    model: Uri | None
+    labels: Uri | None = None
+    embeddings: Uri | None = None
+    base_data: Uri | None = None
+    gallery_batch_size: int = DEFAULT_GALLERY_BATCH_SIZE
+    confidence: float = DEFAULT_CONFIDENCE
+    iou: float = DEFAULT_IOU
+    similarity: float = DEFAULT_SIMILARITY
+    window: int | None = None
+    top_k: int = DEFAULT_TOP_K
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    workers: int = DEFAULT_WORKERS
+    gpus: int = 0
+    replicas: int = DEFAULT_REPLICAS
+    autoscaling: Autoscaling | None = None
+    image: str | None = None
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # empty: the operator's default
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    env: list[dict[str, Any]] = field(default_factory=list)
+
+    def uris(self) -> list[tuple[str, Uri]]:
+        """(role, uri) for every file the runtime needs; the role names the flag and the download folder."""
+        pairs = [("model", self.model), ("labels", self.labels), ("embeddings", self.embeddings),
+                 ("base-data", self.base_data)]
+        return [(role, uri) for role, uri in pairs if uri is not None]
+
+    @property
+    def min_replicas(self) -> int:
+        return self.autoscaling.min_replicas if self.autoscaling else self.replicas
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
+
+
+def validate_name(name: str) -> None:
+    """Children are named after the resource, so its name must also be a valid Service name."""
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+        raise SpecError(f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters "
+                        "(lowercase letters, digits and '-', starting with a letter)")
+
+
+def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
+    """Turn the raw ``spec`` of an InferenceService into a ``ServiceSpec``, or raise ``SpecError``."""
+    reader = _Reader(spec)
+    task = reader.string("task", required=True)
+    if task not in TASKS:
+        raise SpecError(f"spec.task: {task!r} is not one of {', '.join(TASKS)}")
+
+    model = reader.uri("model")
+    labels = reader.uri("labels")
+    embeddings = reader.uri("embeddings")
+    base_data = reader.uri("baseData")
+    window = reader.integer("window", None, 1, 100_000)
+    replicas_given = "replicas" in spec and spec["replicas"] is not None
+    autoscaling = _autoscaling(reader)
+
+    if model is None and task != "video":
+        raise SpecError(f"spec.model.uri is required for task {task!r}")
+    if task in LABELLED_TASKS and labels is None:
+        raise SpecError(f"spec.labels.uri is required for task {task!r}")
+    if task == "recognize" and (embeddings is None) == (base_data is None):
+        raise SpecError("task 'recognize' needs exactly one gallery: spec.embeddings.uri or spec.baseData.uri")
+    if task != "recognize" and (embeddings is not None or base_data is not None):
+        raise SpecError("spec.embeddings and spec.baseData are only used by task 'recognize'")
+    if window is not None and task != "stream-classify":
+        raise SpecError("spec.window is only used by task 'stream-classify'")
+    if base_data is not None and base_data.scheme == "http" and not base_data.is_archive:
+        raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    if replicas_given and autoscaling is not None:
+        raise SpecError("set spec.replicas or spec.autoscaling, not both")
+    for role, uri in (("model", model), ("labels", labels), ("embeddings", embeddings)):
+        if uri is not None and uri.scheme == "http" and not uri.basename:
+            raise SpecError(f"spec.{role}.uri: {uri.raw!r} does not end in a file name")
+
+    return ServiceSpec(
+        task=task,
+        model=model,
+        labels=labels,
+        embeddings=embeddings,
+        base_data=base_data,
+        gallery_batch_size=reader.integer("baseData.batchSize", DEFAULT_GALLERY_BATCH_SIZE, 1, 4096),
+        confidence=reader.number("thresholds.confidence", DEFAULT_CONFIDENCE, 0.0, 1.0),
+        iou=reader.number("thresholds.iou", DEFAULT_IOU, 0.0, 1.0),
+        similarity=reader.number("thresholds.similarity", DEFAULT_SIMILARITY, -1.0, 1.0),
+        window=window if window is not None or task != "stream-classify" else DEFAULT_WINDOW,
+        top_k=reader.integer("topK", DEFAULT_TOP_K, 1, 1000),
+        max_batch_size=reader.integer("batching.maxBatchSize", DEFAULT_MAX_BATCH_SIZE, 1, 1024),
+        max_delay_ms=reader.number("batching.maxDelayMs", DEFAULT_MAX_DELAY_MS, 0.0, 10_000.0),
+        max_message_bytes=reader.integer("grpc.maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES, 1024, 2**31 - 1),
+        workers=reader.integer("grpc.workers", DEFAULT_WORKERS, 1, 64),
+        gpus=reader.integer("gpus", 0, 0, 16),
+        replicas=reader.integer("replicas", DEFAULT_REPLICAS, 0, 1000),
+        autoscaling=autoscaling,
+        image=reader.string("image") or None,
+        resources={kind: dict(values) for kind, values in reader.mapping("resources").items() if values},
+        node_selector={str(k): str(v) for k, v in reader.mapping("nodeSelector").items()},
+        tolerations=[dict(t) for t in reader.sequence("tolerations")],
+        env=[dict(e) for e in reader.sequence("env")],
+    )
+
+
+def parse_resources(text: str) -> dict[str, dict[str, Any]]:
+    """A resources object given as JSON ({"requests": {...}, "limits": {...}}), e.g. the chart's defaults."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict) or not set(value) <= {"requests", "limits"}:
+        raise ValueError('expected {"requests": {...}, "limits": {...}}')
+    for kind, amounts in value.items():
+        if not isinstance(amounts, dict) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                                    for v in amounts.values()):
+            raise ValueError(f"{kind} must map resource names to quantities")
+    return {kind: dict(amounts) for kind, amounts in value.items() if amounts}
+
+
+def _autoscaling(reader: _Reader) -> Autoscaling | None:
+    if not reader.mapping("autoscaling"):
+        return None
+    low = reader.integer("autoscaling.minReplicas", 1, 1, 1000)
+    high = reader.integer("autoscaling.maxReplicas", None, 1, 1000)
+    if high is None:
+        raise SpecError("spec.autoscaling.maxReplicas is required")
+    if low > high:
+        raise SpecError(f"spec.autoscaling.minReplicas ({low}) must not exceed maxReplicas ({high})")
+    return Autoscaling(low, high, reader.integer("autoscaling.targetCPUUtilization", DEFAULT_TARGET_CPU, 1, 100))
+
+
+class _Reader:
+    """Typed, bounds-checked access to dotted paths of the raw spec, with 'spec.' in every error."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        if not isinstance(spec, Mapping):
+            raise SpecError("spec must be an object")
+        self.spec = spec
+
+    def _get(self, path: str) -> Any:
+        node: Any = self.spec
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if node is None:
+                return None
+            if not isinstance(node, Mapping):
+                raise SpecError(f"spec.{'.'.join(parts[:i])} must be an object")
+            node = node.get(part)
+        return node
+
+    def string(self, path: str, required: bool = False) -> str:
+        value = self._get(path)
+        if value is None:
+            if required:
+                raise SpecError(f"spec.{path} is required")
+            return ""
+        if not isinstance(value, str):
+            raise SpecError(f"spec.{path} must be a string")
+        return value
+
+    def uri(self, parent: str) -> Uri | None:
+        holder = self._get(parent)
+        if holder is None:
+            return None
+        if not isinstance(holder, Mapping) or not holder.get("uri"):
+            raise SpecError(f"spec.{parent}.uri is required when spec.{parent} is set")
+        return parse_uri(holder["uri"], f"spec.{parent}.uri")
+
+    def integer(self, path: str, default: int | None, low: int, high: int) -> Any:
+        value = self._get(path)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"spec.{path} must be an integer")
+        if not low <= value <= high:
+            raise SpecError(f"spec.{path} must be in {low}..{high}, got {value}")
+        return value
+
+    def number(self, path: str, default: float, low: float, high: float) -> float:
+        value = self._get(path)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(f"spec.{path} must be a number")
+        if not low <= value <= high:
+            raise SpecError(f"spec.{path} must be in [{low}, {high}], got {value}")
+        return float(value)
+
+    def mapping(self, path: str) -> dict[str, Any]:
+        value = self._get(path)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise SpecError(f"spec.{path} must be an object")
+        return dict(value)
+
+    def sequence(self, path: str) -> list[Mapping[str, Any]]:
+        value = self._get(path)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+            raise SpecError(f"spec.{path} must be a list of objects")
+        return value

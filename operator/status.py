@@ -1,0 +1,160 @@
+"""Pure status: the live Deployment and its pods become phase, Ready condition and endpoint. No I/O.
+
+Ready is reported only when the Deployment's current generation has rolled out and every desired replica is
+ready. A pod that crash-loops, cannot pull its image or cannot be scheduled turns the phase to Failed (nothing
+serves) or Degraded (some replicas serve), with the pod's own reason and message, never to Ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubeinfer.operator.render import endpoint, selector_string
+
+PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
+
+# Waiting reasons that do not go away by waiting: the pod needs a fix (image, config, code, data).
+BLOCKING_WAIT_REASONS = frozenset({
+    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "PreCreateHookError",
+    "PostStartHookError",
+})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why replicas do not serve, as Kubernetes said it (the reason is a CamelCase word)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator knows when it computes status."""
+
+    name: str
+    namespace: str
+    observed_generation: int | None
+    deployment: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]] = ()
+    error: Problem | None = None  # the spec cannot be served (InvalidSpec) or a child name is taken (ChildConflict)
+    previous: Mapping[str, Any] | None = None  # the current status, for lastTransitionTime
+    now: str = ""  # RFC 3339, given by the caller so this module stays pure
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    """Blocking problems of the pods, most useful first (crashes and pulls before scheduling)."""
+    found: list[Problem] = []
+    unschedulable: list[Problem] = []
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        pod_name = pod.get("metadata", {}).get("name", "?")
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue  # a terminating pod of an old revision says nothing about the current one
+        status = pod.get("status") or {}
+        for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
+            for container in status.get(key) or []:
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                reason = waiting.get("reason", "")
+                if reason in BLOCKING_WAIT_REASONS:
+                    found.append(Problem(reason, _container_message(pod_name, kind, container, waiting)))
+        if status.get("phase") == "Failed":
+            found.append(Problem(status.get("reason") or "PodFailed",
+                                 f"pod {pod_name}: {status.get('message') or 'failed'}"))
+        for condition in status.get("conditions") or []:
+            if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                    and condition.get("reason") == "Unschedulable"):
+                unschedulable.append(Problem("Unschedulable", f"pod {pod_name}: {condition.get('message', '')}"))
+    return found + unschedulable
+
+
+def _container_message(pod: str, kind: str, container: Mapping[str, Any], waiting: Mapping[str, Any]) -> str:
+    text = f"pod {pod} {kind} {container.get('name', '?')}: {waiting.get('reason')}"
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    if last:
+        text += f" (last exit code {last.get('exitCode')}"
+        text += f": {last['reason']}" if last.get("reason") else ""
+        text += ")"
+        if last.get("message"):  # the runtime's own last words (terminationMessagePolicy FallbackToLogsOnError)
+            text += f": {str(last['message']).strip().splitlines()[-1]}"
+    elif waiting.get("message"):
+        text += f": {waiting['message']}"
+    return text
+
+
+def deployment_problems(deployment: Mapping[str, Any]) -> list[Problem]:
+    """Failures the Deployment controller reports: a stuck rollout or pods the API refused (e.g. quota)."""
+    found: list[Problem] = []
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        kind, state, reason = condition.get("type"), condition.get("status"), condition.get("reason", "")
+        if kind == "ReplicaFailure" and state == "True":
+            found.append(Problem(reason or "ReplicaFailure", condition.get("message", "")))
+        if kind == "Progressing" and state == "False" and reason == "ProgressDeadlineExceeded":
+            found.append(Problem(reason, condition.get("message", "")))
+    return found
+
+
+def _phase(obs: Observation) -> tuple[str, str, str]:
+    """(phase, reason, message) for the observation."""
+    if obs.error is not None:
+        return "Failed", obs.error.reason, obs.error.message
+    deployment = obs.deployment
+    if deployment is None:
+        return "Pending", "Creating", f"waiting for Deployment {obs.name}"
+    desired = int((deployment.get("spec") or {}).get("replicas", 1))
+    state = deployment.get("status") or {}
+    ready = int(state.get("readyReplicas") or 0)
+    if desired == 0:
+        return "Pending", "ScaledToZero", "0 replicas requested"
+    problems = pod_problems(obs.pods) + deployment_problems(deployment)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        if ready == 0:
+            return "Failed", first.reason, first.message + more
+        return "Degraded", first.reason, f"{ready}/{desired} replicas ready; {first.message}{more}"
+    observed = state.get("observedGeneration")
+    if observed is None:
+        return "Pending", "DeploymentPending", f"Deployment {obs.name} not yet picked up by its controller"
+    generation = (deployment.get("metadata") or {}).get("generation")
+    current = generation is None or int(observed) >= int(generation)
+    updated = int(state.get("updatedReplicas") or 0)
+    available = int(state.get("availableReplicas") or 0)
+    total = int(state.get("replicas") or 0)
+    if current and updated >= desired and total <= desired and ready >= desired and available >= desired:
+        return "Ready", "AllReplicasReady", f"{ready}/{desired} replicas ready"
+    if not current or updated < desired or total > desired:
+        return "Progressing", "RollingOut", f"{updated}/{desired} replicas updated, {ready} ready"
+    return "Progressing", "ReplicasStarting", f"{ready}/{desired} replicas ready"
+
+
+def compute_status(obs: Observation) -> dict[str, Any]:
+    """The whole ``status`` of the InferenceService for this observation."""
+    phase, reason, message = _phase(obs)
+    ready_state = "True" if phase == "Ready" else "False"
+    previous = {c.get("type"): c for c in (obs.previous or {}).get("conditions") or []}.get("Ready") or {}
+    since = previous.get("lastTransitionTime") if previous.get("status") == ready_state else None
+    condition: dict[str, Any] = {"type": "Ready", "status": ready_state, "reason": reason, "message": message,
+                                 "lastTransitionTime": since or obs.now}
+    state = (obs.deployment or {}).get("status") or {}
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [condition],
+        "replicas": int(state.get("replicas") or 0),
+        "readyReplicas": int(state.get("readyReplicas") or 0),
+        "selector": selector_string(obs.name),
+    }
+    if obs.observed_generation is not None:
+        condition["observedGeneration"] = obs.observed_generation
+        status["observedGeneration"] = obs.observed_generation
+    if obs.deployment is not None:
+        status["endpoint"] = endpoint(obs.name, obs.namespace)
+    return status
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when writing ``new`` would change what the resource shows (so unchanged status is not re-patched)."""
+    old = old or {}
+    return any(old.get(key) != value for key, value in new.items())

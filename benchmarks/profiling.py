@@ -1,6 +1,6 @@
 """Where a kubeinfer server spends its time under benchmark load: py-spy on the server while load.py drives it.
 
-    .venv/bin/python benchmarks/profile.py --workload classifier --concurrency 16 --seconds 8
+    .venv/bin/python benchmarks/profiling.py --workload classifier --concurrency 16 --seconds 8
 
 Starts the same kubeinfer server run.py measures, loads it with the same load
 generator, samples every thread of the server with py-spy (``--gil`` to see only

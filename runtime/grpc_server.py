@@ -35,20 +35,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
 
-    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
-        """Run one unary call: map errors to statuses and record the outcome."""
+    @contextlib.asynccontextmanager
+    async def _observed(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Around one call: InferenceError -> its gRPC status, anything else -> INTERNAL; in-flight and outcome
+        recorded in the metrics."""
         started = time.monotonic()
         code = "OK"
         in_flight = self.metrics.in_flight.labels(self.metrics.model, "grpc")
         in_flight.inc()
         try:
-            return await call()
+            yield
         except InferenceError as exc:
             code = exc.code.name
             await context.abort(grpc.StatusCode[code], exc.message)
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
             code = "INTERNAL"
             log.exception("%s failed", rpc)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
@@ -58,37 +60,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         finally:
             in_flight.dec()
             self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
-        raise AssertionError("unreachable: context.abort raises")
+
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
+        """Run one unary call under ``_observed``."""
+        async with self._observed(rpc, context):
+            return await call()
+        raise AssertionError("unreachable: errors end in context.abort, which raises")
 
     async def _write_stream(self, rpc: str, context: grpc.aio.ServicerContext,
                             open_stream: Callable[[], AsyncIterator[Any]], to_proto: Callable[[Any], Any]) -> None:
-        """Run one server-streaming call: write items as they come, map errors to statuses, record the outcome.
+        """Run one server-streaming call under ``_observed``, writing items as they come.
 
         The data plane's generator is closed on every exit, so a cancelled call frees its state at once.
         """
-        started = time.monotonic()
-        code = "OK"
-        in_flight = self.metrics.in_flight.labels(self.metrics.model, "grpc")
-        in_flight.inc()
-        try:
-            async with contextlib.aclosing(open_stream()) as items:
-                async for item in items:
-                    await context.write(to_proto(item))
-        except InferenceError as exc:
-            code = exc.code.name
-            await context.abort(grpc.StatusCode[code], exc.message)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            code = "INTERNAL"
-            log.exception("%s failed", rpc)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        except BaseException:  # cancelled by the client or the server shutting down
-            code = "CANCELLED"
-            raise
-        finally:
-            in_flight.dec()
-            self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
+        async with self._observed(rpc, context), contextlib.aclosing(open_stream()) as items:
+            async for item in items:
+                await context.write(to_proto(item))
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         async def call() -> pb.ModelInfo:

@@ -9,8 +9,6 @@ the expected probabilities of any image follow from the same preprocessing here.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,30 +197,3 @@ def classify_runtime(factory: Callable[..., RuntimeProcess], labels_dir: Path) -
                           "--max-message-bytes", "1000000", "--max-batch-delay-ms", "5", "--max-queue-size", "64")
 
 
-class BackgroundTraffic:
-    """Calls ``request`` in a loop on a thread (it must raise on a wrong answer); every call must succeed."""
-
-    def __init__(self, request: Callable[[], None]) -> None:
-        self.request = request
-        self.ok = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.request()
-                self.ok += 1
-            except Exception as exc:  # recorded; stop() asserts there were none
-                self.errors.append(repr(exc))
-
-    def stop(self) -> None:
-        deadline = time.monotonic() + 30
-        while self.ok == 0 and not self.errors and time.monotonic() < deadline:  # at least one full call
-            time.sleep(0.01)
-        self._stop.set()
-        self._thread.join(30)
-        assert self.errors == [], self.errors[:3]
-        assert self.ok > 0

@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,3 +87,32 @@ class RuntimeProcess:
                 self.process.wait()
         self._log.close()
         return int(self.process.returncode)
+
+
+class BackgroundTraffic:
+    """Calls ``request`` in a loop on a thread (it must raise on a wrong answer); every call must succeed."""
+
+    def __init__(self, request: Callable[[], None]) -> None:
+        self.request = request
+        self.ok = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.request()
+                self.ok += 1
+            except Exception as exc:  # recorded; stop() asserts there were none
+                self.errors.append(repr(exc))
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + 30
+        while self.ok == 0 and not self.errors and time.monotonic() < deadline:  # at least one full call
+            time.sleep(0.01)
+        self._stop.set()
+        self._thread.join(30)
+        assert self.errors == [], self.errors[:3]
+        assert self.ok > 0

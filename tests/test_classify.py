@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from classify_support import (
     COLOURS,
-    BackgroundTraffic,
     classify_runtime,
     colour_models,
     expected_probabilities,
@@ -26,7 +25,7 @@ from classify_support import (
     write_labels,
 )
 from conftest import jpeg_bytes, png_bytes
-from runtime_support import REPO, RuntimeProcess, free_port, runtime_env
+from runtime_support import REPO, BackgroundTraffic, RuntimeProcess, free_port, runtime_env
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.types import ClassifyResult

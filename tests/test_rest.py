@@ -17,11 +17,11 @@ import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
-from classify_support import COLOURS, BackgroundTraffic, classify_runtime, noisy, solid
+from classify_support import COLOURS, classify_runtime, noisy, solid
 from conftest import fresh_images, png_bytes
 from google.protobuf.json_format import MessageToDict
 from PIL import Image
-from runtime_support import RuntimeProcess, free_port
+from runtime_support import BackgroundTraffic, RuntimeProcess, free_port
 
 from kubeinfer.clients import Client, RestClient, RestError
 from kubeinfer.runtime.config import ServeConfig, add_arguments

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import argparse
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import pytest_asyncio
 from runtime_support import CACHE, RuntimeProcess, free_port
 
+from kubeinfer.runtime.config import ServeConfig, add_arguments
+from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.demo_models import SyntheticImage, synthetic_image, train_detector
+from kubeinfer.runtime.grpc_server import GrpcTransport
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.rest_server import HttpTransport
 
 MODELS = CACHE / "models"
 
@@ -50,6 +57,27 @@ def detect_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_mode
     """One detection runtime shared by the tests that only send requests."""
     return runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", "rects",
                            "--max-batch-delay-ms", "5", "--max-image-pixels", "4000000")
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def loading_runtime(tmp_path: Path) -> AsyncIterator[ServeConfig]:
+    """The real gRPC and HTTP transports with no model attached yet: what clients see while a model loads."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"never loaded in this test")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = ServeConfig.from_args(parser.parse_args([
+        "--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
+        "--model-name", "loading"]))
+    metrics = RuntimeMetrics(config.model_name)
+    dataplane = DataPlane(config, metrics)
+    grpc_transport = GrpcTransport(config, dataplane, metrics)
+    http_transport = HttpTransport(config, dataplane, metrics)
+    await grpc_transport.start()
+    await http_transport.start()
+    yield config
+    await grpc_transport.drain(0)
+    await http_transport.stop()
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

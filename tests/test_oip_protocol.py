@@ -6,29 +6,21 @@ clients never send (typed contents, mismatched raw entries, base64 JSON, malform
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import grpc
 import numpy as np
 import pytest
-import pytest_asyncio
 from conftest import fresh_images, png_bytes
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from runtime_support import RuntimeProcess, free_port
+from runtime_support import RuntimeProcess
 
 from kubeinfer.oip import grpc_service_pb2 as pb
 from kubeinfer.oip import grpc_service_pb2_grpc as pb_grpc
-from kubeinfer.runtime.config import ServeConfig, add_arguments
-from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.grpc_server import GrpcTransport
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.rest_server import HttpTransport
 
 MODEL = "rects"
 ENCODED = [png_bytes(s.pixels) for s in fresh_images(seed=1, count=3)]
@@ -139,31 +131,6 @@ async def test_rest_json_with_base64_images_and_versioned_routes(detect_runtime:
     assert body["id"] == "b64" and body["model_name"] == MODEL
     counts = next(o for o in body["outputs"] if o["name"] == "counts")
     assert counts == {"name": "counts", "datatype": "INT32", "shape": [3], "data": [1, 1, 2]}  # capped at 2
-
-
-def config_for(model: Path) -> ServeConfig:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--task", "detect", "--model", str(model), "--grpc-port", str(free_port()),
-                              "--http-port", str(free_port()), "--model-name", "loading"])
-    return ServeConfig.from_args(args)
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def loading_runtime(tmp_path: Path) -> AsyncIterator[ServeConfig]:
-    """The real transports with no model attached yet: what clients see while a large model loads."""
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"never loaded in this test")
-    config = config_for(model)
-    metrics = RuntimeMetrics(config.model_name)
-    dataplane = DataPlane(config, metrics)
-    grpc_transport, http_transport = GrpcTransport(config, dataplane, metrics), HttpTransport(config, dataplane,
-                                                                                               metrics)
-    await grpc_transport.start()
-    await http_transport.start()
-    yield config
-    await grpc_transport.drain(0)
-    await http_transport.stop()
 
 
 async def test_while_loading_live_but_not_ready_and_inference_unavailable(loading_runtime: ServeConfig) -> None:

@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
 import grpc
 import pytest
-import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from runtime_support import free_port
 
-from kubeinfer.runtime.config import ServeConfig, add_arguments
-from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.grpc_server import GrpcTransport
-from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.rest_server import HttpTransport
+from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
-
-
-def config_for(model: Path) -> ServeConfig:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--task", "detect", "--model", str(model), "--grpc-port", str(free_port()),
-                              "--http-port", str(free_port()), "--model-name", "loading"])
-    return ServeConfig.from_args(args)
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def loading_runtime(tmp_path: Path) -> AsyncIterator[ServeConfig]:
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"never loaded in this test")
-    config = config_for(model)
-    metrics = RuntimeMetrics(config.model_name)
-    dataplane = DataPlane(config, metrics)
-    grpc_transport = GrpcTransport(config, dataplane, metrics)
-    http_transport = HttpTransport(config, dataplane, metrics)
-    await grpc_transport.start()
-    await http_transport.start()
-    yield config
-    await grpc_transport.drain(0)
-    await http_transport.stop()
 
 
 async def test_while_loading_health_is_not_serving_and_requests_are_unavailable(

@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,10 @@ import cv2
 import grpc
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable as a package
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.processes import ManagedProcess, ServerError, free_port
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -142,43 +144,27 @@ def batch_totals(http_url: str) -> tuple[float, float]:
     return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @contextmanager
 def served(model: Path, labels: Path, torch_threads: int, extra: list[str]) -> Iterator[tuple[str, str]]:
     """A `kubeinfer serve --task stream-classify` process on loopback, stopped on exit."""
     grpc_port, http_port = free_port(), free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(torch_threads))
-    with tempfile.NamedTemporaryFile("w+", prefix="bench-streams-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeinfer", "serve", "--task", "stream-classify", "--model", str(model),
-             "--labels", str(labels), "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port",
-             str(http_port), "--model-name", "bench-streams", "--log-level", "warning", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+    runtime = ManagedProcess(
+        "kubeinfer serve (stream-classify)",
+        [sys.executable, "-m", "kubeinfer", "serve", "--task", "stream-classify", "--model", str(model),
+         "--labels", str(labels), "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port",
+         str(http_port), "--model-name", "bench-streams", "--log-level", "warning", *extra],
+        Path(tempfile.gettempdir()) / f"bench-streams-{os.getpid()}.log", env=env)
     http_url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the runtime exited with {process.returncode}; log: {log.name}")
-            try:
-                with urllib.request.urlopen(http_url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the runtime was not ready after 120 s; log: {log.name}")
-            time.sleep(0.2)
+        try:
+            runtime.wait_ready(http_url + "/readyz", timeout=120)
+        except ServerError as exc:
+            raise SystemExit(str(exc)) from None
         yield f"127.0.0.1:{grpc_port}", http_url
     finally:
-        process.terminate()
-        process.wait(30)
-
+        runtime.stop()
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

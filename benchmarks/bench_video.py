@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable as a package
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.processes import ManagedProcess, ServerError, free_port
 from kubeinfer.clients import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,42 +103,25 @@ def run_streams(target: str, ops: list[str], clips: list[list[bytes]]) -> Row:
     return Row(",".join(ops), len(clips), sum(counts), seconds, sum(errors), sum(found))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @contextmanager
 def served(model: Path, extra: list[str]) -> Iterator[str]:
     """A `kubeinfer serve --task video` process on loopback, stopped on exit."""
     grpc_port, http_port = free_port(), free_port()
     env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(model.parent / ".ultralytics"))
-    with tempfile.NamedTemporaryFile("w+", prefix="bench-video-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeinfer", "serve", "--task", "video", "--model", str(model), "--host",
-             "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--model-name", "bench-video",
-             *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+    runtime = ManagedProcess(
+        "kubeinfer serve (video)",
+        [sys.executable, "-m", "kubeinfer", "serve", "--task", "video", "--model", str(model), "--host", "127.0.0.1",
+         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--model-name", "bench-video", *extra],
+        Path(tempfile.gettempdir()) / f"bench-video-{os.getpid()}.log", env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the runtime exited with {process.returncode}; log: {log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the runtime was not ready after 120 s; log: {log.name}")
-            time.sleep(0.2)
+        try:
+            runtime.wait_ready(f"http://127.0.0.1:{http_port}/readyz", timeout=120)
+        except ServerError as exc:
+            raise SystemExit(str(exc)) from None
         yield f"127.0.0.1:{grpc_port}"
     finally:
-        process.terminate()
-        process.wait(30)
-
+        runtime.stop()
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

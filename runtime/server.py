@@ -61,9 +61,9 @@ class Runtime:
             raise
         task.start()
         self.dataplane.attach(task)
+        info = self.dataplane.model_info()
         self.metrics.build.labels(config.model_name).info(
-            {"version": self.dataplane.model_info()["version"], "task": config.task,
-             "format": str(task.info().get("model_format", ""))})
+            {"version": info["version"], "task": config.task, "format": str(info.get("model_format", ""))})
         await grpc_transport.set_serving(True)
         log.info("serving %s (%s) on %s", config.model_name, config.task, config.device)
 

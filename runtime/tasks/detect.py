@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,8 @@ class DetectResult:
 class Detector:
     """A YOLO model plus the batcher feeding it: shared by the detect task and the video task's overlay."""
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor, path: Any) -> None:
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> None:
         self.config = config
-        self.metrics = metrics
         self.model = YoloDetector(path, config.device, config.image_size)
         self.batcher: DynamicBatcher[Letterboxed, RawDetections] = DynamicBatcher(
             "detect", self.model.forward, max_batch_size=config.max_batch_size,
@@ -109,7 +109,8 @@ class DetectTask(Task):
 
     def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
         super().__init__(config, metrics, pool)
-        self.detector = Detector(config, metrics, pool, config.model)
+        assert config.model is not None  # ServeConfig.validate requires a model for detect
+        self.detector = Detector(config, metrics, config.model)
 
     def start(self) -> None:
         self.detector.batcher.start()

@@ -38,28 +38,35 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @contextlib.asynccontextmanager
     async def _observed(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Around one call: InferenceError -> its gRPC status, anything else -> INTERNAL; in-flight and outcome
-        recorded in the metrics."""
+        recorded in the metrics before the status is sent, so a client that saw it also sees it counted."""
         started = time.monotonic()
-        code = "OK"
         in_flight = self.metrics.in_flight.labels(self.metrics.model, "grpc")
         in_flight.inc()
+        recorded = False
+
+        def record(code: str) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                in_flight.dec()
+                self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
+
         try:
             yield
         except InferenceError as exc:
-            code = exc.code.name
-            await context.abort(grpc.StatusCode[code], exc.message)
+            record(exc.code.name)
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            code = "INTERNAL"
+            record("INTERNAL")
             log.exception("%s failed", rpc)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         except BaseException:  # cancelled by the client or the server shutting down
-            code = "CANCELLED"
+            record("CANCELLED")
             raise
         finally:
-            in_flight.dec()
-            self.metrics.observe_request("grpc", rpc, code, time.monotonic() - started)
+            record("OK")
 
     async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
         """Run one unary call under ``_observed``."""

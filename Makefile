@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint protos bench clean
+.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ serve: $(SETUP_STAMP) $(DEMO_MODEL)
 
 test: $(SETUP_STAMP)
 	bash scripts/install-test-tools.sh
+	bash scripts/cluster/build.sh >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# A real control plane on 127.0.0.1 (kube-apiserver, controller-manager, scheduler, etcd, kwok fake nodes), built
+# from the Kubernetes Go module on first use (cached under .cache/cluster/bin). Runs until Ctrl-C or cluster-down.
+cluster:
+	$(PYTHON) scripts/cluster/localcluster.py up
+
+cluster-down:
+	$(PYTHON) scripts/cluster/localcluster.py down
+
+cluster-build:
+	bash scripts/cluster/build.sh
 
 lint: $(SETUP_STAMP)
 	$(BIN)/ruff check .

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build
+.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build images
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ protos: $(SETUP_STAMP)
 # Benchmark: kubeinfer vs the raw model and KServe/MLServer/LitServe (installs peers on first use; ~7-10 min on 2 cores)
 bench: $(SETUP_STAMP) $(DEMO_MODEL)
 	$(BIN)/python benchmarks/run.py
+
+# Both container images built from the Dockerfiles with buildah (local Debian base, cached) and run with podman
+# as their pods run them (README: Container images; root, ~40 GB free disk, ~15-25 min the first time)
+images: $(SETUP_STAMP) $(DEMO_MODEL)
+	bash scripts/install-test-tools.sh image_tools
+	$(BIN)/python scripts/images.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

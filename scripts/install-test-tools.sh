@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real tools the chart, image and dashboard tests run: helm, prometheus and checkov.
+# Install the real tools the chart, image and dashboard tests run: helm, prometheus, checkov, and buildah, podman,
+# runc and debootstrap (the image builds).
 #
 # Idempotent: each tool is installed only when missing (or at the wrong version), so CI and
 # developers can call it before every test run. Only package registries are used:
@@ -100,7 +101,37 @@ install_monitoring_models() {
         "$package@$PROMETHEUS_OPERATOR_MODELS_VERSION"
 }
 
+install_image_tools() {
+    # buildah, podman, runc, debootstrap: `make images` and tests/test_images.py build and run the real images
+    # with no Docker engine (see scripts/images.py)
+    local tools=(buildah podman runc debootstrap) missing=() tool
+    for tool in "${tools[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "image tools already installed: ${tools[*]}"
+        return
+    fi
+    log "installing ${missing[*]} with apt-get"
+    local sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
+    for tool in "${tools[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || { log "$tool still missing after apt-get"; exit 1; }
+    done
+}
+
+# With arguments, only those tools (`install-test-tools.sh image_tools`); without, all of them.
+if [[ $# -gt 0 ]]; then
+    for tool in "$@"; do
+        "install_$tool"
+    done
+    exit 0
+fi
+
 install_helm
 install_prometheus
 install_checkov
 install_monitoring_models
+install_image_tools

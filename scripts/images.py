@@ -1,0 +1,424 @@
+"""Build the two images from the real Dockerfiles with buildah and run them with podman as their pods run them.
+
+`make images` runs this with the project's venv (it renders the runtime's pod spec with kubeinfer.operator.render
+and talks to the runtime with kubeinfer.clients). No Docker engine and no registry: the Dockerfiles' default
+BASE_IMAGE (python:3.11-slim-bookworm) is stood in for by a Debian bookworm base with Python 3.11 that
+debootstrap builds here once (cached as localhost/kubeinfer-base:bookworm-python3.11). Images land in
+buildah/podman's default storage with the vfs driver:
+
+    localhost/kubeinfer-operator:dev   runs `kubeinfer operator --help` as the chart's pod does: its uid,
+                                       read-only root filesystem, /tmp the only writable mount
+    localhost/kubeinfer-runtime:dev    runs the operator's rendered runtime pod for a detect InferenceService
+                                       whose model is a URL: the `kubeinfer fetch` init container downloads the
+                                       demo detector into the pod's emptyDir, then `kubeinfer serve` serves it
+                                       (mounted read-only) and answers /readyz, gRPC health and a Detect, and
+                                       stops cleanly on SIGTERM
+
+Both run with host networking on loopback; the only change to the rendered spec is --host 127.0.0.1 and free
+ports instead of 0.0.0.0:8001/8080 (a pod has its own network namespace; here the host's ports are shared).
+Any failure prints one line naming the image and the step, with the full log under .cache/images/logs, and
+exits 1.
+
+    python scripts/images.py [--only operator|runtime] [--base-image IMAGE] [--dockerfile NAME=PATH] [--no-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / ".cache" / "images"
+LOGS = WORK / "logs"
+DEMO_MODEL = REPO / ".cache" / "models" / "detector.pt"
+STORAGE = ["--storage-driver", "vfs"]
+PODMAN = ["podman", *STORAGE, "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+# podman cannot raise these limits here without the flags (setrlimit refused); a pod gets the node's defaults.
+ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+BASE_TAG = "localhost/kubeinfer-base:bookworm-python3.11"
+BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
+MIRROR = "http://deb.debian.org/debian"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+IMAGES = {"operator": "localhost/kubeinfer-operator:dev", "runtime": "localhost/kubeinfer-runtime:dev"}
+TOOLS = ("buildah", "podman", "runc", "debootstrap")
+RUNTIME_MIN_FREE_GB = 40  # vfs stores every layer as a full copy: the torch layer (~7 GB) several times
+
+
+class Failure(Exception):
+    """One line for the user: which image, which step, why."""
+
+
+def rel(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(REPO))
+    return str(path)
+
+
+def say(message: str) -> None:
+    print(f"images: {message}", flush=True)
+
+
+def last_line(text: str, pattern: str | None = None) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if pattern:
+        lines = [line for line in lines if re.search(pattern, line)] or lines
+    return lines[-1] if lines else "(no output)"
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_logged(image: str, step: str, command: Sequence[str], log_name: str, timeout: float | None = None) -> str:
+    """Run a command with its output in .cache/images/logs/LOG_NAME.log; on failure one line names the step."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"{log_name}.log"
+    with log.open("w") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        out.flush()
+        try:
+            proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  cwd=REPO, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Failure(f"{image}: {step} took over {timeout:.0f} s (log: {rel(log)})") from None
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise Failure(f"{image}: {step} failed: {shorten(last_line(text, r'(?i)error'))} (log: {rel(log)})")
+    return text
+
+
+def capture(command: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def image_id(name: str) -> str | None:
+    proc = capture([*PODMAN, "image", "inspect", "--format", "{{.Id}}", name])
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def image_size(name: str) -> int:
+    return int(capture([*PODMAN, "image", "inspect", "--format", "{{.Size}}", name]).stdout.strip())
+
+
+def check_tools() -> None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise Failure(f"setup: missing {', '.join(missing)} (bash scripts/install-test-tools.sh installs them)")
+    if os.geteuid() != 0:
+        raise Failure("setup: buildah with the vfs driver and debootstrap need root here")
+
+
+# --- the base -------------------------------------------------------------------------------------------------
+
+
+def ensure_base() -> str:
+    """The stand-in for python:3.11-slim-bookworm: Debian bookworm minbase with Python 3.11, built once."""
+    if image_id(BASE_TAG):
+        say(f"base {BASE_TAG} (cached)")
+        return BASE_TAG
+    start = time.monotonic()
+    rootfs = WORK / "base-rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    run_logged("base", f"debootstrap bookworm ({BASE_PACKAGES})",
+               ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(rootfs), MIRROR],
+               "base-debootstrap", timeout=1800)
+    for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for path in (rootfs / leftover).glob("*"):
+            if path.is_file() and path.name != "lock":
+                path.unlink()
+    container = run_logged("base", "buildah from scratch", ["buildah", *STORAGE, "from", "scratch"],
+                           "base-from").strip().splitlines()[-1]
+    try:
+        run_logged("base", "copy the root filesystem", ["buildah", *STORAGE, "copy", container, f"{rootfs}/", "/"],
+                   "base-copy", timeout=1800)
+        run_logged("base", "buildah config", [
+            "buildah", *STORAGE, "config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--env", "LANG=C.UTF-8", "--cmd", "python3", container], "base-config")
+        run_logged("base", f"commit {BASE_TAG}", ["buildah", *STORAGE, "commit", "--rm", container, BASE_TAG],
+                   "base-commit", timeout=1800)
+    finally:
+        capture(["buildah", *STORAGE, "rm", container])
+        shutil.rmtree(rootfs, ignore_errors=True)
+    say(f"base {BASE_TAG} built in {time.monotonic() - start:.0f} s, {image_size(BASE_TAG) / 1e6:.0f} MB")
+    return BASE_TAG
+
+
+# --- building -------------------------------------------------------------------------------------------------
+
+STEP_LINE = re.compile(r"^(\[\d+/\d+\] )?STEP \d+/\d+: ")
+
+
+def failed_step(text: str) -> str:
+    """'RUN ...' of the last Dockerfile step buildah started, from its 'STEP n/m: INSTRUCTION' lines."""
+    steps = [line.strip() for line in text.splitlines() if STEP_LINE.match(line.strip())]
+    return shorten(steps[-1], 110) if steps else "before the first step"
+
+
+def build_reason(text: str) -> str:
+    error = last_line(text, r"(?i)^error|error:|exit status")
+    match = re.search(r'(exit status \d+|error building at STEP "[^"]{0,60})', error)
+    if "exit status" in error:
+        return re.search(r"exit status \d+", error).group(0)  # type: ignore[union-attr]
+    return shorten(match.group(0) if match else error, 200)
+
+
+def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
+    tag = IMAGES[name]
+    if base.startswith("localhost/") and image_id(base) is None:
+        raise Failure(f"{name}: FROM ${{BASE_IMAGE}} of {rel(dockerfile)}: base image {base} not found")
+    before = image_id(tag)
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    command = ["buildah", *STORAGE, "bud", "--layers", "--format", "docker", "--isolation", "chroot",
+               "--network", "host", "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+               "--volume", f"{pip_cache}:/root/.cache/pip", "--build-arg", f"BASE_IMAGE={base}",
+               "--file", str(dockerfile), "--tag", tag, str(REPO)]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"{name}-build.log"
+    with log.open("w") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        out.flush()
+        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        if "FROM" in failed_step(text) or "before the first step" in failed_step(text):
+            raise Failure(f"{name}: FROM ${{BASE_IMAGE}} of {rel(dockerfile)}: base image {base} could not be "
+                          f"used: {shorten(last_line(text, r'(?i)error'), 150)} (log: {rel(log)})")
+        raise Failure(f"{name}: {rel(dockerfile)} {failed_step(text)} failed: {build_reason(text)} "
+                      f"(log: {rel(log)})")
+    after = image_id(tag)
+    if before and after != before:
+        capture([*PODMAN, "rmi", before])  # the previous build of the tag; kept if something still uses it
+    cached = sum(1 for line in text.splitlines() if "Using cache" in line)
+    say(f"{name}: built {tag} in {time.monotonic() - start:.0f} s ({cached} cached steps), "
+        f"{image_size(tag) / 1e6:.0f} MB")
+
+
+def check_contents(name: str) -> None:
+    """No compiler, no pip in the venv, no pip cache or build leftovers in the final image."""
+    script = ("for tool in gcc cc make /opt/kubeinfer/bin/pip; do command -v $tool && exit 1; done; "
+              "for path in /root/.cache /src /out; do test -e $path && echo $path && exit 1; done; "
+              "test -z \"$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)\" || exit 1; "
+              "kubeinfer --help >/dev/null")
+    proc = capture([*PODMAN, "run", "--rm", "--network", "host", *ULIMITS, "--entrypoint", "sh", IMAGES[name], "-c",
+                    script])
+    if proc.returncode != 0:
+        raise Failure(f"{name}: contents check failed: found {last_line(proc.stdout + proc.stderr)} in the image")
+
+
+# --- running as the pods do -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_operator() -> None:
+    """The chart's operator pod: its uid/gid, read-only root, /tmp an emptyDir, the image's entrypoint."""
+    import yaml
+
+    values = yaml.safe_load((REPO / "charts" / "kubeinfer" / "values.yaml").read_text())["operator"]
+    command = [*PODMAN, "run", "--rm", "--network", "host", "--read-only", "--read-only-tmpfs=false",
+               "--user", f"{values['runAsUser']}:{values['runAsGroup']}", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:rw,mode=1777", *ULIMITS,
+               IMAGES["operator"], "--help"]
+    proc = capture(command)
+    if proc.returncode != 0 or "usage:" not in proc.stdout:
+        raise Failure(f"operator: container (kubeinfer operator --help) exited with {proc.returncode} at start: "
+                      f"{shorten(last_line(proc.stderr + proc.stdout))}")
+    say(f"operator: `kubeinfer operator --help` ran as uid {values['runAsUser']} on a read-only root filesystem")
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[int]:
+    """A loopback HTTP server for the demo model: what a model URL points at."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def rendered_pod(model_url: str) -> dict[str, Any]:
+    from kubeinfer.operator.render import Owner, render_deployment
+    from kubeinfer.operator.spec import parse_spec
+
+    spec = parse_spec({"task": "detect", "model": {"uri": model_url}})
+    deployment = render_deployment(Owner("demo", "default", "0"), spec, IMAGES["runtime"])
+    return deployment["spec"]["template"]["spec"]
+
+
+def podman_run_args(pod: dict[str, Any], container: dict[str, Any], volumes: dict[str, Path]) -> list[str]:
+    """The podman flags for one container of a pod spec: user, read-only root, capabilities, env, mounts."""
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    args = ["--network", "host", "--user", f"{security['runAsUser']}:{security['runAsGroup']}", *ULIMITS]
+    if security.get("readOnlyRootFilesystem"):
+        args += ["--read-only", "--read-only-tmpfs=false"]
+    if security.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges"]
+    for capability in security.get("capabilities", {}).get("drop", []):
+        args += ["--cap-drop", capability]
+    for variable in container.get("env", []):
+        args += ["--env", f"{variable['name']}={variable['value']}"]
+    for mount in container.get("volumeMounts", []):
+        suffix = ":ro" if mount.get("readOnly") else ""
+        args += ["--volume", f"{volumes[mount['name']]}:{mount['mountPath']}{suffix}"]
+    args += ["--entrypoint", json.dumps(container["command"]), container["image"]]
+    return args
+
+
+def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def run_runtime() -> None:
+    if not DEMO_MODEL.is_file():
+        raise Failure(f"runtime: no demo model at {rel(DEMO_MODEL)} "
+                      f"(.venv/bin/kubeinfer demo --out {rel(DEMO_MODEL)} makes it; make images does)")
+    pods = WORK / "pod"
+    shutil.rmtree(pods, ignore_errors=True)
+    with serve_directory(DEMO_MODEL.parent) as port:
+        pod = rendered_pod(f"http://127.0.0.1:{port}/{DEMO_MODEL.name}")
+        security = pod["securityContext"]
+        volumes: dict[str, Path] = {}
+        for volume in pod["volumes"]:
+            assert "emptyDir" in volume, volume  # the URL model needs no claims
+            path = pods / volume["name"]
+            path.mkdir(parents=True)
+            os.chown(path, security["runAsUser"], security["fsGroup"])
+            volumes[volume["name"]] = path
+        for init in pod.get("initContainers", []):
+            command = [*PODMAN, "run", "--rm", *podman_run_args(pod, init, volumes), *init["args"]]
+            proc = capture(command, timeout=300)
+            described = shlex.join(init["command"] + init["args"])
+            if proc.returncode != 0:
+                raise Failure(f"runtime: init container '{init['name']}' ({shorten(described, 80)}) exited with "
+                              f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout))}")
+            say(f"runtime: init container '{init['name']}' ran: {shorten(described, 110)}")
+    (container,) = pod["containers"]
+    grpc_port, http_port = free_port(), free_port()
+    args = replace_flag(container["args"], "--host", "127.0.0.1")
+    args = replace_flag(replace_flag(args, "--grpc-port", str(grpc_port)), "--http-port", str(http_port))
+    name = f"kubeinfer-images-runtime-{os.getpid()}"
+    capture([*PODMAN, "rm", "--force", name])
+    proc = capture([*PODMAN, "run", "--detach", "--name", name, *podman_run_args(pod, container, volumes), *args])
+    if proc.returncode != 0:
+        raise Failure(f"runtime: container 'runtime' could not start: {shorten(last_line(proc.stderr))}")
+    try:
+        start = time.monotonic()
+        wait_ready(name, http_port, start)
+        say(f"runtime: `kubeinfer serve {shorten(shlex.join(args), 100)}` ready in {time.monotonic() - start:.0f} s")
+        exercise(grpc_port)
+        stop = capture([*PODMAN, "stop", "--time", "60", name], timeout=120)
+        code = capture([*PODMAN, "inspect", "--format", "{{.State.ExitCode}}", name]).stdout.strip()
+        if stop.returncode != 0 or code != "0":
+            logs = capture([*PODMAN, "logs", name])
+            raise Failure(f"runtime: container 'runtime' exited with {code} on SIGTERM (expected 0): "
+                          f"{shorten(last_line(logs.stdout + logs.stderr))}")
+        say("runtime: SIGTERM drained and exited 0")
+    finally:
+        capture([*PODMAN, "rm", "--force", name])
+        shutil.rmtree(pods, ignore_errors=True)
+
+
+def wait_ready(name: str, http_port: int, start: float, timeout: float = 300) -> None:
+    while time.monotonic() - start < timeout:
+        state = capture([*PODMAN, "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name]).stdout
+        if state.split()[:1] == ["false"]:
+            logs = capture([*PODMAN, "logs", name])
+            raise Failure(f"runtime: container 'runtime' (kubeinfer serve) exited with {state.split()[-1]} at start: "
+                          f"{shorten(last_line(logs.stdout + logs.stderr))}")
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
+                f"http://127.0.0.1:{http_port}/readyz", timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(1)
+    raise Failure(f"runtime: container 'runtime' not ready (/readyz) within {timeout:.0f} s")
+
+
+def exercise(grpc_port: int) -> None:
+    import numpy as np
+
+    from kubeinfer.clients import Client
+    from kubeinfer.runtime.demo_models import synthetic_image
+
+    image = synthetic_image(np.random.default_rng(7), size=128, max_rects=2)
+    with Client(f"127.0.0.1:{grpc_port}", timeout=60) as client:
+        health = client.health()
+        if health != "SERVING":
+            raise Failure(f"runtime: gRPC health is {health}, not SERVING, after /readyz answered 200")
+        (result,) = client.detect([image.pixels])
+    if not result.detections:
+        raise Failure(f"runtime: Detect found nothing on an image with {len(image.boxes)} rectangles")
+    say(f"runtime: gRPC health SERVING; Detect found {len(result.detections)} of {len(image.boxes)} rectangles")
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(IMAGES), help="build (and run) only this image")
+    parser.add_argument("--base-image", help=f"BASE_IMAGE for both builds (default: the local stand-in {BASE_TAG})")
+    parser.add_argument("--dockerfile", action="append", default=[], metavar="NAME=PATH",
+                        help="build NAME from another Dockerfile (default: Dockerfile.NAME)")
+    parser.add_argument("--no-run", action="store_true", help="build only")
+    args = parser.parse_args(argv)
+    names = [name for name in ("operator", "runtime") if name in (args.only or IMAGES)]
+    dockerfiles = {name: REPO / f"Dockerfile.{name}" for name in IMAGES}
+    for item in args.dockerfile:
+        name, _, path = item.partition("=")
+        dockerfiles[name] = Path(path).resolve()
+    pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
+    total = time.monotonic()
+    try:
+        check_tools()
+        base = args.base_image or ensure_base()
+        for name in names:
+            if name == "runtime":
+                free = shutil.disk_usage("/var/lib/containers" if Path("/var/lib/containers").exists() else "/").free
+                if free < RUNTIME_MIN_FREE_GB * 1e9:
+                    raise Failure(f"runtime: build needs about {RUNTIME_MIN_FREE_GB} GB free for vfs layers, "
+                                  f"{free / 1e9:.0f} GB left")
+            build(name, dockerfiles[name], base, pip_cache)
+            if not args.no_run:
+                check_contents(name)
+                run_operator() if name == "operator" else run_runtime()
+    except Failure as failure:
+        print(f"make images: {failure}", file=sys.stderr, flush=True)
+        return 1
+    say(f"done in {time.monotonic() - total:.0f} s: {', '.join(IMAGES[name] for name in names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

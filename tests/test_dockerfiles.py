@@ -1,9 +1,9 @@
-"""Static checks of the two images (no Docker engine here to build them).
+"""Static checks of the two Dockerfiles: only what building and running the images does not check.
 
-Each Dockerfile is parsed: every copied path exists and survives .dockerignore, the entrypoint
-names the real console script and sub-command, every pinned package matches pyproject.toml, the
-right extra is installed, the final user is not root, and the runtime's ports and offline
-settings match what the runtime actually reads.
+tests/test_images.py (and `make images`) builds both images and runs them; a build cannot tell that the default
+base a user pulls is the right one (the builds here stand in a local base), that the image's own USER and
+ENTRYPOINT match what the chart and the operator expect (the pods override them), that the build context stays
+small, or that the layers are ordered for caching. Those are checked here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from kubeinfer.cli import COMMANDS, build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)$")
 
 
 @dataclass
@@ -36,8 +35,14 @@ class Stage:
         return [args for kw, args in self.instructions if kw == keyword]
 
 
-def parse(path: Path) -> list[Stage]:
-    """Dockerfile -> stages of (INSTRUCTION, arguments), continuations joined and comments dropped."""
+@dataclass
+class Dockerfile:
+    args: dict[str, str]  # ARGs before the first FROM, with their defaults
+    stages: list[Stage]
+
+
+def parse(path: Path) -> Dockerfile:
+    """Dockerfile -> global ARGs and stages of (INSTRUCTION, arguments), continuations joined, comments dropped."""
     logical: list[str] = []
     pending = ""
     for raw in path.read_text().splitlines():
@@ -50,17 +55,21 @@ def parse(path: Path) -> list[Stage]:
         logical.append(pending + line)
         pending = ""
     assert not pending, f"{path.name}: dangling line continuation"
+    args: dict[str, str] = {}
     stages: list[Stage] = []
     for line in logical:
-        keyword, _, args = line.partition(" ")
+        keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
-            parts = args.split()
+            parts = rest.split()
             stages.append(Stage(parts[0], parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None))
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
         else:
             assert stages, f"{path.name}: {keyword} before FROM"
-            stages[-1].instructions.append((keyword, args.strip()))
-    return stages
+            stages[-1].instructions.append((keyword, rest.strip()))
+    return Dockerfile(args, stages)
 
 
 def env_of(stage: Stage) -> dict[str, str]:
@@ -70,40 +79,6 @@ def env_of(stage: Stage) -> dict[str, str]:
             key, _, value = item.partition("=")
             env[key] = value
     return env
-
-
-def pins() -> dict[str, dict[str, str]]:
-    """pyproject pins by group ('' = base dependencies) -> {normalized name: version}."""
-    groups = {"": PYPROJECT["project"]["dependencies"], **PYPROJECT["project"]["optional-dependencies"]}
-    out: dict[str, dict[str, str]] = {}
-    for group, requirements in groups.items():
-        out[group] = {}
-        for requirement in requirements:
-            match = PIN.match(requirement.strip())
-            assert match, f"pyproject {group or 'dependencies'}: {requirement!r} is not pinned with =="
-            out[group][normalize(match.group(1))] = match.group(2)
-    return out
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pip_installs(stages: list[Stage]) -> list[str]:
-    """The arguments of every `pip install` in RUN lines."""
-    args: list[str] = []
-    for stage in stages:
-        for run in stage.all("RUN"):
-            commands: list[list[str]] = [[]]
-            for word in shlex.split(run):
-                if word in ("&&", ";", "||"):
-                    commands.append([])
-                else:
-                    commands[-1].append(word)
-            for words in commands:
-                if words[:2] == ["pip", "install"] or (words[1:3] == ["-m", "pip"] and "install" in words):
-                    args += [w for w in words[words.index("install") + 1:] if not w.startswith("-")]
-    return args
 
 
 def dockerignored(path: str) -> bool:
@@ -121,38 +96,40 @@ def dockerignored(path: str) -> bool:
 
 
 @pytest.fixture(params=["runtime", "operator"])
-def image(request: pytest.FixtureRequest) -> tuple[str, list[Stage]]:
+def image(request: pytest.FixtureRequest) -> tuple[str, Dockerfile]:
     return request.param, parse(REPO / f"Dockerfile.{request.param}")
 
 
-def test_copied_paths_exist_and_are_in_the_build_context(image: tuple[str, list[Stage]]) -> None:
-    _, stages = image
-    copied = 0
-    for stage in stages:
-        for args in stage.all("COPY") + stage.all("ADD"):
-            words = args.split()
-            if any(w.startswith("--from=") for w in words):
-                continue
-            sources = [w for w in words if not w.startswith("--")][:-1]
-            for source in sources:
-                assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
-                assert not dockerignored(source), f"COPY {source}: excluded by .dockerignore"
-                copied += 1
-    assert copied >= 6
-    # Every package directory pyproject maps must be copied, or `pip install .` fails in the build.
-    package_dirs = {d.split("/")[0] for d in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
-    copied_dirs = {w.split("/")[0] for s in stages for a in s.all("COPY") for w in a.split()[:-1]}
-    assert package_dirs <= copied_dirs, package_dirs - copied_dirs
-
-
 def test_dockerignore_keeps_the_context_small() -> None:
-    for heavy in (".venv", ".cache", ".git", "tests", "charts"):
-        assert dockerignored(heavy), f"{heavy} would be sent to the Docker build"
+    for heavy in (".venv", ".cache", ".git", "tests", "benchmarks", "charts", "scripts"):
+        assert dockerignored(heavy), f"{heavy} would be sent to the image build"
+    for needed in ("pyproject.toml", "README.md", "kubeinfer", "runtime", "clients", "operator", "protos"):
+        assert not dockerignored(needed), f"{needed} is needed by `pip install .` in the build"
 
 
-def test_entrypoint_is_a_real_subcommand(image: tuple[str, list[Stage]]) -> None:
-    name, stages = image
-    entrypoints = stages[-1].all("ENTRYPOINT")
+def test_the_default_base_is_the_tested_python_and_every_stage_uses_it(image: tuple[str, Dockerfile]) -> None:
+    """A user's `docker build` pulls the default; the builds here replace it, so only this test reads it."""
+    _, dockerfile = image
+    floor = re.fullmatch(r">=(\d+\.\d+)", PYPROJECT["project"]["requires-python"])
+    assert floor
+    assert dockerfile.args.get("BASE_IMAGE") == f"python:{floor.group(1)}-slim-bookworm"
+    assert {stage.base for stage in dockerfile.stages} == {"${BASE_IMAGE}"}
+
+
+def test_dependencies_are_layered_before_the_code(image: tuple[str, Dockerfile]) -> None:
+    """A code change rebuilds only the last layer: the dependencies come from pyproject.toml alone."""
+    _, dockerfile = image
+    stages = {stage.name: stage for stage in dockerfile.stages}
+    assert stages["deps"].all("COPY") == ["pyproject.toml /src/pyproject.toml"]
+    final = dockerfile.stages[-1]
+    assert final.instructions[-2:] == [("COPY", "--from=deps /opt/kubeinfer /opt/kubeinfer"),
+                                       ("COPY", "--from=project /out/ /opt/kubeinfer/")]
+    assert not final.all("ADD") and len(final.all("COPY")) == 2
+
+
+def test_entrypoint_is_a_real_subcommand(image: tuple[str, Dockerfile]) -> None:
+    name, dockerfile = image
+    entrypoints = dockerfile.stages[-1].all("ENTRYPOINT")
     assert len(entrypoints) == 1
     command = json.loads(entrypoints[0])  # exec form, so signals reach Python directly
     assert command[0] in PYPROJECT["project"]["scripts"]
@@ -161,30 +138,9 @@ def test_entrypoint_is_a_real_subcommand(image: tuple[str, list[Stage]]) -> None
     assert expected in COMMANDS, f"`kubeinfer {expected}` is not a sub-command (kubeinfer/cli.py COMMANDS)"
 
 
-def test_pins_match_pyproject_and_the_right_extra(image: tuple[str, list[Stage]]) -> None:
-    name, stages = image
-    known = pins()
-    extra = name
-    installed = pip_installs(stages)
-    assert f".[{extra}]" in installed, f"Dockerfile.{name} must install the project with the {extra} extra"
-    for arg in installed:
-        if arg.startswith(".["):
-            assert arg == f".[{extra}]", f"Dockerfile.{name} installs {arg}"
-            continue
-        match = PIN.match(arg)
-        assert match, f"Dockerfile.{name}: `pip install {arg}` is not pinned with =="
-        package, pinned = normalize(match.group(1)), match.group(2)
-        groups = {g: v[package] for g, v in known.items() if package in v and g in ("", extra)}
-        assert groups, f"Dockerfile.{name} pins {package}, which the {extra} extra does not list"
-        assert set(groups.values()) == {pinned}, f"{package}=={pinned} but pyproject pins {groups}"
-    if name == "operator":
-        text = (REPO / "Dockerfile.operator").read_text()
-        assert "torch" not in known["operator"] and not re.search(r"pip install[^\n]*torch", text)
-
-
-def test_final_user_is_not_root(image: tuple[str, list[Stage]]) -> None:
-    _, stages = image
-    final = stages[-1]
+def test_final_user_is_not_root(image: tuple[str, Dockerfile]) -> None:
+    _, dockerfile = image
+    final = dockerfile.stages[-1]
     users = final.all("USER")
     assert users, "the final stage sets no USER"
     uid, _, gid = users[-1].partition(":")
@@ -192,13 +148,10 @@ def test_final_user_is_not_root(image: tuple[str, list[Stage]]) -> None:
     assert gid.isdigit() and int(gid) != 0
     created = " ".join(final.all("RUN"))
     assert f"--uid {uid}" in created, f"uid {uid} is not created by useradd"
-    keywords = [kw for kw, _ in final.instructions]
-    assert keywords.index("ENTRYPOINT") > keywords.index("USER")
 
 
 def test_runtime_ports_and_offline_settings() -> None:
-    stages = parse(REPO / "Dockerfile.runtime")
-    final = stages[-1]
+    final = parse(REPO / "Dockerfile.runtime").stages[-1]
     defaults = build_parser().parse_args(["serve"])
     assert sorted(int(p) for a in final.all("EXPOSE") for p in a.split()) == sorted(
         [defaults.grpc_port, defaults.http_port]) == [8001, 8080]
@@ -213,22 +166,13 @@ def test_runtime_ports_and_offline_settings() -> None:
     assert "/opt/kubeinfer/bin" in env["PATH"].split(":")[0]
 
 
-def test_runtime_base_matches_the_cuda_torch_is_built_for() -> None:
-    """torch's CUDA wheels (nvidia-cuda-runtime) and the base image agree on CUDA major.minor."""
-    stages = parse(REPO / "Dockerfile.runtime")
-    bases = {s.base for s in stages}
-    assert len(bases) == 1, bases
-    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(base|runtime|cudnn-runtime)-ubuntu\d+\.\d+", bases.pop())
-    assert match, "the runtime image must start from an nvidia/cuda image with a full version tag"
+def test_runtime_asks_the_nvidia_toolkit_for_the_cuda_torch_is_built_for() -> None:
+    """The NVIDIA_* settings NVIDIA's images carry, and the CUDA of torch's wheels (nvidia-cuda-runtime)."""
+    env = env_of(parse(REPO / "Dockerfile.runtime").stages[-1])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert set(env["NVIDIA_DRIVER_CAPABILITIES"].split(",")) >= {"compute", "utility"}
     major, minor = version("nvidia-cuda-runtime").split(".")[:2]
-    assert (match.group(1), match.group(2)) == (major, minor)
-
-
-def test_operator_base_is_the_tested_python() -> None:
-    stages = parse(REPO / "Dockerfile.operator")
-    floor = re.fullmatch(r">=(\d+\.\d+)", PYPROJECT["project"]["requires-python"])
-    assert floor
-    assert {s.base for s in stages} == {f"python:{floor.group(1)}-slim-bookworm"}
+    assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={major}.{minor}"
 
 
 def test_image_users_match_the_pods_that_run_them() -> None:
@@ -237,8 +181,8 @@ def test_image_users_match_the_pods_that_run_them() -> None:
 
     from kubeinfer.operator.render import RUN_AS
 
-    runtime_user = parse(REPO / "Dockerfile.runtime")[-1].all("USER")[-1]
+    runtime_user = parse(REPO / "Dockerfile.runtime").stages[-1].all("USER")[-1]
     assert runtime_user == f"{RUN_AS}:{RUN_AS}"
-    operator_user = parse(REPO / "Dockerfile.operator")[-1].all("USER")[-1]
+    operator_user = parse(REPO / "Dockerfile.operator").stages[-1].all("USER")[-1]
     values = yaml.safe_load((REPO / "charts" / "kubeinfer" / "values.yaml").read_text())["operator"]
     assert operator_user == f"{values['runAsUser']}:{values['runAsGroup']}"

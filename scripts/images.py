@@ -186,7 +186,7 @@ def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
     before = image_id(tag)
     pip_cache.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    command = ["buildah", *STORAGE, "bud", "--layers", "--format", "docker", "--isolation", "chroot",
+    command = ["buildah", *STORAGE, "bud", "--layers", "--force-rm", "--format", "docker", "--isolation", "chroot",
                "--network", "host", "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
                "--volume", f"{pip_cache}:/root/.cache/pip", "--build-arg", f"BASE_IMAGE={base}",
                "--file", str(dockerfile), "--tag", tag, str(REPO)]

@@ -1,4 +1,4 @@
-"""The REST client (seed 002): the runtime's ``/v1`` API over HTTP, returning ``(results, status_code)``.
+"""The REST client: the runtime's ``/v1`` API over HTTP, returning ``(results, status_code)``.
 
     from kubeinfer.clients import RestClient
 

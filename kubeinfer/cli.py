@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("kubeinfer.runtime.config", "run the inference runtime (gRPC + HTTP) for one model"),
+    "serve": ("kubeinfer.runtime.serve_command", "run the inference runtime (gRPC + HTTP) for one model"),
     "predict": ("kubeinfer.clients.cli", "send images to a runtime and print the results as JSON"),
     "video": ("kubeinfer.clients.video_cli", "process a video file through a runtime's video task, write the result"),
     "operator": ("kubeinfer.operator.main", "run the operator turning InferenceService resources into runtimes"),

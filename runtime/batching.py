@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from kubeinfer.runtime.errors import Code, InferenceError
+from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, Unavailable
 from kubeinfer.runtime.metrics import RuntimeMetrics
 
 In = TypeVar("In")
@@ -118,10 +118,9 @@ class DynamicBatcher(Generic[In, Out]):
         pending = [_Pending(item, loop.create_future(), loop, now) for item in items]
         with self._cond:
             if self._closed:
-                raise InferenceError(Code.UNAVAILABLE, "the runtime is shutting down")
+                raise Unavailable("the runtime is shutting down")
             if len(self._queue) + len(pending) > self.max_queue_size:
-                raise InferenceError(
-                    Code.RESOURCE_EXHAUSTED,
+                raise Overloaded(
                     f"inference queue is full ({len(self._queue)} images waiting, limit {self.max_queue_size}); "
                     "retry later")
             self._queue.extend(pending)
@@ -172,8 +171,8 @@ class DynamicBatcher(Generic[In, Out]):
                 raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
         except Exception as exc:  # one bad batch must not stop the thread
             log.exception("batch of %d failed in %s", len(batch), self.name)
-            error = exc if isinstance(exc, InferenceError) else InferenceError(Code.INTERNAL,
-                                                                               f"inference failed: {exc}")
+            error = exc if isinstance(exc, InferenceError) else InferenceError(
+                Code.INTERNAL, f"internal error: the model failed on a batch of {len(batch)} (see the server log)")
             self._deliver(batch, [error] * len(batch), failed=True)
             return
         elapsed = time.monotonic() - started

@@ -1,7 +1,8 @@
 """Conversions between kubeinfer.v1 protobuf messages and the data plane's plain types.
 
 The REST transport reuses these too (through json_format), so both transports
-return the same shapes.
+return the same shapes. Request parameters go through the one parameter parser and
+each task's override builder, as they do on every other transport.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from kubeinfer.runtime.detection import Detection, DetectOverrides, DetectResult
 from kubeinfer.runtime.images import ImageInput
-from kubeinfer.runtime.tasks.classify import ClassifyResult, ClipFrameInput, ClipResult
-from kubeinfer.runtime.tasks.detect import DetectOverrides, DetectResult
+from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.parameters import Parameters
+from kubeinfer.runtime.specs import OpSpec, PipelineSpec
+from kubeinfer.runtime.tasks.classify import ClassifyResult, ClipFrameInput, ClipResult, top_k_from_parameters
 from kubeinfer.runtime.tasks.recognize import Recognition, RecognizeOverrides
 from kubeinfer.runtime.tasks.stream import StreamFrameInput, StreamPrediction
 from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary
-from kubeinfer.runtime.video_ops import OpSpec, PipelineSpec
 from kubeinfer.v1 import inference_pb2 as pb
 
 
@@ -33,36 +36,37 @@ def images_from_proto(images: Iterable[pb.Image]) -> list[ImageInput]:
     return [image_from_proto(image) for image in images]
 
 
-def detect_overrides_from_proto(params: pb.DetectParameters) -> DetectOverrides:
-    return DetectOverrides(
-        confidence=params.confidence if params.HasField("confidence") else None,
-        iou=params.iou if params.HasField("iou") else None,
-        max_detections=params.max_detections if params.HasField("max_detections") else None,
-        classes=tuple(params.classes),
-        return_masks=params.return_masks,
-    )
+def _present(message: Any, *names: str) -> dict[str, Any]:
+    """The fields of ``message`` that were set (scalars with presence), as request parameters."""
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def detect_parameters_from_proto(params: pb.DetectParameters) -> DetectOverrides:
+    values = _present(params, "confidence", "iou", "max_detections")
+    values.update(classes=list(params.classes), return_masks=params.return_masks)
+    return DetectOverrides.from_parameters(Parameters(values))
+
+
+def classify_parameters_from_proto(request: pb.ClassifyRequest) -> int | None:
+    return top_k_from_parameters(Parameters(_present(request, "top_k")))
+
+
+def recognize_parameters_from_proto(request: pb.RecognizeRequest) -> RecognizeOverrides:
+    return RecognizeOverrides.from_parameters(Parameters(_present(request, "threshold", "top_k")))
+
+
+def detection_to_proto(d: Detection) -> pb.Detection:
+    return pb.Detection(box=pb.Box(x1=d.x1, y1=d.y1, x2=d.x2, y2=d.y2), score=d.score, class_id=d.class_id,
+                        label=d.label, mask=[pb.Polygon(xy=p) for p in d.polygons])
 
 
 def detect_result_to_proto(result: DetectResult) -> pb.DetectResult:
-    return pb.DetectResult(
-        detections=[
-            pb.Detection(box=pb.Box(x1=d.x1, y1=d.y1, x2=d.x2, y2=d.y2), score=d.score, class_id=d.class_id,
-                         label=d.label, mask=[pb.Polygon(xy=p) for p in d.polygons])
-            for d in result.detections
-        ],
-        defects=result.defects, height=result.height, width=result.width,
-    )
+    return pb.DetectResult(detections=[detection_to_proto(d) for d in result.detections],
+                           defects=result.defects, height=result.height, width=result.width)
 
 
 def detect_response_to_proto(results: Sequence[DetectResult]) -> pb.DetectResponse:
     return pb.DetectResponse(results=[detect_result_to_proto(r) for r in results])
-
-
-def recognize_overrides_from_proto(request: pb.RecognizeRequest) -> RecognizeOverrides:
-    return RecognizeOverrides(
-        threshold=request.threshold if request.HasField("threshold") else None,
-        top_k=request.top_k if request.HasField("top_k") else None,
-    )
 
 
 def recognize_response_to_proto(results: Sequence[Recognition]) -> pb.RecognizeResponse:
@@ -88,6 +92,11 @@ def video_message_from_proto(request: pb.VideoRequest) -> VideoMessage:
     )
 
 
+async def video_messages_from_proto(requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[VideoMessage]:
+    async for request in requests:
+        yield video_message_from_proto(request)
+
+
 def processed_frame_to_proto(frame: FrameResult) -> pb.ProcessedFrame:
     message = pb.ProcessedFrame(stream_id=frame.stream_id, sequence=frame.sequence)
     if frame.error is not None:
@@ -95,10 +104,7 @@ def processed_frame_to_proto(frame: FrameResult) -> pb.ProcessedFrame:
         message.error.message = frame.error.message
         return message
     message.jpeg, message.width, message.height = frame.jpeg, frame.width, frame.height
-    message.detections.extend(
-        pb.Detection(box=pb.Box(x1=d.x1, y1=d.y1, x2=d.x2, y2=d.y2), score=d.score, class_id=d.class_id,
-                     label=d.label, mask=[pb.Polygon(xy=p) for p in d.polygons])
-        for d in frame.detections)
+    message.detections.extend(detection_to_proto(d) for d in frame.detections)
     return message
 
 
@@ -146,8 +152,20 @@ def stream_prediction_to_proto(prediction: StreamPrediction) -> pb.StreamPredict
     return message
 
 
-def model_info_to_proto(info: dict[str, Any]) -> pb.ModelInfo:
-    fields = dict(info)
-    batching = fields.pop("batching", {})
-    thresholds = fields.pop("thresholds", {})
-    return pb.ModelInfo(batching=pb.Batching(**batching), thresholds=pb.Thresholds(**thresholds), **fields)
+def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
+    message = pb.ModelInfo(
+        task=info.task, model_name=info.model_name, model_path=info.model_path, model_format=info.model_format,
+        labels=info.labels, input_size=info.input_size, device=info.device, version=info.version,
+        segmentation=info.segmentation, top_k=info.top_k, window=info.window, active_streams=info.active_streams,
+        max_streams=info.max_streams, gallery_size=info.gallery_size, gallery_dimension=info.gallery_dimension,
+        gallery_labels=info.gallery_labels, operations=info.operations,
+        batching=pb.Batching(max_batch_size=info.batching.max_batch_size,
+                             max_batch_delay_ms=info.batching.max_batch_delay_ms,
+                             max_queue_size=info.batching.max_queue_size))
+    if info.thresholds is not None:
+        t = info.thresholds
+        message.thresholds.SetInParent()
+        for name, value in (("confidence", t.confidence), ("iou", t.iou), ("similarity", t.similarity)):
+            if value is not None:
+                setattr(message.thresholds, name, value)
+    return message

@@ -1,7 +1,6 @@
-"""Run the inference runtime for one model: gRPC (kubeinfer.v1, health, reflection) and HTTP (REST, metrics).
+"""The runtime's settings: every `kubeinfer serve` flag, its KUBEINFER_<FLAG> environment default, validation.
 
-Every flag can also be set through the environment as KUBEINFER_<FLAG>, for example
-KUBEINFER_MAX_BATCH_SIZE=32; a flag given on the command line wins over the environment.
+Imports nothing of the runtime: the CLI wiring is ``kubeinfer.runtime.serve_command``.
 """
 
 from __future__ import annotations
@@ -200,17 +199,3 @@ def _grouped(group: argparse._ArgumentGroup) -> Any:
                            help=f"{help_text} (default {shown}; env {env})", **extra)
 
     return bound
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `kubeinfer serve`."""
-    import sys
-
-    try:
-        config = ServeConfig.from_args(args)
-    except ConfigError as exc:
-        print(f"kubeinfer serve: {exc}", file=sys.stderr)
-        return 2
-    from kubeinfer.runtime.server import serve
-
-    return serve(config)

@@ -16,10 +16,10 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
-from kubeinfer.runtime.grpc_server import GrpcTransport
 from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.rest_server import HttpTransport
 from kubeinfer.runtime.tasks import build_task
+from kubeinfer.runtime.transports.grpc import GrpcTransport
+from kubeinfer.runtime.transports.http import HttpTransport
 
 log = logging.getLogger("kubeinfer.runtime")
 
@@ -63,7 +63,7 @@ class Runtime:
         self.dataplane.attach(task)
         info = self.dataplane.model_info()
         self.metrics.build.labels(config.model_name).info(
-            {"version": info["version"], "task": config.task, "format": str(info.get("model_format", ""))})
+            {"version": info.version, "task": config.task, "format": info.model_format})
         await grpc_transport.set_serving(True)
         log.info("serving %s (%s) on %s", config.model_name, config.task, config.device)
 

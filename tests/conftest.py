@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+import inspect
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 import pytest_asyncio
-from runtime_support import CACHE, RuntimeProcess, free_port
+from runtime_support import CACHE, RuntimeProcess, free_port, in_process_runtime
 
-from kubeinfer.runtime.config import ServeConfig, add_arguments
-from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.demo_models import SyntheticImage, synthetic_image, train_detector
-from kubeinfer.runtime.grpc_server import GrpcTransport
-from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.rest_server import HttpTransport
 
 MODELS = CACHE / "models"
 
@@ -62,22 +60,8 @@ def detect_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_mode
 @pytest_asyncio.fixture(loop_scope="function")
 async def loading_runtime(tmp_path: Path) -> AsyncIterator[ServeConfig]:
     """The real gRPC and HTTP transports with no model attached yet: what clients see while a model loads."""
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"never loaded in this test")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args([
-        "--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
-        "--model-name", "loading"]))
-    metrics = RuntimeMetrics(config.model_name)
-    dataplane = DataPlane(config, metrics)
-    grpc_transport = GrpcTransport(config, dataplane, metrics)
-    http_transport = HttpTransport(config, dataplane, metrics)
-    await grpc_transport.start()
-    await http_transport.start()
-    yield config
-    await grpc_transport.drain(0)
-    await http_transport.stop()
+    async with in_process_runtime(tmp_path, "--model-name", "loading") as config:
+        yield config
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -104,3 +88,32 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+# Tests whose own code or fixtures train, export or install something (cached after the first run) are `slow`,
+# found from the source of the test and of every fixture it uses: `pytest -m "not slow"` runs only fast ones.
+HEAVY = re.compile(r"\b(train_detector|train_colour_cls|colour_models|logo_encoders|export_model|ensure_client_venv|"
+                   r"classify_runtime|shared_runtime|detector_model|segmentation_model|detect_runtime|install)\b")
+
+
+def _heavy(function: Any) -> bool:
+    try:
+        return bool(HEAVY.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is not None or not isinstance(item, pytest.Function):
+            continue
+        names = set(item.fixturenames)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:  # fixtures chosen by parameter (request.getfixturevalue)
+            names |= {value for value in callspec.params.values() if isinstance(value, str)}
+        functions = [item.function]
+        for name in names:
+            defs = item.session._fixturemanager.getfixturedefs(name, item) or ()
+            functions += [d.func for d in defs]
+        if HEAVY.search(" ".join(names)) or any(_heavy(f) for f in functions):
+            item.add_marker(pytest.mark.slow)

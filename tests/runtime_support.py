@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # appended: the repo root's `operator/` must not shadow the stdlib module
 
+from benchmarks.processes import ManagedProcess, free_port  # noqa: E402
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["CACHE", "REPO", "BackgroundTraffic", "RuntimeProcess", "free_port", "in_process_runtime", "runtime_env",
+           "wait_for"]
 
 
 def runtime_env(**extra: str) -> dict[str, str]:
@@ -33,17 +35,61 @@ def runtime_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class RuntimeProcess:
-    """One `kubeinfer serve` subprocess; ``args`` are the serve flags (ports and host are added)."""
+@contextlib.asynccontextmanager
+async def in_process_runtime(folder: Path, *args: str, task: Any = None) -> AsyncIterator[Any]:
+    """The real gRPC and HTTP transports in this process on free ports, yielding the ServeConfig.
+
+    Without ``task`` no model is attached: what clients see while a model loads. ``args`` are serve flags
+    (default ``--task detect``); the model file exists but is never loaded.
+    """
+    from kubeinfer.runtime.config import ServeConfig, add_arguments
+    from kubeinfer.runtime.dataplane import DataPlane
+    from kubeinfer.runtime.metrics import RuntimeMetrics
+    from kubeinfer.runtime.transports.grpc import GrpcTransport
+    from kubeinfer.runtime.transports.http import HttpTransport
+
+    model = folder / "model.pt"
+    model.write_bytes(b"never loaded")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = ServeConfig.from_args(parser.parse_args([
+        "--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
+        *args]))
+    metrics = RuntimeMetrics(config.model_name)
+    dataplane = DataPlane(config, metrics)
+    if task is not None:
+        dataplane.attach(task(config) if callable(task) else task)
+    grpc_transport = GrpcTransport(config, dataplane, metrics)
+    http_transport = HttpTransport(config, dataplane, metrics)
+    await grpc_transport.start()
+    await http_transport.start()
+    try:
+        yield config
+    finally:
+        await grpc_transport.drain(0)
+        await http_transport.stop()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Poll ``condition`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(interval)
+
+
+class RuntimeProcess(ManagedProcess):
+    """One `kubeinfer serve` subprocess; ``args`` are the serve flags (ports and host are added).
+
+    Built on the benchmarks' ``ManagedProcess``: one process helper for tests and benchmarks.
+    """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
         self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                      "--http-port", str(self.http_port), *args]
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "kubeinfer", *self.args], stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=env or runtime_env(), cwd=REPO)
+        super().__init__("runtime", [sys.executable, "-m", "kubeinfer", *self.args], log_path, env or runtime_env(),
+                         cwd=REPO)
 
     @property
     def grpc_target(self) -> str:
@@ -57,35 +103,23 @@ class RuntimeProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 120.0) -> RuntimeProcess:
-        """Poll /readyz until 200; fail with the server's log if it exits or never gets ready."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(self.http_url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"runtime not ready after {timeout}s:\n{self.logs()}")
+    def wait_ready(self, timeout: float = 120.0) -> RuntimeProcess:  # type: ignore[override]
+        """Poll /readyz until 200; ServerError with the server's log if it exits or never gets ready."""
+        super().wait_ready(self.http_url + "/readyz", timeout)
+        return self
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.http_url + "/metrics", timeout=5) as response:
             return response.read().decode()
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait (then SIGKILL whatever is left); returns the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        if not self._log.closed:
+            self.stop(grace=5.0)
         return int(self.process.returncode)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import fresh_images, png_bytes
-from runtime_support import REPO, RuntimeProcess, free_port, runtime_env
+from runtime_support import REPO, RuntimeProcess, free_port, runtime_env, wait_for
 
 from kubeinfer.clients import Client
 from kubeinfer.runtime import metrics as names
@@ -140,19 +140,25 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(runtime_factory: Calla
             outcome["results"] = client.detect(images)
         except grpc.RpcError as error:
             outcome["error"] = error
+        outcome["finished"] = time.monotonic()
+
+    def in_flight() -> float:
+        return scrape(runtime).get('kubeinfer_requests_in_flight{protocol="grpc"}', 0.0)
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    time.sleep(0.5)
+    wait_for(lambda: in_flight() >= 1, "the long request to be in flight")
+    signalled = time.monotonic()
     runtime.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: http_status(runtime.http_url + "/readyz") == 503, "/readyz to answer 503 after SIGTERM")
     # During the shutdown delay: not ready, NOT_SERVING, yet still answering.
     assert client.health() == "NOT_SERVING"
-    assert http_status(runtime.http_url + "/readyz") == 503
     assert client.detect([images[0]])[0].height == 128
     worker.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert len(outcome["results"]) == len(images)  # type: ignore[arg-type]
+    # it was in flight before the signal (the gauge said so) and finished after it: drained, not refused
+    assert outcome["finished"] > signalled  # type: ignore[operator]
     assert runtime.process.wait(30) == 0
     with pytest.raises(grpc.RpcError) as refused:
         client.detect([images[0]], timeout=5)

@@ -193,7 +193,7 @@ def test_the_runtimes_own_limits_apply(runtime_factory: Any, detector_model: Any
     runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", "tiny-queue",
                               "--max-batch-size", "1", "--max-queue-size", "2", "--max-batch-delay-ms", "0")
     request = infer_op("tiny-queue", images_tensor(ENCODED[:3]))  # 3 images never fit a queue of 2
-    for client, code in (("triton-grpc", "RESOURCE_EXHAUSTED"), ("triton-http", "413")):
+    for client, code in (("triton-grpc", "RESOURCE_EXHAUSTED"), ("triton-http", "429")):
         failure = error(drive(client, runtime, [request])[0])
         assert failure["status"] == code, failure
         assert "inference queue is full" in failure["message"], failure

@@ -100,7 +100,7 @@ async def test_typed_uint8_pixels_match_encoded_images(detect_runtime: RuntimePr
     (pb.ModelInferRequest(model_name=MODEL, inputs=[Input(name="pixels", datatype="FP16", shape=[1])]),
      grpc.StatusCode.INVALID_ARGUMENT, "tensor 'pixels': FP16 data must come in raw_input_contents"),
     (raw_request(parameters={"max_detections": pb.InferParameter(string_param="many")}),
-     grpc.StatusCode.INVALID_ARGUMENT, "parameter 'max_detections' must be a number, got 'many'"),
+     grpc.StatusCode.INVALID_ARGUMENT, "parameter 'max_detections' must be an integer, got many"),
 ])
 async def test_malformed_grpc_requests(detect_runtime: RuntimeProcess, request_: pb.ModelInferRequest,
                                        code: grpc.StatusCode, message: str) -> None:

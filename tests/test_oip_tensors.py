@@ -12,9 +12,9 @@ import pytest
 
 from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import Parameters, images_from_inputs
+from kubeinfer.runtime.oip.mappings import images_from_inputs
 from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, RequestedOutput
-from kubeinfer.runtime.oip.rest import parse_request, response_body
+from kubeinfer.runtime.transports.oip_http import parse_request, response_body
 
 
 def invalid(match: str) -> pytest.RaisesExc:
@@ -89,21 +89,6 @@ def test_images_from_encoded_and_pixel_inputs() -> None:
 def test_bad_image_inputs_name_the_input(inputs: list[tensors.Tensor], message: str) -> None:
     with invalid(message):
         images_from_inputs(inputs)
-
-
-def test_parameters_accept_numbers_as_strings_and_name_bad_ones() -> None:
-    params = Parameters({"confidence": "0.5", "iou": 0.3, "max_detections": 7, "classes": "0,2", "top_k": "3"})
-    assert (params.number("confidence"), params.number("iou"), params.number("missing")) == (0.5, 0.3, None)
-    assert (params.integer("max_detections"), params.integer("top_k")) == (7, 3)
-    assert params.integers("classes") == (0, 2) and Parameters({"classes": 1}).integers("classes") == (1,)
-    with invalid("parameter 'confidence' must be a number, got 'high'"):
-        Parameters({"confidence": "high"}).number("confidence")
-    with invalid("parameter 'top_k' must be an integer, got 2.5"):
-        Parameters({"top_k": 2.5}).integer("top_k")
-    with invalid("parameter 'iou' must be a number, got a boolean"):
-        Parameters({"iou": True}).number("iou")
-    with invalid("parameter 'classes' must be comma-separated integers"):
-        Parameters({"classes": "a,b"}).integers("classes")
 
 
 def body(header: dict, *blobs: bytes) -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from recognize_support import ALL_BRANDS, BRANDS, NEW_BRAND, embed, logo_encoders, queries, write_base_data
-from runtime_support import RuntimeProcess
+from runtime_support import RuntimeProcess, wait_for
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.types import Recognition
@@ -106,10 +106,8 @@ def test_file_rewritten_under_load_swaps_atomically(runtime_factory: Callable[..
         while "gallery reload failed" not in runtime.logs():
             assert time.monotonic() < deadline, runtime.logs()
             time.sleep(0.2)
-        time.sleep(0.5)
         answered_after_failure = len(load.results)
-        time.sleep(0.5)
-        assert len(load.results) > answered_after_failure
+        wait_for(lambda: len(load.results) > answered_after_failure, "answers after the failed reload", 15)
     finally:
         load.stop()
 

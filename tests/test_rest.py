@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,18 +15,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 import pytest
-import pytest_asyncio
 from classify_support import COLOURS, classify_runtime, noisy, solid
 from conftest import fresh_images, png_bytes
 from google.protobuf.json_format import MessageToDict
 from PIL import Image
-from runtime_support import BackgroundTraffic, RuntimeProcess, free_port
+from runtime_support import BackgroundTraffic, RuntimeProcess
 
 from kubeinfer.clients import Client, RestClient, RestError
-from kubeinfer.runtime.config import ServeConfig, add_arguments
-from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.rest_server import HttpTransport
+from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.v1 import inference_pb2 as pb
 
 
@@ -71,7 +66,7 @@ def test_classify_files_bytes_arrays_and_pil_images(rest: RestClient, tmp_path: 
     assert all(len(r.top) == 2 for r in results)  # the runtime's --top-k 2
     grey = results[4]
     assert grey.top[0].score == pytest.approx(1 / 3, abs=1e-4)
-    called, status = rest([png_bytes(solid("blue"))], top_k=3)  # seed 002: results, status_code = server(batch)
+    called, status = rest([png_bytes(solid("blue"))], top_k=3)  # the client's shape: (results, status_code)
     assert status == 200 and called[0].label == "blue" and len(called[0].top) == 3
 
 
@@ -142,8 +137,8 @@ GOOD = base64.b64encode(png_bytes(solid("red"))).decode()
     ({"images": [{"b64": "%%%"}]}, "images[0].b64 is not valid base64"),
     ({"images": [GOOD]}, "images[0] must be an object with a base64 string \"b64\""),
     ({"images": {"b64": GOOD}}, "images must be a list"),
-    ({"images": [{"b64": GOOD}], "parameters": {"top_k": "many"}}, "parameter top_k must be an integer, got 'many'"),
-    ({"images": [{"b64": GOOD}], "parameters": {"top_k": True}}, "parameter top_k must be an integer"),
+    ({"images": [{"b64": GOOD}], "parameters": {"top_k": "many"}}, "parameter 'top_k' must be an integer, got many"),
+    ({"images": [{"b64": GOOD}], "parameters": {"top_k": True}}, "parameter 'top_k' must be an integer, got true"),
     ({"images": [{"b64": GOOD}], "parameters": {"top_k": 0}}, "top_k must be at least 1, got 0"),
     ({"images": [{"b64": GOOD}], "parameters": {"confidence": 0.5}},
      "unknown parameter(s) ['confidence'] for /v1/classify; accepted: ['top_k']"),
@@ -165,7 +160,7 @@ def test_bad_json_requests_are_400_while_a_parallel_client_is_served(runtime: Ru
     ([("images", "a.png", b"")], "image 0: empty encoded bytes"),
     ([("top_k", None, b"3")], "the request holds no images"),
     ([("images", "a.png", png_bytes(np.zeros((4, 4, 3), np.uint8))), ("top_k", None, b"x")],
-     "parameter top_k must be an integer, got 'x'"),
+     "parameter 'top_k' must be an integer, got x"),
     ([("parameters", None, b"{not json")], "the parameters part is not valid JSON"),
 ])
 def test_bad_multipart_requests_are_400(runtime: RuntimeProcess, traffic: BackgroundTraffic,
@@ -270,23 +265,8 @@ def test_detect_over_rest_matches_grpc(detect_runtime: RuntimeProcess) -> None:
     assert status == 400 and isinstance(bad, RestError) and "confidence must be in" in bad.message
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def loading_http(tmp_path: Path) -> AsyncIterator[str]:
-    """The real HTTP transport before any model is attached."""
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"never loaded")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args(["--task", "classify", "--model", str(model),
-                                                      "--http-port", str(free_port()), "--model-name", "loading"]))
-    metrics = RuntimeMetrics(config.model_name)
-    transport = HttpTransport(config, DataPlane(config, metrics), metrics)
-    await transport.start()
-    yield f"http://127.0.0.1:{config.http_port}"
-    await transport.stop()
-
-
-async def test_while_the_model_loads_requests_are_503(loading_http: str) -> None:
+async def test_while_the_model_loads_requests_are_503(loading_runtime: ServeConfig) -> None:
+    loading_http = f"http://127.0.0.1:{loading_runtime.http_port}"
     form = aiohttp.FormData()
     form.add_field("images", png_bytes(solid("red")), filename="red.png")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -12,14 +12,13 @@ import pytest
 from matplotlib import cbook
 from video_support import moving_rectangle_clip
 
+from kubeinfer.runtime.concurrency import ordered_map
+from kubeinfer.runtime.detection import Detection
 from kubeinfer.runtime.errors import Code, InferenceError
-from kubeinfer.runtime.tasks.detect import Detection
-from kubeinfer.runtime.tasks.video import ordered_map
-from kubeinfer.runtime.video_ops import (
+from kubeinfer.runtime.specs import OpSpec, PipelineSpec
+from kubeinfer.runtime.tasks.video.ops import (
     FaceCascade,
     Frame,
-    OpSpec,
-    PipelineSpec,
     Resize,
     parse_pipeline,
     run_pipeline,

@@ -11,24 +11,26 @@ Outputs, per task, padded to the request's largest count K where images differ:
   recognize  label BYTES [N], similarity FP32 [N], known BOOL [N],
              candidate_labels BYTES [N,K], candidate_similarities FP32 [N,K]
 
-Request parameters (optional, as the native RPCs' overrides): detect ``confidence``, ``iou``,
-``max_detections``, ``classes`` ("0,2"); classify ``top_k``; recognize ``threshold``, ``top_k``.
+Request parameters (optional) are the native RPCs' overrides, read by the same parser and builders
+(``kubeinfer.runtime.parameters``): detect ``confidence``, ``iou``, ``max_detections``, ``classes``
+("0,2"), ``return_masks``; classify ``top_k``; recognize ``threshold``, ``top_k``.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from kubeinfer.runtime.detection import DetectOverrides
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.oip.tensors import Tensor, bytes_tensor
-from kubeinfer.runtime.tasks.detect import DetectOverrides
+from kubeinfer.runtime.parameters import Parameters
+from kubeinfer.runtime.tasks.classify import top_k_from_parameters
 from kubeinfer.runtime.tasks.recognize import RecognizeOverrides
 
 if TYPE_CHECKING:
@@ -49,50 +51,6 @@ class TensorSpec:
 
 
 INPUTS = (TensorSpec(IMAGES, "BYTES", (-1,)), TensorSpec(PIXELS, "UINT8", (-1, -1, -1, 3)))
-
-
-class Parameters:
-    """Typed reads of request parameters, each failure naming the parameter.
-
-    Numbers may also come as strings: KServe's gRPC client has no double parameter.
-    """
-
-    def __init__(self, values: Mapping[str, ParameterValue]) -> None:
-        self.values = dict(values)
-
-    def number(self, name: str) -> float | None:
-        value = self.values.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool):
-            raise invalid_argument(f"parameter {name!r} must be a number, got a boolean")
-        try:
-            number = float(value)
-        except ValueError:
-            raise invalid_argument(f"parameter {name!r} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise invalid_argument(f"parameter {name!r} must be finite, got {value!r}")
-        return number
-
-    def integer(self, name: str) -> int | None:
-        number = self.number(name)
-        if number is None:
-            return None
-        if not number.is_integer():
-            raise invalid_argument(f"parameter {name!r} must be an integer, got {self.values[name]!r}")
-        return int(number)
-
-    def integers(self, name: str) -> tuple[int, ...]:
-        """A list given as one integer or a comma-separated string ("0,2")."""
-        value = self.values.get(name)
-        if value is None or value == "":
-            return ()
-        if isinstance(value, int) and not isinstance(value, bool):
-            return (value,)
-        try:
-            return tuple(int(part) for part in str(value).split(","))
-        except ValueError:
-            raise invalid_argument(f"parameter {name!r} must be comma-separated integers, got {value!r}") from None
 
 
 def images_from_inputs(inputs: Sequence[Tensor]) -> list[ImageInput]:
@@ -157,10 +115,7 @@ class DetectMapping(TaskMapping):
                TensorSpec("counts", "INT32", (-1,)))
 
     async def run(self, dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> list[Tensor]:
-        overrides = DetectOverrides(confidence=params.number("confidence"), iou=params.number("iou"),
-                                    max_detections=params.integer("max_detections"),
-                                    classes=params.integers("classes"))
-        results = await dataplane.detect(images, overrides)
+        results = await dataplane.detect(images, DetectOverrides.from_parameters(params))
         detections = [r.detections for r in results]
         k = max((len(d) for d in detections), default=0)
         boxes = np.zeros((len(results), k, 4), np.float32)
@@ -181,7 +136,7 @@ class ClassifyMapping(TaskMapping):
                TensorSpec("classes", "INT32", (-1, -1)))
 
     async def run(self, dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> list[Tensor]:
-        results = await dataplane.classify(images, params.integer("top_k"))
+        results = await dataplane.classify(images, top_k_from_parameters(params))
         tops = [r.top for r in results]
         k = max((len(top) for top in tops), default=0)
         return [
@@ -197,8 +152,7 @@ class RecognizeMapping(TaskMapping):
                TensorSpec("candidate_similarities", "FP32", (-1, -1)))
 
     async def run(self, dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> list[Tensor]:
-        overrides = RecognizeOverrides(threshold=params.number("threshold"), top_k=params.integer("top_k"))
-        results = await dataplane.recognize(images, overrides)
+        results = await dataplane.recognize(images, RecognizeOverrides.from_parameters(params))
         k = max((len(r.candidates) for r in results), default=0)
         return [
             bytes_tensor("label", [r.label.encode() for r in results], (len(results),)),

@@ -1,33 +1,29 @@
 """The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``Frontend``.
 
 Model name = ``--model-name``, one version, "1". Requests go through the same data plane
-(dynamic batcher, limits) as the native RPCs; every call is counted under protocol "v2" with
-the operation's gRPC method name as ``rpc`` (REST calls as ``http:<method>``).
+(dynamic batcher, limits) as the native RPCs; the transports count every call under protocol
+"v2" with the operation's gRPC method name as ``rpc`` (REST calls as ``http:<method>``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kubeinfer import __version__
 from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.errors import Code, InferenceError, invalid_argument
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.errors import NotFound, WrongTask, invalid_argument
 from kubeinfer.runtime.oip.mappings import (
     INPUTS,
     MAPPINGS,
-    Parameters,
     ParameterValue,
     TaskMapping,
     TensorSpec,
     images_from_inputs,
 )
 from kubeinfer.runtime.oip.tensors import Tensor
+from kubeinfer.runtime.parameters import Parameters
 
-PROTOCOL = "v2"
 SERVER_NAME = "kubeinfer"
 MODEL_VERSION = "1"
 EXTENSIONS = ("binary_tensor_data",)
@@ -81,10 +77,9 @@ class Frontend:
     def check_model(self, name: str, version: str = "") -> None:
         """NOT_FOUND unless ``name`` (and ``version``, when given) is the served model."""
         if name != self.model_name:
-            raise InferenceError(Code.NOT_FOUND, f"unknown model {name!r}; this runtime serves {self.model_name!r}")
+            raise NotFound(f"unknown model {name!r}; this runtime serves {self.model_name!r}")
         if version not in ("", MODEL_VERSION):
-            raise InferenceError(Code.NOT_FOUND, f"model {name!r} has no version {version!r}; "
-                                                 f"it has version {MODEL_VERSION!r}")
+            raise NotFound(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}")
 
     def model_ready(self, name: str, version: str = "") -> bool:
         self.check_model(name, version)
@@ -102,9 +97,8 @@ class Frontend:
     async def infer(self, request: InferRequest) -> InferResponse:
         self.check_model(request.model_name, request.model_version)
         if self.mapping is None:
-            raise InferenceError(Code.FAILED_PRECONDITION,
-                                 f"the Open Inference Protocol serves tasks {', '.join(MAPPINGS)}; "
-                                 f"this runtime serves {self.task!r}")
+            raise WrongTask(f"the Open Inference Protocol serves tasks {', '.join(MAPPINGS)}; "
+                            f"this runtime serves {self.task!r}")
         names = [spec.name for spec in self.mapping.outputs]
         for output in request.outputs:
             if output.name not in names:
@@ -115,31 +109,3 @@ class Frontend:
             by_name = {t.name: t for t in tensors}
             tensors = [by_name[o.name] for o in request.outputs]
         return InferResponse(self.model_name, MODEL_VERSION, request.id, tensors)
-
-
-@dataclass(slots=True)
-class Outcome:
-    code: str = "OK"
-
-
-@contextmanager
-def observed(metrics: RuntimeMetrics, rpc: str) -> Iterator[Outcome]:
-    """Count one call under protocol "v2": in-flight while it runs, then its code and duration."""
-    outcome = Outcome()
-    started = time.monotonic()
-    in_flight = metrics.in_flight.labels(metrics.model, PROTOCOL)
-    in_flight.inc()
-    try:
-        yield outcome
-    except InferenceError as exc:
-        outcome.code = exc.code.name
-        raise
-    except Exception:
-        outcome.code = "INTERNAL"
-        raise
-    except BaseException:  # cancelled by the client or the server shutting down
-        outcome.code = "CANCELLED"
-        raise
-    finally:
-        in_flight.dec()
-        metrics.observe_request(PROTOCOL, rpc, outcome.code, time.monotonic() - started)

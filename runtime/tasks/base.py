@@ -14,6 +14,7 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, decode
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.model_info import ModelInfo
 
 T = TypeVar("T")
 
@@ -37,8 +38,8 @@ class Task(ABC):
         """Finish queued work and stop threads; called after the transports drained."""
 
     @abstractmethod
-    def info(self) -> dict[str, Any]:
-        """Fields of the ModelInfo message (task-specific ones included)."""
+    def info(self, base: ModelInfo) -> ModelInfo:
+        """``base`` (the runtime's part) with this task's fields filled in."""
 
     def reload(self) -> None:  # noqa: B027 - optional hook, most tasks have nothing to reload
         """Re-read files that may change while serving (SIGHUP)."""
@@ -66,9 +67,3 @@ class Task(ABC):
 def require_images(images: Sequence[ImageInput]) -> None:
     if not images:
         raise invalid_argument("the request holds no images")
-
-
-def check_range(name: str, value: float, low: float, high: float) -> float:
-    if not low <= value <= high:
-        raise invalid_argument(f"{name} must be in [{low}, {high}], got {value}")
-    return value

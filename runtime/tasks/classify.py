@@ -9,24 +9,34 @@ else from the model (ultralytics), else they are the class indices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kubeinfer.runtime.batching import DynamicBatcher
+from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import StartupError, invalid_argument
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.labels import check_count, load_labels
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks.base import Task, require_images
 
 log = logging.getLogger(__name__)
+PARAMETERS = ("top_k",)
+
+
+def top_k_from_parameters(params: Parameters) -> int | None:
+    """The one builder of the classification override (``top_k``), for every transport."""
+    return params.integer("top_k")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +122,9 @@ class ClassifyTask(Task):
         self.labels = labels
         log.info("reloaded %d labels from %s", len(labels), self.config.labels)
 
-    def info(self) -> dict[str, Any]:
-        return {"model_format": self.model.format, "labels": list(self.labels),
-                "input_size": self.model.preprocessing.input_size}
+    def info(self, base: ModelInfo) -> ModelInfo:
+        return replace(base, model_format=self.model.format, labels=tuple(self.labels),
+                       input_size=self.model.preprocessing.input_size, top_k=self.config.top_k)
 
     # -- shared by every classification RPC
 
@@ -153,41 +163,23 @@ class ClassifyTask(Task):
     async def classify_clip(self, frames: AsyncIterable[ClipFrameInput]) -> ClipResult:
         """Mean class probabilities over every frame of the clip; frames are batched as they arrive.
 
-        When frames fail, the error of the earliest failing one is raised (the others in flight finish first).
+        When frames fail, the error of the earliest failing one is raised (``ordered_map`` answers in order).
         """
         total = np.zeros(len(self.labels), dtype=np.float64)
         count = 0
-        k = self.config.top_k
-        pending: dict[asyncio.Task[list[np.ndarray]], int] = {}  # in flight -> frame index
+        top_k: list[int] = []  # resolved from the first frame
+        index = itertools.count()
 
-        async def settle(done: set[asyncio.Task[list[np.ndarray]]]) -> None:
-            nonlocal total
-            finished = {t: pending.pop(t) for t in done}
-            if any(t.exception() is not None for t in finished):
-                if pending:
-                    await asyncio.wait(pending)
-                    finished.update({t: pending.pop(t) for t in list(pending)})
-                _, error = min((i, t.exception()) for t, i in finished.items() if t.exception() is not None)
-                raise error  # type: ignore[misc]
-            for t in finished:
-                total += t.result()[0]
+        def start(frame: ClipFrameInput) -> asyncio.Future[list[np.ndarray]]:
+            if not top_k:
+                top_k.append(self.resolve_top_k(frame.top_k))
+            return asyncio.ensure_future(self.probabilities([frame.image], next(index)))
 
-        try:
-            async for frame in frames:
-                if count == 0:
-                    k = self.resolve_top_k(frame.top_k)
-                if len(pending) >= self.pipeline_depth:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    await settle(done)
-                pending[asyncio.create_task(self.probabilities([frame.image], count))] = count
+        async with contextlib.aclosing(ordered_map(aiter(frames), start, self.pipeline_depth)) as outputs:
+            async for (probabilities,) in outputs:
+                total += probabilities
                 count += 1
-            if pending:
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                await settle(done)
-        finally:
-            for t in pending:
-                t.cancel()
         if count == 0:
             raise invalid_argument("the clip holds no frames")
         self.metrics.frames.labels(self.metrics.model, self.name).inc(count)
-        return ClipResult(self.top((total / count).astype(np.float32), k), count)
+        return ClipResult(self.top((total / count).astype(np.float32), top_k[0]), count)

@@ -1,4 +1,4 @@
-"""Recognition by embedding similarity (seeds 000 and 002): an image encoder plus a gallery of labelled vectors.
+"""Recognition by embedding similarity: an image encoder plus a gallery of labelled vectors.
 
 The gallery comes from ``--embeddings FILE`` (.npz or .npy + labels) or is built at
 start from ``--base-data DIR``. It is replaced whole: a reload (the file changed, or
@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,10 +37,13 @@ from kubeinfer.runtime.gallery import (
 )
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.tasks.base import Task, check_range, require_images
+from kubeinfer.runtime.model_info import ModelInfo, Thresholds
+from kubeinfer.runtime.parameters import Parameters, check_range
+from kubeinfer.runtime.tasks.base import Task, require_images
 
 log = logging.getLogger(__name__)
 MAX_TOP_K = 1000
+PARAMETERS = ("threshold", "top_k")
 POLL_SECONDS = 2.0  # how often the embeddings file's mtime/size/inode are compared
 RELOAD_QUEUE_RETRY_SECONDS = 30.0  # how long a rebuild waits for room in a full batcher queue
 
@@ -51,6 +54,11 @@ class RecognizeOverrides:
 
     threshold: float | None = None
     top_k: int | None = None
+
+    @classmethod
+    def from_parameters(cls, params: Parameters) -> RecognizeOverrides:
+        """The one builder of recognition overrides, for every transport."""
+        return cls(threshold=params.number("threshold"), top_k=params.integer("top_k"))
 
 
 @dataclass(slots=True)
@@ -114,13 +122,12 @@ class RecognizeTask(Task):
             self._watcher.stop()
         self.batcher.stop()
 
-    def info(self) -> dict[str, Any]:
+    def info(self, base: ModelInfo) -> ModelInfo:
         gallery = self._gallery
-        return {
-            "model_format": self.encoder.format, "input_size": self.encoder.preprocessing.input_size,
-            "gallery_size": gallery.size, "gallery_dimension": gallery.dimension,
-            "gallery_labels": list(gallery.labels),
-        }
+        return replace(base, model_format=self.encoder.format, input_size=self.encoder.preprocessing.input_size,
+                       gallery_size=gallery.size, gallery_dimension=gallery.dimension,
+                       gallery_labels=tuple(gallery.labels), top_k=self.config.top_k,
+                       thresholds=Thresholds(similarity=self.config.similarity_threshold))
 
     # -- gallery loading and reloading
 

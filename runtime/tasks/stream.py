@@ -1,4 +1,4 @@
-"""Stream classification (seed 001): per-frame predictions averaged over a window of each client's stream.
+"""Stream classification: per-frame predictions averaged over a window of each client's stream.
 
 A StreamClassify call may interleave several streams, each frame tagged with a
 stream id and an input mode. Window state is keyed by (call, stream id): the mean
@@ -13,6 +13,7 @@ stream and call go through the one batcher of the model, as Classify requests do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -20,15 +21,16 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.errors import Code, InferenceError
+from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask
 
 log = logging.getLogger(__name__)
@@ -119,9 +121,8 @@ class StreamRegistry:
             if count >= self.max_streams:
                 if evicted:
                     self._notify(count)
-                raise InferenceError(Code.RESOURCE_EXHAUSTED,
-                                     f"stream {stream_id!r} refused: {count} streams are open, the limit is "
-                                     f"{self.max_streams} (--max-streams); retry later")
+                raise Overloaded(f"stream {stream_id!r} refused: {count} streams are open, the limit is "
+                                 f"{self.max_streams} (--max-streams); retry later")
             window = StreamWindow(self.window, now)
             self._streams[key] = window
             self._calls.setdefault(call, set()).add(stream_id)
@@ -166,13 +167,9 @@ class _InFlight:
     frame: StreamFrameInput
     window: StreamWindow | None
     top_k: int
-    job: asyncio.Task[list[np.ndarray]] | None
+    job: asyncio.Future[list[np.ndarray]] | None
     error: InferenceError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _End:
-    error: BaseException | None
+    probabilities: np.ndarray | None = None
 
 
 class StreamClassifyTask(ClassifyTask):
@@ -205,53 +202,28 @@ class StreamClassifyTask(ClassifyTask):
         while not self._stopping.wait(interval):
             self.registry.evict_idle()
 
-    def info(self) -> dict[str, Any]:
-        info = super().info()
-        info.update(window=self.config.window, active_streams=len(self.registry),
-                    max_streams=self.config.max_streams)
-        return info
+    def info(self, base: ModelInfo) -> ModelInfo:
+        return replace(super().info(base), window=self.config.window, active_streams=len(self.registry),
+                       max_streams=self.config.max_streams)
 
     async def stream(self, frames: AsyncIterable[StreamFrameInput]) -> AsyncIterator[StreamPrediction]:
-        """One call: predictions in the order the frames came, while later frames are already being batched."""
-        call = self.registry.open_call()
-        queue: asyncio.Queue[_InFlight | _End] = asyncio.Queue(self.pipeline_depth)
-        reader = asyncio.create_task(self._read(call, frames, queue))
-        try:
-            while True:
-                entry = await queue.get()
-                if isinstance(entry, _End):
-                    if entry.error is not None:
-                        raise entry.error
-                    return
-                yield await self._finish(entry)
-        finally:
-            reader.cancel()
-            while not queue.empty():
-                left = queue.get_nowait()
-                if isinstance(left, _InFlight) and left.job is not None:
-                    left.job.cancel()
-            self.registry.close_call(call)
+        """One call: predictions in the order the frames came, while later frames are already being batched.
 
-    async def _read(self, call: int, frames: AsyncIterable[StreamFrameInput],
-                    queue: asyncio.Queue[_InFlight | _End]) -> None:
-        """Admit each frame's stream and start its inference; the bounded queue is the call's flow control."""
-        index = 0
+        ``ordered_map`` bounds the frames in flight (the call's flow control); each frame's stream is
+        admitted when the frame is read, and its window updated when its prediction is sent, both in order.
+        """
+        call = self.registry.open_call()
+        index = itertools.count()
+
+        def begin(frame: StreamFrameInput) -> asyncio.Future[_InFlight]:
+            return self._settled(self._begin(call, frame, next(index)))
+
         try:
-            async for frame in frames:
-                entry = self._begin(call, frame, index)
-                index += 1
-                try:
-                    await queue.put(entry)
-                except BaseException:
-                    if entry.job is not None:
-                        entry.job.cancel()
-                    raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the request stream broke: the writer re-raises it
-            await queue.put(_End(exc))
-            return
-        await queue.put(_End(None))
+            async with contextlib.aclosing(ordered_map(aiter(frames), begin, self.pipeline_depth)) as entries:
+                async for entry in entries:
+                    yield self._predict(entry)
+        finally:
+            self.registry.close_call(call)
 
     def _begin(self, call: int, frame: StreamFrameInput, index: int) -> _InFlight:
         try:
@@ -262,24 +234,44 @@ class StreamClassifyTask(ClassifyTask):
             k = self.resolve_top_k(frame.top_k)
         except InferenceError as exc:
             return _InFlight(frame, window, 0, None, exc)
-        return _InFlight(frame, window, k, asyncio.create_task(self.probabilities([frame.image], index)))
+        return _InFlight(frame, window, k, asyncio.ensure_future(self.probabilities([frame.image], index)))
 
-    async def _finish(self, entry: _InFlight) -> StreamPrediction:
+    @staticmethod
+    def _settled(entry: _InFlight) -> asyncio.Future[_InFlight]:
+        """``entry`` once its inference finished (its failure kept as the frame's error); cancelling it cancels
+        the inference."""
+        settled: asyncio.Future[_InFlight] = asyncio.get_running_loop().create_future()
+        job = entry.job
+        if job is None:
+            settled.set_result(entry)
+            return settled
+
+        def finished(done: asyncio.Future[list[np.ndarray]]) -> None:
+            if settled.done():
+                return
+            if done.cancelled():
+                settled.cancel()
+                return
+            error = done.exception()
+            if error is None:
+                entry.probabilities = done.result()[0]
+            else:
+                frame = entry.frame
+                entry.error = public_error(error, f"frame {frame.sequence} of stream {frame.stream_id!r}")
+            settled.set_result(entry)
+
+        job.add_done_callback(finished)
+        settled.add_done_callback(lambda f: job.cancel() if f.cancelled() else None)
+        return settled
+
+    def _predict(self, entry: _InFlight) -> StreamPrediction:
         frame = entry.frame
-        error = entry.error
-        if error is None:
-            assert entry.job is not None and entry.window is not None
-            try:
-                (probabilities,) = await entry.job
-            except InferenceError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("frame %d of stream %r failed", frame.sequence, frame.stream_id)
-                error = InferenceError(Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        if error is not None:
+        if entry.error is not None or entry.probabilities is None or entry.window is None:
+            error = entry.error or public_error(RuntimeError("frame settled without a result"))
             fill = entry.window.fill if entry.window is not None else 0
             return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, None, None, fill,
                                     FrameError(error.code, error.message))
+        probabilities = entry.probabilities
         averaged, fill = entry.window.add(probabilities)
         self.metrics.frames.labels(self.metrics.model, self.name).inc()
         return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, self.top(probabilities, entry.top_k),

@@ -4,9 +4,10 @@ Bodies are JSON tensors, or JSON followed by binary tensor data (the binary-data
 ``tritonclient.http`` and KServe use): the ``Inference-Header-Content-Length`` header gives the
 JSON's length, and each binary input says its ``binary_data_size``. An output comes back
 binary when its ``binary_data`` parameter, or else the request's ``binary_data_output``, is true.
-Errors are ``{"error": message}`` with the status matching the failure (404 unknown model, 400
-bad tensor...). BYTES inputs in JSON are strings; ``"parameters": {"content_type": "base64"}``
-sends them base64-encoded, so encoded images can travel without the binary extension.
+Errors are the HTTP transport's middleware's: ``{"error": message, "code": name}`` with the status
+of the failure's kind (404 unknown model, 400 bad tensor, 413 too large, 429 overloaded...).
+BYTES inputs in JSON are strings; ``"parameters": {"content_type": "base64"}`` sends them
+base64-encoded, so encoded images can travel without the binary extension.
 """
 
 from __future__ import annotations
@@ -14,32 +15,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.errors import HTTP_STATUS, Code, InferenceError, invalid_argument
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.oip import tensors
 from kubeinfer.runtime.oip.mappings import ParameterValue, TensorSpec
-from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput, observed
+from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput
 from kubeinfer.runtime.oip.tensors import Tensor
+from kubeinfer.runtime.transports.observe import OIP, Route
 
-log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"  # exactly: KServe's client reads error bodies only for this content type
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+AddRoute = Callable[[web.Application, str, str, Handler, Route | None], None]
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(body).encode(), status=status, headers={"Content-Type": JSON_TYPE})
-
-
-def error_response(exc: InferenceError) -> web.Response:
-    return json_response({"error": exc.message}, HTTP_STATUS.get(exc.code, 500))
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -173,23 +169,9 @@ def _metadata_body(name: str, versions: tuple[str, ...], platform: str, inputs: 
             "inputs": [spec(s) for s in inputs], "outputs": [spec(s) for s in outputs]}
 
 
-def add_routes(app: web.Application, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
-    """Register the /v2 routes on ``app``."""
+def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute) -> None:
+    """Register the /v2 routes on ``app`` with the HTTP transport's ``add_route`` (counted as "http:<RPC>")."""
     frontend = Frontend(dataplane)
-    limit = dataplane.config.max_message_bytes  # build_app's client_max_size
-
-    def route(rpc: str, handle: Handler) -> Handler:
-        async def handler(request: web.Request) -> web.Response:
-            try:
-                with observed(metrics, "http:" + rpc):
-                    return await handle(request)
-            except InferenceError as exc:
-                return error_response(exc)
-            except Exception as exc:
-                log.exception("%s failed", rpc)
-                return json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
-
-        return handler
 
     async def live(_: web.Request) -> web.Response:
         return json_response({"live": True})
@@ -214,11 +196,7 @@ def add_routes(app: web.Application, dataplane: DataPlane, metrics: RuntimeMetri
     async def infer(request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
         frontend.check_model(name, version)  # 404 before reading a large body
-        try:
-            payload = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise InferenceError(Code.RESOURCE_EXHAUSTED, f"the request body exceeds {limit} bytes "
-                                                          "(--max-message-bytes)") from None
+        payload = await request.read()  # over --max-message-bytes: the middleware answers 413
         parsed = parse_request(name, version, payload, request.headers.get(HEADER_LENGTH))
         body, json_length = response_body(parsed, await frontend.infer(parsed))
         if json_length is None:
@@ -226,11 +204,13 @@ def add_routes(app: web.Application, dataplane: DataPlane, metrics: RuntimeMetri
         return web.Response(body=body, headers={"Content-Type": "application/octet-stream",
                                                 HEADER_LENGTH: str(json_length)})
 
-    router = app.router
-    router.add_get("/v2/health/live", route("ServerLive", live))
-    router.add_get("/v2/health/ready", route("ServerReady", ready))
-    router.add_get("/v2", route("ServerMetadata", server_metadata))
+    def counted(rpc: str) -> Route:
+        return Route(OIP, "http:" + rpc)
+
+    add_route(app, "GET", "/v2/health/live", live, counted("ServerLive"))
+    add_route(app, "GET", "/v2/health/ready", ready, counted("ServerReady"))
+    add_route(app, "GET", "/v2", server_metadata, counted("ServerMetadata"))
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        router.add_get(prefix, route("ModelMetadata", model_metadata))
-        router.add_get(prefix + "/ready", route("ModelReady", model_ready))
-        router.add_post(prefix + "/infer", route("ModelInfer", infer))
+        add_route(app, "GET", prefix, model_metadata, counted("ModelMetadata"))
+        add_route(app, "GET", prefix + "/ready", model_ready, counted("ModelReady"))
+        add_route(app, "POST", prefix + "/infer", infer, counted("ModelInfer"))

@@ -3,29 +3,27 @@
 Inputs arrive in ``raw_input_contents`` (Triton and KServe clients) or typed ``contents``.
 Outputs go back in ``raw_output_contents`` when the request sent raw inputs (what Triton's
 client reads) or asked for ``binary_data`` on an output, otherwise in typed ``contents``.
+Errors, metrics and logging are the gRPC transport's interceptor's; a failed request inside a
+ModelStreamInfer call becomes that request's ``error_message`` and the stream goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 
 from kubeinfer.oip import grpc_service_pb2 as pb
 from kubeinfer.oip import grpc_service_pb2_grpc as pb_grpc
+from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.errors import InferenceError, invalid_argument
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.errors import invalid_argument, public_error
 from kubeinfer.runtime.oip import tensors
 from kubeinfer.runtime.oip.mappings import ParameterValue
-from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput, observed
+from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput
 from kubeinfer.runtime.oip.tensors import Tensor
 
-log = logging.getLogger(__name__)
-R = TypeVar("R")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once (the rest wait: flow control)
 
@@ -93,62 +91,34 @@ def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferRespon
 class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Translates messages only: the operations live in ``Frontend``."""
 
-    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self.frontend = Frontend(dataplane)
-        self.metrics = metrics
-
-    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]]) -> R:
-        """Run one call counted under protocol "v2"; InferenceError -> its status, anything else -> INTERNAL."""
-        try:
-            with observed(self.metrics, rpc):
-                return await call()
-        except InferenceError as exc:
-            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
-        except Exception as exc:
-            log.exception("%s failed", rpc)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        raise AssertionError("unreachable: context.abort raises")
 
     async def ServerLive(self, request: pb.ServerLiveRequest,
                          context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
-        async def call() -> pb.ServerLiveResponse:
-            return pb.ServerLiveResponse(live=True)
-
-        return await self._unary("ServerLive", context, call)
+        return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        async def call() -> pb.ServerReadyResponse:
-            return pb.ServerReadyResponse(ready=self.frontend.server_ready())
-
-        return await self._unary("ServerReady", context, call)
+        return pb.ServerReadyResponse(ready=self.frontend.server_ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        async def call() -> pb.ModelReadyResponse:
-            return pb.ModelReadyResponse(ready=self.frontend.model_ready(request.name, request.version))
-
-        return await self._unary("ModelReady", context, call)
+        return pb.ModelReadyResponse(ready=self.frontend.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        async def call() -> pb.ServerMetadataResponse:
-            name, version, extensions = self.frontend.server_metadata()
-            return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
-
-        return await self._unary("ServerMetadata", context, call)
+        name, version, extensions = self.frontend.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        async def call() -> pb.ModelMetadataResponse:
-            meta = self.frontend.model_metadata(request.name, request.version)
-            spec = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(
-                name=meta.name, versions=meta.versions, platform=meta.platform,
-                inputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
-                outputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs])
-
-        return await self._unary("ModelMetadata", context, call)
+        meta = self.frontend.model_metadata(request.name, request.version)
+        spec = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform,
+            inputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
+            outputs=[spec(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs])
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         parsed = request_from_proto(request)
@@ -157,47 +127,27 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        return await self._unary("ModelInfer", context, lambda: self._infer(request))
+        return await self._infer(request)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests run concurrently (so they batch together) and are answered in the order they came."""
-        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await pending.put(asyncio.create_task(self._stream_one(request)))
-            finally:
-                await pending.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (task := await pending.get()) is not None:
-                yield await task
-            await reader  # a broken request stream surfaces here
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
+        answers = ordered_map(aiter(request_iterator), self._stream_one, STREAM_WINDOW)
+        async with contextlib.aclosing(answers) as stream:
+            async for answer in stream:
+                yield answer
 
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         """One stream request's answer; its failure becomes error_message, the stream goes on."""
         try:
-            with observed(self.metrics, "ModelStreamInfer"):
-                return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
-        except InferenceError as exc:
-            code, message = exc.code.name, exc.message
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
         except Exception as exc:
-            log.exception("ModelStreamInfer request %r failed", request.id)
-            code, message = "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
+            error = public_error(exc, f"ModelStreamInfer request {request.id!r}")
         failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                        id=request.id)
-        failed.parameters["error_code"].string_param = code
-        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+        failed.parameters["error_code"].string_param = error.code.name
+        return pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
 
 
-def add_to_server(server: grpc.aio.Server, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(dataplane, metrics), server)
+def add_to_server(server: grpc.aio.Server, dataplane: DataPlane) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(dataplane), server)

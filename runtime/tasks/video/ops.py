@@ -18,16 +18,17 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectParams
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument
 from kubeinfer.runtime.models.yolo import Letterboxed, RawDetections
-from kubeinfer.runtime.tasks.detect import Detection, Detector, DetectOverrides, DetectParams
+from kubeinfer.runtime.parameters import Parameters
+from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 
 OPERATIONS = ("grayscale", "blur", "edges", "resize", "detect", "faces")
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -35,26 +36,6 @@ FACE_LABEL = "face"
 MAX_SIDE = 16384
 DETECT_COLOUR = (0, 255, 0)  # BGR
 FACE_COLOUR = (255, 128, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class OpSpec:
-    """One operation as requested: a name and its parameters (sorted name/value pairs, so specs compare equal)."""
-
-    name: str
-    params: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def of(cls, name: str, params: Mapping[str, float] | None = None) -> OpSpec:
-        return cls(name, tuple(sorted((params or {}).items())))
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineSpec:
-    """A pipeline as requested; ``jpeg_quality`` None keeps the runtime's default."""
-
-    operations: tuple[OpSpec, ...] = ()
-    jpeg_quality: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +277,7 @@ def _build(op: OpSpec, position: int, detector: Detector | None, faces: FaceCasc
         raise InferenceError(Code.FAILED_PRECONDITION,
                              f"operation {position}: detect needs a runtime started with --model DETECTOR; "
                              "this one only offers the OpenCV operations")
-    max_det = values["max_detections"]
-    overrides = DetectOverrides(confidence=values["confidence"], iou=values["iou"],
-                                max_detections=None if max_det is None else int(max_det))
+    overrides = DetectOverrides.from_parameters(Parameters(values))
     return Detect(detector, detector.resolve(overrides))
 
 

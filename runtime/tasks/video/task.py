@@ -1,8 +1,8 @@
-"""Video (seed 003): frames streamed in, processed with OpenCV (and the detector), streamed back in order.
+"""Video: frames streamed in, processed with OpenCV (and the detector), streamed back in order.
 
 Two calls share one per-frame path. ``process_video`` takes frames as the client
 sends them; ``process_video_file`` decodes an uploaded file with cv2.VideoCapture in
-the worker pool. Either way ``ordered_map`` keeps at most ``--max-frames-in-flight``
+the worker pool. Either way ``concurrency.ordered_map`` keeps at most ``--max-frames-in-flight``
 frames of a stream between reading and sending: it pulls the next frame only after
 an earlier one was sent, so a slow client slows its own reading (gRPC flow control
 does the rest) and nothing is read ahead without bound. Frames of every stream meet
@@ -13,32 +13,33 @@ no longer counted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
 
+from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.errors import Code, InferenceError, invalid_argument
+from kubeinfer.runtime.detection import Detection, Detector
+from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argument, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.specs import PipelineSpec
 from kubeinfer.runtime.tasks.base import Task
-from kubeinfer.runtime.tasks.detect import Detection, Detector
-from kubeinfer.runtime.video_ops import (
+from kubeinfer.runtime.tasks.video.ops import (
     OPERATIONS,
     EncodedFrame,
     FaceCascade,
     Pipeline,
-    PipelineSpec,
     finish_frame,
     parse_pipeline,
     run_pipeline,
@@ -46,8 +47,6 @@ from kubeinfer.runtime.video_ops import (
 )
 
 log = logging.getLogger(__name__)
-In = TypeVar("In")
-Out = TypeVar("Out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +109,14 @@ class VideoTask(Task):
     def operations(self) -> list[str]:
         return [op for op in OPERATIONS if op != "detect" or self.detector is not None]
 
-    def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"operations": self.operations, "active_streams": self.active_streams,
-                                "max_streams": self.config.max_streams}
-        if self.detector is not None:
-            model = self.detector.model
-            info.update(model_format=model.format, labels=model.labels, input_size=model.image_size)
-        return info
+    def info(self, base: ModelInfo) -> ModelInfo:
+        info = replace(base, operations=tuple(self.operations), active_streams=self.active_streams,
+                       max_streams=self.config.max_streams)
+        if self.detector is None:
+            return info
+        model = self.detector.model
+        return replace(info, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
+                       thresholds=self.detector.thresholds())
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         return parse_pipeline(spec, detector=self.detector, faces=self.faces,
@@ -184,9 +184,8 @@ class VideoTask(Task):
     def _stream(self) -> Any:
         """Count an open stream (ModelInfo and the active-streams gauge); refuse beyond --max-streams."""
         if self.active_streams >= self.config.max_streams:
-            raise InferenceError(Code.RESOURCE_EXHAUSTED,
-                                 f"{self.active_streams} video streams are open, the limit (--max-streams) is "
-                                 f"{self.config.max_streams}; retry later")
+            raise Overloaded(f"{self.active_streams} video streams are open, the limit (--max-streams) is "
+                             f"{self.config.max_streams}; retry later")
         self.active_streams += 1
         self._streams_gauge.set(self.active_streams)
         try:
@@ -203,9 +202,8 @@ class VideoTask(Task):
         except InferenceError as exc:
             return FrameResult(stream_id, sequence, error=exc)
         except Exception as exc:  # an OpenCV failure on one odd frame must not end the stream
-            log.exception("frame %d of stream %r failed", sequence, stream_id)
-            return FrameResult(stream_id, sequence,
-                               error=InferenceError(Code.INTERNAL, f"frame {sequence}: {type(exc).__name__}: {exc}"))
+            error = public_error(exc, f"frame {sequence} of stream {stream_id!r}")
+            return FrameResult(stream_id, sequence, error=error)
         self._frames.inc()
         return FrameResult(stream_id, sequence, encoded.jpeg, encoded.width, encoded.height, encoded.detections)
 
@@ -291,61 +289,3 @@ class VideoFileReader:
         with self._lock:
             self._next = None
             self._capture.release()
-
-
-@dataclass
-class _End:
-    error: BaseException | None = None
-
-
-async def ordered_map(source: AsyncIterator[In], fn: Callable[[In], Awaitable[Out]],
-                      limit: int) -> AsyncIterator[Out]:
-    """``fn`` over ``source`` with at most ``limit`` items between being pulled and being yielded, in order.
-
-    A feeder task pulls an item only once a slot is free, and a slot frees when its
-    result was yielded, i.e. taken by the consumer: a consumer that stops taking stops
-    the reading. An error of ``source`` ends the output after the results before it.
-    Closing the generator cancels the feeder and every pending item at once.
-    """
-    slots = asyncio.Semaphore(limit)
-    order: asyncio.Queue[asyncio.Future[Out] | _End] = asyncio.Queue()
-    pending: set[asyncio.Future[Out]] = set()
-
-    async def feed() -> None:
-        try:
-            while True:
-                await slots.acquire()
-                try:
-                    item = await anext(source)
-                except StopAsyncIteration:
-                    break
-                future = asyncio.ensure_future(fn(item))
-                pending.add(future)
-                order.put_nowait(future)
-        except Exception as exc:
-            order.put_nowait(_End(exc))
-        else:
-            order.put_nowait(_End())
-
-    feeder = asyncio.create_task(feed())
-    try:
-        while True:
-            entry = await order.get()
-            if isinstance(entry, _End):
-                if entry.error is not None:
-                    raise entry.error
-                return
-            try:
-                result = await entry
-            finally:
-                pending.discard(entry)
-            yield result
-            slots.release()
-    finally:
-        feeder.cancel()
-        for future in pending:
-            future.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)

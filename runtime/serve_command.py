@@ -1,0 +1,26 @@
+"""Run the inference runtime for one model: gRPC (kubeinfer.v1, health, reflection) and HTTP (REST, metrics).
+
+Every flag can also be set through the environment as KUBEINFER_<FLAG>, for example
+KUBEINFER_MAX_BATCH_SIZE=32; a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+
+__all__ = ["add_arguments", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `kubeinfer serve` (the server and its model libraries load only now)."""
+    try:
+        config = ServeConfig.from_args(args)
+    except ConfigError as exc:
+        print(f"kubeinfer serve: {exc}", file=sys.stderr)
+        return 2
+    from kubeinfer.runtime.server import serve
+
+    return serve(config)

@@ -1,0 +1,215 @@
+"""gRPC transport: kubeinfer.v1.Inference and inference.GRPCInferenceService over grpc.aio, plus health and reflection.
+
+Servicer methods only translate (protobuf -> data plane call -> protobuf) and raise. One server
+interceptor, ``ObservingInterceptor``, owns what every call shares: the request id (the client's
+``x-request-id`` metadata or a fresh one), the in-flight gauge, the outcome in the metrics (recorded
+before the status is sent), and the mapping of an exception to its status
+(``errors.public_error``: an InferenceError's code and message, anything else INTERNAL "internal
+error" with the request id, which the log line carries too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kubeinfer.runtime import codec
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.errors import InferenceError, StartupError, public_error
+from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.transports import oip_grpc
+from kubeinfer.runtime.transports.observe import NATIVE_GRPC, OIP, Call, Route
+from kubeinfer.v1 import inference_pb2 as pb
+from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # the trailer gRPC's retry policy reads as the server's retry hint
+
+
+async def send_error(context: grpc.aio.ServicerContext, error: InferenceError) -> None:
+    """Abort the call with ``error``'s status (and retry hint); raises."""
+    if error.retry_after_s is not None:
+        context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(error.retry_after_s * 1000))),))
+    await context.abort(grpc.StatusCode[error.code.name], error.message)
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every method of the inference services (health and reflection pass untouched)."""
+
+    def __init__(self, metrics: RuntimeMetrics, protocols: Mapping[str, str]) -> None:
+        self.metrics = metrics
+        self.protocols = dict(protocols)  # service full name -> protocol label
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        service, _, rpc = details.method.lstrip("/").partition("/")
+        protocol = self.protocols.get(service)
+        if handler is None or protocol is None:
+            return handler
+        route = Route(protocol, rpc)
+        request_id = dict(details.invocation_metadata or ()).get("x-request-id")
+        kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
+                 "unary_stream": grpc.unary_stream_rpc_method_handler,
+                 "stream_unary": grpc.stream_unary_rpc_method_handler,
+                 "stream_stream": grpc.stream_stream_rpc_method_handler}
+        for kind, make in kinds.items():
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return make(self._wrap(behaviour, route, request_id),
+                            request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+        return handler
+
+    def _wrap(self, behaviour: Callable[..., Any], route: Route, request_id: str | None) -> Callable[..., Any]:
+        metrics = self.metrics
+
+        if inspect.isasyncgenfunction(behaviour):
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = Call(metrics, route, request_id)
+                try:
+                    async with contextlib.aclosing(behaviour(request, context)) as responses:
+                        async for response in responses:
+                            yield response
+                    call.finish("OK")
+                except BaseException as exc:
+                    await _fail(call, context, exc)
+                finally:
+                    call.close()
+
+            return streaming
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = Call(metrics, route, request_id)
+            try:
+                response = await behaviour(request, context)
+                call.finish("OK")
+                return response
+            except BaseException as exc:
+                await _fail(call, context, exc)
+            finally:
+                call.close()
+
+        return unary
+
+
+async def _fail(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Record the outcome, then send the status; always raises."""
+    if isinstance(exc, grpc.aio.AbortError):  # a handler aborted on its own: its status stands
+        code = context.code()
+        call.finish(code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN")
+        raise exc
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit) or not isinstance(exc, Exception):
+        call.finish("CANCELLED")  # the client went away, or the server is stopping
+        raise exc
+    error = public_error(exc, f"{call.route.protocol} {call.route.rpc}")
+    call.finish(error.code.name)
+    await send_error(context, error)
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    """kubeinfer.v1.Inference: messages in and out; the interceptor does the rest."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return codec.model_info_to_proto(self.dataplane.model_info())
+
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        results = await self.dataplane.detect(codec.images_from_proto(request.images),
+                                              codec.detect_parameters_from_proto(request.parameters))
+        return codec.detect_response_to_proto(results)
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        results = await self.dataplane.classify(codec.images_from_proto(request.images),
+                                                codec.classify_parameters_from_proto(request))
+        return codec.classify_response_to_proto(results)
+
+    async def ClassifyClip(self, request_iterator: AsyncIterator[pb.ClipFrame],
+                           context: grpc.aio.ServicerContext) -> pb.ClipResult:
+        result = await self.dataplane.classify_clip(codec.clip_frames_from_proto(request_iterator))
+        return codec.clip_result_to_proto(result)
+
+    async def StreamClassify(self, request_iterator: AsyncIterator[pb.StreamFrame],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamPrediction]:
+        frames = codec.stream_frames_from_proto(request_iterator)
+        async with contextlib.aclosing(self.dataplane.stream_classify(frames)) as predictions:
+            async for prediction in predictions:
+                yield codec.stream_prediction_to_proto(prediction)
+
+    async def Recognize(self, request: pb.RecognizeRequest,
+                        context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
+        results = await self.dataplane.recognize(codec.images_from_proto(request.images),
+                                                 codec.recognize_parameters_from_proto(request))
+        return codec.recognize_response_to_proto(results)
+
+    async def ProcessVideo(self, request_iterator: AsyncIterator[pb.VideoRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessedFrame]:
+        messages = codec.video_messages_from_proto(request_iterator)
+        async with contextlib.aclosing(self.dataplane.process_video(messages)) as frames:
+            async for frame in frames:
+                yield codec.processed_frame_to_proto(frame)
+
+    async def ProcessVideoFile(self, request: pb.VideoFileRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VideoFileEvent]:
+        events = self.dataplane.process_video_file(request.video, codec.video_pipeline_from_proto(request.pipeline))
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield codec.video_file_event_to_proto(event)
+
+
+class GrpcTransport:
+    """The grpc.aio server with the inference services (native and OIP), health and reflection."""
+
+    def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
+        limit = config.max_message_bytes
+        interceptor = ObservingInterceptor(metrics, {SERVICE_NAME: NATIVE_GRPC, oip_grpc.SERVICE_NAME: OIP})
+        self.server = grpc.aio.server(interceptors=[interceptor], options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ])
+        self.health = health.aio.HealthServicer()
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(dataplane), self.server)
+        oip_grpc.add_to_server(self.server, dataplane)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, oip_grpc.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server)
+        address = f"{config.host}:{config.grpc_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc raises when the port is taken
+            raise StartupError(f"cannot listen on {address} for gRPC: {exc}") from None
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {address} for gRPC")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(False)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def announce_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good: probes and balancers stop sending new work."""
+        await self.health.enter_graceful_shutdown()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls and give in-flight ones ``grace`` seconds."""
+        await self.announce_shutdown()
+        await self.server.stop(grace)

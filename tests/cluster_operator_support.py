@@ -81,10 +81,28 @@ def granted(rules: Rules) -> set[tuple[str, str, str]]:
     return {(group, resource, verb) for group, resource, verbs in rules for verb in verbs}
 
 
-def refused(events: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """(verb, objectRef or URI, code) of every request the API server refused as forbidden or unauthorized."""
-    return [(e["verb"], e.get("objectRef") or e.get("requestURI"), e["responseStatus"]["code"]) for e in events
-            if (e.get("responseStatus") or {}).get("code") in (401, 403)]
+def refused(events: Iterable[dict[str, Any]], namespaces: Iterable[str] | None = None) -> list[tuple[Any, ...]]:
+    """(verb, objectRef or URI, code) of the requests the API server refused (401, 403).
+
+    Every refusal by the RBAC authorizer counts; with ``namespaces``, other refusals (admission: a quota, a
+    namespace being deleted by another test) count only in those namespaces.
+    """
+    scope = None if namespaces is None else set(namespaces)
+    found = []
+    for e in events:
+        code = (e.get("responseStatus") or {}).get("code")
+        if code not in (401, 403):
+            continue
+        by_rbac = (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
+        if by_rbac or code == 401 or scope is None or (e.get("objectRef") or {}).get("namespace") in scope:
+            found.append((e["verb"], e.get("objectRef") or e.get("requestURI"), code))
+    return found
+
+
+def forbidden_by_rbac(events: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    """(verb, resource, namespace, code) of the requests the RBAC authorizer refused."""
+    return [(e["verb"], e["objectRef"]["resource"], e["objectRef"].get("namespace", ""), e["responseStatus"]["code"])
+            for e in events if (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
 
 
 def bind_cluster_role(api: Api, name: str, rules: Rules, namespace: str, service_account: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,8 +47,11 @@ def crd_applied(kubectl: Kubectl) -> str:
 
 
 @pytest.fixture(scope="module")
-def ns(api: Api, crd_applied: str) -> str:
-    return new_namespace(api, "crd")
+def ns(api: Api, kubectl: Kubectl, crd_applied: str) -> Iterator[str]:
+    name = new_namespace(api, "crd")
+    yield name
+    # Its InferenceServices would otherwise be reconciled by every operator later tests run cluster-wide.
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def obj(spec: dict[str, Any] | None, name: str = "svc") -> dict[str, Any]:

@@ -285,12 +285,11 @@ def test_a_rule_removed_from_the_cluster_role_is_refused_and_reported(
         assert code == 200, body
 
 
+@pytest.mark.parametrize("installed", ["cluster-wide"], indirect=True)  # one mode is enough
 @pytest.mark.xfail(strict=True, reason="operator bug: status.endpoint names a Service that was refused and does "
                                        "not exist (phase Degraded, 'replicas of the last applied spec serve')")
 def test_no_endpoint_is_advertised_for_a_service_that_was_refused(installed: Installed, kube_cluster: LocalCluster,
                                                                    api: Api, kubectl: Kubectl) -> None:
-    if installed.mode != "cluster-wide":
-        pytest.skip("one mode is enough")
     ns = workspace(installed, api, kube_cluster)
     # Admission refuses every Service in the namespace (403 exceeded quota); the Deployment is allowed.
     api.create(f"/api/v1/namespaces/{ns}/resourcequotas", {

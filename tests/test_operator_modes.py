@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,7 +74,7 @@ def namespaces(api: Api, kubectl: Kubectl, kube_cluster: LocalCluster) -> Iterat
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def account(kube_cluster: LocalCluster, api: Api, home: str, rules: Any, tmp: Any) -> tuple[str, Any]:
+def account(kube_cluster: LocalCluster, api: Api, home: str, rules: Any, tmp: Path) -> tuple[str, Path]:
     """A fresh ServiceAccount holding ``rules`` cluster-wide: (its user name, a kubeconfig for it)."""
     name = f"modes-operator-{next(_accounts)}"
     bind_cluster_role(api, f"{home}-{name}", rules, home, name)
@@ -91,7 +92,7 @@ def status(api: Api, ns: str, name: str) -> dict[str, Any]:
 
 
 def test_a_namespaced_operator_sees_only_its_namespaces(kube_cluster: LocalCluster, api: Api, kubectl: Kubectl,
-                                                        home: str, namespaces: Any, tmp_path: Any) -> None:
+                                                        home: str, namespaces: Any, tmp_path: Path) -> None:
     mine, also_mine, theirs = namespaces("mine"), namespaces("mine"), namespaces("theirs")
     user, kubeconfig = account(kube_cluster, api, home, RBAC_RULES, tmp_path)
     audit_start = len(kube_cluster.audit())
@@ -136,7 +137,7 @@ def writes_in(events: list[dict[str, Any]], ns: str) -> list[tuple[str, str]]:
 
 def test_with_peering_one_replica_works_and_another_takes_over(kube_cluster: LocalCluster, api: Api,
                                                                kubectl: Kubectl, home: str, namespaces: Any,
-                                                               tmp_path: Any) -> None:
+                                                               tmp_path: Path) -> None:
     peering = f"{home}-peering"
     kubectl.apply({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}})
     ns = namespaces("peering")

@@ -135,6 +135,7 @@ def writes_in(events: list[dict[str, Any]], ns: str) -> list[tuple[str, str]]:
             if e["verb"] in WRITES and (e.get("objectRef") or {}).get("namespace") == ns]
 
 
+@pytest.mark.slow  # 20-40 s: kopf's peering keep-alives decide who pauses and when the standby resumes
 def test_with_peering_one_replica_works_and_another_takes_over(kube_cluster: LocalCluster, api: Api,
                                                                kubectl: Kubectl, home: str, namespaces: Any,
                                                                tmp_path: Path) -> None:

@@ -4,10 +4,18 @@ Level-triggered: every trigger (an InferenceService created, changed or found at
 changed or deleted; one of its pods changed) runs the same idempotent reconciliation, under a per-resource lock.
 No finalizer is added: children carry owner references, so the cluster's garbage collector deletes them with
 their InferenceService, even while the operator is down.
+
+Children are watched by owner reference, not by label, so a child whose labels were edited by hand is still seen
+(and its labels put back). What the watches saw is kept in kopf indices (the operator's cache, as controller-runtime
+keeps one): a reconciliation compares the rendered children with the cached ones and sends only the writes that
+change something, and an event whose object still holds everything last applied (most often the echo of the
+operator's own write, or a rollout's status update) costs no reconciliation, only a status refresh from the cache.
+Stale cache entries are harmless: a write based on one is idempotent, and the next watch event corrects it.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
@@ -20,11 +28,13 @@ from typing import Any
 import kopf
 
 from kubeinfer.operator import metrics
-from kubeinfer.operator.kube import ApiError, ChildConflict, Kube
+from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
 from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, RuntimeDefaults, render_children
 from kubeinfer.operator.spec import (
+    API_VERSION,
     DEFAULT_RUNTIME_IMAGE,
     GROUP,
+    KIND,
     PLURAL,
     VERSION,
     SpecError,
@@ -37,6 +47,7 @@ from kubeinfer.operator.status import Observation, Problem, compute_status, stat
 CHILDREN = {MANAGED_BY_LABEL: MANAGER}
 RETRY_DELAY = 5.0  # seconds before kopf retries after a transient API failure
 SLOW_RETRY_DELAY = 60.0  # after a failure that needs a person (name conflict, forbidden)
+REJECTED_STATUSES = frozenset({400, 403, 422})  # the API server refused a child: retrying the same object won't help
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +72,33 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if memo.get("kube") is None:
         memo["kube"] = Kube.from_environment()
     memo["locks"] = defaultdict(threading.Lock)
+    memo["applied"] = {}  # (kind, namespace, name) -> the child as last applied
+    memo["problems"] = {}  # (namespace, name) -> the Problem that stopped the last reconciliation
+    memo["statuses"] = {}  # (namespace, name) -> the status last written (newer than any watched copy)
+    # Sync handlers run in kopf's thread pool: enough threads that a burst of new resources is applied in parallel
+    # (each reconciliation mostly waits on the API server).
+    settings.execution.max_workers = 16
 
 
+def _controller_owner(body: Mapping[str, Any]) -> str | None:
+    """The InferenceService that controls this object, from its owner references (labels can be edited)."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+            return str(ref.get("name"))
+    return None
+
+
+def _owned(body: kopf.Body, **_: Any) -> bool:
+    return _controller_owner(body) is not None
+
+
+def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy of a watched object: what reconciliation compares and status reads."""
+    return copy.deepcopy({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec", "status")
+                          if key in body})
+
+
+# -- the cache: kopf indices fed by the watches -------------------------------------------------------------------
 @kopf.index("v1", "pods", labels=CHILDREN)
 def runtime_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Pods by (namespace, InferenceService), trimmed to what status needs."""
@@ -78,99 +114,172 @@ def runtime_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_
     }}
 
 
+def _children_index(group: str, version: str, plural: str) -> None:
+    """Register an index of one kind of child by (namespace, InferenceService)."""
+
+    def index(namespace: str, body: kopf.Body, **_: Any) -> Any:
+        owner = _controller_owner(body)
+        return None if owner is None else {(namespace, owner): _snapshot(body)}
+
+    resource = (group, version, plural) if group else (version, plural)
+    kopf.index(*resource, when=_owned, id=f"cached_{plural}")(index)
+
+
+CACHED_CHILDREN = {"Deployment": "deployments", "Service": "services",
+                   "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+                   "PodDisruptionBudget": "poddisruptionbudgets"}
+for _group, _version, _plural in (("apps", "v1", "deployments"), ("", "v1", "services"),
+                                  ("autoscaling", "v2", "horizontalpodautoscalers"),
+                                  ("policy", "v1", "poddisruptionbudgets")):
+    _children_index(_group, _version, _plural)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def cached_inferenceservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, name): _snapshot(body)}
+
+
+class Cache:
+    """What the watches last saw of an InferenceService, its children and its pods."""
+
+    def __init__(self, indices: Mapping[str, Any]) -> None:
+        self._indices = indices
+
+    def _one(self, index: str, namespace: str, owner: str, name: str | None = None) -> dict[str, Any] | None:
+        for body in self._indices[index].get((namespace, owner), []):
+            if name is None or body["metadata"]["name"] == name:
+                return body
+        return None
+
+    def child(self, kind: str, namespace: str, owner: str, name: str) -> dict[str, Any] | None:
+        return self._one(f"cached_{CACHED_CHILDREN[kind]}", namespace, owner, name)
+
+    def deployment(self, namespace: str, owner: str) -> dict[str, Any] | None:
+        return self.child("Deployment", namespace, owner, owner)
+
+    def inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._one("cached_inferenceservices", namespace, name)
+
+    def pods(self, namespace: str, owner: str) -> list[Mapping[str, Any]]:
+        return list(self._indices["runtime_pods"].get((namespace, owner), []))
+
+
+def _cache(kwargs: Mapping[str, Any]) -> Cache:
+    return Cache({key: value for key, value in kwargs.items() if key.startswith(("cached_", "runtime_pods"))})
+
+
+# -- triggers -----------------------------------------------------------------------------------------------------
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def inference_service(namespace: str, name: str, memo: kopf.Memo, runtime_pods: kopf.Index, **_: Any) -> None:
+def inference_service(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """The resource appeared, changed or was found at start-up: bring its children in line with its spec."""
-    reconcile(namespace, name, memo, runtime_pods)
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], memo, _cache(kwargs), _snapshot(body))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, **_: Any) -> None:
+def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo,
+                            **_: Any) -> None:
     if event.get("type") == "DELETED":
         metrics.phase_book.forget(namespace, name)
+        memo["problems"].pop((namespace, name), None)
+        memo["statuses"].pop((namespace, name), None)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
-@kopf.on.event("v1", "services", labels=CHILDREN)
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILDREN)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILDREN)
-def child_event(event: Mapping[str, Any], namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
-                runtime_pods: kopf.Index, **_: Any) -> None:
-    """A child changed (a rollout progressed, or someone edited or deleted it): reconcile its owner."""
-    owner = labels.get(OWNER_LABEL)
-    if owner and event.get("type") is not None:  # None: the initial listing; resume handlers cover it
-        reconcile(namespace, owner, memo, runtime_pods)
+@kopf.on.event("apps", "v1", "deployments", when=_owned)
+@kopf.on.event("v1", "services", when=_owned)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", when=_owned)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", when=_owned)
+def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A child changed (a rollout progressed, or someone edited or deleted it): repair it, or refresh status."""
+    owner = _controller_owner(body)
+    kind, name = body.get("kind"), (body.get("metadata") or {}).get("name")
+    if owner is None or event.get("type") is None:  # None: the initial listing; resume handlers cover it
+        return
+    applied = memo["applied"].get((kind, namespace, name))
+    if event.get("type") != "DELETED" and applied is not None and merge_patch_for(applied, body) is None:
+        # Still what was applied: the echo of the operator's own write, or a status update.
+        if kind == "Deployment":
+            refresh_status(namespace, owner, memo, _cache(kwargs))
+        return
+    reconcile(namespace, owner, memo, _cache(kwargs))
 
 
 @kopf.on.event("v1", "pods", labels=CHILDREN)
 def pod_event(event: Mapping[str, Any], namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
-              runtime_pods: kopf.Index, **_: Any) -> None:
+              **kwargs: Any) -> None:
     """A runtime pod changed (started, got ready, crashed, was evicted): refresh the owner's status."""
     owner = labels.get(OWNER_LABEL)
-    if not owner or event.get("type") is None:
-        return
+    if owner and event.get("type") is not None:
+        refresh_status(namespace, owner, memo, _cache(kwargs))
+
+
+def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> None:
+    """Recompute status from the cached Deployment and pods, keeping the last applied generation. No reads."""
     kube: Kube = memo["kube"]
-    with memo["locks"][(namespace, owner)]:
+    with memo["locks"][(namespace, name)]:
+        body = cache.inference_service(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
         try:
-            body = _current(kube, namespace, owner)
-            if body is None:
-                return
-            deployment = kube.get("apps/v1", "Deployment", namespace, owner)
-            previous = body.get("status") or {}
-            _write_status(kube, body, Observation(
-                owner, namespace, previous.get("observedGeneration"), deployment,
-                _pods(runtime_pods, namespace, owner), previous=previous, now=_now()))
+            previous = _last_status(memo, body)
+            _write_status(kube, memo, body, Observation(
+                name, namespace, previous.get("observedGeneration"), cache.deployment(namespace, name),
+                cache.pods(namespace, name), error=memo["problems"].get((namespace, name)), previous=previous,
+                now=_now()))
         except ApiError as exc:
             if exc.status == 404:
                 return  # the resource went away meanwhile
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
-def _current(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    """The InferenceService as it is now, or None when it is gone or going (then nothing is re-created)."""
-    body = kube.get_inference_service(namespace, name)
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-        return None
-    return body
-
-
-def _pods(index: kopf.Index, namespace: str, name: str) -> list[Mapping[str, Any]]:
-    return list(index.get((namespace, name), []))
+def _last_status(memo: kopf.Memo, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The status the resource shows: the one this process last wrote, else the one read with the body."""
+    meta = body["metadata"]
+    return dict(memo["statuses"].get((meta["namespace"], meta["name"])) or body.get("status") or {})
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reconcile(namespace: str, name: str, memo: kopf.Memo, pods: kopf.Index) -> None:
-    """Read the resource, render, apply, report, one at a time per resource. kopf retries TemporaryError."""
+# -- reconciliation -----------------------------------------------------------------------------------------------
+class ChildRejected(Exception):
+    """The API server refused a rendered child (validation, admission, quota or RBAC)."""
+
+    def __init__(self, kind: str, name: str, error: ApiError) -> None:
+        super().__init__(f"the API server refused {kind} {name}: {error}")
+        self.kind, self.name, self.error = kind, name, error
+
+
+def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: dict[str, Any] | None = None) -> None:
+    """Render, apply, report, one at a time per resource. kopf retries TemporaryError.
+
+    ``body`` is the resource as kopf just handed it over; a child's event passes none, and the resource is read.
+    """
     kube: Kube = memo["kube"]
     defaults: RuntimeDefaults = memo["defaults"]
     started = time.monotonic()
-    with memo["locks"][(namespace, name)]:
-        body: dict[str, Any] | None = None
+    key = (namespace, name)
+    with memo["locks"][key]:
         try:
-            body = _current(kube, namespace, name)  # fresh: the event that got us here may be stale
             if body is None:
-                return
-            _reconcile(body, kube, defaults, _pods(pods, namespace, name))
+                body = kube.get_inference_service(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return  # gone or going: nothing is re-created
+            _reconcile(body, kube, memo, defaults, cache)
         except SpecError as exc:
             assert body is not None
-            metrics.reconciliations.labels(result="error").inc()
-            kopf.warn(body, reason="InvalidSpec", message=str(exc))
-            _write_status(kube, body, Observation(name, namespace, body["metadata"].get("generation"), None,
-                                                  error=Problem("InvalidSpec", str(exc)),
-                                                  previous=body.get("status"), now=_now()))
+            _report_problem(kube, memo, body, cache, Problem("InvalidSpec", str(exc)))
         except ChildConflict as exc:
             assert body is not None
-            metrics.reconciliations.labels(result="error").inc()
-            kopf.warn(body, reason="ChildConflict", message=str(exc))
-            _write_status(kube, body, Observation(name, namespace, body["metadata"].get("generation"), None,
-                                                  error=Problem("ChildConflict", str(exc)),
-                                                  previous=body.get("status"), now=_now()))
+            _report_problem(kube, memo, body, cache, Problem("ChildConflict", str(exc)))
             raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
+        except ChildRejected as exc:
+            assert body is not None
+            _report_problem(kube, memo, body, cache, Problem("ChildRejected", str(exc)))
+            if exc.error.status == 403:  # permissions or quota may be granted later; a 422 needs a new spec
+                raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
         except ApiError as exc:
             if exc.status == 404 and kube.get_inference_service(namespace, name) is None:
                 return  # deleted while being reconciled: nothing left to do
@@ -180,41 +289,70 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, pods: kopf.Index) -> N
             delay = RETRY_DELAY if exc.transient or exc.status == 409 else SLOW_RETRY_DELAY
             raise kopf.TemporaryError(str(exc), delay=delay) from exc
         else:
+            memo["problems"].pop(key, None)
             metrics.reconciliations.labels(result="success").inc()
         finally:
             metrics.reconcile_duration.observe(time.monotonic() - started)
 
 
-def _reconcile(body: dict[str, Any], kube: Kube, defaults: RuntimeDefaults, pods: list[Mapping[str, Any]]) -> None:
+def _report_problem(kube: Kube, memo: kopf.Memo, body: dict[str, Any], cache: Cache, problem: Problem) -> None:
+    """The spec could not be applied: say why in status and an Event; keep the last applied generation."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    memo["problems"][(namespace, name)] = problem
+    metrics.reconciliations.labels(result="error").inc()
+    kopf.warn(body, reason=problem.reason, message=problem.message)
+    previous = _last_status(memo, body)
+    _write_status(kube, memo, body, Observation(name, namespace, previous.get("observedGeneration"),
+                                                cache.deployment(namespace, name), cache.pods(namespace, name),
+                                                error=problem, previous=previous, now=_now()))
+
+
+def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: RuntimeDefaults, cache: Cache) -> None:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     validate_name(name)
     spec = parse_spec(body.get("spec") or {})
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     children = render_children(owner, spec, defaults)
+    applied_children: dict[tuple[str, str, str], dict[str, Any]] = memo["applied"]
     deployment: dict[str, Any] | None = None
+    done: dict[str, list[str]] = defaultdict(list)  # action -> "Kind name"
     for desired in children.present:
-        applied = kube.apply(desired)
+        kind, child = desired["kind"], desired["metadata"]["name"]
+        try:
+            applied = kube.apply(desired, cached=cache.child(kind, namespace, name, child))
+        except ApiError as exc:
+            if exc.status in REJECTED_STATUSES:
+                raise ChildRejected(kind, child, exc) from exc
+            raise
+        applied_children[(kind, namespace, child)] = desired
         if applied.action != "unchanged":
-            kopf.info(body, reason=applied.action.capitalize(),
-                      message=f"{applied.action} {desired['kind']} {desired['metadata']['name']}")
-        if desired["kind"] == "Deployment":
+            done[applied.action].append(f"{kind} {child}")
+        if kind == "Deployment":
             deployment = applied.object
     for ref in children.absent:
-        if kube.remove(ref, namespace, owner.uid):
-            kopf.info(body, reason="Deleted", message=f"deleted {ref.kind} {ref.name}: no longer wanted by the spec")
-    _write_status(kube, body, Observation(name, namespace, meta.get("generation"), deployment, pods,
-                                          previous=body.get("status"), now=_now()))
+        applied_children.pop((ref.kind, namespace, ref.name), None)
+        cached = cache.child(ref.kind, namespace, name, ref.name)
+        if cached is not None and kube.remove(ref, namespace, owner.uid):
+            done["deleted"].append(f"{ref.kind} {ref.name}")
+    for action, objects in done.items():  # one Event per kind of action, not one per child
+        why = ": no longer wanted by the spec" if action == "deleted" else ""
+        kopf.info(body, reason=action.capitalize(), message=f"{action} {', '.join(objects)}{why}")
+    _write_status(kube, memo, body, Observation(name, namespace, meta.get("generation"), deployment,
+                                                cache.pods(namespace, name), previous=_last_status(memo, body),
+                                                now=_now()))
 
 
-def _write_status(kube: Kube, body: Mapping[str, Any], observation: Observation) -> None:
+def _write_status(kube: Kube, memo: kopf.Memo, body: Mapping[str, Any], observation: Observation) -> None:
     """Patch the status when it differs from what the resource shows; post an Event when the phase moves."""
-    previous = body.get("status") or {}
+    previous = _last_status(memo, body)
     status = compute_status(observation)
     metrics.phase_book.set(observation.namespace, observation.name, status["phase"])
     if not status_changed(previous, status):
         return
     kube.patch_status(observation.namespace, observation.name, status)
+    memo["statuses"][(observation.namespace, observation.name)] = {k: v for k, v in status.items() if v is not None}
     if previous.get("phase") != status["phase"]:
         condition = status["conditions"][0]
         message = f"{status['phase']}: {condition['message']}"

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kubeinfer.operator.render import EXACT_MAPS, MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, PRUNABLE_PATHS, ChildRef
 from kubeinfer.operator.spec import API_VERSION, PLURAL
@@ -58,6 +58,7 @@ PLURALS: dict[str, str] = {
     "InferenceService": PLURAL,
 }
 TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
+UNKNOWN = object()  # "not looked up": apply() reads the object itself
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -190,12 +191,19 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return self.patch(API_VERSION, "InferenceService", namespace, name, {"status": dict(status)}, "status")
 
-    def apply(self, desired: Mapping[str, Any]) -> Applied:
-        """Create the object, or patch it until it holds every desired field; no request when it already does."""
+    def apply(self, desired: Mapping[str, Any], cached: Mapping[str, Any] | object | None = UNKNOWN) -> Applied:
+        """Create the object, or patch it until it holds every desired field; no request when it already does.
+
+        ``cached`` is the object as a watch last saw it (None: not seen, so it is created without a read first);
+        the default reads it. A stale cache costs at most one idempotent write or a 409 answered by a fresh read.
+        """
         api_version, kind = desired["apiVersion"], desired["kind"]
         namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
-        for _ in range(3):
-            live = self.get(api_version, kind, namespace, name)
+        for attempt in range(3):
+            if attempt == 0 and cached is not UNKNOWN:
+                live = None if cached is None else dict(cast(Mapping[str, Any], cached))
+            else:
+                live = self.get(api_version, kind, namespace, name)
             if live is None:
                 try:
                     return Applied("created", self.create(desired))

@@ -321,8 +321,9 @@ def render_service(owner: Owner) -> dict[str, Any]:
 def render_headless_service(owner: Owner) -> dict[str, Any]:
     """Headless Service NAME-pods: DNS returns every ready pod, so gRPC clients can balance per request."""
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(owner, headless_name(owner.name)),
-            "spec": {"clusterIP": "None", "selector": selector_labels(owner.name), "ports": _service_ports(),
-                     "publishNotReadyAddresses": False}}
+            # Only ready pods are published (publishNotReadyAddresses is false, the default; the API server
+            # omits false booleans, so it is not sent: a sent false would never read back as applied).
+            "spec": {"clusterIP": "None", "selector": selector_labels(owner.name), "ports": _service_ports()}}
 
 
 def render_hpa(owner: Owner, spec: ServiceSpec) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubeinfer.operator.render import endpoint, selector_string
 
-PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
+PHASES = ("Pending", "Progressing", "Ready", "Idle", "Degraded", "Failed")
 
 # Waiting reasons that do not go away by waiting: the pod needs a fix (image, config, code, data).
 BLOCKING_WAIT_REASONS = frozenset({
@@ -40,7 +40,9 @@ class Observation:
     observed_generation: int | None
     deployment: Mapping[str, Any] | None
     pods: Sequence[Mapping[str, Any]] = ()
-    error: Problem | None = None  # the spec cannot be served (InvalidSpec) or a child name is taken (ChildConflict)
+    # The spec cannot be applied: InvalidSpec, a child name taken (ChildConflict) or a child the API server
+    # refused (ChildRejected). The caller then passes the previously observed generation, not the current one.
+    error: Problem | None = None
     previous: Mapping[str, Any] | None = None  # the current status, for lastTransitionTime
     now: str = ""  # RFC 3339, given by the caller so this module stays pure
 
@@ -98,16 +100,19 @@ def deployment_problems(deployment: Mapping[str, Any]) -> list[Problem]:
 
 def _phase(obs: Observation) -> tuple[str, str, str]:
     """(phase, reason, message) for the observation."""
-    if obs.error is not None:
-        return "Failed", obs.error.reason, obs.error.message
     deployment = obs.deployment
+    if obs.error is not None:
+        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        if ready:  # the previous revision still serves
+            return "Degraded", obs.error.reason, f"{ready} replicas of the last applied spec serve; {obs.error.message}"
+        return "Failed", obs.error.reason, obs.error.message
     if deployment is None:
         return "Pending", "Creating", f"waiting for Deployment {obs.name}"
     desired = int((deployment.get("spec") or {}).get("replicas", 1))
     state = deployment.get("status") or {}
     ready = int(state.get("readyReplicas") or 0)
     if desired == 0:
-        return "Pending", "ScaledToZero", "0 replicas requested"
+        return "Idle", "ScaledToZero", "0 replicas requested: nothing serves until the service is scaled up"
     problems = pod_problems(obs.pods) + deployment_problems(deployment)
     if problems:
         first = problems[0]
@@ -149,8 +154,8 @@ def compute_status(obs: Observation) -> dict[str, Any]:
     if obs.observed_generation is not None:
         condition["observedGeneration"] = obs.observed_generation
         status["observedGeneration"] = obs.observed_generation
-    if obs.deployment is not None:
-        status["endpoint"] = endpoint(obs.name, obs.namespace)
+    # The endpoint is published only while something answers there; None removes it (merge patch).
+    status["endpoint"] = endpoint(obs.name, obs.namespace) if status["readyReplicas"] > 0 else None
     return status
 
 

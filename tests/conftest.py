@@ -90,6 +90,16 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real control plane (kube-apiserver, controllers, scheduler, etcd, kwok nodes) for the whole run."""
+    from cluster_support import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
 # Tests whose own code or fixtures train, export or install something (cached after the first run) are `slow`,
 # found from the source of the test and of every fixture it uses: `pytest -m "not slow"` runs only fast ones.
 HEAVY = re.compile(r"\b(train_detector|train_colour_cls|colour_models|logo_encoders|export_model|ensure_client_venv|"

@@ -40,7 +40,27 @@ def test_no_deployment_yet_is_pending_without_endpoint() -> None:
     status = observe(None)
     assert status["phase"] == "Pending"
     assert status["conditions"][0]["status"] == "False"
-    assert "endpoint" not in status
+    assert status["endpoint"] is None  # sent as null: a merge patch removes an endpoint published before
+
+
+def test_the_endpoint_is_published_only_while_a_replica_is_ready() -> None:
+    assert observe(deployment(observedGeneration=3, replicas=2, updatedReplicas=2, readyReplicas=0))["endpoint"] \
+        is None
+    assert observe(rolled_out(ready=1))["endpoint"] == "svc.team-a.svc:8001"
+
+
+def test_scaled_to_zero_is_idle() -> None:
+    status = observe(rolled_out(replicas=0, ready=0))
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Idle", "ScaledToZero")
+
+
+def test_a_refused_spec_fails_or_degrades_and_keeps_the_applied_generation() -> None:
+    refused = Problem("ChildRejected", "the API server refused Deployment svc: HTTP 422 Invalid: bad")
+    none_ready = observe(None, error=refused, generation=3)
+    assert (none_ready["phase"], none_ready["observedGeneration"]) == ("Failed", 3)
+    still_serving = observe(rolled_out(), error=refused, generation=3)
+    assert still_serving["phase"] == "Degraded"
+    assert "HTTP 422 Invalid: bad" in still_serving["conditions"][0]["message"]
 
 
 def test_pending_then_progressing_then_ready() -> None:
@@ -157,5 +177,6 @@ def test_status_changed_detects_only_real_changes() -> None:
 def test_every_phase_is_reachable() -> None:
     seen = {observe(None)["phase"], observe(deployment(observedGeneration=3, replicas=2))["phase"],
             observe(rolled_out())["phase"], observe(rolled_out(ready=1), [crashing("x")])["phase"],
-            observe(deployment(observedGeneration=3), [crashing("y")])["phase"]}
+            observe(deployment(observedGeneration=3), [crashing("y")])["phase"],
+            observe(rolled_out(replicas=0, ready=0))["phase"]}
     assert seen == set(PHASES)

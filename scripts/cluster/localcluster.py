@@ -71,9 +71,9 @@ class NodeShape:
 DEFAULT_NODES: tuple[NodeShape, ...] = (
     NodeShape("cpu-0"),
     NodeShape("cpu-1"),
-    NodeShape("gpu-0", gpus=2, labels={"nvidia.com/gpu.present": "true"},
+    NodeShape("gpu-0", gpus=4, labels={"nvidia.com/gpu.present": "true"},
               taints=({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"},)),
-    NodeShape("gpu-1", gpus=2, labels={"nvidia.com/gpu.present": "true"},
+    NodeShape("gpu-1", gpus=4, labels={"nvidia.com/gpu.present": "true"},
               taints=({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"},)),
     NodeShape(LOCAL_NODE, labels={LOCAL_NODE_LABEL: "true"},
               taints=({"key": LOCAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"},)),
@@ -512,7 +512,8 @@ class LocalCluster:
             f"--cluster-signing-cert-file={self.pki / 'ca.crt'}", f"--cluster-signing-key-file={self.pki / 'ca.key'}",
             "--use-service-account-credentials=true", "--controllers=*",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allocate-node-cidrs=false",
-            "--horizontal-pod-autoscaler-sync-period=5s", "--horizontal-pod-autoscaler-downscale-stabilization=15s",
+            "--pvclaimbinder-sync-period=1s", "--horizontal-pod-autoscaler-sync-period=5s",
+            "--horizontal-pod-autoscaler-downscale-stabilization=15s",
             "-v=1"]
 
     def _start_kwok(self) -> None:
@@ -540,6 +541,10 @@ class LocalCluster:
             status, body = self.api("POST", paths[obj["kind"]], obj)
             if status not in (201, 409):
                 raise ClusterError(f"creating {obj['kind']} for {namespace}: HTTP {status}: {body}")
+        # The scheduler holds pods back until their claim is bound (the PV controller does that).
+        claim = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/models"
+        self._wait(lambda: (self.api("GET", claim)[1] or {}).get("status", {}).get("phase") == "Bound",
+                   "kube-controller-manager", f"claim {namespace}/models bound", timeout=60)
 
     def _wait_ready(self) -> None:
         def nodes_ready() -> bool:

@@ -1,20 +1,19 @@
-"""End to end: kubectl apply -> operator -> Deployment -> a local "kubelet" runs it -> the client detects.
+"""End to end: kubectl apply -> operator -> real Deployment, ReplicaSet, scheduler -> a local kubelet runs it -> Detect.
 
-The launcher below plays the node: it reads the Deployment the operator rendered, gives each volume a local
-folder (emptyDir: a fresh folder, persistentVolumeClaim: the folder standing in for the claim), runs the init
-containers' and the runtime container's command and args as local processes (paths under mounts mapped to
-those folders, listening on free loopback ports instead of 8001/8080), probes gRPC health as the readiness
-probe does, then records the Pod and the Deployment status as the kubelet and the Deployment controller
-would. The client connects to the endpoint the InferenceService's status reports, resolved the way a
-Service would resolve it: to the pod's address.
+Everything but the node is real: the API server validates the InferenceService, the Deployment controller makes a
+ReplicaSet and a Pod, the scheduler binds the Pod to the node ``local-0`` (the spec's nodeSelector and toleration
+send it there). That node's kubelet is played here: it sees the Pod bound to it, gives each volume a local folder,
+runs the init container's and the runtime container's command and args as local processes (paths under mounts
+mapped to those folders, loopback ports instead of 8001/8080), probes gRPC health as the readiness probe does,
+and writes the Pod's status as a kubelet would. The Deployment controller then counts the Pod ready, the operator
+reports Ready with the endpoint, and the client reaches the endpoint through the Pod's local address. Deleting the
+InferenceService lets the garbage collector delete the Pod; the kubelet stops the process, which drains and exits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
-import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,21 +27,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from cluster_support import LOCAL_NODE, LOCAL_NODE_LABEL, Api, Kubectl, LocalCluster, new_namespace
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kube_emulator import EmulatedCluster
-from operator_support import (
-    CRD_PATH,
-    Api,
-    Kubectl,
-    OperatorProcess,
-    deployment_path,
-    eventually,
-    is_path,
-    mark_deployment,
-    pod_path,
-    runtime_pod,
-    write_kubeconfig,
-)
+from operator_support import CRD_PATH, OperatorProcess, deployment_path, eventually, is_path, pod_path
 from runtime_support import free_port, runtime_env
 
 from kubeinfer.clients import Client
@@ -53,8 +40,9 @@ BIN = Path(sys.executable).parent  # the "image": its PATH holds the kubeinfer c
 
 @dataclass
 class LocalPod:
-    """One replica the launcher runs: its process, ports and log."""
+    """One pod the kubelet runs: its process, ports and log."""
 
+    namespace: str
     name: str
     process: subprocess.Popen[bytes]
     grpc_port: int
@@ -65,24 +53,60 @@ class LocalPod:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
 
-    def stop(self) -> int:
+    def stop(self, grace: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(30)
+                self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
         return int(self.process.returncode)
 
 
-class Launcher:
-    """Plays kubelet, Deployment controller and kube-proxy for one emulated node on loopback."""
+class LocalKubelet:
+    """Plays the kubelet of node local-0: runs the Pods the scheduler binds there as local processes."""
 
     def __init__(self, api: Api, workdir: Path, claims: dict[str, Path]) -> None:
         self.api, self.workdir, self.claims = api, workdir, claims
-        self.pods: list[LocalPod] = []
-        self.services: dict[str, str] = {}  # "name.namespace.svc:8001" -> "127.0.0.1:PORT"
+        self.pods: dict[tuple[str, str], LocalPod] = {}
+        self.exit_codes: dict[tuple[str, str], int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> LocalKubelet:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as exc:  # a test thread: keep the reason for the failure message
+                self.errors.append(repr(exc))
+            self._stop.wait(0.3)
+
+    def _sync(self) -> None:
+        listed = self.api.get(f"/api/v1/pods?fieldSelector=spec.nodeName%3D{LOCAL_NODE}")
+        assert listed is not None
+        seen = set()
+        for pod in listed["items"]:
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            seen.add(key)
+            if pod["metadata"].get("deletionTimestamp"):
+                self._terminate(key, pod)
+            elif key not in self.pods and key not in self.exit_codes:
+                self._start(pod)
+        for key in [k for k in self.pods if k not in seen]:
+            self.exit_codes[key] = self.pods.pop(key).stop()
+
+    def _terminate(self, key: tuple[str, str], pod: dict[str, Any]) -> None:
+        running = self.pods.pop(key, None)
+        if running is not None:
+            self.exit_codes[key] = running.stop(float(pod["spec"].get("terminationGracePeriodSeconds", 30)))
+        # The kubelet removes the Pod object once its containers stopped.
+        self.api.call("DELETE", pod_path(*key) + "?gracePeriodSeconds=0")
 
     def _volumes(self, pod_name: str, pod_spec: dict[str, Any]) -> dict[str, Path]:
         folders: dict[str, Path] = {}
@@ -91,11 +115,9 @@ class Launcher:
                 folders[volume["name"]] = self.workdir / pod_name / "volumes" / volume["name"]
                 folders[volume["name"]].mkdir(parents=True)
             elif "persistentVolumeClaim" in volume:
-                claim = volume["persistentVolumeClaim"]["claimName"]
-                assert claim in self.claims, f"persistentvolumeclaim {claim!r} not found"
-                folders[volume["name"]] = self.claims[claim]
+                folders[volume["name"]] = self.claims[volume["persistentVolumeClaim"]["claimName"]]
             else:
-                raise AssertionError(f"the launcher has no support for volume {volume}")
+                raise AssertionError(f"the local kubelet has no support for volume {volume}")
         return folders
 
     @staticmethod
@@ -121,37 +143,38 @@ class Launcher:
                 env[variable["name"]] = local(variable["value"])
         return [*command, *args], env
 
-    def run(self, namespace: str, name: str) -> LocalPod:
-        deployment = self.api.get(deployment_path(namespace, name))
-        assert deployment is not None
-        pod_name = f"{name}-{len(self.pods)}"
-        pod_spec = deployment["spec"]["template"]["spec"]
-        folders = self._volumes(pod_name, pod_spec)
-        self.api.create(pod_path(namespace), runtime_pod(deployment, pod_name))  # the ReplicaSet's pod
-        log = self.workdir / f"{pod_name}.log"
-        for init in pod_spec.get("initContainers") or []:
+    def _start(self, pod: dict[str, Any]) -> None:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        spec = pod["spec"]
+        folders = self._volumes(name, spec)
+        for init in spec.get("initContainers") or []:
             command, env = self._command(init, folders)
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"init container {init['name']} failed: {done.stderr}"
-        (runtime,) = pod_spec["containers"]
+        (runtime,) = spec["containers"]
         command, env = self._command(runtime, folders)
         grpc_port, http_port = free_port(), free_port()
         command = _override(command, {"--host": "127.0.0.1", "--grpc-port": str(grpc_port),
                                       "--http-port": str(http_port)})
+        log = self.workdir / f"{name}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        pod = LocalPod(pod_name, process, grpc_port, http_port, log, folders)
-        self.pods.append(pod)
-        self._probe_until_ready(pod)
-        self.api.patch(pod_path(namespace, pod_name, "status"), {"status": {
-            "phase": "Running", "podIP": "127.0.0.1",
-            "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
-            "containerStatuses": [{"name": runtime["name"], "ready": True, "started": True, "restartCount": 0,
+        local = LocalPod(namespace, name, process, grpc_port, http_port, log, folders)
+        self.pods[(namespace, name)] = local
+        started = _now()
+        self._report(local, runtime, started, ready=False)
+        self._probe_until_ready(local)
+        self._report(local, runtime, started, ready=True)
+
+    def _report(self, pod: LocalPod, runtime: dict[str, Any], started: str, ready: bool) -> None:
+        flag = "True" if ready else "False"
+        self.api.patch(pod_path(pod.namespace, pod.name, "status"), {"status": {
+            "phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1", "startTime": started,
+            "conditions": [{"type": t, "status": s, "lastTransitionTime": _now()} for t, s in (
+                ("PodScheduled", "True"), ("Initialized", "True"), ("ContainersReady", flag), ("Ready", flag))],
+            "containerStatuses": [{"name": runtime["name"], "ready": ready, "started": True, "restartCount": 0,
                                    "image": runtime["image"], "imageID": "",
-                                   "state": {"running": {"startedAt": "2026-11-22T10:00:00Z"}}}]}})
-        mark_deployment(self.api, namespace, name, ready=1)
-        self.services[f"{name}.{namespace}.svc:8001"] = f"127.0.0.1:{grpc_port}"
-        return pod
+                                   "state": {"running": {"startedAt": started}}}]}})
 
     @staticmethod
     def _probe_until_ready(pod: LocalPod, timeout: float = 180.0) -> None:
@@ -170,11 +193,10 @@ class Launcher:
                 time.sleep(0.3)
         raise AssertionError(f"the runtime never became ready:\n{pod.logs()}")
 
-    def resolve(self, endpoint: str) -> str:
-        return self.services[endpoint]
-
     def stop(self) -> None:
-        for pod in self.pods:
+        self._stop.set()
+        self._thread.join(10)
+        for pod in self.pods.values():
             pod.stop()
 
 
@@ -184,6 +206,10 @@ def _override(command: list[str], values: dict[str, str]) -> list[str]:
         assert flag in result, f"{flag} missing from {result}"
         result[result.index(flag) + 1] = value
     return result
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class _Models(http.server.BaseHTTPRequestHandler):
@@ -215,35 +241,47 @@ def model_server(detector_model: Path) -> Iterator[str]:
     httpd.server_close()
 
 
-def test_apply_reconcile_run_and_detect(tmp_path: Path, detector_model: Path, model_server: str) -> None:
-    emulated = EmulatedCluster().start()
-    launcher = Launcher(Api(emulated.url), tmp_path / "node", claims={})
-    operator: OperatorProcess | None = None
+@pytest.mark.slow
+def test_apply_schedule_run_and_detect(kube_cluster: LocalCluster, tmp_path: Path, detector_model: Path,
+                                       model_server: str) -> None:
+    api = Api(kube_cluster)
+    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path / "kube-cache")
+    kubectl("apply", "-f", str(CRD_PATH))
+    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    ns = new_namespace(api, "e2e")
+    kubelet = LocalKubelet(api, tmp_path / "node", claims={}).start()
+    operator = OperatorProcess(["--listen-host", "127.0.0.1", "--metrics-port", "0", "--liveness-port", "0",
+                                "--runtime-image", "kubeinfer:e2e"], kube_cluster.kubeconfig,
+                               tmp_path / "operator.log")
     try:
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulated.url)
-        kubectl = Kubectl(kubeconfig, tmp_path / "kube-cache")
-        kubectl("apply", "--validate=false", "-f", str(CRD_PATH))
-        operator = OperatorProcess(["--listen-host", "127.0.0.1", "--metrics-port", "0", "--liveness-port", "0",
-                                    "--runtime-image", "kubeinfer:e2e"], kubeconfig, tmp_path / "operator.log")
         resource = {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
-                    "metadata": {"name": "rects", "namespace": "default"},
+                    "metadata": {"name": "rects", "namespace": ns},
                     "spec": {"task": "detect", "model": {"uri": model_server},
                              "thresholds": {"confidence": 0.3, "iou": 0.5},
-                             "batching": {"maxBatchSize": 4, "maxDelayMs": 5}, "grpc": {"workers": 2}}}
-        kubectl("apply", "--validate=false", "-f", "-", stdin=json.dumps(resource))
-        api = Api(emulated.url)
-        eventually(lambda: api.get(deployment_path("default", "rects")), timeout=30,
-                   what=f"the Deployment\n{operator.logs()}")
-        pod = launcher.run("default", "rects")
+                             "batching": {"maxBatchSize": 4, "maxDelayMs": 5}, "grpc": {"workers": 2},
+                             "nodeSelector": {LOCAL_NODE_LABEL: "true"},
+                             "tolerations": [{"key": LOCAL_NODE_LABEL, "operator": "Exists",
+                                              "effect": "NoSchedule"}]}}
+        kubectl.apply(resource)
+
+        def ready() -> dict[str, Any] | None:
+            assert not kubelet.errors, kubelet.errors
+            current = ((api.get(is_path(ns, "rects")) or {}).get("status")) or {}
+            return current if current.get("phase") == "Ready" else None
+
+        status = eventually(ready, timeout=240, what=f"Ready\n{operator.logs()[-4000:]}")
+        assert status["endpoint"] == f"rects.{ns}.svc:8001" and status["readyReplicas"] == 1
+        ((key, pod),) = kubelet.pods.items()
+        bound = api.get(pod_path(*key))
+        assert bound is not None and bound["spec"]["nodeName"] == LOCAL_NODE  # bound by the real scheduler
+        owner = bound["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == "ReplicaSet"  # made by the real Deployment controller
         fetched = pod.folders["fetched"] / "model" / "detector.pt"
         assert fetched.read_bytes() == detector_model.read_bytes()  # the init container's download
-        status = eventually(lambda: (s := (api.get(is_path("default", "rects")) or {}).get("status", {}))
-                            .get("phase") == "Ready" and s, timeout=30, what=f"Ready\n{operator.logs()}")
-        assert status["endpoint"] == "rects.default.svc:8001" and status["readyReplicas"] == 1
 
         rng = np.random.default_rng(4242)
         images = [synthetic_image(rng, 128) for _ in range(4)]
-        with Client(launcher.resolve(status["endpoint"])) as client:
+        with Client(f"{bound['status']['podIP']}:{pod.grpc_port}") as client:  # the Service resolves to the pod
             assert client.model_info().model_name == "rects"  # --model-name is the resource's name
             results = client.detect([image.pixels for image in images])
         assert len(results) == 4
@@ -251,19 +289,17 @@ def test_apply_reconcile_run_and_detect(tmp_path: Path, detector_model: Path, mo
             assert len(result.detections) == len(image.boxes), (image.boxes, result.detections)
             assert all(d.score >= 0.3 for d in result.detections)  # the spec's confidence is the default
 
-        deployment = api.get(deployment_path("default", "rects"))
+        deployment = api.get(deployment_path(ns, "rects"))
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        scrape_port = int(annotations["prometheus.io/port"])
-        assert scrape_port == 8080  # the launcher maps 8080 to the pod's local HTTP port
+        assert int(annotations["prometheus.io/port"]) == 8080  # the kubelet maps 8080 to the local HTTP port
         with urllib.request.urlopen(f"http://127.0.0.1:{pod.http_port}{annotations['prometheus.io/path']}") as r:
             assert b"kubeinfer" in r.read()
 
-        kubectl("delete", "kisvc", "rects")
-        eventually(lambda: api.get(deployment_path("default", "rects")) is None, what="the Deployment gone")
-        assert pod.stop() == 0, pod.logs()  # the kubelet stops the pod; the runtime drains and exits cleanly
+        kubectl("delete", "kisvc", "rects", "-n", ns, "--wait=false")
+        eventually(lambda: key in kubelet.exit_codes, timeout=90, what="the garbage collector to delete the pod")
+        assert kubelet.exit_codes[key] == 0, pod.logs()  # the runtime drained and exited cleanly
+        eventually(lambda: api.get(deployment_path(ns, "rects")) is None and api.get(pod_path(*key)) is None,
+                   timeout=60, what="the Deployment and Pod gone")
     finally:
-        launcher.stop()
-        if operator is not None:
-            operator.stop()
-        emulated.stop()
-        shutil.rmtree(tmp_path / "node", ignore_errors=True)
+        kubelet.stop()
+        operator.stop()

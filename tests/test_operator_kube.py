@@ -1,15 +1,18 @@
-"""kube.py over real HTTP (the official client's ApiClient) against the emulator, with injected faults."""
+"""kube.py over real HTTPS (the official client's ApiClient) against the real API server, with injected faults.
+
+Faults are injected by wrapping the transport kube.py is built on (the way a flaky network would answer), never by
+patching the client; every other answer is the real API server's.
+"""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_emulator import EmulatedCluster
-from operator_support import Api, deployment_path, is_path, load_crd, service_path, write_kubeconfig
+from cluster_support import Api, Kubectl, LocalCluster
+from operator_support import CRD_PATH, deployment_path, is_path, service_path
 from runtime_support import free_port
 
 from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
@@ -17,57 +20,62 @@ from kubeinfer.operator.render import ChildRef, Owner, RuntimeDefaults, render_d
 from kubeinfer.operator.spec import parse_spec
 
 SPEC = parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "nodeSelector": {"pool": "gpu"}})
+NS = "kube-client"
+CLIENT_AGENT = "OpenAPI-Generator/"  # the official client's user agent, as the audit log records it
 
 
 @pytest.fixture(scope="module")
-def emulated() -> Iterator[EmulatedCluster]:
-    cluster = EmulatedCluster().start()
-    api = Api(cluster.url)
-    api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", load_crd())
-    api.create(is_path("default"), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
-                                    "metadata": {"name": "svc"}, "spec": {"task": "video"}})
-    yield cluster
-    cluster.stop()
+def cluster(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> LocalCluster:
+    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+    kubectl("apply", "-f", str(CRD_PATH))
+    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    api = Api(kube_cluster)
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    api.create(is_path(NS), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
+                             "metadata": {"name": "svc"}, "spec": {"task": "video"}})
+    return kube_cluster
 
 
 @pytest.fixture()
-def owner(emulated: EmulatedCluster) -> Owner:
+def owner(cluster: LocalCluster) -> Owner:
     """A real InferenceService: the garbage collector deletes children whose owner does not exist."""
-    body = Api(emulated.url).get(is_path("default", "svc"))
+    body = Api(cluster).get(is_path(NS, "svc"))
     assert body is not None
-    return Owner("svc", "default", body["metadata"]["uid"])
+    return Owner("svc", NS, body["metadata"]["uid"])
 
 
 def some_uid(api: Api, name: str) -> str:
     """The uid of an object that exists (so owner references to it survive the garbage collector)."""
-    made = api.create("/api/v1/namespaces/default/configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                                                "metadata": {"name": name}})
+    made = api.create(f"/api/v1/namespaces/{NS}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                              "metadata": {"name": name}})
     return str(made["metadata"]["uid"])
 
 
 @pytest.fixture()
-def kube(emulated: EmulatedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kube:
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", emulated.url)))
+def kube(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Kube:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return Kube.from_environment(timeout=5)
 
 
 @pytest.fixture()
-def api(emulated: EmulatedCluster) -> Iterator[Api]:
-    client = Api(emulated.url)
+def api(cluster: LocalCluster) -> Iterator[Api]:
+    client = Api(cluster)
     yield client
-    for path in (deployment_path("default", "svc"), service_path("default", "svc"),
-                 "/apis/policy/v1/namespaces/default/poddisruptionbudgets/svc"):
-        client.delete(path)
+    for path in (deployment_path(NS, "svc"), service_path(NS, "svc"),
+                 f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/svc"):
+        client.delete(path + "?gracePeriodSeconds=0")
+    # Deletion is not instant for every kind: wait until the names are free again.
+    for path in (deployment_path(NS, "svc"), service_path(NS, "svc")):
+        for _ in range(100):
+            if client.get(path) is None:
+                break
 
 
-def writes(emulated: EmulatedCluster, since: int) -> list[str]:
-    return emulated.call(lambda e: [f"{verb} {res}" for agent, verb, _, res in list(e.audit)[since:]
-                                    if verb not in ("get", "list", "watch")])
-
-
-def audit_length(emulated: EmulatedCluster) -> int:
-    return int(emulated.call(lambda e: len(e.audit)))
+def writes(cluster: LocalCluster, since: int) -> list[str]:
+    """The client's write requests (from the audit log) after the first ``since`` audit events."""
+    return [f"{e['verb']} {e['objectRef']['resource']}" for e in cluster.audit()[since:]
+            if e.get("userAgent", "").startswith(CLIENT_AGENT) and e["verb"] not in ("get", "list", "watch")]
 
 
 def faulty(kube: Kube, fault: Callable[[str, str], tuple[int, str, bytes] | None]) -> Kube:
@@ -81,16 +89,16 @@ def faulty(kube: Kube, fault: Callable[[str, str], tuple[int, str, bytes] | None
     return Kube(transport, attempts=4, backoff=0.001)
 
 
-def test_apply_creates_then_leaves_alone_then_patches(kube: Kube, api: Api, emulated: EmulatedCluster,
+def test_apply_creates_then_leaves_alone_then_patches(kube: Kube, api: Api, cluster: LocalCluster,
                                                       owner: Owner) -> None:
     desired = render_deployment(owner, SPEC, RuntimeDefaults("img:1"))
-    assert kube.get("apps/v1", "Deployment", "default", "svc") is None
+    assert kube.get("apps/v1", "Deployment", NS, "svc") is None
     created = kube.apply(desired)
     assert created.action == "created" and created.object["metadata"]["uid"]
-    start = audit_length(emulated)
+    start = len(cluster.audit())
     again = kube.apply(desired)
     assert again.action == "unchanged"
-    assert writes(emulated, start) == []  # reconciling twice sends no write at all
+    assert writes(cluster, start) == []  # reconciling twice sends no write at all
     changed = copy.deepcopy(desired)
     changed["spec"]["template"]["spec"]["containers"][0]["args"][1] = "video"
     patched = kube.apply(changed)
@@ -104,16 +112,16 @@ def test_fields_the_spec_dropped_are_removed(kube: Kube, api: Api, owner: Owner)
     without = render_deployment(owner, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}}),
                                 RuntimeDefaults("img:1"))
     assert kube.apply(without).action == "patched"
-    live = api.get(deployment_path("default", "svc"))
+    live = api.get(deployment_path(NS, "svc"))
     assert live is not None and "nodeSelector" not in live["spec"]["template"]["spec"]
     assert merge_patch_for(without, live) is None
 
 
 def test_extra_selector_keys_are_removed(kube: Kube, api: Api, owner: Owner) -> None:
     kube.apply(render_service(owner))
-    api.patch(service_path("default", "svc"), {"spec": {"selector": {"tier": "other"}}})
+    api.patch(service_path(NS, "svc"), {"spec": {"selector": {"tier": "other"}}})
     assert kube.apply(render_service(owner)).action == "patched"
-    live = api.get(service_path("default", "svc"))
+    live = api.get(service_path(NS, "svc"))
     assert live is not None and live["spec"]["selector"] == render_service(owner)["spec"]["selector"]
 
 
@@ -121,10 +129,10 @@ def test_created_by_someone_else_meanwhile_is_patched(kube: Kube, api: Api, owne
     desired = render_service(owner)
 
     def race(method: str, path: str) -> None:
-        if method == "POST" and api.get(service_path("default", "svc")) is None:
+        if method == "POST" and api.get(service_path(NS, "svc")) is None:
             stale = copy.deepcopy(desired)
             stale["spec"]["ports"] = stale["spec"]["ports"][:1]
-            api.create(service_path("default"), stale)  # a restarted operator's older copy
+            api.create(service_path(NS), stale)  # a restarted operator's older copy
 
     applied = faulty(kube, race).apply(desired)
     assert applied.action == "patched"
@@ -140,7 +148,7 @@ def test_deleted_by_someone_else_meanwhile_is_created_again(kube: Kube, api: Api
 
     def race(method: str, path: str) -> None:
         if method == "PATCH" and not deleted:
-            deleted.append(api.delete(service_path("default", "svc")) == 200)
+            deleted.append(api.delete(service_path(NS, "svc")) == 200)
 
     applied = faulty(kube, race).apply(changed)
     assert deleted == [True] and applied.action == "created"
@@ -154,14 +162,14 @@ def test_transient_errors_are_retried_and_others_are_not(kube: Kube, api: Api, o
         calls.append(method)
         return (503, "Service Unavailable", b'{"message": "etcd leader changed"}') if len(calls) <= 2 else None
 
-    assert faulty(kube, flaky).get("apps/v1", "Deployment", "default", "svc") is None
+    assert faulty(kube, flaky).get("apps/v1", "Deployment", NS, "svc") is None
     assert calls == ["GET", "GET", "GET"]
 
     def broken(method: str, path: str) -> tuple[int, str, bytes]:
         return 500, "Internal Server Error", b'{"message": "boom", "reason": "InternalError"}'
 
     with pytest.raises(ApiError, match="HTTP 500 InternalError: boom") as caught:
-        faulty(kube, broken).get("apps/v1", "Deployment", "default", "svc")
+        faulty(kube, broken).get("apps/v1", "Deployment", NS, "svc")
     assert caught.value.transient
 
     rejected: list[str] = []
@@ -185,7 +193,7 @@ def test_an_unreachable_server_is_a_transient_error() -> None:
     unreachable = Kube(kube_module._kubernetes_transport(client.ApiClient(configuration), 2), attempts=2,
                        backoff=0.001)
     with pytest.raises(ApiError) as caught:
-        unreachable.get("v1", "Service", "default", "x")
+        unreachable.get("v1", "Service", NS, "x")
     assert caught.value.status == 0 and caught.value.transient
 
 
@@ -194,15 +202,15 @@ def test_objects_of_others_are_never_taken_over(kube: Kube, api: Api, owner: Own
     foreign["metadata"]["labels"] = {"app": "theirs"}
     foreign["metadata"]["ownerReferences"][0].update(kind="Application", name="theirs",
                                                      uid=some_uid(api, "application-theirs"))
-    api.create(service_path("default"), foreign)
+    api.create(service_path(NS), foreign)
     with pytest.raises(ChildConflict, match="controlled by Application theirs"):
         kube.apply(render_service(owner))
 
 
 def test_children_of_a_deleted_namesake_wait_for_the_garbage_collector(kube: Kube, api: Api, owner: Owner) -> None:
     # The namesake is gone, but the garbage collector has not got to its children yet: a stand-in uid.
-    predecessor = Owner("svc", "default", some_uid(api, "namesake-stand-in"))
-    api.create(service_path("default"), render_service(predecessor))
+    predecessor = Owner("svc", NS, some_uid(api, "namesake-stand-in"))
+    api.create(service_path(NS), render_service(predecessor))
     with pytest.raises(ApiError, match="still belongs to a deleted InferenceService") as caught:
         kube.apply(render_service(owner))
     assert caught.value.status == 409
@@ -211,7 +219,7 @@ def test_children_of_a_deleted_namesake_wait_for_the_garbage_collector(kube: Kub
 def test_our_own_orphans_are_adopted(kube: Kube, api: Api, owner: Owner) -> None:
     orphan = render_service(owner)
     del orphan["metadata"]["ownerReferences"]
-    api.create(service_path("default"), orphan)
+    api.create(service_path(NS), orphan)
     applied = kube.apply(render_service(owner))
     assert applied.action == "patched"
     assert applied.object["metadata"]["ownerReferences"][0]["uid"] == owner.uid
@@ -219,9 +227,9 @@ def test_our_own_orphans_are_adopted(kube: Kube, api: Api, owner: Owner) -> None
 
 def test_remove_deletes_only_what_the_owner_controls(kube: Kube, api: Api, owner: Owner) -> None:
     ref = ChildRef("policy/v1", "PodDisruptionBudget", "svc")
-    assert kube.remove(ref, "default", owner.uid) is False  # nothing there
+    assert kube.remove(ref, NS, owner.uid) is False  # nothing there
     kube.apply(render_pdb(owner))
-    assert kube.remove(ref, "default", "someone-else") is False
-    assert kube.get(ref.api_version, ref.kind, "default", "svc") is not None
-    assert kube.remove(ref, "default", owner.uid) is True
-    assert kube.get(ref.api_version, ref.kind, "default", "svc") is None
+    assert kube.remove(ref, NS, "someone-else") is False
+    assert kube.get(ref.api_version, ref.kind, NS, "svc") is not None
+    assert kube.remove(ref, NS, owner.uid) is True
+    assert kube.get(ref.api_version, ref.kind, NS, "svc") is None

@@ -117,10 +117,11 @@ def test_the_default_base_is_the_tested_python_and_every_stage_uses_it(image: tu
 
 
 def test_dependencies_are_layered_before_the_code(image: tuple[str, Dockerfile]) -> None:
-    """A code change rebuilds only the last layer: the dependencies come from pyproject.toml alone."""
+    """A code change rebuilds only the last layer: the dependency layer sees only the pins."""
     _, dockerfile = image
     stages = {stage.name: stage for stage in dockerfile.stages}
-    assert stages["deps"].all("COPY") == ["pyproject.toml /src/pyproject.toml"]
+    assert stages["requirements"].all("COPY") == ["pyproject.toml /src/pyproject.toml"]
+    assert stages["deps"].all("COPY") == ["--from=requirements /requirements.txt /src/requirements.txt"]
     final = dockerfile.stages[-1]
     assert final.instructions[-2:] == [("COPY", "--from=deps /opt/kubeinfer /opt/kubeinfer"),
                                        ("COPY", "--from=project /out/ /opt/kubeinfer/")]

@@ -2,8 +2,9 @@
 
 scripts/images.py builds with buildah (no Docker engine) against a local debootstrap stand-in for the
 Dockerfiles' default base (built once, cached in buildah's storage) and runs with podman. The operator image is
-built and run on every run of the suite (~2-6 min; the base adds ~1.5 min the first time); the runtime image
-(torch with its CUDA wheels, ~7 GB, ~40 GB of vfs disk while building) is left to `make images`: see README,
+built and run on every run of the suite (~2-6 min; the base adds ~1.5 min the first time), and reconciles an
+InferenceService on the local control plane when that is built (~1 min); the runtime image
+(torch with its CUDA wheels, ~7 GB, ~50 GB of vfs disk while building) is left to `make images`: see README,
 "Container images". Needs root and buildah, podman, runc, debootstrap (scripts/install-test-tools.sh
 image_tools); where CI is set a missing tool fails the test instead of skipping it.
 """
@@ -47,6 +48,10 @@ def test_operator_image_builds_and_runs_as_the_chart_runs_it() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "built localhost/kubeinfer-operator:dev" in proc.stdout
     assert "`kubeinfer operator --help` ran as uid 10001 on a read-only root filesystem" in proc.stdout
+    # Where the local control plane is built (make cluster-build; the operator tests build it), the image also
+    # reconciles an InferenceService on it: the Deployment appears and the phase is reported.
+    assert ("operator: reconciled InferenceService demo on the local control plane" in proc.stdout
+            or "operator: the local control plane is not built" in proc.stdout), proc.stdout
     assert proc.stderr == ""
 
 
@@ -59,7 +64,7 @@ def test_a_missing_base_image_is_one_line_naming_the_image_and_the_step() -> Non
 
 def test_a_failing_run_step_is_one_line_naming_the_image_and_the_step(tmp_path: Path) -> None:
     original = (REPO / "Dockerfile.operator").read_text()
-    anchor = "FROM ${BASE_IMAGE} AS deps\n"
+    anchor = "FROM ${BASE_IMAGE} AS requirements\n"
     assert anchor in original
     broken = tmp_path / "Dockerfile.operator"
     broken.write_text(original.replace(anchor, anchor + "RUN echo unpacking && exit 3\n"))
@@ -67,6 +72,5 @@ def test_a_failing_run_step_is_one_line_naming_the_image_and_the_step(tmp_path: 
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"make images: operator: {broken} [1/3] STEP 2/")
-    assert ": RUN echo unpacking && exit 3 failed: exit status 3 (log: .cache/images/logs/operator-build.log)" \
-        in lines[0]
+    assert lines[0] == (f"make images: operator: {broken} [1/4] STEP 2/4: RUN echo unpacking && exit 3 failed: "
+                        "exit status 3 (log: .cache/images/logs/operator-build.log)")

@@ -46,7 +46,8 @@ from kubeinfer.operator.status import Observation, Problem, compute_status, stat
 
 CHILDREN = {MANAGED_BY_LABEL: MANAGER}
 RETRY_DELAY = 5.0  # seconds before kopf retries after a transient API failure
-SLOW_RETRY_DELAY = 60.0  # after a failure that needs a person (name conflict, forbidden)
+SLOW_RETRY_DELAY = 60.0  # after a failure that needs a person (a name conflict)
+REFUSED_RETRY_DELAY = 15.0  # after a 403: permissions or quota are often granted within seconds
 REJECTED_STATUSES = frozenset({400, 403, 422})  # the API server refused a child: retrying the same object won't help
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,12 @@ class Cache:
         return list(self._indices["runtime_pods"].get((namespace, owner), []))
 
 
+def _service_exists(memo: kopf.Memo, cache: Cache, namespace: str, name: str) -> bool:
+    """The ClusterIP Service the endpoint names exists: watched, or applied by this process."""
+    return (cache.child("Service", namespace, name, name) is not None
+            or ("Service", namespace, name) in memo["applied"])
+
+
 def _cache(kwargs: Mapping[str, Any]) -> Cache:
     return Cache({key: value for key, value in kwargs.items() if key.startswith(("cached_", "runtime_pods"))})
 
@@ -184,6 +191,8 @@ def inference_service_event(event: Mapping[str, Any], namespace: str, name: str,
         metrics.phase_book.forget(namespace, name)
         memo["problems"].pop((namespace, name), None)
         memo["statuses"].pop((namespace, name), None)
+        for child in [key for key in memo["applied"] if key[1] == namespace and key[2] in (name, f"{name}-pods")]:
+            memo["applied"].pop(child, None)
 
 
 @kopf.on.event("apps", "v1", "deployments", when=_owned)
@@ -226,7 +235,7 @@ def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> 
             _write_status(kube, memo, body, Observation(
                 name, namespace, previous.get("observedGeneration"), cache.deployment(namespace, name),
                 cache.pods(namespace, name), error=memo["problems"].get((namespace, name)), previous=previous,
-                now=_now()))
+                now=_now(), service_exists=_service_exists(memo, cache, namespace, name)))
         except ApiError as exc:
             if exc.status == 404:
                 return  # the resource went away meanwhile
@@ -279,7 +288,7 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: di
             assert body is not None
             _report_problem(kube, memo, body, cache, Problem("ChildRejected", str(exc)))
             if exc.error.status == 403:  # permissions or quota may be granted later; a 422 needs a new spec
-                raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
+                raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_DELAY) from exc
         except ApiError as exc:
             if exc.status == 404 and kube.get_inference_service(namespace, name) is None:
                 return  # deleted while being reconciled: nothing left to do
@@ -305,7 +314,8 @@ def _report_problem(kube: Kube, memo: kopf.Memo, body: dict[str, Any], cache: Ca
     previous = _last_status(memo, body)
     _write_status(kube, memo, body, Observation(name, namespace, previous.get("observedGeneration"),
                                                 cache.deployment(namespace, name), cache.pods(namespace, name),
-                                                error=problem, previous=previous, now=_now()))
+                                                error=problem, previous=previous, now=_now(),
+                                                service_exists=_service_exists(memo, cache, namespace, name)))
 
 
 def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: RuntimeDefaults, cache: Cache) -> None:

@@ -44,6 +44,7 @@ class Observation:
     # refused (ChildRejected). The caller then passes the previously observed generation, not the current one.
     error: Problem | None = None
     previous: Mapping[str, Any] | None = None  # the current status, for lastTransitionTime
+    service_exists: bool = True  # the ClusterIP Service the endpoint names (it may have been refused)
     now: str = ""  # RFC 3339, given by the caller so this module stays pure
 
 
@@ -103,7 +104,7 @@ def _phase(obs: Observation) -> tuple[str, str, str]:
     deployment = obs.deployment
     if obs.error is not None:
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-        if ready:  # the previous revision still serves
+        if ready and obs.service_exists:  # the previous revision still serves
             return "Degraded", obs.error.reason, f"{ready} replicas of the last applied spec serve; {obs.error.message}"
         return "Failed", obs.error.reason, obs.error.message
     if deployment is None:
@@ -155,7 +156,8 @@ def compute_status(obs: Observation) -> dict[str, Any]:
         condition["observedGeneration"] = obs.observed_generation
         status["observedGeneration"] = obs.observed_generation
     # The endpoint is published only while something answers there; None removes it (merge patch).
-    status["endpoint"] = endpoint(obs.name, obs.namespace) if status["readyReplicas"] > 0 else None
+    serving = status["readyReplicas"] > 0 and obs.service_exists
+    status["endpoint"] = endpoint(obs.name, obs.namespace) if serving else None
     return status
 
 

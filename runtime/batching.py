@@ -95,8 +95,18 @@ class DynamicBatcher(Generic[In, Out]):
         return len(self._queue)
 
     def reserve(self, count: int) -> Reservation:
-        """Announce ``count`` items about to be submitted (use as a context manager around decoding)."""
+        """Announce ``count`` items about to be submitted (use as a context manager around decoding).
+
+        The room is taken now: when the queue and the items already reserved leave none, Overloaded is
+        raised before the caller decodes anything.
+        """
         with self._cond:
+            if self._closed:
+                raise Unavailable("the runtime is shutting down")
+            if len(self._queue) + self._expected + count > self.max_queue_size:
+                raise Overloaded(
+                    f"inference queue is full ({len(self._queue)} images waiting, {self._expected} on their way, "
+                    f"limit {self.max_queue_size}); retry later")
             self._expected += count
             self._reservations_used = True
         return Reservation(self, count)

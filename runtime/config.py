@@ -14,6 +14,7 @@ from typing import Any
 TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
+DEFAULT_MAX_REQUEST_PIXELS = 200_000_000  # 5 of the largest images, or 200 full-HD frames: 600 MB decoded
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,9 @@ class ServeConfig:
     max_batch_delay_ms: float
     max_queue_size: int
     max_message_bytes: int
+    max_images_per_request: int
+    max_request_pixels: int
+    max_inflight_bytes: int
     workers: int
     grace_period: float
     shutdown_delay: float
@@ -78,6 +82,10 @@ class ServeConfig:
             (self.max_batch_delay_ms >= 0, "--max-batch-delay-ms must be >= 0"),
             (self.max_queue_size >= self.max_batch_size, "--max-queue-size must be >= --max-batch-size"),
             (self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024"),
+            (self.max_images_per_request >= 1, "--max-images-per-request must be at least 1"),
+            (self.max_request_pixels >= 1, "--max-request-pixels must be positive"),
+            (self.max_inflight_bytes >= self.max_message_bytes,
+             "--max-inflight-bytes must be at least --max-message-bytes"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (0.0 <= self.confidence <= 1.0, "--confidence must be in [0, 1]"),
@@ -146,6 +154,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_serving("max-queue-size", int, 1024,
                  "images waiting for the model before requests are refused (RESOURCE_EXHAUSTED)")
     flag_serving("max-message-bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC/HTTP message accepted or sent")
+    flag_serving("max-images-per-request", int, 256, "most images in one request (more: RESOURCE_EXHAUSTED / 413)")
+    flag_serving("max-request-pixels", int, DEFAULT_MAX_REQUEST_PIXELS,
+                 "most pixels of all a request's images together, read from their headers before decoding "
+                 "(more: RESOURCE_EXHAUSTED / 413)")
+    flag_serving("max-inflight-bytes", int, 4 * DEFAULT_MAX_MESSAGE_BYTES,
+                 "most request bytes being served at once, over both transports (more: RESOURCE_EXHAUSTED / 429)")
     flag_serving("workers", int, min(4, os.cpu_count() or 1), "threads decoding images and doing pre/post-processing")
     flag_serving("grace-period", float, 20.0, "seconds in-flight requests get to finish after SIGTERM")
     flag_serving("shutdown-delay", float, 2.0,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from kubeinfer import __version__
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.errors import Unavailable, WrongTask
-from kubeinfer.runtime.images import ImageInput
+from kubeinfer.runtime.errors import Overloaded, PayloadTooLarge, Unavailable, WrongTask
+from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Batching, ModelInfo
 from kubeinfer.runtime.specs import PipelineSpec
@@ -39,14 +39,35 @@ RPC_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+class ByteBudget:
+    """The request bytes being served at once, over every transport (--max-inflight-bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def acquire(self, size: int) -> int:
+        """Count ``size`` bytes in (release them with ``release``); Overloaded when they do not fit now."""
+        if self.used + size > self.limit:
+            raise Overloaded(f"{self.used} request bytes are being served, {size} more would pass the limit of "
+                             f"{self.limit} (--max-inflight-bytes); retry later")
+        self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
 class DataPlane:
-    """Holds the served task and the runtime's lifecycle state (loading, ready, draining)."""
+    """Holds the served task and the runtime's lifecycle state (loading, ready, draining), and checks each
+    request's limits before any work is done for it."""
 
     def __init__(self, config: ServeConfig, metrics: RuntimeMetrics) -> None:
         self.config = config
         self.metrics = metrics
         self.task: Task | None = None
         self.draining = False
+        self.request_bytes = ByteBudget(config.max_inflight_bytes)
 
     @property
     def ready(self) -> bool:
@@ -74,6 +95,19 @@ class DataPlane:
                             f"this one serves {self.config.task!r}")
         return self.task
 
+    def check_images(self, images: Sequence[ImageInput]) -> None:
+        """--max-images-per-request and --max-request-pixels (from headers), before anything is decoded."""
+        c = self.config
+        if len(images) > c.max_images_per_request:
+            raise PayloadTooLarge(f"the request holds {len(images)} images, the limit is "
+                                  f"{c.max_images_per_request} (--max-images-per-request)")
+        total = 0
+        for image in images:
+            total += declared_pixels(image)
+            if total > c.max_request_pixels:
+                raise PayloadTooLarge(f"the request's images hold more than {c.max_request_pixels} pixels together "
+                                      "(--max-request-pixels)")
+
     def model_info(self) -> ModelInfo:
         c = self.config
         info = ModelInfo(task=c.task, model_name=c.model_name, model_path=str(c.model or ""), device=c.device,
@@ -82,10 +116,14 @@ class DataPlane:
         return self.task.info(info) if self.task is not None else info
 
     async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        return await cast("DetectTask", self.served("Detect")).detect(images, overrides)
+        task = cast("DetectTask", self.served("Detect"))
+        self.check_images(images)
+        return await task.detect(images, overrides)
 
     async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
-        return await cast("ClassifyTask", self.served("Classify")).classify(images, top_k)
+        task = cast("ClassifyTask", self.served("Classify"))
+        self.check_images(images)
+        return await task.classify(images, top_k)
 
     async def classify_clip(self, frames: AsyncIterator[ClipFrameInput]) -> ClipResult:
         return await cast("ClassifyTask", self.served("ClassifyClip")).classify_clip(frames)
@@ -95,7 +133,9 @@ class DataPlane:
         return cast("StreamClassifyTask", self.served("StreamClassify")).stream(frames)
 
     async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
-        return await cast("RecognizeTask", self.served("Recognize")).recognize(images, overrides)
+        task = cast("RecognizeTask", self.served("Recognize"))
+        self.check_images(images)
+        return await task.recognize(images, overrides)
 
     def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
         """Processed frames of one ProcessVideo call, in order (an async generator: close it when done)."""

@@ -32,6 +32,21 @@ class ImageInput:
     channels: int = 3
 
 
+def declared_pixels(image: ImageInput) -> int:
+    """The pixels ``image`` says it has, from its header or raw shape, without decoding; 0 when unreadable
+    (decoding then names the problem)."""
+    if image.pixels is not None:
+        return max(0, image.height) * max(0, image.width)
+    if not image.encoded:
+        return 0
+    try:
+        with PILImage.open(io.BytesIO(image.encoded)) as header:
+            width, height = header.size
+    except Exception:
+        return 0
+    return int(width) * int(height)
+
+
 def decode(image: ImageInput, index: int, max_pixels: int, order: str = "bgr") -> np.ndarray:
     """Decode to uint8 HWC in ``order`` ("bgr" or "rgb"), refusing malformed or oversized images by ``index``."""
     if image.encoded is not None:

@@ -86,11 +86,13 @@ class Parameters:
 def _shown(value: Any) -> str:
     """A value as the error message shows it: the same whether it came typed (JSON, protobuf) or as text."""
     if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = value
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _number(name: str, value: Any) -> float:

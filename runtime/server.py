@@ -2,6 +2,11 @@
 
 Transports start first (health NOT_SERVING, /readyz 503) so probes answer while a
 large model loads; the model loads in a thread; SERVING follows the warm-up.
+
+On SIGTERM: NOT_SERVING and /readyz 503 at once, requests still served for --shutdown-delay;
+then both transports drain in parallel: new calls are refused and in-flight ones (gRPC calls and
+HTTP requests, uploads included) get one --grace-period, after which the rest are cancelled. The
+process exits within delay + grace + ``STOP_SECONDS``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from kubeinfer.runtime.config import ServeConfig
@@ -22,6 +28,7 @@ from kubeinfer.runtime.transports.grpc import GrpcTransport
 from kubeinfer.runtime.transports.http import HttpTransport
 
 log = logging.getLogger("kubeinfer.runtime")
+STOP_SECONDS = 0.5  # after the drain: how long the task's threads may take to stop before the process exits
 
 
 def serve(config: ServeConfig) -> int:
@@ -73,10 +80,16 @@ class Runtime:
         self.dataplane.begin_drain()
         await grpc_transport.announce_shutdown()
         await asyncio.sleep(config.shutdown_delay)
-        await grpc_transport.drain(config.grace_period)
-        await http_transport.stop()
-        await asyncio.to_thread(task.stop)
-        self.pool.shutdown(wait=True)
+        # one grace period for both transports, in parallel
+        await asyncio.gather(grpc_transport.drain(config.grace_period), http_transport.drain(config.grace_period))
+        stopper = threading.Thread(target=task.stop, name="task-stop", daemon=True)  # never holds up the exit
+        stopper.start()
+        deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+        while stopper.is_alive() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if stopper.is_alive():
+            log.warning("the model's threads did not stop within %.1fs; exiting anyway", STOP_SECONDS)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
         return 0
 

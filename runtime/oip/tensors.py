@@ -57,11 +57,28 @@ def check_datatype(name: str, datatype: str) -> np.dtype[Any]:
     return dtype
 
 
+MAX_DIMENSION = 2**31 - 1  # per dimension, and for the product of every non-zero dimension
+MAX_RANK = 8
+
+
 def check_shape(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
-    """A concrete shape: non-negative integers (-1 is for metadata only)."""
+    """A concrete shape: non-negative integers (-1 is for metadata only) that numpy can hold, even when another
+    dimension is zero (``[0, 10**18]`` holds no element but no array can have that shape)."""
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise invalid_argument(f"tensor {name!r}: shape {list(shape)} must hold non-negative integers")
+        raise invalid_argument(f"tensor {name!r}: shape {_shown(shape)} must hold non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"tensor {name!r}: shape {_shown(shape)} has more than {MAX_RANK} dimensions")
+    product = 1
+    for d in shape:
+        product *= max(1, d)
+        if product > MAX_DIMENSION:
+            raise invalid_argument(f"tensor {name!r}: shape {_shown(shape)} is too large")
     return tuple(int(d) for d in shape)
+
+
+def _shown(shape: Sequence[Any]) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def from_raw(name: str, datatype: str, shape: Sequence[Any], raw: bytes) -> Tensor:

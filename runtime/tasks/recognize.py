@@ -228,8 +228,9 @@ class RecognizeTask(Task):
     async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
         require_images(images)
         threshold, top_k = self.resolve(overrides)
-        prepared = await self.map_in_pool(self._prepare, images, range(len(images)))
-        vectors = await self.batcher.submit_many(prepared)
+        with self.batcher.reserve(len(images)) as reservation:
+            prepared = await self.map_in_pool(self._prepare, images, range(len(images)))
+            vectors = await self.batcher.submit_many(prepared, reservation)
         gallery = self._gallery  # one gallery for the whole request, whatever a reload does meanwhile
         results = await self.in_pool(match, gallery, np.stack(vectors), threshold, top_k)
         self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))

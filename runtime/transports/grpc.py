@@ -22,8 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.dataplane import DataPlane
-from kubeinfer.runtime.errors import InferenceError, StartupError, public_error
+from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
+from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument, public_error
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.transports import oip_grpc
 from kubeinfer.runtime.transports.observe import NATIVE_GRPC, OIP, Call, Route
@@ -44,9 +44,10 @@ async def send_error(context: grpc.aio.ServicerContext, error: InferenceError) -
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every method of the inference services (health and reflection pass untouched)."""
 
-    def __init__(self, metrics: RuntimeMetrics, protocols: Mapping[str, str]) -> None:
+    def __init__(self, metrics: RuntimeMetrics, protocols: Mapping[str, str], budget: ByteBudget | None = None) -> None:
         self.metrics = metrics
         self.protocols = dict(protocols)  # service full name -> protocol label
+        self.budget = budget  # request bytes in flight (unary requests; streams are bounded by their windows)
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
@@ -64,19 +65,29 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         for kind, make in kinds.items():
             behaviour = getattr(handler, kind)
             if behaviour is not None:
-                return make(self._wrap(behaviour, route, request_id),
-                            request_deserializer=handler.request_deserializer,
+                streaming = kind.startswith("stream_")
+                return make(self._wrap(behaviour, route, request_id, streaming),
+                            request_deserializer=_tolerant(handler.request_deserializer),
                             response_serializer=handler.response_serializer)
         return handler
 
-    def _wrap(self, behaviour: Callable[..., Any], route: Route, request_id: str | None) -> Callable[..., Any]:
+    def _wrap(self, behaviour: Callable[..., Any], route: Route, request_id: str | None,
+              request_streaming: bool) -> Callable[..., Any]:
         metrics = self.metrics
+
+        def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """Malformed messages become INVALID_ARGUMENT: at once for a unary request, when reached in a stream."""
+            if request_streaming:
+                return behaviour(_checked(request), context)
+            if isinstance(request, Malformed):
+                raise request.error()
+            return behaviour(request, context)
 
         if inspect.isasyncgenfunction(behaviour):
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = Call(metrics, route, request_id)
                 try:
-                    async with contextlib.aclosing(behaviour(request, context)) as responses:
+                    async with contextlib.aclosing(handle(request, context)) as responses:
                         async for response in responses:
                             yield response
                     call.finish("OK")
@@ -87,18 +98,56 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
             return streaming
 
+        budget = self.budget
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = Call(metrics, route, request_id)
+            held = 0
             try:
-                response = await behaviour(request, context)
+                if budget is not None and hasattr(request, "ByteSize"):
+                    held = budget.acquire(request.ByteSize())
+                response = await handle(request, context)
                 call.finish("OK")
                 return response
             except BaseException as exc:
                 await _fail(call, context, exc)
             finally:
+                if held and budget is not None:
+                    budget.release(held)
                 call.close()
 
         return unary
+
+
+class Malformed:
+    """A request message that is not valid protobuf (what the tolerant deserializer returns instead of raising)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InferenceError:
+        return invalid_argument(f"the request is not a valid protobuf message of its type: {self.reason}")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """gRPC answers a message its deserializer refuses with INTERNAL; this one hands the handler a Malformed."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Malformed):
+            raise request.error()
+        yield request
 
 
 async def _fail(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -172,7 +221,8 @@ class GrpcTransport:
 
     def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
         limit = config.max_message_bytes
-        interceptor = ObservingInterceptor(metrics, {SERVICE_NAME: NATIVE_GRPC, oip_grpc.SERVICE_NAME: OIP})
+        interceptor = ObservingInterceptor(metrics, {SERVICE_NAME: NATIVE_GRPC, oip_grpc.SERVICE_NAME: OIP},
+                                           dataplane.request_bytes)
         self.server = grpc.aio.server(interceptors=[interceptor], options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,10 +39,18 @@ from google.protobuf.message import Message
 
 from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
 from kubeinfer.runtime.detection import PARAMETERS as DETECT_PARAMETERS
 from kubeinfer.runtime.detection import DetectOverrides
-from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument, public_error, too_large
+from kubeinfer.runtime.errors import (
+    Cancelled,
+    Code,
+    InferenceError,
+    StartupError,
+    invalid_argument,
+    public_error,
+    too_large,
+)
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.parameters import Parameters
@@ -61,6 +70,29 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTES = web.AppKey("kubeinfer_routes", dict)  # aiohttp route -> how it is counted
 METRICS = web.AppKey("kubeinfer_metrics", RuntimeMetrics)
 LIMIT = web.AppKey("kubeinfer_max_message_bytes", int)
+
+
+class Requests:
+    """Every request whose handler runs (uploads included), so a drain can wait for them; not only counted ones."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+REQUESTS = web.AppKey("kubeinfer_requests", Requests)
+BUDGET = web.AppKey("kubeinfer_request_bytes", ByteBudget)
 
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler, observed: Route | None) -> None:
@@ -89,11 +121,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = app[ROUTES].get(request.match_info.route)
     call = Call(app[METRICS], route, request.headers.get("X-Request-Id")) if route is not None else None
     request_id = call.request_id if call is not None else "-"
+    requests = app[REQUESTS]
+    requests.enter()
+    held = 0
     try:
         try:
+            if call is not None and request.body_exists:
+                size = request.content_length if request.content_length is not None else app[LIMIT]
+                held = app[BUDGET].acquire(min(size, app[LIMIT]))
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             error = too_large(app[LIMIT])
+        except ConnectionResetError:  # the client went away mid-request (aiohttp's ClientConnectionResetError)
+            error = Cancelled()
         except web.HTTPException:  # aiohttp's own answers (404 of an unknown path, 405...)
             if call is not None:
                 call.finish("OK")
@@ -108,11 +148,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             if call is not None:
                 call.finish("OK")
                 response.headers["X-Request-Id"] = request_id
+            if requests.draining:
+                response.force_close()  # no further request on this connection
             return response
         if call is not None:
             call.finish(error.code.name)
-        return error_response(error, request_id)
+        answer = error_response(error, request_id)
+        if requests.draining:
+            answer.force_close()
+        return answer
     finally:
+        if held:
+            app[BUDGET].release(held)
+        requests.leave()
         if call is not None:
             call.close()
 
@@ -122,6 +170,8 @@ def build_app(config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics
     app[ROUTES] = {}
     app[METRICS] = metrics
     app[LIMIT] = config.max_message_bytes
+    app[REQUESTS] = Requests()
+    app[BUDGET] = dataplane.request_bytes
 
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "alive"})
@@ -257,6 +307,8 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         value = json.loads(data)
     except ValueError as exc:
         raise invalid_argument(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise invalid_argument(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise invalid_argument(f"{what} must be a JSON object")
     return value
@@ -277,8 +329,9 @@ def _b64_image(entry: Any, index: int) -> bytes:
 class HttpTransport:
     def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
         self.config = config
-        self.runner = web.AppRunner(build_app(config, dataplane, metrics), access_log=None,
-                                    shutdown_timeout=config.grace_period)
+        self.app = build_app(config, dataplane, metrics)
+        # the drain below waits the grace period itself; aiohttp's own wait then only cancels what is left
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -287,6 +340,20 @@ class HttpTransport:
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {self.config.host}:{self.config.http_port} for HTTP: {exc}") from exc
+
+    async def drain(self, grace: float) -> None:
+        """Stop listening; requests in progress (uploads still receiving their body included) get ``grace``
+        seconds, answered with ``Connection: close``; then the rest are cancelled and every connection closed.
+
+        (aiohttp's own shutdown stops reading from every connection first, which would cut uploads short.)
+        """
+        requests = self.app[REQUESTS]
+        requests.draining = True
+        for site in list(self.runner.sites):
+            await site.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(requests.idle.wait(), grace)
+        await self.runner.cleanup()
 
     async def stop(self) -> None:
         await self.runner.cleanup()

@@ -118,6 +118,8 @@ def parse_request(model_name: str, version: str, payload: bytes, header_length: 
         body = json.loads(payload[:json_length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise invalid_argument(f"the request's JSON is malformed: {exc}") from None
+    except RecursionError:
+        raise invalid_argument("the request's JSON is nested too deeply") from None
     body = _object(body, "the request")
     request_id = body.get("id", "")
     if not isinstance(request_id, str):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from localcluster import (  # noqa: E402
 )
 
 __all__ = ["FAILING_IMAGES", "LOCAL_NODE", "LOCAL_NODE_LABEL", "Api", "ClusterError", "Kubectl", "LocalCluster",
-           "new_namespace", "service_account_kubeconfig", "start_cluster"]
+           "install_crd", "new_namespace", "service_account_kubeconfig", "start_cluster",
+           "wait_established"]
 
 CRD_PATH = ROOT / "crds" / "inferenceservices.kubeinfer.io.yaml"
 
@@ -118,3 +120,22 @@ def service_account_kubeconfig(cluster: LocalCluster, namespace: str, name: str,
     assert status == 201, (status, body)
     return write_kubeconfig(path, cluster.server, cluster.pki, user={"token": body["status"]["token"]},
                             namespace=namespace)
+
+
+def wait_established(kubectl: Kubectl, *crds: str) -> None:
+    """Wait until the API server serves these CRDs (right after creation they may have no conditions yet, and
+    `kubectl wait` then errs instead of waiting)."""
+    names = [f"crd/{name}" for name in crds or ("inferenceservices.kubeinfer.io",)]
+    for _ in range(100):
+        done = kubectl("wait", "--for=condition=Established", *names, "--timeout=60s", check=False)
+        if done.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the CRDs never became Established: {done.stderr}")
+
+
+def install_crd(kubectl: Kubectl) -> str:
+    """Apply crds/ and wait until the API server serves InferenceServices; kubectl's output."""
+    applied = kubectl("apply", "-f", str(CRD_PATH))
+    wait_established(kubectl)
+    return applied.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, wait_established
 from operator_support import CRD_PATH, EXAMPLE_FILES, is_path, load_crd, load_yaml
 
 from kubeinfer.operator import spec as spec_module
@@ -42,7 +42,7 @@ def api(kube_cluster: LocalCluster) -> Api:
 def crd_applied(kubectl: Kubectl) -> str:
     """`kubectl apply -f crds/`, as the README says; its output."""
     applied = kubectl("apply", "-f", str(CRDS))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    wait_established(kubectl)
     return applied.stdout
 
 

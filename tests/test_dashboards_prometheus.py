@@ -2,7 +2,8 @@
 
 A real ``kubeinfer serve`` (the trained detector) is put under load from the gRPC client,
 bad requests included so error codes exist, and a real ``kubeinfer operator`` reconciles
-InferenceServices against the kmock API emulator. Prometheus (Debian's package) scrapes both
+InferenceServices on the local control plane (a real kube-apiserver, controllers and kwok nodes). Prometheus
+(Debian's package) scrapes both
 with a generated configuration. There is no Kubernetes discovery here, so each static target
 carries the ``__meta_kubernetes_*`` labels discovery would set, and the chart's own PodMonitor and
 ServiceMonitor (rendered by helm) are turned into the relabel rules the Prometheus Operator would
@@ -43,9 +44,9 @@ from chart_support import (
     sanitize,
     substitute,
 )
+from cluster_support import Api, Kubectl, LocalCluster, install_crd
 from conftest import fresh_images, png_bytes
-from kube_emulator import EmulatedCluster
-from operator_support import Api, OperatorProcess, eventually, is_path, load_crd, mark_deployment, write_kubeconfig
+from operator_support import OperatorProcess, eventually, is_path
 from runtime_support import RuntimeProcess, free_port
 
 from kubeinfer.clients import Client
@@ -110,42 +111,44 @@ def chart_monitors() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def operator_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Api]]:
-    """A real `kubeinfer operator` reconciling against the API emulator; yields its metrics address."""
+def operator_metrics(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory,
+                     ) -> Iterator[tuple[str, Api]]:
+    """A real `kubeinfer operator` reconciling on the local control plane; yields its metrics address."""
     workdir = tmp_path_factory.mktemp("operator")
-    cluster = EmulatedCluster().start()
-    api = Api(cluster.url)
-    api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", load_crd())
+    kubectl = Kubectl(kube_cluster.kubeconfig, workdir / "kube-cache")
+    install_crd(kubectl)
+    api = Api(kube_cluster)
     api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                       "metadata": {"name": RUNTIME_NAMESPACE}})
+    kube_cluster.add_models_claim(RUNTIME_NAMESPACE)
     port = free_port()
     operator = OperatorProcess(["--metrics-port", str(port), "--liveness-port", "0", "--listen-host", "127.0.0.1",
                                 "--runtime-image", "kubeinfer-runtime:test", "--namespace", RUNTIME_NAMESPACE],
-                               write_kubeconfig(workdir / "kubeconfig", cluster.url), workdir / "operator.log")
+                               kube_cluster.kubeconfig, workdir / "operator.log")
     try:
         yield f"127.0.0.1:{port}", api
     finally:
         operator.stop()
-        cluster.stop()
+        api.delete(f"/api/v1/namespaces/{RUNTIME_NAMESPACE}")
 
 
 def drive_operator(api: Api) -> None:
-    """Two InferenceServices: one becomes Ready (its Deployment reports ready), one has a spec that cannot work."""
+    """Two InferenceServices: one becomes Ready (its pod does), one fails to reconcile (its Service name is taken)."""
+    api.create(f"/api/v1/namespaces/{RUNTIME_NAMESPACE}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "broken"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "someone-else"}}})
     for name, spec in (("demo", {"task": "detect", "model": {"uri": "pvc://models/detector.pt"}}),
-                       ("broken", {"task": "classify", "model": {"uri": "pvc://models/classifier.onnx"}})):
+                       ("broken", {"task": "detect", "model": {"uri": "pvc://models/detector.pt"}})):
         api.create(is_path(RUNTIME_NAMESPACE), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
                                                 "metadata": {"name": name, "namespace": RUNTIME_NAMESPACE},
                                                 "spec": spec})
-    eventually(lambda: api.get(f"/apis/apps/v1/namespaces/{RUNTIME_NAMESPACE}/deployments/demo"), timeout=60,
-               what="the operator to create Deployment demo")
-    mark_deployment(api, RUNTIME_NAMESPACE, "demo", ready=1)
 
     def phases() -> tuple[str, str] | None:
         demo = (api.get(is_path(RUNTIME_NAMESPACE, "demo")) or {}).get("status", {}).get("phase")
         broken = (api.get(is_path(RUNTIME_NAMESPACE, "broken")) or {}).get("status", {}).get("phase")
         return (demo, broken) if (demo, broken) == ("Ready", "Failed") else None
 
-    eventually(phases, timeout=30, what="phases Ready and Failed")
+    eventually(phases, timeout=60, what="phases Ready and Failed")
 
 
 @pytest.fixture(scope="module")

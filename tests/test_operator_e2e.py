@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cluster_support import LOCAL_NODE, LOCAL_NODE_LABEL, Api, Kubectl, LocalCluster, new_namespace
+from cluster_support import LOCAL_NODE, LOCAL_NODE_LABEL, Api, Kubectl, LocalCluster, install_crd, new_namespace
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from operator_support import CRD_PATH, OperatorProcess, deployment_path, eventually, is_path, pod_path
+from operator_support import OperatorProcess, deployment_path, eventually, is_path, pod_path
 from runtime_support import free_port, runtime_env
 
 from kubeinfer.clients import Client
@@ -246,8 +246,7 @@ def test_apply_schedule_run_and_detect(kube_cluster: LocalCluster, tmp_path: Pat
                                        model_server: str) -> None:
     api = Api(kube_cluster)
     kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path / "kube-cache")
-    kubectl("apply", "-f", str(CRD_PATH))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    install_crd(kubectl)
     ns = new_namespace(api, "e2e")
     kubelet = LocalKubelet(api, tmp_path / "node", claims={}).start()
     operator = OperatorProcess(["--listen-host", "127.0.0.1", "--metrics-port", "0", "--liveness-port", "0",

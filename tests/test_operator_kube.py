@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from cluster_support import Api, Kubectl, LocalCluster
-from operator_support import CRD_PATH, deployment_path, is_path, service_path
+from cluster_support import Api, Kubectl, LocalCluster, install_crd
+from operator_support import deployment_path, is_path, service_path
 from runtime_support import free_port
 
 from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
@@ -27,8 +27,7 @@ CLIENT_AGENT = "OpenAPI-Generator/"  # the official client's user agent, as the 
 @pytest.fixture(scope="module")
 def cluster(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> LocalCluster:
     kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
-    kubectl("apply", "-f", str(CRD_PATH))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    install_crd(kubectl)
     api = Api(kube_cluster)
     api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     api.create(is_path(NS), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",

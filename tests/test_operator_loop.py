@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from cluster_support import FAILING_IMAGES, Api, Kubectl, LocalCluster, new_namespace
+from cluster_support import FAILING_IMAGES, Api, Kubectl, LocalCluster, install_crd, new_namespace
 from localcluster import SLOW_IMAGE
 from operator_support import (
-    CRD_PATH,
     EXAMPLES,
     OperatorProcess,
     deployment_path,
@@ -83,8 +82,7 @@ class Operator:
 @pytest.fixture(scope="module")
 def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
-    kubectl("apply", "-f", str(CRD_PATH))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    install_crd(kubectl)
     return kubectl
 
 

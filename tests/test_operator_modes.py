@@ -24,7 +24,7 @@ from cluster_operator_support import (
     username,
     wait,
 )
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
 from operator_support import CRD_PATH, EXAMPLES, deployment_path, is_path, load_yaml
 
 from kubeinfer.operator.kube import PEERING_RBAC_RULES, RBAC_RULES
@@ -45,8 +45,8 @@ def api(kube_cluster: LocalCluster) -> Api:
 def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
     kubectl("apply", "-f", str(CRD_PATH), "-f", str(PEERING_CRDS))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io",
-            "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    wait_established(kubectl, "inferenceservices.kubeinfer.io", "clusterkopfpeerings.kopf.dev",
+                     "kopfpeerings.kopf.dev")
     return kubectl
 
 

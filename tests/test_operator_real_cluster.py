@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from operator_support import CRD_PATH, EXAMPLES, Kubectl, OperatorProcess, eventually
+from cluster_support import Kubectl, wait_established
+from operator_support import CRD_PATH, EXAMPLES, OperatorProcess, eventually
 
 from kubeinfer.clients import Client
 from kubeinfer.runtime.demo_models import synthetic_image
@@ -42,7 +43,7 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
 @pytest.fixture(scope="module")
 def namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl("apply", "-f", str(CRD_PATH))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.kubeinfer.io", "--timeout=60s")
+    wait_established(kubectl)
     name = f"kubeinfer-e2e-{secrets.token_hex(3)}"
     kubectl("create", "namespace", name)
     yield name

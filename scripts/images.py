@@ -109,8 +109,12 @@ def run_logged(image: str, step: str, command: Sequence[str], log_name: str, tim
     return text
 
 
-def capture(command: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+def capture(command: Sequence[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run and capture; with vfs, starting a container copies the whole image first (a minute for the runtime)."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Failure(f"{shorten(shlex.join(command), 120)} took over {timeout:.0f} s") from None
 
 
 def image_id(name: str) -> str | None:
@@ -437,7 +441,7 @@ def run_runtime() -> None:
             volumes[volume["name"]] = path
         for init in pod.get("initContainers", []):
             command = [*PODMAN, "run", "--rm", *podman_run_args(pod, init, volumes), *init["args"]]
-            proc = capture(command, timeout=300)
+            proc = capture(command)
             described = shlex.join(init["command"] + init["args"])
             if proc.returncode != 0:
                 raise Failure(f"runtime: init container '{init['name']}' ({shorten(described, 80)}) exited with "
@@ -457,7 +461,7 @@ def run_runtime() -> None:
         wait_ready(name, http_port, start)
         say(f"runtime: `kubeinfer serve {shorten(shlex.join(args), 100)}` ready in {time.monotonic() - start:.0f} s")
         exercise(grpc_port)
-        stop = capture([*PODMAN, "stop", "--time", "60", name], timeout=120)
+        stop = capture([*PODMAN, "stop", "--time", "60", name])
         code = capture([*PODMAN, "inspect", "--format", "{{.State.ExitCode}}", name]).stdout.strip()
         if stop.returncode != 0 or code != "0":
             logs = capture([*PODMAN, "logs", name])
@@ -521,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dockerfiles[name] = Path(path).resolve()
     pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
     total = time.monotonic()
+    name = "setup"
     try:
         check_tools()
         base = args.base_image or ensure_base()
@@ -541,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     say("operator: the local control plane is not built (make cluster-build): not run against it")
     except Failure as failure:
         print(f"make images: {failure}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # a client or API error while exercising a container: still one line
+        print(f"make images: {name}: {type(exc).__name__}: {shorten(last_line(str(exc)))}", file=sys.stderr,
+              flush=True)
         return 1
     say(f"done in {time.monotonic() - total:.0f} s: {', '.join(IMAGES[name] for name in names)}")
     return 0

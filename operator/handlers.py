@@ -363,7 +363,7 @@ def _write_status(kube: Kube, memo: kopf.Memo, body: Mapping[str, Any], observat
         return
     kube.patch_status(observation.namespace, observation.name, status)
     memo["statuses"][(observation.namespace, observation.name)] = {k: v for k, v in status.items() if v is not None}
-    if previous.get("phase") != status["phase"]:
+    if previous.get("phase") != status["phase"] and status["phase"] != "Pending":  # Pending: the Created event
         condition = status["conditions"][0]
         message = f"{status['phase']}: {condition['message']}"
         if status["phase"] in ("Degraded", "Failed"):

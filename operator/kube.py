@@ -122,7 +122,11 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-        api = client.ApiClient(client.Configuration.get_default_copy())
+        configuration = client.Configuration.get_default_copy()
+        # One connection per handler thread (kopf runs sync handlers in a pool): a smaller pool discards
+        # connections under a burst and pays a TLS handshake for each new one.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
+        api = client.ApiClient(configuration)
         return cls(_kubernetes_transport(api, timeout))
 
     # -- raw calls -----------------------------------------------------------------------------------------

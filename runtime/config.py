@@ -42,6 +42,12 @@ class ServeConfig:
     workers: int
     grace_period: float
     shutdown_delay: float
+    http_keepalive_timeout: float
+    http_body_timeout: float
+    grpc_max_connection_idle: float
+    grpc_max_connection_age: float
+    grpc_max_connection_age_grace: float
+    grpc_min_ping_interval: float
     confidence: float
     iou: float
     max_detections: int
@@ -88,6 +94,10 @@ class ServeConfig:
              "--max-inflight-bytes must be at least --max-message-bytes"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
+            (self.http_keepalive_timeout > 0 and self.http_body_timeout > 0,
+             "--http-keepalive-timeout and --http-body-timeout must be positive"),
+            (min(self.grpc_max_connection_idle, self.grpc_max_connection_age, self.grpc_max_connection_age_grace,
+                 self.grpc_min_ping_interval) >= 0, "the --grpc-* connection settings must be >= 0"),
             (0.0 <= self.confidence <= 1.0, "--confidence must be in [0, 1]"),
             (0.0 <= self.iou <= 1.0, "--iou must be in [0, 1]"),
             (1 <= self.max_detections <= 1000, "--max-detections must be in 1..1000"),
@@ -166,6 +176,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted, "
                  "so load balancers stop routing here first")
     flag_serving("log-level", str, "info", "debug, info, warning or error")
+
+    connections = parser.add_argument_group("connections")
+    flag_conn = _grouped(connections)
+    flag_conn("http-keepalive-timeout", float, 75.0,
+              "seconds an idle HTTP connection stays open; also the longest a request's headers may take")
+    flag_conn("http-body-timeout", float, 60.0,
+              "seconds a request body may take to arrive, from its headers on (slower: 408)")
+    flag_conn("grpc-max-connection-idle", float, 0.0,
+              "seconds without calls after which a gRPC connection is closed (GOAWAY); 0: never")
+    flag_conn("grpc-max-connection-age", float, 0.0,
+              "seconds after which a gRPC connection is closed, so clients reconnect and rebalance; 0: never")
+    flag_conn("grpc-max-connection-age-grace", float, 30.0,
+              "seconds calls on a connection past its age get to finish before it is closed")
+    flag_conn("grpc-min-ping-interval", float, 10.0,
+              "fewest seconds between client keep-alive pings; faster pingers are sent GOAWAY")
 
     detect = parser.add_argument_group("detect")
     flag_detect = _grouped(detect)

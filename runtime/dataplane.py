@@ -110,8 +110,9 @@ class DataPlane:
 
     def model_info(self) -> ModelInfo:
         c = self.config
-        info = ModelInfo(task=c.task, model_name=c.model_name, model_path=str(c.model or ""), device=c.device,
-                         version=__version__,
+        # the file's name, never its path: clients have no business with the server's file system
+        info = ModelInfo(task=c.task, model_name=c.model_name, model_path=c.model.name if c.model else "",
+                         device=c.device, version=__version__,
                          batching=Batching(c.max_batch_size, c.max_batch_delay_ms, c.max_queue_size))
         return self.task.info(info) if self.task is not None else info
 

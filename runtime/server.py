@@ -67,6 +67,16 @@ class Runtime:
             self.pool.shutdown(wait=False, cancel_futures=True)
             raise
         task.start()
+        try:
+            await task.warm_up()
+        except BaseException as exc:
+            await asyncio.to_thread(task.stop)
+            await grpc_transport.drain(0)
+            await http_transport.stop()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(exc, Exception):
+                raise StartupError(f"{config.model}: the warm-up request failed: {exc}") from exc
+            raise
         self.dataplane.attach(task)
         info = self.dataplane.model_info()
         self.metrics.build.labels(config.model_name).info(

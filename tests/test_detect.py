@@ -127,7 +127,7 @@ def test_model_info_describes_the_served_model(detect_runtime: RuntimeProcess, d
         assert client.health() == "SERVING"
         assert client.health("kubeinfer.v1.Inference") == "SERVING"
     assert (info.task, info.model_name, info.model_format) == ("detect", "rects", "pytorch")
-    assert info.model_path == str(detector_model)
+    assert info.model_path == detector_model.name  # the file's name, not the server's path
     assert info.labels == ["rectangle"] and info.input_size == 128 and info.device == "cpu"
     assert (info.max_batch_size, info.max_batch_delay_ms) == (16, 5.0)
     assert info.confidence == pytest.approx(0.25) and info.iou == pytest.approx(0.45)

@@ -147,7 +147,7 @@ def test_similarities_are_cosines_of_the_raw_encoder_outputs(base_data_runtime: 
 @pytest.mark.parametrize(("threshold", "top_k", "message"), [
     (1.5, None, "threshold must be in [-1.0, 1.0], got 1.5"),
     (-1.01, None, "threshold must be in [-1.0, 1.0]"),
-    (float("nan"), None, "threshold must be in [-1.0, 1.0], got nan"),
+    (float("nan"), None, "parameter 'threshold' must be finite, got NaN"),
     (None, 0, "top_k must be in [1, 1000], got 0"),
     (None, 1001, "top_k must be in [1, 1000], got 1001"),
 ])

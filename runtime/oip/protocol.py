@@ -60,6 +60,7 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)  # REST only: the gRPC message has no such field
 
 
 class Frontend:
@@ -92,7 +93,9 @@ class Frontend:
         self.check_model(name, version)
         outputs = self.mapping.outputs if self.mapping else ()
         inputs = INPUTS if self.mapping else ()
-        return ModelMetadata(self.model_name, (MODEL_VERSION,), f"kubeinfer_{self.task}", inputs, outputs)
+        info = self.dataplane.model_info()
+        parameters = {"model_file": info.model_path, "model_format": info.model_format}
+        return ModelMetadata(self.model_name, (MODEL_VERSION,), f"kubeinfer_{self.task}", inputs, outputs, parameters)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         self.check_model(request.model_name, request.model_version)

@@ -41,6 +41,16 @@ class Task(ABC):
     def info(self, base: ModelInfo) -> ModelInfo:
         """``base`` (the runtime's part) with this task's fields filled in."""
 
+    async def warm_up(self) -> None:
+        """Run the whole request path (decode, preprocessing, the model at batch sizes 1 and --max-batch-size,
+        postprocessing) on a synthetic image before the runtime reports ready; a failure stops the start."""
+        image = warm_up_image()
+        for size in sorted({1, self.config.max_batch_size}):
+            await self.serve_warm_up([image] * size)
+
+    async def serve_warm_up(self, images: list[ImageInput]) -> None:  # noqa: B027 - tasks without a model skip it
+        """One synthetic request of ``images`` through the task's own path."""
+
     def reload(self) -> None:  # noqa: B027 - optional hook, most tasks have nothing to reload
         """Re-read files that may change while serving (SIGHUP)."""
 
@@ -62,6 +72,18 @@ class Task(ABC):
     def decode(self, image: ImageInput, index: int, order: str = "bgr") -> np.ndarray:
         """Decode one request image with the runtime's pixel guard (runs in the pool)."""
         return decode(image, index, self.config.max_image_pixels, order)
+
+
+def warm_up_image(side: int = 96) -> ImageInput:
+    """A JPEG with some structure (a gradient and a block), decoded like any request image."""
+    import cv2
+
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[:, :, 0] = np.linspace(0, 255, side, dtype=np.uint8)
+    pixels[side // 4:side // 2, side // 4:side // 2] = 255
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    assert ok
+    return ImageInput(encoded=encoded.tobytes())
 
 
 def require_images(images: Sequence[ImageInput]) -> None:

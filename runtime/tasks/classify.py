@@ -151,6 +151,9 @@ class ClassifyTask(Task):
                                               range(first_index, first_index + len(images)))
             return await self.batcher.submit_many(prepared, reservation)
 
+    async def serve_warm_up(self, images: list[ImageInput]) -> None:
+        await self.classify(images, None)
+
     # -- RPCs
 
     async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:

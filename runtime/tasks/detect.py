@@ -36,6 +36,9 @@ class DetectTask(Task):
         return replace(base, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
                        segmentation=model.segmentation, thresholds=self.detector.thresholds())
 
+    async def serve_warm_up(self, images: list[ImageInput]) -> None:
+        await self.detect(images, DetectOverrides())
+
     def _prepare(self, image: ImageInput, index: int) -> Letterboxed:
         return self.detector.prepare(self.decode(image, index))
 

@@ -221,6 +221,9 @@ class RecognizeTask(Task):
         check_range("top_k", top_k, 1, MAX_TOP_K)
         return float(threshold), int(top_k)
 
+    async def serve_warm_up(self, images: list[ImageInput]) -> None:
+        await self.recognize(images, RecognizeOverrides())
+
     def _prepare(self, image: ImageInput, index: int) -> np.ndarray:
         order = self.encoder.input_order
         return self.encoder.preprocess(self.decode(image, index, order), order)

@@ -216,20 +216,38 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 yield codec.video_file_event_to_proto(event)
 
 
+def server_options(config: ServeConfig) -> list[tuple[str, int]]:
+    """Message limits and connection hygiene: idle and aged connections closed (GOAWAY), pings policed."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    limit = config.max_message_bytes
+    ping = ms(config.grpc_min_ping_interval)
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", ping),
+        ("grpc.http2.min_ping_interval_without_data_ms", ping),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if config.grpc_max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(config.grpc_max_connection_idle)))
+    if config.grpc_max_connection_age > 0:
+        options += [("grpc.max_connection_age_ms", ms(config.grpc_max_connection_age)),
+                    ("grpc.max_connection_age_grace_ms", ms(config.grpc_max_connection_age_grace))]
+    return options
+
+
 class GrpcTransport:
     """The grpc.aio server with the inference services (native and OIP), health and reflection."""
 
     def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> None:
-        limit = config.max_message_bytes
         interceptor = ObservingInterceptor(metrics, {SERVICE_NAME: NATIVE_GRPC, oip_grpc.SERVICE_NAME: OIP},
                                            dataplane.request_bytes)
-        self.server = grpc.aio.server(interceptors=[interceptor], options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ])
+        self.server = grpc.aio.server(interceptors=[interceptor], options=server_options(config))
         self.health = health.aio.HealthServicer()
         pb_grpc.add_InferenceServicer_to_server(InferenceServicer(dataplane), self.server)
         oip_grpc.add_to_server(self.server, dataplane)

@@ -30,7 +30,7 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -165,6 +165,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             call.close()
 
 
+@contextlib.asynccontextmanager
+async def body_deadline(seconds: float) -> AsyncIterator[None]:
+    """A request body that takes longer than ``seconds`` to arrive is answered 408 (--http-body-timeout)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise InferenceError(Code.DEADLINE_EXCEEDED, f"the request body did not arrive within {seconds:g}s "
+                                                     "(--http-body-timeout)", http_status=408) from None
+
+
 def build_app(config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes, middlewares=[observe])
     app[ROUTES] = {}
@@ -190,7 +201,7 @@ def build_app(config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics
     add_route(app, "GET", "/readyz", readyz, None)
     add_route(app, "GET", "/metrics", metrics_page, None)
     add_v1_routes(app, config, dataplane)
-    oip_http.add_routes(app, dataplane, add_route)
+    oip_http.add_routes(app, dataplane, add_route, body_deadline)
     return app
 
 
@@ -232,7 +243,8 @@ def add_v1_route(app: web.Application, config: ServeConfig, dataplane: DataPlane
 
     async def endpoint(request: web.Request) -> web.Response:
         dataplane.served(rpc_name)
-        images, values = await _read_body(request, config.max_message_bytes)
+        async with body_deadline(config.http_body_timeout):
+            images, values = await _read_body(request, config.max_message_bytes)
         params = Parameters(values)
         params.check_known(accepted, path)
         message = await handler(dataplane, images, params)
@@ -331,7 +343,8 @@ class HttpTransport:
         self.config = config
         self.app = build_app(config, dataplane, metrics)
         # the drain below waits the grace period itself; aiohttp's own wait then only cancels what is left
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1,
+                                    keepalive_timeout=config.http_keepalive_timeout)
 
     async def start(self) -> None:
         await self.runner.setup()

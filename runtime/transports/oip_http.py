@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.oip import tensors
 from kubeinfer.runtime.oip.mappings import ParameterValue, TensorSpec
-from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput
+from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, ModelMetadata, RequestedOutput
 from kubeinfer.runtime.oip.tensors import Tensor
 from kubeinfer.runtime.transports.observe import OIP, Route
 
@@ -162,16 +163,17 @@ def response_body(request: InferRequest, response: InferResponse) -> tuple[bytes
     return (b"".join([head, *blobs]), len(head)) if blobs else (head, None)
 
 
-def _metadata_body(name: str, versions: tuple[str, ...], platform: str, inputs: tuple[TensorSpec, ...],
-                   outputs: tuple[TensorSpec, ...]) -> dict[str, Any]:
+def _metadata_body(meta: ModelMetadata) -> dict[str, Any]:
     def spec(s: TensorSpec) -> dict[str, Any]:
         return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
 
-    return {"name": name, "versions": list(versions), "platform": platform,
-            "inputs": [spec(s) for s in inputs], "outputs": [spec(s) for s in outputs]}
+    return {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+            "inputs": [spec(s) for s in meta.inputs], "outputs": [spec(s) for s in meta.outputs],
+            "parameters": dict(meta.parameters)}
 
 
-def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute) -> None:
+def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute,
+               body_deadline: Callable[[float], AbstractAsyncContextManager[None]]) -> None:
     """Register the /v2 routes on ``app`` with the HTTP transport's ``add_route`` (counted as "http:<RPC>")."""
     frontend = Frontend(dataplane)
 
@@ -188,7 +190,7 @@ def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute) 
 
     async def model_metadata(request: web.Request) -> web.Response:
         meta = frontend.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
-        return json_response(_metadata_body(meta.name, meta.versions, meta.platform, meta.inputs, meta.outputs))
+        return json_response(_metadata_body(meta))
 
     async def model_ready(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -198,7 +200,8 @@ def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute) 
     async def infer(request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
         frontend.check_model(name, version)  # 404 before reading a large body
-        payload = await request.read()  # over --max-message-bytes: the middleware answers 413
+        async with body_deadline(dataplane.config.http_body_timeout):
+            payload = await request.read()  # over --max-message-bytes: the middleware answers 413
         parsed = parse_request(name, version, payload, request.headers.get(HEADER_LENGTH))
         body, json_length = response_body(parsed, await frontend.infer(parsed))
         if json_length is None:

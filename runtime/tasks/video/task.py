@@ -13,6 +13,7 @@ no longer counted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -33,7 +34,7 @@ from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argumen
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.specs import PipelineSpec
+from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.video.ops import (
     OPERATIONS,
@@ -117,6 +118,13 @@ class VideoTask(Task):
         model = self.detector.model
         return replace(info, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
                        thresholds=self.detector.thresholds())
+
+    async def serve_warm_up(self, images: list[ImageInput]) -> None:
+        """The frame path: every OpenCV operation, and the detector when there is one."""
+        pipeline = self.pipeline(PipelineSpec(tuple(OpSpec.of(n, {"width": 64} if n == "resize" else None)
+                                                    for n in self.operations)))
+        results = await asyncio.gather(*(self._run(pipeline, i, image) for i, image in enumerate(images)))
+        assert all(r.jpeg for r in results)
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         return parse_pipeline(spec, detector=self.detector, faces=self.faces,

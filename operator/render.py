@@ -22,6 +22,12 @@ FETCH_CONTAINER = "fetch"
 PVC_ROOT = "/kubeinfer/pvc"
 FETCH_ROOT = "/kubeinfer/fetched"
 RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable by it
+# The runtime's drain on SIGTERM: SHUTDOWN_DELAY seconds reporting NOT_SERVING while still serving (endpoints and
+# load balancers stop routing), then GRACE_PERIOD seconds for in-flight calls; it exits within their sum plus a
+# second. The kubelet's SIGKILL must come later than that: TERMINATION_GRACE adds a margin.
+SHUTDOWN_DELAY = 5
+GRACE_PERIOD = 20
+TERMINATION_GRACE = SHUTDOWN_DELAY + GRACE_PERIOD + 5
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -177,6 +183,7 @@ def runtime_args(spec: ServiceSpec, name: str, paths: dict[str, str]) -> list[st
              "--max-message-bytes", str(spec.max_message_bytes), "--workers", str(spec.workers)]
     if spec.gpus > 0:
         args += ["--device", "cuda"]
+    args += ["--shutdown-delay", str(SHUTDOWN_DELAY), "--grace-period", str(GRACE_PERIOD)]
     args += ["--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)]
     return args
 
@@ -273,7 +280,7 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the runtime never talks to the API
         "enableServiceLinks": False,  # a Service named kubeinfer-* would inject KUBEINFER_* variables
-        "terminationGracePeriodSeconds": 30,  # the runtime drains in-flight requests for 20 s on SIGTERM
+        "terminationGracePeriodSeconds": TERMINATION_GRACE,  # longer than the runtime's whole drain
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
                             "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],

@@ -135,6 +135,14 @@ def test_pod_is_hardened_probed_and_scraped() -> None:
                       "app.kubernetes.io/managed-by": "kubeinfer-operator", "kubeinfer.io/inferenceservice": "svc"}
 
 
+def test_the_kubelet_waits_longer_than_the_runtime_drains() -> None:
+    deployment = children({"task": "detect", "model": {"uri": "/models/m.pt"}})["Deployment/svc"]
+    pod = deployment["spec"]["template"]["spec"]
+    parsed = serve_args(pod["containers"][0]["args"])
+    # The runtime exits within shutdown delay + grace period + 1 s; SIGKILL must not come before.
+    assert pod["terminationGracePeriodSeconds"] >= parsed.shutdown_delay + parsed.grace_period + 2
+
+
 def test_services_expose_grpc_and_http_and_the_headless_one_lists_pods() -> None:
     objs = children({"task": "detect", "model": {"uri": "/models/m.pt"}})
     service, headless = objs["Service/svc"], objs["Service/svc-pods"]

@@ -25,14 +25,15 @@ CLIENT_AGENT = "OpenAPI-Generator/"  # the official client's user agent, as the 
 
 
 @pytest.fixture(scope="module")
-def cluster(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> LocalCluster:
+def cluster(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
     install_crd(kubectl)
     api = Api(kube_cluster)
     api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     api.create(is_path(NS), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
                              "metadata": {"name": "svc"}, "spec": {"task": "video"}})
-    return kube_cluster
+    yield kube_cluster
+    api.delete(f"/api/v1/namespaces/{NS}")  # later operators in the run must not find this resource
 
 
 @pytest.fixture()

@@ -63,6 +63,8 @@ MIRROR = "http://deb.debian.org/debian"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 IMAGES = {"operator": "localhost/kubeinfer-operator:dev", "runtime": "localhost/kubeinfer-runtime:dev"}
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
+# The one line `kubeinfer serve`/`fetch`/`operator` prints before exiting 1 (its cause may span more lines).
+KUBEINFER_ERROR = r"^kubeinfer [\w-]+: "
 RUNTIME_MIN_FREE_GB = 25  # vfs copies every layer in full: a first runtime build peaked at ~48 GB, a rebuild ~20 GB
 
 
@@ -342,7 +344,7 @@ def reconcile_with_cluster() -> None:
                 if running.stdout.split()[:1] == ["false"]:
                     logs = capture([*PODMAN, "logs", name])
                     raise Failure(f"operator: container exited with {running.stdout.split()[-1]} against the local "
-                                  f"control plane: {shorten(last_line(logs.stdout + logs.stderr))}")
+                                  f"control plane: {shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
                 try:
                     deployment = apps.read_namespaced_deployment("demo", "default")
                     break
@@ -352,7 +354,7 @@ def reconcile_with_cluster() -> None:
                 if time.monotonic() > deadline:
                     logs = capture([*PODMAN, "logs", name])
                     raise Failure(f"operator: no Deployment for InferenceService demo within 180 s: "
-                                  f"{shorten(last_line(logs.stdout + logs.stderr))}")
+                                  f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
                 time.sleep(1)
             image = deployment.spec.template.spec.containers[0].image
             if image != IMAGES["runtime"]:
@@ -445,7 +447,7 @@ def run_runtime() -> None:
             described = shlex.join(init["command"] + init["args"])
             if proc.returncode != 0:
                 raise Failure(f"runtime: init container '{init['name']}' ({shorten(described, 80)}) exited with "
-                              f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout))}")
+                              f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout, KUBEINFER_ERROR))}")
             say(f"runtime: init container '{init['name']}' ran: {shorten(described, 110)}")
     (container,) = pod["containers"]
     grpc_port, http_port = free_port(), free_port()
@@ -466,7 +468,7 @@ def run_runtime() -> None:
         if stop.returncode != 0 or code != "0":
             logs = capture([*PODMAN, "logs", name])
             raise Failure(f"runtime: container 'runtime' exited with {code} on SIGTERM (expected 0): "
-                          f"{shorten(last_line(logs.stdout + logs.stderr))}")
+                          f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
         say("runtime: SIGTERM drained and exited 0")
     finally:
         capture([*PODMAN, "rm", "--force", name])
@@ -479,7 +481,7 @@ def wait_ready(name: str, http_port: int, start: float, timeout: float = 300) ->
         if state.split()[:1] == ["false"]:
             logs = capture([*PODMAN, "logs", name])
             raise Failure(f"runtime: container 'runtime' (kubeinfer serve) exited with {state.split()[-1]} at start: "
-                          f"{shorten(last_line(logs.stdout + logs.stderr))}")
+                          f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
         with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
                 f"http://127.0.0.1:{http_port}/readyz", timeout=2) as response:
             if response.status == 200:

@@ -3,10 +3,10 @@
 scripts/images.py builds with buildah (no Docker engine) against a local debootstrap stand-in for the
 Dockerfiles' default base (built once, cached in buildah's storage) and runs with podman. The operator image is
 built and run on every run of the suite (~2-6 min; the base adds ~1.5 min the first time), and reconciles an
-InferenceService on the local control plane when that is built (~1 min); the runtime image
-(torch with its CUDA wheels, ~7 GB, ~50 GB of vfs disk while building) is left to `make images`: see README,
-"Container images". Needs root and buildah, podman, runc, debootstrap (scripts/install-test-tools.sh
-image_tools); where CI is set a missing tool fails the test instead of skipping it.
+InferenceService on the local control plane when that is built (~1 min). The runtime image (torch with its CUDA
+wheels, ~7 GB, ~50 GB of vfs disk while building) is left to `make images` (README, "Container images");
+KUBEINFER_TEST_RUNTIME_IMAGE=1 adds it here. Needs root and buildah, podman, runc, debootstrap
+(scripts/install-test-tools.sh image_tools); where CI is set a missing tool fails the test instead of skipping it.
 """
 
 from __future__ import annotations
@@ -74,3 +74,15 @@ def test_a_failing_run_step_is_one_line_naming_the_image_and_the_step(tmp_path: 
     assert len(lines) == 1, proc.stderr
     assert lines[0] == (f"make images: operator: {broken} [1/4] STEP 2/4: RUN echo unpacking && exit 3 failed: "
                         "exit status 3 (log: .cache/images/logs/operator-build.log)")
+
+
+@pytest.mark.skipif(not os.environ.get("KUBEINFER_TEST_RUNTIME_IMAGE"),
+                    reason="the runtime image (~20 min, ~50 GB of disk) is built by `make images`; "
+                           "KUBEINFER_TEST_RUNTIME_IMAGE=1 adds it to the suite")
+def test_runtime_image_serves_the_pod_the_operator_renders() -> None:
+    proc = images("--only", "runtime")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in ("runtime: init container 'fetch' ran: kubeinfer fetch --into /kubeinfer/fetched model/detector.pt=",
+                 "runtime: gRPC health SERVING; Detect found", "runtime: SIGTERM drained and exited 0"):
+        assert line in proc.stdout, proc.stdout
+    assert proc.stderr == ""

@@ -54,8 +54,8 @@ class Call:
         seconds = time.monotonic() - self.started
         self.metrics.observe_request(self.route.protocol, self.route.rpc, code, seconds)
         if code == "CANCELLED":
-            log.info("%s %s cancelled by the client after %.3fs (request id %s)", self.route.protocol,
-                     self.route.rpc, seconds, self.request_id)
+            log.info("%s %s cancelled (the client went away, or the server stopped) after %.3fs (request id %s)",
+                     self.route.protocol, self.route.rpc, seconds, self.request_id)
         else:
             log.debug("%s %s -> %s in %.3fs (request id %s)", self.route.protocol, self.route.rpc, code, seconds,
                       self.request_id)

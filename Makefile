@@ -52,7 +52,7 @@ bench: $(SETUP_STAMP) $(DEMO_MODEL)
 	$(BIN)/python benchmarks/run.py
 
 # Both container images built from the Dockerfiles with buildah (local Debian base, cached) and run with podman
-# as their pods run them (README: Container images; root, ~40 GB free disk, ~15-25 min the first time)
+# as their pods run them (README: Container images; root, ~50 GB free disk, ~20-25 min the first time)
 images: $(SETUP_STAMP) $(DEMO_MODEL)
 	bash scripts/install-test-tools.sh image_tools
 	$(BIN)/python scripts/images.py

@@ -93,10 +93,16 @@ def _owned(body: kopf.Body, **_: Any) -> bool:
     return _controller_owner(body) is not None
 
 
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "deletionTimestamp", "labels",
+                  "annotations", "ownerReferences")
+
+
 def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain copy of a watched object: what reconciliation compares and status reads."""
-    return copy.deepcopy({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec", "status")
-                          if key in body})
+    """A plain copy of a watched object: what reconciliation compares and status reads (no managedFields)."""
+    meta = body.get("metadata") or {}
+    return copy.deepcopy({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                          "metadata": {key: meta[key] for key in _KEPT_METADATA if key in meta},
+                          "spec": body.get("spec") or {}, "status": body.get("status") or {}})
 
 
 # -- the cache: kopf indices fed by the watches -------------------------------------------------------------------

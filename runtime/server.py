@@ -16,6 +16,8 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from kubeinfer.runtime.config import ServeConfig
@@ -31,9 +33,40 @@ log = logging.getLogger("kubeinfer.runtime")
 STOP_SECONDS = 0.5  # after the drain: how long the task's threads may take to stop before the process exits
 
 
+class AcceptErrorFilter(logging.Filter):
+    """At most one asyncio "socket.accept() out of system resource" record (out of file descriptors: one with a
+    traceback per listening socket per second otherwise) per ``interval`` seconds; the next one says how many
+    were suppressed. Other records pass untouched."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self.last: float | None = None
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.MESSAGE):
+            return True
+        now = self.clock()
+        if self.last is not None:
+            if now - self.last < self.interval:
+                self.suppressed += 1
+                return False
+            if self.suppressed:
+                record.msg = (f"{record.getMessage()}\n({self.suppressed} more like it suppressed in the last "
+                              f"{now - self.last:.0f}s)")
+                record.args = ()
+        self.last, self.suppressed = now, 0
+        return True
+
+
 def serve(config: ServeConfig) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when the runtime cannot start."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncio").addFilter(AcceptErrorFilter())  # out of file descriptors: no log flood
     try:
         return asyncio.run(Runtime(config).run())
     except StartupError as exc:

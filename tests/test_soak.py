@@ -9,9 +9,13 @@ Run with ``pytest -s`` to see the figures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
 import http.client
 import json
+import logging
+import os
 import random
 import signal
 import threading
@@ -27,6 +31,7 @@ import grpc
 from conftest import fresh_images, png_bytes
 from runtime_support import RuntimeProcess
 
+from kubeinfer.runtime.server import AcceptErrorFilter
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -238,3 +243,49 @@ def test_soak_with_bad_requests_then_sigterm_under_load(runtime_factory: Callabl
     assert exited <= DELAY + GRACE + 5.0, f"exited {exited:.2f}s after SIGTERM"
     assert peak < baseline + 1.5 * GB, (baseline, peak)
     assert after < peak + 256 * 2**20, (peak, after)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_accept_errors_out_of_file_descriptors_are_rate_limited() -> None:
+    """asyncio logs one error with a traceback per failed accept(); the runtime lets one through per 10 s."""
+    now = [100.0]
+    accept_filter = AcceptErrorFilter(10.0, clock=lambda: now[0])
+    records = Records()
+    logger = logging.getLogger("asyncio")
+    logger.addFilter(accept_filter)
+    logger.addHandler(records)
+    loop = asyncio.new_event_loop()
+    try:
+        def accept_failed() -> None:  # what asyncio's accept loop reports, through the loop's default handler
+            try:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            except OSError as exc:
+                loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": exc})
+
+        for _ in range(50):
+            accept_failed()
+            now[0] += 0.1  # 5 s
+        logger.error("some other asyncio error")
+        assert len(records.records) == 2
+        assert records.records[0].exc_info is not None
+        assert records.records[1].getMessage() == "some other asyncio error"
+        now[0] += 5.2  # 10.2 s after the first one
+        accept_failed()
+        assert len(records.records) == 3
+        last = records.records[2]
+        assert last.getMessage().startswith("socket.accept() out of system resource")
+        assert "(49 more like it suppressed in the last 10s)" in last.getMessage()
+        accept_failed()
+        assert len(records.records) == 3
+    finally:
+        loop.close()
+        logger.removeHandler(records)
+        logger.removeFilter(accept_filter)

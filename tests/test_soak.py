@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import random
+import resource
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import grpc
 from conftest import fresh_images, png_bytes
-from runtime_support import RuntimeProcess
+from runtime_support import RuntimeProcess, wait_for
 
 from kubeinfer.runtime.server import AcceptErrorFilter
 from kubeinfer.v1 import inference_pb2 as pb
@@ -289,3 +291,48 @@ def test_accept_errors_out_of_file_descriptors_are_rate_limited() -> None:
         loop.close()
         logger.removeHandler(records)
         logger.removeFilter(accept_filter)
+
+
+def test_out_of_file_descriptors_logs_little_and_recovers(runtime_factory: Callable[..., RuntimeProcess],
+                                                         detector_model: Path) -> None:
+    """With its file descriptors used up by idle connections, the runtime logs the failed accept() once (not one
+    traceback a second), and serves again once they close."""
+    runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", "fds")
+    pid = runtime.process.pid
+    image = png_bytes(fresh_images(41, 1)[0].pixels)
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 16, hard))
+    connections: list[socket.socket] = []
+    try:
+        while len(connections) < 2000:  # past the limit they queue in the backlog, then connect() times out
+            try:
+                connections.append(socket.create_connection(("127.0.0.1", runtime.http_port), timeout=1.0))
+            except OSError:
+                break
+        wait_for(lambda: "out of system resource" in runtime.logs(), "the failed accept() to be logged", 30)
+        time.sleep(0.5)  # the first record's traceback is written out
+        logged = runtime.logs().count("\n")
+        time.sleep(5.0)  # asyncio retries accept() every second
+        grown = runtime.logs().count("\n") - logged
+        print(f"\nfds: {used} in use at start, limit {used + 16}, {len(connections)} connections opened; "
+              f"the log grew by {grown} lines in 5 s")
+        assert grown <= 3, runtime.logs()[-3000:]
+    finally:
+        for connection in connections:
+            connection.close()
+
+    def served() -> bool:
+        request = urllib.request.Request(runtime.http_url + "/v1/detect", method="POST",
+                                         data=rest_body("valid", image), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(served, "a valid REST request to be served again", 30, interval=0.5)  # with the same limit
+    with grpc.insecure_channel(runtime.grpc_target) as channel:
+        reply = pb_grpc.InferenceStub(channel).Detect(grpc_request("valid", image), timeout=30)
+    assert len(reply.results) == 1
+    assert runtime.terminate() == 0

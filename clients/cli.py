@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     from kubeinfer.clients import Client
 
+    unreadable = [path for path in args.images if not os.access(path, os.R_OK) or os.path.isdir(path)]
+    if unreadable:
+        print(f"kubeinfer predict: cannot read {', '.join(map(str, unreadable))}", file=sys.stderr)
+        return 2
     with Client(args.target, timeout=args.timeout) as client:
         try:
             task = client.model_info().task

@@ -185,3 +185,10 @@ def test_predict_reports_an_unreachable_runtime(tmp_path: Path) -> None:
     result = run_cli("predict", "--target", f"127.0.0.1:{free_port()}", "--timeout", "2", str(image))
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr or "DEADLINE_EXCEEDED" in result.stderr
+
+
+def test_predict_names_an_image_it_cannot_read(tmp_path: Path) -> None:
+    result = run_cli("predict", "--target", f"127.0.0.1:{free_port()}", str(tmp_path / "missing.jpg"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"kubeinfer predict: cannot read {tmp_path / 'missing.jpg'}"
+    assert "Traceback" not in result.stderr

@@ -292,6 +292,9 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: di
             raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
         except ChildRejected as exc:
             assert body is not None
+            if exc.error.status == 403 and "because it is being terminated" in exc.error.message:
+                log.info("%s/%s: its namespace is being deleted, and it with it", namespace, name)
+                return
             _report_problem(kube, memo, body, cache, Problem("ChildRejected", str(exc)))
             if exc.error.status == 403:  # permissions or quota may be granted later; a 422 needs a new spec
                 raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_DELAY) from exc

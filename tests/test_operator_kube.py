@@ -33,7 +33,8 @@ def cluster(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     api.create(is_path(NS), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
                              "metadata": {"name": "svc"}, "spec": {"task": "video"}})
     yield kube_cluster
-    api.delete(f"/api/v1/namespaces/{NS}")  # later operators in the run must not find this resource
+    api.delete(is_path(NS, "svc"))  # later operators in the run must not find this resource
+    api.delete(f"/api/v1/namespaces/{NS}")
 
 
 @pytest.fixture()

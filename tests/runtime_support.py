@@ -12,9 +12,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the runtime is imported lazily: the process helpers here run without it
+    from kubeinfer.runtime.config import ServeConfig
+    from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+    from kubeinfer.runtime.images import ImageInput
+    from kubeinfer.runtime.model_info import ModelInfo
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -150,3 +156,20 @@ class BackgroundTraffic:
         self._thread.join(30)
         assert self.errors == [], self.errors[:3]
         assert self.ok > 0
+
+
+class EmptyDetect:
+    """A detect task that finds nothing, instantly: for transport tests that need a serving runtime, not a model."""
+
+    name = "detect"
+
+    def __init__(self, config: ServeConfig) -> None:
+        pass
+
+    def info(self, base: ModelInfo) -> ModelInfo:
+        return base
+
+    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+        from kubeinfer.runtime.detection import DetectResult
+
+        return [DetectResult([], [], 1, 1) for _ in images]

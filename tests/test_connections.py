@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
-from runtime_support import in_process_runtime
+from runtime_support import EmptyDetect, in_process_runtime
 
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import DetectOverrides, DetectResult
-from kubeinfer.runtime.images import ImageInput
-from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.transports.grpc import server_options
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
-
-
-class EmptyDetect:
-    name = "detect"
-
-    def __init__(self, config: ServeConfig) -> None:
-        pass
-
-    def info(self, base: ModelInfo) -> ModelInfo:
-        return base
-
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        return [DetectResult([], [], 1, 1) for _ in images]
 
 
 @pytest_asyncio.fixture(loop_scope="function")

@@ -6,32 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from runtime_support import in_process_runtime
+from runtime_support import EmptyDetect, in_process_runtime
 
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import DetectOverrides, DetectResult
-from kubeinfer.runtime.images import ImageInput
-from kubeinfer.runtime.model_info import ModelInfo
-
-
-class EmptyDetect:
-    name = "detect"
-
-    def __init__(self, config: ServeConfig) -> None:
-        pass
-
-    def info(self, base: ModelInfo) -> ModelInfo:
-        return base
-
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        return [DetectResult([], [], 1, 1) for _ in images]
 
 
 @pytest_asyncio.fixture(loop_scope="function")

@@ -231,14 +231,8 @@ def _pod_template(body: str, phase: str = "Running", **replacements: str) -> str
     return text
 
 
-def stages() -> list[dict[str, Any]]:
-    """Node heartbeats; pods scheduled on fake nodes go Running and Ready, or fail as their image says."""
-    node_initialize = {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "node-initialize"},
-        "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Node"},
-                 "selector": {"matchExpressions": [{"key": '.status.conditions.[] | select( .type == "Ready" ) '
-                                                           "| .status", "operator": "NotIn", "values": ["True"]}]},
-                 "next": {"statusTemplate": """{{ $now := Now }}
+# A fake kubelet's node conditions (Ready and the pressure conditions), stamped now: on start-up and each heartbeat.
+_NODE_CONDITIONS = """{{ $now := Now }}
 conditions:
 {{ range NodeConditions }}
 - lastHeartbeatTime: {{ $now | Quote }}
@@ -248,7 +242,17 @@ conditions:
   status: {{ .status | Quote }}
   type: {{ .type | Quote }}
 {{ end }}
-addresses:
+"""
+
+
+def stages() -> list[dict[str, Any]]:
+    """Node heartbeats; pods scheduled on fake nodes go Running and Ready, or fail as their image says."""
+    node_initialize = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "node-initialize"},
+        "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Node"},
+                 "selector": {"matchExpressions": [{"key": '.status.conditions.[] | select( .type == "Ready" ) '
+                                                           "| .status", "operator": "NotIn", "values": ["True"]}]},
+                 "next": {"statusTemplate": _NODE_CONDITIONS + """addresses:
 - {address: {{ NodeIP | Quote }}, type: InternalIP}
 - {address: {{ NodeName | Quote }}, type: Hostname}
 allocatable:
@@ -268,17 +272,7 @@ phase: Running
                  "selector": {"matchExpressions": [{"key": '.status.conditions.[] | select( .type == "Ready" ) '
                                                            "| .status", "operator": "In", "values": ["True"]}]},
                  "delay": {"durationMilliseconds": 600000, "jitterDurationMilliseconds": 610000},
-                 "next": {"statusTemplate": """{{ $now := Now }}
-conditions:
-{{ range NodeConditions }}
-- lastHeartbeatTime: {{ $now | Quote }}
-  lastTransitionTime: {{ $now | Quote }}
-  message: {{ .message | Quote }}
-  reason: {{ .reason | Quote }}
-  status: {{ .status | Quote }}
-  type: {{ .type | Quote }}
-{{ end }}
-"""}, "immediateNextStage": True}}
+                 "next": {"statusTemplate": _NODE_CONDITIONS}, "immediateNextStage": True}}
     pod_ready = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "pod-ready"},
         "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Pod"},

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubeinfer.clients import convert, video
+from kubeinfer.clients import balancing, convert, video
 from kubeinfer.clients.images import ImageLike, to_proto_image
 from kubeinfer.clients.types import (
     ClassifyResult,
@@ -32,24 +33,40 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Client:
-    """A connection to one runtime (``host:port``). Thread-safe; reuse it, close it when done."""
+    """A connection to a runtime or a set of replicas. Thread-safe; reuse it, close it when done.
+
+    ``target`` is one runtime (``host:port``) or several: ``dns:///name:port`` (every address the name resolves
+    to), ``ipv4:a:port,b:port`` or ``ipv6:...``, balanced per call round-robin (see ``for_service`` and
+    ``kubeinfer.clients.balancing`` for the retry policy). ``retries`` (default: on for balanced targets, off
+    for one runtime) retries the safe unary calls on UNAVAILABLE.
+    """
 
     def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  keepalive_seconds: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
-                 options: Sequence[tuple[str, object]] = ()) -> None:
+                 retries: bool | None = None, options: Sequence[tuple[str, object]] = ()) -> None:
         self.target = target
         self.timeout = timeout
+        balanced = balancing.balances(target)
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
             ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.service_config", balancing.service_config(round_robin=balanced,
+                                                             retries=balanced if retries is None else retries)),
             *options,
         ]
         self.channel = (grpc.secure_channel(target, credentials, channel_options) if credentials
                         else grpc.insecure_channel(target, channel_options))
         self.stub = pb_grpc.InferenceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    @classmethod
+    def for_service(cls, name: str, namespace: str = "default", *, port: int = 8001,
+                    cluster_domain: str = "cluster.local", **kwargs: Any) -> Client:
+        """A client of an InferenceService from inside the cluster: its headless ``NAME-pods`` Service through
+        DNS, balanced round-robin over every ready pod, with retries (``kwargs`` as for ``Client``)."""
+        return cls(balancing.service_target(name, namespace, port, cluster_domain), **kwargs)
 
     def __enter__(self) -> Client:
         return self

@@ -134,10 +134,11 @@ def _children_index(group: str, version: str, plural: str) -> None:
 
 CACHED_CHILDREN = {"Deployment": "deployments", "Service": "services",
                    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-                   "PodDisruptionBudget": "poddisruptionbudgets"}
+                   "PodDisruptionBudget": "poddisruptionbudgets", "ScaledObject": "scaledobjects"}
+# KEDA's ScaledObject (autoscaling.engine keda) is optional: without its CRD kopf watches nothing for it.
 for _group, _version, _plural in (("apps", "v1", "deployments"), ("", "v1", "services"),
                                   ("autoscaling", "v2", "horizontalpodautoscalers"),
-                                  ("policy", "v1", "poddisruptionbudgets")):
+                                  ("policy", "v1", "poddisruptionbudgets"), ("keda.sh", "v1alpha1", "scaledobjects")):
     _children_index(_group, _version, _plural)
 
 
@@ -205,6 +206,7 @@ def inference_service_event(event: Mapping[str, Any], namespace: str, name: str,
 @kopf.on.event("v1", "services", when=_owned)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", when=_owned)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", when=_owned)
+@kopf.on.event("keda.sh", "v1alpha1", "scaledobjects", when=_owned)
 def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A child changed (a rollout progressed, or someone edited or deleted it): repair it, or refresh status."""
     owner = _controller_owner(body)

@@ -34,6 +34,8 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "services", ("get", "list", "watch", "create", "patch")),
     ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete")),
     ("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
+    # KEDA ScaledObjects (autoscaling.engine keda), like HPAs; unused while KEDA's CRD is not installed.
+    ("keda.sh", "scaledobjects", ("get", "list", "watch", "create", "patch", "delete")),
     # Pods are only read (watched) to report crash loops and scheduling failures in status.
     ("", "pods", ("list", "watch")),
     # kopf: Kubernetes Events about each step; CRD discovery; namespace discovery with --namespace.
@@ -54,6 +56,7 @@ PLURALS: dict[str, str] = {
     "Service": "services",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "ScaledObject": "scaledobjects",
     "Pod": "pods",
     "InferenceService": PLURAL,
 }

@@ -2,7 +2,8 @@
 
 Children of an InferenceService NAME: a Deployment NAME running ``kubeinfer serve``, a ClusterIP Service NAME,
 a headless Service NAME-pods (clients balance gRPC per pod: a ClusterIP pins one HTTP/2 connection to one pod),
-an HPA NAME when ``autoscaling`` is set and a PodDisruptionBudget NAME when more than one replica may run.
+an HPA NAME when ``autoscaling`` is set (a KEDA ScaledObject NAME instead with ``autoscaling.engine: keda``) and a
+PodDisruptionBudget NAME when more than one replica may run.
 Each carries an owner reference to the InferenceService, so the cluster's garbage collector removes it.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeinfer.operator.scaling import SCALING_METRICS
 from kubeinfer.operator.spec import API_VERSION, DEFAULT_RESOURCES, DEFAULT_RUNTIME_IMAGE, KIND, ServiceSpec, Uri
 
 GRPC_PORT = 8001
@@ -34,6 +36,7 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 OWNER_LABEL = "kubeinfer.io/inferenceservice"
 RUNTIME_NAME = "kubeinfer-runtime"
+SCALED_OBJECT_API_VERSION = "keda.sh/v1alpha1"  # KEDA's ScaledObject, for autoscaling.engine keda
 MANAGER = "kubeinfer-operator"
 
 # Fields a spec change can remove. A JSON merge patch keeps what it does not mention, so these are sent as
@@ -334,17 +337,58 @@ def render_headless_service(owner: Owner) -> dict[str, Any]:
 
 
 def render_hpa(owner: Owner, spec: ServiceSpec) -> dict[str, Any]:
-    assert spec.autoscaling is not None
+    """An autoscaling/v2 HPA: on CPU use, or on a Pods metric of the custom metrics API (the chart's adapter rules
+    serve it from Prometheus) averaged over the replicas."""
+    scaling = spec.autoscaling
+    assert scaling is not None
+    if scaling.metric == "cpu":
+        metric: dict[str, Any] = {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": scaling.target_cpu_utilization}}}
+    else:
+        assert scaling.target is not None
+        target = {"type": "AverageValue", "averageValue": quantity(scaling.target)}
+        metric = {"type": "Pods", "pods": {"metric": {"name": SCALING_METRICS[scaling.metric].name}, "target": target}}
     return {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(owner),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
-            "minReplicas": spec.autoscaling.min_replicas,
-            "maxReplicas": spec.autoscaling.max_replicas,
-            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                "type": "Utilization", "averageUtilization": spec.autoscaling.target_cpu_utilization}}}],
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [metric],
         },
     }
+
+
+def render_scaled_object(owner: Owner, spec: ServiceSpec) -> dict[str, Any]:
+    """A KEDA ScaledObject with one prometheus trigger; KEDA makes (and owns) the HPA, so none of ours exists."""
+    scaling = spec.autoscaling
+    assert scaling is not None and scaling.target is not None and scaling.prometheus_address is not None
+    metric = SCALING_METRICS[scaling.metric]
+    return {
+        "apiVersion": SCALED_OBJECT_API_VERSION, "kind": "ScaledObject", "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "triggers": [{"type": "prometheus", "metricType": metric.keda_metric_type, "metadata": {
+                "serverAddress": scaling.prometheus_address,
+                "query": metric.keda_query(owner.namespace, owner.name),
+                "threshold": _num(scaling.target)}}],
+        },
+    }
+
+
+def quantity(value: float) -> str:
+    """A positive number as the API server writes the quantity back (canonical form), so a re-read object equals
+    the rendered one: 4 -> '4', 0.25 -> '250m', 1.5 -> '1500m', 4000 -> '4k', 0.0001 -> '100u'."""
+    nano = round(value * 1_000_000_000)
+    if nano <= 0:
+        raise ValueError(f"a target quantity must be positive, got {value}")
+    for suffix, scale in (("E", 10**27), ("P", 10**24), ("T", 10**21), ("G", 10**18), ("M", 10**15), ("k", 10**12),
+                          ("", 10**9), ("m", 10**6), ("u", 10**3)):
+        if nano % scale == 0:
+            return f"{nano // scale}{suffix}"
+    return f"{nano}n"
 
 
 def render_pdb(owner: Owner) -> dict[str, Any]:
@@ -357,13 +401,17 @@ def child_refs(name: str) -> list[ChildRef]:
     return [ChildRef("apps/v1", "Deployment", name), ChildRef("v1", "Service", name),
             ChildRef("v1", "Service", headless_name(name)),
             ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", name),
-            ChildRef("policy/v1", "PodDisruptionBudget", name)]
+            ChildRef("policy/v1", "PodDisruptionBudget", name),
+            ChildRef(SCALED_OBJECT_API_VERSION, "ScaledObject", name)]
 
 
 def render_children(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults | str) -> Children:
-    """All children for the spec, plus the optional ones that must go (HPA, PDB) when the spec no longer wants them."""
+    """All children for the spec, plus the optional ones that must go (HPA, ScaledObject, PDB) when the spec no
+    longer wants them."""
     present = [render_deployment(owner, spec, defaults), render_service(owner), render_headless_service(owner)]
-    if spec.autoscaling is not None:
+    if spec.autoscaling is not None and spec.autoscaling.engine == "keda":
+        present.append(render_scaled_object(owner, spec))
+    elif spec.autoscaling is not None:
         present.append(render_hpa(owner, spec))
     if spec.max_replicas > 1:
         present.append(render_pdb(owner))

@@ -39,6 +39,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_WORKERS = 4
 DEFAULT_GALLERY_BATCH_SIZE = 32
 DEFAULT_TARGET_CPU = 80
+# Autoscaling signals: cpu (Resource metric), or a runtime metric per replica read through Prometheus.
+METRICS = ("cpu", "queue", "inflight", "latency")
+ENGINES = ("hpa", "keda")
+DEFAULT_METRIC = "cpu"
+DEFAULT_ENGINE = "hpa"
+MAX_TARGET = 1_000_000.0
 DEFAULT_REPLICAS = 1
 # Runtime container resources when a spec sets none (`kubeinfer operator --default-resources` overrides).
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
@@ -49,6 +55,7 @@ NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PVC_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 URI_PATTERN = re.compile(rf"^(pvc://{PVC_NAME}/\S+|https?://\S+|/\S*)$")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+PROMETHEUS_PATTERN = re.compile(r"^https?://[^/?#\s]+(/\S*)?$")
 
 
 class SpecError(ValueError):
@@ -96,9 +103,17 @@ def parse_uri(text: str, field_path: str) -> Uri:
 
 @dataclass(frozen=True)
 class Autoscaling:
+    """What to scale on: ``metric`` cpu uses ``target_cpu_utilization``; the others aim at ``target`` per replica
+    (images waiting, requests in flight, or p90 queue wait in seconds), served to the HPA by the custom metrics
+    API (``engine`` hpa) or by KEDA from ``prometheus_address`` (``engine`` keda)."""
+
     min_replicas: int
     max_replicas: int
     target_cpu_utilization: int
+    metric: str = DEFAULT_METRIC
+    target: float | None = None
+    engine: str = DEFAULT_ENGINE
+    prometheus_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,30 @@ def _autoscaling(reader: _Reader) -> Autoscaling | None:
         raise SpecError("spec.autoscaling.maxReplicas is required")
     if low > high:
         raise SpecError(f"spec.autoscaling.minReplicas ({low}) must not exceed maxReplicas ({high})")
-    return Autoscaling(low, high, reader.integer("autoscaling.targetCPUUtilization", DEFAULT_TARGET_CPU, 1, 100))
+    metric = reader.string("autoscaling.metric") or DEFAULT_METRIC
+    if metric not in METRICS:
+        raise SpecError(f"spec.autoscaling.metric: {metric!r} is not one of {', '.join(METRICS)}")
+    engine = reader.string("autoscaling.engine") or DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise SpecError(f"spec.autoscaling.engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    target = reader.optional_number("autoscaling.target")
+    if target is not None and not 0 < target <= MAX_TARGET:
+        raise SpecError(f"spec.autoscaling.target must be greater than 0 and at most {MAX_TARGET:g}, got {target}")
+    address = reader.string("autoscaling.prometheus.address") or None
+    if address is not None and not PROMETHEUS_PATTERN.match(address):
+        raise SpecError(f"spec.autoscaling.prometheus.address: {address!r} is not an http(s):// URL")
+    if metric == "cpu" and target is not None:
+        raise SpecError("spec.autoscaling.target is for metrics queue, inflight and latency; "
+                        "metric cpu uses targetCPUUtilization")
+    if metric != "cpu" and target is None:
+        raise SpecError(f"spec.autoscaling.target is required for metric {metric!r}")
+    if engine == "keda" and metric == "cpu":
+        raise SpecError("spec.autoscaling.engine keda scales on a Prometheus metric: set autoscaling.metric to "
+                        "queue, inflight or latency")
+    if engine == "keda" and address is None:
+        raise SpecError("spec.autoscaling.prometheus.address is required when autoscaling.engine is keda")
+    return Autoscaling(low, high, reader.integer("autoscaling.targetCPUUtilization", DEFAULT_TARGET_CPU, 1, 100),
+                       metric=metric, target=target, engine=engine, prometheus_address=address)
 
 
 class _Reader:
@@ -293,6 +331,14 @@ class _Reader:
             raise SpecError(f"spec.{path} must be a number")
         if not low <= value <= high:
             raise SpecError(f"spec.{path} must be in [{low}, {high}], got {value}")
+        return float(value)
+
+    def optional_number(self, path: str) -> float | None:
+        value = self._get(path)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(f"spec.{path} must be a number")
         return float(value)
 
     def mapping(self, path: str) -> dict[str, Any]:

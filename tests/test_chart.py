@@ -280,3 +280,19 @@ def test_pod_monitor_selects_what_the_operator_renders(full_objects: list[dict[s
     assert pod["metadata"]["labels"]["kubeinfer.io/inferenceservice"] == "demo"  # -> inferenceservice label
     ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     assert endpoint["port"] in ports
+
+
+def test_prometheus_adapter_rules_are_the_operators_and_off_by_default(default_objects: list[dict[str, Any]],
+                                                                       full_objects: list[dict[str, Any]]) -> None:
+    """The ConfigMap serves exactly the custom metrics the operator's HPAs name (kubeinfer.operator.scaling)."""
+    from kubeinfer.operator.scaling import SCALING_METRICS, adapter_rules
+
+    assert not [o for o in default_objects if o["metadata"]["name"].endswith("-prometheus-adapter-rules")]
+    (config_map,) = [o for o in full_objects if o["metadata"]["name"] == "kubeinfer-prometheus-adapter-rules"]
+    assert (config_map["kind"], config_map["metadata"]["namespace"]) == ("ConfigMap", "monitoring")
+    rules = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert rules == adapter_rules()
+    assert {rule["name"]["as"] for rule in rules["rules"]} == {m.name for m in SCALING_METRICS.values()}
+    in_release = render("--set", "prometheusAdapter.rules.enabled=true")
+    (config_map,) = [o for o in in_release if o["metadata"]["name"].endswith("-prometheus-adapter-rules")]
+    assert config_map["metadata"]["namespace"] == NAMESPACE

@@ -174,7 +174,14 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                           "batchSize": spec_module.DEFAULT_GALLERY_BATCH_SIZE}}),
     "video": ({"task": "video"}, {}),
     "autoscaled": ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"maxReplicas": 3}},
-                   {"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU}}),
+                   {"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
+                                    "metric": spec_module.DEFAULT_METRIC, "engine": spec_module.DEFAULT_ENGINE}}),
+    "autoscaled-keda": ({"task": "detect", "model": {"uri": "/m.pt"},
+                         "autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
+                                         "prometheus": {"address": "http://prometheus.monitoring:9090"}}},
+                        {"autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
+                                         "prometheus": {"address": "http://prometheus.monitoring:9090"},
+                                         "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU}}),
 }
 
 
@@ -201,6 +208,7 @@ DETECT = {"task": "detect", "model": {"uri": "/m.pt"}}
 STREAM = {"task": "stream-classify", "model": {"uri": "/m.pt"}, "labels": {"uri": "/l.txt"}}
 RECOGNIZE = {"task": "recognize", "model": {"uri": "/m.pt"}, "embeddings": {"uri": "/g.npz"}}
 RECOGNIZE_BASE = {"task": "recognize", "model": {"uri": "/m.pt"}, "baseData": {"uri": "/data"}}
+KEDA_QUEUE = {"maxReplicas": 4, "metric": "queue", "target": 4, "engine": "keda"}
 
 
 def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -267,6 +275,21 @@ BAD_SPECS: list[Case] = [
          "set spec.replicas or spec.autoscaling, not both", "rule:replicas", True),
     Case("min above max", with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}), "spec.autoscaling",
          "autoscaling.minReplicas must not exceed maxReplicas", "rule:autoscaling", True),
+    Case("queue without a target", with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue"}),
+         "spec.autoscaling.target", "spec.autoscaling.target is required for metrics queue, inflight and latency",
+         "rule:target-required", True),
+    Case("cpu with a target", with_(DETECT, autoscaling={"maxReplicas": 4, "target": 3}), "spec.autoscaling.target",
+         "metric cpu uses targetCPUUtilization", "rule:target-cpu", True),
+    Case("keda on cpu", with_(DETECT, autoscaling={"maxReplicas": 4, "engine": "keda",
+                                                   "prometheus": {"address": "http://p:9090"}}),
+         "spec.autoscaling.engine", "spec.autoscaling.engine keda scales on a Prometheus metric", "rule:keda-metric",
+         True),
+    Case("keda without prometheus", with_(DETECT, autoscaling=KEDA_QUEUE), "spec.autoscaling.prometheus",
+         "spec.autoscaling.prometheus.address is required when autoscaling.engine is keda", "rule:keda-prometheus",
+         True),
+    Case("keda with an empty prometheus", with_(DETECT, autoscaling={**KEDA_QUEUE, "prometheus": {}}),
+         "spec.autoscaling.prometheus", "spec.autoscaling.prometheus.address is required", "rule:keda-prometheus",
+         True),
     # The rules every uri field shares, the same checks as the operator's parse_spec.
     Case("dot-dot in a claim path", with_(DETECT, model={"uri": "pvc://models/../other/m.pt"}), "spec.model.uri",
          "a uri must not contain '..'", "rule:uri-dotdot", True),
@@ -330,6 +353,23 @@ BAD_SPECS: list[Case] = [
            above_also=("autoscaling.minReplicas must not exceed maxReplicas",)),
     *bound(DETECT, "autoscaling__maxReplicas", 1, 1000),
     *bound(with_(DETECT, autoscaling={"maxReplicas": 2}), "autoscaling__targetCPUUtilization", 1, 100),
+    Case("unknown metric", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "gpu", "target": 1}),
+         "spec.autoscaling.metric",
+         'Unsupported value: "gpu": supported values: "cpu", "queue", "inflight", "latency"', "enum", True),
+    Case("unknown engine", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "queue", "target": 1,
+                                                      "engine": "knative"}),
+         "spec.autoscaling.engine", 'Unsupported value: "knative": supported values: "hpa", "keda"', "enum", True),
+    Case("target zero", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "queue", "target": 0}),
+         "spec.autoscaling.target", "should be greater than 0", "minimum", True),
+    Case("target negative", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "latency", "target": -0.5}),
+         "spec.autoscaling.target", "should be greater than 0", "minimum", True),
+    Case("target too large", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "inflight", "target": 2e6}),
+         "spec.autoscaling.target", LE, "maximum", True),
+    Case("prometheus not a URL", with_(DETECT, autoscaling={**KEDA_QUEUE, "prometheus": {"address": "prom:9090"}}),
+         "spec.autoscaling.prometheus.address", "should match '^https?://", "pattern", True),
+    Case("prometheus address too long",
+         with_(DETECT, autoscaling={**KEDA_QUEUE, "prometheus": {"address": "http://p/" + "a" * 2048}}),
+         "spec.autoscaling.prometheus.address", "may not be more than 2048 bytes", "maxLength", False),
     # Everything else the runtime pod is made of.
     Case("image too long", with_(DETECT, image="r/" + "i" * 1023), "spec.image", "may not be more than 1024 bytes",
          "maxLength", False),
@@ -395,7 +435,11 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
                 "minReplicas must not exceed": "rule:autoscaling", "downloaded baseData": "rule:baseData",
                 "metadata.name must be": "rule:name", "must not contain '..'": "rule:uri-dotdot",
                 "needs a path inside the claim": "rule:uri-claim-path",
-                "must end in a file name": "rule:uri-file-name"}
+                "must end in a file name": "rule:uri-file-name",
+                "target is required for metrics": "rule:target-required",
+                "metric cpu uses targetCPUUtilization": "rule:target-cpu",
+                "engine keda scales on a Prometheus metric": "rule:keda-metric",
+                "prometheus.address is required": "rule:keda-prometheus"}
     for path, node in schema_nodes(crd_schema()):
         if path.startswith(("status", "metadata")):
             continue
@@ -409,8 +453,13 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             (rule_id,) = [v for k, v in rule_ids.items() if k in rule["message"]]
             constraints.add(("", rule_id))
-    assert len([c for c in constraints if c[1].startswith("rule:")]) == 12
+    assert len([c for c in constraints if c[1].startswith("rule:")]) == 16
     assert spec_schema["properties"]["task"]["enum"] == list(spec_module.TASKS)
+    autoscaling = spec_schema["properties"]["autoscaling"]["properties"]
+    assert autoscaling["metric"]["enum"] == list(spec_module.METRICS)
+    assert autoscaling["engine"]["enum"] == list(spec_module.ENGINES)
+    assert autoscaling["target"]["maximum"] == spec_module.MAX_TARGET
+    assert autoscaling["prometheus"]["properties"]["address"]["pattern"] == spec_module.PROMETHEUS_PATTERN.pattern
 
     covered = {("", case.keyword) for case in BAD_SPECS if case.keyword.startswith("rule:")}
     covered |= {("", rule) for _, rule in BAD_NAMES}

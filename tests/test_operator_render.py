@@ -210,7 +210,8 @@ def test_autoscaling_renders_an_hpa_and_leaves_replicas_to_it() -> None:
 def test_unwanted_optional_children_are_listed_for_removal() -> None:
     rendered = render_children(OWNER, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 1}),
                                DEFAULTS)
-    assert sorted(ref.kind for ref in rendered.absent) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert sorted(ref.kind for ref in rendered.absent) == ["HorizontalPodAutoscaler", "PodDisruptionBudget",
+                                                           "ScaledObject"]
 
 
 def test_video_without_model_and_user_settings_pass_through() -> None:

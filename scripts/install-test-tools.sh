@@ -11,6 +11,8 @@
 #              clash with the project's pins in .venv
 #   @kubernetes-models/prometheus-operator (npm) in .cache/node-validators: the Prometheus Operator's
 #              CRD schemas, to validate the chart's PodMonitor and ServiceMonitor (node from Debian if missing)
+#   keda CRD   KEDA's ScaledObject CRD from its Go module through the Go module proxy (scripts/keda-crds.sh),
+#              cached in .cache/keda, for the ScaledObjects the operator renders
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -122,6 +124,10 @@ install_image_tools() {
     done
 }
 
+install_keda_crds() {
+    log "KEDA ScaledObject CRD at $(bash "$ROOT/scripts/keda-crds.sh")"
+}
+
 # With arguments, only those tools (`install-test-tools.sh image_tools`); without, all of them.
 if [[ $# -gt 0 ]]; then
     for tool in "$@"; do
@@ -135,3 +141,4 @@ install_prometheus
 install_checkov
 install_monitoring_models
 install_image_tools
+install_keda_crds

@@ -122,7 +122,8 @@ class Client:
         return convert.clip_result(self.stub.ClassifyClip(requests(), timeout=self._timeout(timeout)))
 
     def stream_classify(self, frames: Iterable[ImageLike | StreamFrame], *, stream_id: str = "", mode: str = "",
-                        top_k: int | None = None, timeout: float | None = None) -> Iterator[StreamPrediction]:
+                        top_k: int | None = None, resume: bool = False,
+                        timeout: float | None = None) -> Iterator[StreamPrediction]:
         """Classify a stream of frames: per frame, in order, its own and its stream's window-averaged prediction.
 
         Frames are numbered from 0 and belong to ``stream_id``/``mode``; ``StreamFrame`` items may carry their
@@ -131,6 +132,12 @@ class Client:
         fails (bad image, stream refused past --max-streams: RESOURCE_EXHAUSTED) comes back with ``error`` set;
         the call goes on. No deadline unless ``timeout`` is given; closing the iterator ends the call and frees
         its windows on the server.
+
+        ``resume=True`` keeps a stream's window by its id alone, beyond this call, until the runtime's
+        ``--stream-idle-seconds`` pass without a frame: a later call with the same id and ``resume`` continues
+        it (a reconnecting camera), and a prediction has ``window_restarted`` set when the replica held no
+        window for the id. Resumable ids are shared by every client of the replica: make them unique to their
+        source (a camera serial, a UUID). Over several replicas, ``StreamRouter`` sends each id to one replica.
         """
         def requests() -> Iterator[pb.StreamFrame]:
             for index, frame in enumerate(frames):
@@ -139,10 +146,11 @@ class Client:
                                          mode=mode if frame.mode is None else frame.mode,
                                          sequence=index if frame.sequence is None else frame.sequence,
                                          image=to_proto_image(frame.image),
-                                         top_k=top_k if frame.top_k is None else frame.top_k)
+                                         top_k=top_k if frame.top_k is None else frame.top_k,
+                                         resume=resume if frame.resume is None else frame.resume)
                 else:
                     yield pb.StreamFrame(stream_id=stream_id, mode=mode, sequence=index,
-                                         image=to_proto_image(frame), top_k=top_k)
+                                         image=to_proto_image(frame), top_k=top_k, resume=resume)
 
         return video.responses(self.stub.StreamClassify(requests(), timeout=timeout), convert.stream_prediction)
 

@@ -80,4 +80,5 @@ def stream_prediction(prediction: pb.StreamPrediction) -> StreamPrediction:
         raw=classify_result(prediction.raw) if prediction.HasField("raw") else None,
         averaged=classify_result(prediction.averaged) if prediction.HasField("averaged") else None,
         window_fill=prediction.window_fill,
-        error=_frame_error(prediction.error) if prediction.HasField("error") else None)
+        error=_frame_error(prediction.error) if prediction.HasField("error") else None,
+        window_restarted=prediction.window_restarted)

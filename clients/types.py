@@ -138,6 +138,7 @@ class StreamFrame:
     mode: str | None = None
     sequence: int | None = None  # default: the frame's position in the call
     top_k: int | None = None
+    resume: bool | None = None  # keep the window by stream id beyond the call (see Client.stream_classify)
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,4 @@ class StreamPrediction:
     averaged: ClassifyResult | None
     window_fill: int  # frames in the stream's window now
     error: FrameError | None = None  # set instead of raw/averaged when this frame failed
+    window_restarted: bool = False  # resume only: the replica held no window for the id, so one starts here

@@ -136,12 +136,13 @@ def clip_result_to_proto(result: ClipResult) -> pb.ClipResult:
 async def stream_frames_from_proto(frames: AsyncIterator[pb.StreamFrame]) -> AsyncIterator[StreamFrameInput]:
     async for frame in frames:
         yield StreamFrameInput(frame.stream_id, frame.mode, frame.sequence, image_from_proto(frame.image),
-                               frame.top_k if frame.HasField("top_k") else None)
+                               frame.top_k if frame.HasField("top_k") else None, frame.resume)
 
 
 def stream_prediction_to_proto(prediction: StreamPrediction) -> pb.StreamPrediction:
     message = pb.StreamPrediction(stream_id=prediction.stream_id, mode=prediction.mode,
-                                  sequence=prediction.sequence, window_fill=prediction.window_fill)
+                                  sequence=prediction.sequence, window_fill=prediction.window_fill,
+                                  window_restarted=prediction.window_restarted)
     if prediction.error is not None:
         message.error.code = prediction.error.code.value
         message.error.message = prediction.error.message

@@ -51,10 +51,10 @@ class Replica(RuntimeProcess):
 class ReplicaSet:
     """Replicas started on 127.0.0.2, .3, ... with one gRPC port; all stopped on close."""
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, port: int | None = None) -> None:
         self.folder = folder
         self.extra = extra
-        self.port = free_port()
+        self.port = port or free_port()
         self.replicas: list[Replica] = []
 
     def start(self, count: int) -> list[Replica]:
@@ -83,8 +83,8 @@ class ReplicaSet:
 
 
 @contextlib.contextmanager
-def replica_set(folder: Path, *extra: str) -> Iterator[ReplicaSet]:
-    replicas = ReplicaSet(folder, *extra)
+def replica_set(folder: Path, *extra: str, port: int | None = None) -> Iterator[ReplicaSet]:
+    replicas = ReplicaSet(folder, *extra, port=port)
     try:
         yield replicas
     finally:

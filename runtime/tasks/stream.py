@@ -1,9 +1,13 @@
 """Stream classification: per-frame predictions averaged over a window of each client's stream.
 
 A StreamClassify call may interleave several streams, each frame tagged with a
-stream id and an input mode. Window state is keyed by (call, stream id): the mean
-of the class probabilities of that stream's last ``--window`` frames. Two calls
+stream id and an input mode. Window state is the mean of the class probabilities
+of that stream's last ``--window`` frames, keyed by (call, stream id): two calls
 never share state, even with equal stream ids, and a call's streams end with it.
+A frame with ``resume`` set is the exception: its window is keyed by the stream id
+alone and outlives the call, so a client that reconnects (or another client, or a
+client routed here after a replica went away) continues it; the prediction says
+``window_restarted`` when this replica held no window for the id.
 Streams idle for ``--stream-idle-seconds`` are evicted; past ``--max-streams``
 open streams, a frame opening a new one is answered with RESOURCE_EXHAUSTED (as
 that frame's error: the call and its other streams go on). Frames of every
@@ -43,6 +47,7 @@ class StreamFrameInput:
     sequence: int  # echoed back
     image: ImageInput
     top_k: int | None = None
+    resume: bool = False  # the window is kept by stream id alone, beyond the call
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,7 @@ class StreamPrediction:
     averaged: ClassifyResult | None  # mean over the stream's last `window` frames
     window_fill: int  # frames in the window now
     error: FrameError | None = None  # set instead of the predictions when this frame failed
+    window_restarted: bool = False  # resume only: the frame opened a new window (none was held for the id)
 
 
 class StreamWindow:
@@ -80,8 +86,12 @@ class StreamWindow:
         return len(self._frames)
 
 
+RESUMABLE = 0  # the call part of a resumable stream's key: no call owns it (call ids start at 1)
+
+
 class StreamRegistry:
-    """Every open stream's window, keyed by (call, stream id): bounded, idle ones evicted. Thread-safe."""
+    """Every open stream's window, keyed by (call, stream id) or, resumable, by (RESUMABLE, stream id): bounded,
+    idle ones evicted. Thread-safe."""
 
     def __init__(self, window: int, max_streams: int, idle_seconds: float,
                  on_change: Callable[[int], None] | None = None,
@@ -107,7 +117,14 @@ class StreamRegistry:
             return call
 
     def admit(self, call: int, stream_id: str) -> StreamWindow:
-        """The stream's window, opening it if new; RESOURCE_EXHAUSTED when --max-streams are open."""
+        """The call's stream's window, opening it if new; RESOURCE_EXHAUSTED when --max-streams are open."""
+        return self._admit(call, stream_id)[0]
+
+    def resume(self, stream_id: str) -> tuple[StreamWindow, bool]:
+        """The window kept for ``stream_id`` across calls, and whether it was opened now (none was held)."""
+        return self._admit(RESUMABLE, stream_id)
+
+    def _admit(self, call: int, stream_id: str) -> tuple[StreamWindow, bool]:
         now = self._clock()
         key = (call, stream_id)
         with self._lock:
@@ -115,7 +132,7 @@ class StreamRegistry:
             if window is not None:
                 window.last_seen = now
                 self._streams.move_to_end(key)
-                return window
+                return window, False
             evicted = self._evict_locked(now)
             count = len(self._streams)
             if count >= self.max_streams:
@@ -125,9 +142,10 @@ class StreamRegistry:
                                  f"{self.max_streams} (--max-streams); retry later")
             window = StreamWindow(self.window, now)
             self._streams[key] = window
-            self._calls.setdefault(call, set()).add(stream_id)
+            if call != RESUMABLE:
+                self._calls.setdefault(call, set()).add(stream_id)
             self._notify(count + 1)
-            return window
+            return window, True
 
     def close_call(self, call: int) -> None:
         """The call ended: its streams' state goes with it."""
@@ -153,7 +171,8 @@ class StreamRegistry:
             del self._streams[(call, stream_id)]
             self._calls.get(call, set()).discard(stream_id)
             evicted += 1
-            log.info("stream %r of call %d evicted after %.0fs idle", stream_id, call, now - window.last_seen)
+            owner = "resumable" if call == RESUMABLE else f"of call {call}"
+            log.info("stream %r %s evicted after %.0fs idle", stream_id, owner, now - window.last_seen)
         return evicted
 
     def _notify(self, count: int) -> None:
@@ -169,6 +188,7 @@ class _InFlight:
     top_k: int
     job: asyncio.Future[list[np.ndarray]] | None
     error: InferenceError | None = None
+    restarted: bool = False  # a resumed stream's window was opened by this frame
     probabilities: np.ndarray | None = None
 
 
@@ -227,14 +247,16 @@ class StreamClassifyTask(ClassifyTask):
 
     def _begin(self, call: int, frame: StreamFrameInput, index: int) -> _InFlight:
         try:
-            window = self.registry.admit(call, frame.stream_id)
+            window, restarted = (self.registry.resume(frame.stream_id) if frame.resume
+                                 else (self.registry.admit(call, frame.stream_id), False))
         except InferenceError as exc:
             return _InFlight(frame, None, 0, None, exc)
         try:
             k = self.resolve_top_k(frame.top_k)
         except InferenceError as exc:
-            return _InFlight(frame, window, 0, None, exc)
-        return _InFlight(frame, window, k, asyncio.ensure_future(self.probabilities([frame.image], index)))
+            return _InFlight(frame, window, 0, None, exc, restarted=restarted)
+        return _InFlight(frame, window, k, asyncio.ensure_future(self.probabilities([frame.image], index)),
+                         restarted=restarted)
 
     @staticmethod
     def _settled(entry: _InFlight) -> asyncio.Future[_InFlight]:
@@ -270,9 +292,9 @@ class StreamClassifyTask(ClassifyTask):
             error = entry.error or public_error(RuntimeError("frame settled without a result"))
             fill = entry.window.fill if entry.window is not None else 0
             return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, None, None, fill,
-                                    FrameError(error.code, error.message))
+                                    FrameError(error.code, error.message), entry.restarted)
         probabilities = entry.probabilities
         averaged, fill = entry.window.add(probabilities)
         self.metrics.frames.labels(self.metrics.model, self.name).inc()
         return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, self.top(probabilities, entry.top_k),
-                                self.top(averaged, entry.top_k), fill)
+                                self.top(averaged, entry.top_k), fill, window_restarted=entry.restarted)

@@ -211,18 +211,20 @@ class ClipResult(_message.Message):
     def __init__(self, result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class StreamFrame(_message.Message):
-    __slots__ = ("stream_id", "mode", "sequence", "image", "top_k")
+    __slots__ = ("stream_id", "mode", "sequence", "image", "top_k", "resume")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     mode: str
     sequence: int
     image: Image
     top_k: int
-    def __init__(self, stream_id: _Optional[str] = ..., mode: _Optional[str] = ..., sequence: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    resume: bool
+    def __init__(self, stream_id: _Optional[str] = ..., mode: _Optional[str] = ..., sequence: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class FrameError(_message.Message):
     __slots__ = ("code", "message")
@@ -233,7 +235,7 @@ class FrameError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamPrediction(_message.Message):
-    __slots__ = ("stream_id", "mode", "sequence", "raw", "averaged", "window_fill", "error")
+    __slots__ = ("stream_id", "mode", "sequence", "raw", "averaged", "window_fill", "error", "window_restarted")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +243,7 @@ class StreamPrediction(_message.Message):
     AVERAGED_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FILL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_RESTARTED_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     mode: str
     sequence: int
@@ -248,7 +251,8 @@ class StreamPrediction(_message.Message):
     averaged: ClassifyResult
     window_fill: int
     error: FrameError
-    def __init__(self, stream_id: _Optional[str] = ..., mode: _Optional[str] = ..., sequence: _Optional[int] = ..., raw: _Optional[_Union[ClassifyResult, _Mapping]] = ..., averaged: _Optional[_Union[ClassifyResult, _Mapping]] = ..., window_fill: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...
+    window_restarted: bool
+    def __init__(self, stream_id: _Optional[str] = ..., mode: _Optional[str] = ..., sequence: _Optional[int] = ..., raw: _Optional[_Union[ClassifyResult, _Mapping]] = ..., averaged: _Optional[_Union[ClassifyResult, _Mapping]] = ..., window_fill: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., window_restarted: _Optional[bool] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
     __slots__ = ("images", "threshold", "top_k")

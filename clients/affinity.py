@@ -1,0 +1,122 @@
+"""Stream affinity: each stream id goes to one replica, chosen by rendezvous (highest-random-weight) hashing.
+
+Every replica gets a pseudo-random weight per stream id, hash(endpoint, id); the id's owner is the replica of
+highest weight. Every client that sees the same endpoints picks the same owner without talking to the others,
+and a change of the replica set moves only the ids whose owner came or went: adding a replica to N moves about
+1/(N+1) of the ids (all to the new one), removing one moves only the ids it owned.
+
+``StreamRouter`` resolves a service's name itself (its headless Service: one address per ready pod), keeps one
+channel per replica and sends each stream to its owner with ``resume`` set, so the window survives reconnects.
+When the owner changes (a replica added or gone), the stream's next call goes to the new owner, whose first
+prediction says ``window_restarted``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from kubeinfer.clients import balancing
+from kubeinfer.clients.client import Client
+from kubeinfer.clients.images import ImageLike
+from kubeinfer.clients.resolve import resolve
+from kubeinfer.clients.types import ModelInfo, StreamFrame, StreamPrediction
+
+
+def weight(endpoint: str, key: str) -> int:
+    """The endpoint's pseudo-random weight for ``key`` (64 bits of BLAKE2b: stable across processes)."""
+    digest = hashlib.blake2b(f"{endpoint}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(key: str, endpoints: Sequence[str]) -> str:
+    """The endpoint of highest weight for ``key``; ValueError when there is none."""
+    if not endpoints:
+        raise ValueError("no endpoint to choose from")
+    return max(endpoints, key=lambda e: (weight(e, key), e))
+
+
+class NoEndpoints(ConnectionError):
+    """The service's name resolved to no address: no replica is ready."""
+
+
+class StreamRouter:
+    """Routes each stream id to its replica (rendezvous hashing over the resolved endpoints). Thread-safe.
+
+    ``target`` is resolved as gRPC would (``dns:///name:port``, ``dns://SERVER/name:port``, ``ipv4:...``); it
+    is resolved again when ``refresh`` is called or before a stream when the last resolution is older than
+    ``refresh_seconds``. ``client_options`` are ``Client`` keyword arguments for the per-replica channels.
+    """
+
+    def __init__(self, target: str, *, refresh_seconds: float = 30.0, **client_options: Any) -> None:
+        self.target = target
+        self.refresh_seconds = refresh_seconds
+        self._client_options = client_options
+        self._clients: dict[str, Client] = {}
+        self._resolved_at = 0.0
+        self._lock = threading.Lock()
+        self.refresh()
+
+    @classmethod
+    def for_service(cls, name: str, namespace: str = "default", *, port: int = 8001,
+                    cluster_domain: str = "cluster.local", **kwargs: Any) -> StreamRouter:
+        """A router over an InferenceService's ready pods (its headless ``NAME-pods`` Service)."""
+        return cls(balancing.service_target(name, namespace, port, cluster_domain), **kwargs)
+
+    @property
+    def endpoints(self) -> list[str]:
+        with self._lock:
+            return sorted(self._clients)
+
+    def refresh(self) -> list[str]:
+        """Resolve the target again: channels to new replicas are opened, those to vanished ones closed."""
+        found = resolve(self.target)
+        if not found:
+            raise NoEndpoints(f"{self.target} resolves to no address: no replica is ready")
+        with self._lock:
+            gone = [self._clients.pop(e) for e in set(self._clients) - set(found)]
+            for fresh in set(found) - set(self._clients):
+                self._clients[fresh] = Client(fresh, **self._client_options)
+            self._resolved_at = time.monotonic()
+        for client in gone:
+            client.close()
+        return sorted(found)
+
+    def owner(self, stream_id: str) -> str:
+        """The endpoint that serves ``stream_id`` now."""
+        return owner(stream_id, self.endpoints)
+
+    def client(self, stream_id: str) -> Client:
+        """The channel of ``stream_id``'s replica (resolving again first when the last time is too old)."""
+        if time.monotonic() - self._resolved_at > self.refresh_seconds:
+            self.refresh()
+        with self._lock:
+            return self._clients[owner(stream_id, sorted(self._clients))]
+
+    def stream_classify(self, frames: Iterable[ImageLike | StreamFrame], *, stream_id: str, mode: str = "",
+                        top_k: int | None = None, resume: bool = True,
+                        timeout: float | None = None) -> Iterator[StreamPrediction]:
+        """``Client.stream_classify`` of one stream on its replica, resumable by default."""
+        return self.client(stream_id).stream_classify(frames, stream_id=stream_id, mode=mode, top_k=top_k,
+                                                      resume=resume, timeout=timeout)
+
+    def model_infos(self, timeout: float | None = None) -> dict[str, ModelInfo]:
+        """Each replica's GetModelInfo, by endpoint (``active_streams``: the windows it holds)."""
+        with self._lock:
+            clients = dict(self._clients)
+        return {e: c.model_info(timeout=timeout) for e, c in sorted(clients.items())}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> StreamRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

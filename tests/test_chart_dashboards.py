@@ -82,6 +82,10 @@ def test_runtime_dashboard_covers_the_issue() -> None:
         "Active streams": [rm.ACTIVE_STREAMS],
         "GPU utilisation": [gm.GPU_UTILIZATION],
         "GPU memory": [gm.GPU_MEMORY_USED, gm.GPU_MEMORY_TOTAL],
+        # The autoscaling signals, per replica, as the adapter rules compute them.
+        "Queue depth per replica": [rm.QUEUE_DEPTH, "by (namespace, pod)"],
+        "Requests in flight per replica": [rm.IN_FLIGHT, "by (namespace, pod)"],
+        "Queue wait p90 per replica": ["histogram_quantile(0.9,", rm.QUEUE_WAIT + "_bucket", "le, namespace, pod"],
     }
     for title, needles in wanted.items():
         assert title in exprs, title

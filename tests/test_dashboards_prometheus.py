@@ -310,6 +310,22 @@ def absent_by_design(prometheus: Prometheus, expr: str, served: set[str], gpu_pr
     return "; ".join(reasons)
 
 
+def test_per_replica_scaling_panels_have_one_series_per_pod(scraped: Prometheus) -> None:
+    """The autoscaling panels split by pod: the scraped runtime shows up under its own namespace/pod."""
+    dashboard = load_dashboard("runtime.json")
+    values = variables_from(scraped, dashboard)
+    titles = ("Queue depth per replica", "Requests in flight per replica", "Queue wait p90 per replica")
+    queries = {q.panel: q.expr for q in panel_queries("runtime.json") if q.panel in titles}
+    assert sorted(queries) == sorted(titles)
+    for title, expr in queries.items():
+        result = scraped.query(substitute(expr, values, RATE_INTERVAL, "15s"))
+        assert [(s["metric"]["namespace"], s["metric"]["pod"]) for s in result] == [(RUNTIME_NAMESPACE, RUNTIME_POD)], \
+            (title, result)
+    # After the load, nothing waits and nothing is in flight but the queue waits were measured.
+    wait_p90 = scraped.query(substitute(queries["Queue wait p90 per replica"], values, RATE_INTERVAL, "15s"))
+    assert 0 < float(wait_p90[0]["value"][1]) < 30
+
+
 def test_runtime_filters_select_nothing_for_another_namespace(scraped: Prometheus) -> None:
     """The namespace filter really filters: a namespace without runtimes gets no series."""
     expr = substitute(panel_queries("runtime.json")[1].expr, {"namespace": "elsewhere", "inferenceservice": MODEL},

@@ -2,7 +2,8 @@
 
 The dashboards are generated, not hand-edited, so every PromQL expression takes its
 metric names from the modules that own them (``kubeinfer.runtime.metrics``,
-``kubeinfer.runtime.gpu_metrics``, ``kubeinfer.operator.metrics``). A test fails
+``kubeinfer.runtime.gpu_metrics``, ``kubeinfer.operator.metrics``; the per-replica scaling signals from
+``kubeinfer.operator.scaling``, as the autoscaler reads them). A test fails
 when the checked-in JSON differs from what this script writes.
 
     python charts/kubeinfer/dashboards/generate.py          # rewrite
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kubeinfer.operator.scaling import SCALING_METRICS as SCALING
 from kubeinfer.runtime import gpu_metrics as gm
 from kubeinfer.runtime import metrics as rm
 
@@ -220,9 +222,22 @@ def runtime_dashboard() -> dict[str, Any]:
     layout.add(timeseries("Mean batch size", "Average images per model call.", "short",
                           targets((f"sum(rate({rm.BATCH_SIZE}_sum{{{s}}}[{RATE}])) / "
                                    f"sum(rate({rm.BATCH_SIZE}_count{{{s}}}[{RATE}]))", "mean batch size"))), 12, 8)
-    layout.add(timeseries("Queue depth", "Images waiting for the model, per pod.", "short",
-                          targets((f"sum by (namespace, pod) ({rm.QUEUE_DEPTH}{{{s}}})", "{{namespace}}/{{pod}}"))),
-               12, 8)
+
+    layout.row("Scaling signals per replica")
+    # Exactly what an HPA with autoscaling.metric queue, inflight or latency reads through the chart's Prometheus
+    # Adapter rules (kubeinfer.operator.scaling), per pod, so a scale-up can be read off these panels.
+    per_pod = "namespace, pod"
+    layout.add(timeseries("Queue depth per replica", "Images waiting in each pod's batcher queue: what "
+                          "autoscaling.metric queue averages over the replicas and compares with its target.",
+                          "short", targets((SCALING["queue"].adapter_query(s, per_pod), "{{namespace}}/{{pod}}"))),
+               8, 8)
+    layout.add(timeseries("Requests in flight per replica", "Requests each pod is serving, all protocols: what "
+                          "autoscaling.metric inflight averages over the replicas.", "short",
+                          targets((SCALING["inflight"].adapter_query(s, per_pod), "{{namespace}}/{{pod}}"))), 8, 8)
+    layout.add(timeseries("Queue wait p90 per replica", "90th percentile of each pod's batcher queue wait over "
+                          "the last 2 minutes: what autoscaling.metric latency reads (a pod without traffic has "
+                          "none).", "s",
+                          targets((SCALING["latency"].adapter_query(s, per_pod), "{{namespace}}/{{pod}}"))), 8, 8)
 
     layout.row("Throughput and streams")
     layout.add(timeseries("Images and frames / s", "Images run through the model, and stream or video frames, by "

@@ -8,16 +8,21 @@ and a change of the replica set moves only the ids whose owner came or went: add
 ``StreamRouter`` resolves a service's name itself (its headless Service: one address per ready pod), keeps one
 channel per replica and sends each stream to its owner with ``resume`` set, so the window survives reconnects.
 When the owner changes (a replica added or gone), the stream's next call goes to the new owner, whose first
-prediction says ``window_restarted``.
+prediction says ``window_restarted``. A stream call that fails with UNAVAILABLE (its replica died or is
+draining) sets that replica aside for ``down_seconds`` and resolves again, so the caller's reconnect goes to the
+id's next-highest-weight replica: the one that owns the id anyway once the name stops listing the lost replica.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import grpc
 
 from kubeinfer.clients import balancing
 from kubeinfer.clients.client import Client
@@ -47,15 +52,19 @@ class StreamRouter:
     """Routes each stream id to its replica (rendezvous hashing over the resolved endpoints). Thread-safe.
 
     ``target`` is resolved as gRPC would (``dns:///name:port``, ``dns://SERVER/name:port``, ``ipv4:...``); it
-    is resolved again when ``refresh`` is called or before a stream when the last resolution is older than
-    ``refresh_seconds``. ``client_options`` are ``Client`` keyword arguments for the per-replica channels.
+    is resolved again when ``refresh`` is called, before a stream when the last resolution is older than
+    ``refresh_seconds``, and after a stream call failed with UNAVAILABLE. ``client_options`` are ``Client``
+    keyword arguments for the per-replica channels.
     """
 
-    def __init__(self, target: str, *, refresh_seconds: float = 30.0, **client_options: Any) -> None:
+    def __init__(self, target: str, *, refresh_seconds: float = 30.0, down_seconds: float = 10.0,
+                 **client_options: Any) -> None:
         self.target = target
         self.refresh_seconds = refresh_seconds
+        self.down_seconds = down_seconds
         self._client_options = client_options
         self._clients: dict[str, Client] = {}
+        self._down: dict[str, float] = {}  # endpoint -> until when it is set aside
         self._resolved_at = 0.0
         self._lock = threading.Lock()
         self.refresh()
@@ -80,28 +89,65 @@ class StreamRouter:
             gone = [self._clients.pop(e) for e in set(self._clients) - set(found)]
             for fresh in set(found) - set(self._clients):
                 self._clients[fresh] = Client(fresh, **self._client_options)
+            self._down = {e: until for e, until in self._down.items() if e in self._clients}
             self._resolved_at = time.monotonic()
         for client in gone:
             client.close()
         return sorted(found)
 
+    def _candidates_locked(self) -> list[str]:
+        """The endpoints not set aside (all of them when every one is)."""
+        now = time.monotonic()
+        up = [e for e in self._clients if self._down.get(e, 0.0) <= now]
+        return sorted(up or self._clients)
+
     def owner(self, stream_id: str) -> str:
         """The endpoint that serves ``stream_id`` now."""
-        return owner(stream_id, self.endpoints)
+        with self._lock:
+            return owner(stream_id, self._candidates_locked())
 
-    def client(self, stream_id: str) -> Client:
-        """The channel of ``stream_id``'s replica (resolving again first when the last time is too old)."""
+    def set_aside(self, endpoint: str) -> None:
+        """Route no stream to ``endpoint`` for ``down_seconds`` (its ids go to their next-highest-weight replica)."""
+        with self._lock:
+            self._down[endpoint] = time.monotonic() + self.down_seconds
+
+    def _route(self, stream_id: str) -> tuple[str, Client]:
         if time.monotonic() - self._resolved_at > self.refresh_seconds:
             self.refresh()
         with self._lock:
-            return self._clients[owner(stream_id, sorted(self._clients))]
+            endpoint = owner(stream_id, self._candidates_locked())
+            return endpoint, self._clients[endpoint]
+
+    def client(self, stream_id: str) -> Client:
+        """The channel of ``stream_id``'s replica (resolving again first when the last time is too old)."""
+        return self._route(stream_id)[1]
 
     def stream_classify(self, frames: Iterable[ImageLike | StreamFrame], *, stream_id: str, mode: str = "",
                         top_k: int | None = None, resume: bool = True,
                         timeout: float | None = None) -> Iterator[StreamPrediction]:
-        """``Client.stream_classify`` of one stream on its replica, resumable by default."""
-        return self.client(stream_id).stream_classify(frames, stream_id=stream_id, mode=mode, top_k=top_k,
-                                                      resume=resume, timeout=timeout)
+        """``Client.stream_classify`` of one stream on its replica, resumable by default.
+
+        When the call fails with UNAVAILABLE the error is raised as usual, and the replica is set aside first:
+        calling again with the same id (and the frames still to send) continues on the id's next owner.
+        """
+        endpoint, client = self._route(stream_id)
+        predictions = client.stream_classify(frames, stream_id=stream_id, mode=mode, top_k=top_k, resume=resume,
+                                             timeout=timeout)
+        return self._watched(endpoint, predictions)
+
+    def _watched(self, endpoint: str, predictions: Iterator[StreamPrediction]) -> Iterator[StreamPrediction]:
+        try:
+            yield from predictions
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                self.set_aside(endpoint)
+                with contextlib.suppress(NoEndpoints, OSError):
+                    self.refresh()
+            raise
+        finally:
+            close = getattr(predictions, "close", None)
+            if close is not None:
+                close()  # closing early cancels the call
 
     def model_infos(self, timeout: float | None = None) -> dict[str, ModelInfo]:
         """Each replica's GetModelInfo, by endpoint (``active_streams``: the windows it holds)."""

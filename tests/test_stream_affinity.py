@@ -7,9 +7,13 @@ answers; the hashing and the registry are also checked alone.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 from classify_support import COLOURS, expected_probabilities, solid
@@ -178,3 +182,31 @@ def test_two_clients_sharing_a_resumable_id_share_its_window_and_other_ids_never
     with Client(router.owner("shared-camera"), timeout=30) as direct:
         (per_call,) = list(direct.stream_classify([BLUE], stream_id="shared-camera"))
     assert (per_call.window_restarted, per_call.window_fill) == (False, 1)
+
+
+def test_when_a_streams_replica_dies_its_next_call_goes_to_the_next_owner_and_restarts(
+        router: StreamRouter, dns: DnsServer, replicas: ReplicaSet) -> None:
+    victim = replicas.live[0]
+    owners = {s: router.owner(s) for s in STREAMS}
+    lost = next(s for s in STREAMS if owners[s] == victim.grpc_target)
+    kept = next(s for s in STREAMS if owners[s] not in (victim.grpc_target, replicas.live[-1].grpc_target))
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.process.wait(10)
+    time.sleep(0.5)
+
+    # the name still lists the dead replica (its endpoint not yet removed): the call fails, the router learns
+    with pytest.raises(grpc.RpcError) as failed:
+        send(router, lost, [BLUE])
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert router.owner(lost) != victim.grpc_target
+    (again,) = send(router, lost, [BLUE])
+    assert (again.window_restarted, again.window_fill) == (True, 1)
+    (other,) = send(router, kept, [BLUE])  # a stream of a live replica goes on: R, R, B, B
+    assert (other.window_restarted, other.window_fill) == (False, 4)
+
+    set_aside = {s: router.owner(s) for s in STREAMS}
+    dns.set(NAME, replicas.hosts())  # the dead replica's address is gone from the name
+    router.refresh()
+    assert victim.grpc_target not in router.endpoints
+    assert {s: router.owner(s) for s in STREAMS} == set_aside  # the fallback was the owner-to-be already
+    assert all(set_aside[s] == owners[s] for s in STREAMS if owners[s] != victim.grpc_target)

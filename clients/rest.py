@@ -52,6 +52,13 @@ class RestClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
+    @classmethod
+    def for_service(cls, name: str, namespace: str = "default", *, port: int = 8080,
+                    cluster_domain: str = "cluster.local", timeout: float = 60.0) -> RestClient:
+        """An InferenceService's REST API through its ClusterIP Service ``NAME``. Every call opens its own
+        connection, so the Service spreads calls over the ready pods: no client-side balancing is needed."""
+        return cls(f"http://{name}.{namespace}.svc.{cluster_domain}:{port}", timeout=timeout)
+
     def __call__(self, images: Iterable[ImageLike], **parameters: Any) -> tuple[list[ClassifyResult] | RestError,
                                                                                int]:
         return self.classify(images, **parameters)

@@ -20,7 +20,7 @@ from classify_support import solid
 from dns_support import DnsServer
 from replica_support import ReplicaSet, replica_set
 
-from kubeinfer.clients import Client
+from kubeinfer.clients import Client, RestClient
 from kubeinfer.clients.balancing import service_target
 from kubeinfer.operator.render import headless_name
 
@@ -69,6 +69,8 @@ def test_for_service_targets_the_headless_service_the_operator_renders() -> None
     assert target == f"dns:///{headless_name('colours')}.vision.svc.cluster.local:8001"
     with Client.for_service("colours", namespace="vision", port=9001, cluster_domain="example.org") as client:
         assert client.target == "dns:///colours-pods.vision.svc.example.org:9001"
+    # REST opens a connection per call: the ClusterIP Service NAME spreads them
+    assert RestClient.for_service("colours", namespace="vision").url == "http://colours.vision.svc.cluster.local:8080"
 
 
 def test_unary_calls_are_split_evenly_over_three_replicas(client: Client, replicas: ReplicaSet) -> None:

@@ -81,6 +81,7 @@ def test_unary_calls_are_split_evenly_over_three_replicas(client: Client, replic
     before = served(replicas)
     classify(client, 300)
     split = delta(before, served(replicas))
+    print(f"split of 300: {split}")
     assert sum(split.values()) == 300
     assert all(90 <= count <= 110 for count in split.values()), split
 

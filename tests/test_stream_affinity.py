@@ -20,7 +20,7 @@ from classify_support import COLOURS, expected_probabilities, solid
 from dns_support import DnsServer
 from replica_support import WINDOW, ReplicaSet, replica_set
 
-from kubeinfer.clients import Client, StreamRouter
+from kubeinfer.clients import Client, NoEndpoints, StreamRouter
 from kubeinfer.clients.affinity import owner
 from kubeinfer.clients.resolve import resolve
 from kubeinfer.clients.types import ClassifyResult, StreamPrediction
@@ -62,6 +62,8 @@ def test_targets_resolve_to_their_endpoints() -> None:
     with DnsServer({"a.test": ["127.0.0.9", "127.0.0.8"]}) as dns:
         assert resolve(dns.target("a.test", 8001)) == ["127.0.0.8:8001", "127.0.0.9:8001"]
         assert resolve(dns.target("missing.test", 8001)) == []
+        with pytest.raises(NoEndpoints, match=r"missing\.test:8001 resolves to no address"):
+            StreamRouter(dns.target("missing.test", 8001))
 
 
 # ---------------------------------------------------------------- the registry alone

@@ -1,7 +1,8 @@
 """Autoscaling children against the real API server: the HPAs the operator renders for every metric are accepted
 and read back unchanged; with KEDA's own ScaledObject CRD (from its Go module, scripts/keda-crds.sh) installed, the
 rendered ScaledObjects are too, and the operator, run as a process with exactly ``RBAC_RULES``, makes one for an
-``engine: keda`` InferenceService and swaps it for an HPA when the spec goes back to ``engine: hpa``.
+``engine: keda`` InferenceService and swaps it for an HPA when the spec goes back to ``engine: hpa``, which the
+real HPA controller then takes up (and reports that no custom metrics API serves its metric: there is no adapter).
 
 KEDA's CRD is removed again at the end, so the rest of the session runs without KEDA, as most clusters do.
 """
@@ -79,6 +80,12 @@ def owner_of(api: Api, ns: str, name: str, autoscaling: dict[str, Any]) -> tuple
     return Owner(name, ns, created["metadata"]["uid"]), spec
 
 
+def scaling_active(api: Api, path: str) -> dict[str, Any] | None:
+    """The HPA's ScalingActive condition, once the HPA controller has written one."""
+    conditions = ((api.get(path) or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "ScalingActive"), None)
+
+
 def create_and_read_back(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     api.create(resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
@@ -139,6 +146,11 @@ def test_the_operator_makes_a_scaled_object_for_keda_and_an_hpa_for_hpa(
         hpa = wait(operator, lambda: api.get(hpa_path), "the HPA")
         assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "kubeinfer_queue_depth"
         wait(operator, lambda: api.get(scaled_path) is None or None, "the ScaledObject's removal")
+        # The real HPA controller takes it up and asks the custom metrics API for the metric, which only a
+        # metrics adapter (the chart's Prometheus Adapter rules) can answer; this cluster runs none.
+        condition = wait(operator, lambda: scaling_active(api, hpa_path), "the HPA controller's verdict", 60)
+        assert (condition["status"], condition["reason"]) == ("False", "FailedGetPodsMetric"), condition
+        assert "kubeinfer_queue_depth" in condition["message"], condition
         assert "Traceback" not in operator.logs(), operator.logs()
     finally:
         operator.stop()

@@ -156,6 +156,7 @@ def stream_prediction_to_proto(prediction: StreamPrediction) -> pb.StreamPredict
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
     message = pb.ModelInfo(
         task=info.task, model_name=info.model_name, model_path=info.model_path, model_format=info.model_format,
+        backend=info.backend,
         labels=info.labels, input_size=info.input_size, device=info.device, version=info.version,
         segmentation=info.segmentation, top_k=info.top_k, window=info.window, active_streams=info.active_streams,
         max_streams=info.max_streams, gallery_size=info.gallery_size, gallery_dimension=info.gallery_dimension,

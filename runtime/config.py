@@ -1,6 +1,7 @@
 """The runtime's settings: every `kubeinfer serve` flag, its KUBEINFER_<FLAG> environment default, validation.
 
-Imports nothing of the runtime: the CLI wiring is ``kubeinfer.runtime.serve_command``.
+Imports nothing of the runtime but ``cpus`` (stdlib only, for the thread defaults): the CLI wiring is
+``kubeinfer.runtime.serve_command``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from kubeinfer.runtime.cpus import thread_budget, usable_cpus
+
+BACKENDS = ("auto", "torch", "onnx")
 TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
@@ -40,6 +44,10 @@ class ServeConfig:
     max_request_pixels: int
     max_inflight_bytes: int
     workers: int
+    model_threads: int
+    model_spinning: bool
+    backend: str
+    cache_dir: Path
     grace_period: float
     shutdown_delay: float
     http_keepalive_timeout: float
@@ -93,6 +101,8 @@ class ServeConfig:
             (self.max_inflight_bytes >= self.max_message_bytes,
              "--max-inflight-bytes must be at least --max-message-bytes"),
             (self.workers >= 1, "--workers must be at least 1"),
+            (self.model_threads >= 1, "--model-threads must be at least 1"),
+            (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (self.http_keepalive_timeout > 0 and self.http_body_timeout > 0,
              "--http-keepalive-timeout and --http-body-timeout must be positive"),
@@ -140,6 +150,22 @@ def _triple(text: str) -> tuple[float, float, float]:
     return (parts[0], parts[1], parts[2])
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _default_cache_dir() -> Path:
+    """Where exported models are kept: $XDG_CACHE_HOME (else ~/.cache)/kubeinfer; in the runtime image and
+    the operator's pods HOME is /tmp, an emptyDir under the read-only root filesystem."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kubeinfer"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare every serve flag, each defaulting to its KUBEINFER_<FLAG> environment variable."""
 
@@ -150,6 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_core("model-name", str, None,
               "name reported to clients and metrics; the InferenceService name (default: the task)")
     flag_core("device", str, "cpu", "cpu, cuda or cuda:N")
+    flag_core("backend", str, "auto",
+              "how a YOLO .pt detector runs: onnx (exported at start into --cache-dir, once per model hash), "
+              "torch, or auto (onnx on CPU when the export works, else torch)", choices=list(BACKENDS))
+    flag_core("cache-dir", Path, _default_cache_dir(), "writable directory for models exported at start")
     flag_core("image-size", int, None, "square model input side in pixels (default: from the model, else 640)")
     flag_core("max-image-pixels", int, DEFAULT_MAX_IMAGE_PIXELS,
               "refuse images with more pixels (decompression-bomb guard)")
@@ -170,7 +200,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "(more: RESOURCE_EXHAUSTED / 413)")
     flag_serving("max-inflight-bytes", int, 4 * DEFAULT_MAX_MESSAGE_BYTES,
                  "most request bytes being served at once, over both transports (more: RESOURCE_EXHAUSTED / 429)")
-    flag_serving("workers", int, min(4, os.cpu_count() or 1), "threads decoding images and doing pre/post-processing")
+    budget = thread_budget(usable_cpus())
+    flag_serving("workers", int, budget.workers,
+                 "threads decoding images and doing pre/post-processing (default: from the usable CPUs, which "
+                 "the affinity mask and the cgroup CPU quota give)")
+    flag_serving("model-threads", int, budget.model_threads,
+                 "the model's intra-op threads, torch and ONNX Runtime (default: the usable CPUs)")
+    flag_serving("model-spinning", _boolean, False,
+                 "let ONNX Runtime's idle threads spin waiting for work: lower latency on dedicated cores, "
+                 "stolen cycles on shared ones")
     flag_serving("grace-period", float, 20.0, "seconds in-flight requests get to finish after SIGTERM")
     flag_serving("shutdown-delay", float, 2.0,
                  "seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted, "

@@ -17,6 +17,7 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
+from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo import BoxResult, Letterboxed, RawDetections, YoloDetector
 from kubeinfer.runtime.parameters import Parameters, check_range
 
@@ -76,7 +77,9 @@ class Detector:
 
     def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> None:
         self.config = config
-        self.model = YoloDetector(path, config.device, config.image_size)
+        choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
+        self.model = YoloDetector(choice.path, config.device, config.image_size,
+                                  exported_from=path if choice.path != path else None)
         self.batcher: DynamicBatcher[Letterboxed, RawDetections] = DynamicBatcher(
             "detect", self.model.forward, max_batch_size=config.max_batch_size,
             max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)

@@ -34,6 +34,7 @@ class ModelInfo:
     version: str
     batching: Batching
     model_format: str = ""
+    backend: str = ""  # the engine running the model: torch or onnx (a .pt detector may run as an ONNX export)
     labels: tuple[str, ...] = ()
     input_size: int = 0
     thresholds: Thresholds | None = None

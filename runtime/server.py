@@ -25,7 +25,9 @@ from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.models import threads
 from kubeinfer.runtime.tasks import build_task
+from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.transports.grpc import GrpcTransport
 from kubeinfer.runtime.transports.http import HttpTransport
 
@@ -93,7 +95,7 @@ class Runtime:
         log.info("listening: gRPC %s:%d, HTTP %s:%d; loading %s model %s", config.host, grpc_transport.port,
                  config.host, config.http_port, config.task, config.model)
         try:
-            task = await asyncio.to_thread(build_task, config, self.metrics, self.pool)
+            task = await asyncio.to_thread(self._build_task)
         except BaseException:
             await grpc_transport.drain(0)
             await http_transport.stop()
@@ -113,7 +115,7 @@ class Runtime:
         self.dataplane.attach(task)
         info = self.dataplane.model_info()
         self.metrics.build.labels(config.model_name).info(
-            {"version": info.version, "task": config.task, "format": info.model_format})
+            {"version": info.version, "task": config.task, "format": info.model_format, "backend": info.backend})
         await grpc_transport.set_serving(True)
         log.info("serving %s (%s) on %s", config.model_name, config.task, config.device)
 
@@ -135,6 +137,12 @@ class Runtime:
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
         return 0
+
+    def _build_task(self) -> Task:
+        """The thread budget first (torch's thread count must be set before its first parallel work), then the
+        task with its model."""
+        threads.configure(self.config.model_threads, spinning=self.config.model_spinning)
+        return build_task(self.config, self.metrics, self.pool)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -36,7 +36,8 @@ __all__ = ["CACHE", "REPO", "BackgroundTraffic", "RuntimeProcess", "free_port", 
 def runtime_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(CACHE / "models" / ".ultralytics"), PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"))
+               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+               KUBEINFER_CACHE_DIR=str(CACHE / "exports"))  # --backend auto exports each .pt model once, here
     env.update(extra)
     return env
 

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.models.threads import ort_session_options
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -180,9 +181,7 @@ class ImageModel:
                 raise StartupError(f"--device {self.device}: ONNX Runtime here has no CUDA provider")
             index = int(self.device.split(":")[1]) if ":" in self.device else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self._session = ort.InferenceSession(str(self.path), ort_session_options(), providers=providers)
         self._input_name = self._session.get_inputs()[0].name
         self.format = "onnx"
         self._run = self._run_onnx

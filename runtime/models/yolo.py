@@ -19,6 +19,7 @@ import torch
 
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+from kubeinfer.runtime.models.threads import ort_session_options
 
 log = logging.getLogger(__name__)
 FORMATS = {"pt": "pytorch", "torchscript": "torchscript", "onnx": "onnx"}
@@ -57,7 +58,9 @@ class BoxResult:
 class YoloDetector:
     """Loads a detector once, on one device, and serves it in three thread-safe steps."""
 
-    def __init__(self, path: Path, device: str, image_size: int | None) -> None:
+    def __init__(self, path: Path, device: str, image_size: int | None, exported_from: Path | None = None) -> None:
+        """Load ``path``; ``exported_from`` names the .pt file an ONNX export at start was made from, so the
+        reported format stays the one the user gave."""
         prepare_offline_ultralytics()
         from ultralytics.nn.autobackend import AutoBackend
 
@@ -68,13 +71,25 @@ class YoloDetector:
         except Exception as exc:
             raise StartupError(f"cannot load detector {path}: {type(exc).__name__}: {exc}") from exc
         self.backend.eval()
-        self.format = FORMATS.get(self.backend.format, self.backend.format)
+        self.format = FORMATS["pt"] if exported_from is not None else FORMATS.get(self.backend.format,
+                                                                                  self.backend.format)
+        self.engine = "onnx" if self.backend.format == "onnx" else "torch"
+        if self.engine == "onnx" and self.device.type == "cpu":
+            self._own_ort_session()
         self.stride = int(max(self.backend.stride, 1)) if isinstance(self.backend.stride, int | float) else 32
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.backend.names.items()}
         self.end2end = bool(getattr(self.backend, "end2end", False))
         self.image_size = self._input_size(image_size)
         self.segmentation = False
         self._warm_up()
+
+    def _own_ort_session(self) -> None:
+        """Replace ultralytics' ONNX Runtime session (library thread defaults, spinning) with one built with the
+        runtime's thread budget; same file, same provider."""
+        import onnxruntime as ort
+
+        inner = self.backend.backend
+        inner.session = ort.InferenceSession(str(self.path), ort_session_options(), providers=["CPUExecutionProvider"])
 
     def _input_size(self, requested: int | None) -> int:
         size = requested

@@ -33,8 +33,9 @@ class DetectTask(Task):
 
     def info(self, base: ModelInfo) -> ModelInfo:
         model = self.detector.model
-        return replace(base, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
-                       segmentation=model.segmentation, thresholds=self.detector.thresholds())
+        return replace(base, model_format=model.format, backend=model.engine, labels=tuple(model.labels),
+                       input_size=model.image_size, segmentation=model.segmentation,
+                       thresholds=self.detector.thresholds())
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
         await self.detect(images, DetectOverrides())

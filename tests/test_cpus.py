@@ -1,0 +1,88 @@
+"""The CPU budget read from real cgroup files (v2 cpu.max, v1 CFS quota) laid out under a temporary root."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.runtime.cpus import cgroup_cpu_limit, thread_budget, usable_cpus
+
+
+def write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota_of_the_process_cgroup(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "0::/kubepods/pod1/ctr\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.max", "max 100000\n")
+    write(tmp_path, "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == pytest.approx(1.5)
+    assert usable_cpus(tmp_path, affinity=64) == 2  # a pod with cpu: 1.5 on a 64-core node: 2 threads, not 64
+
+
+def test_cgroup_v2_parent_limit_is_tighter(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "0::/kubepods/pod1/ctr\n")
+    write(tmp_path, "sys/fs/cgroup/kubepods/pod1/cpu.max", "300000 100000\n")
+    write(tmp_path, "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == pytest.approx(3.0)
+    assert usable_cpus(tmp_path, affinity=2) == 2  # the affinity mask caps it too
+
+
+def test_cgroup_v2_without_limit(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "0::/\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert usable_cpus(tmp_path, affinity=8) == 8
+
+
+def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "400000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_limit(tmp_path) == pytest.approx(4.0)
+    assert usable_cpus(tmp_path, affinity=32) == 4
+
+
+def test_cgroup_v1_namespaced_mount_at_the_controller_root(tmp_path: Path) -> None:
+    """With a cgroup namespace the container sees its own cgroup as the mount's root."""
+    write(tmp_path, "proc/self/cgroup", "4:cpu,cpuacct:/\n")
+    write(tmp_path, "sys/fs/cgroup/cpu/cpu.cfs_quota_us", "50000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_limit(tmp_path) == pytest.approx(0.5)
+    assert usable_cpus(tmp_path, affinity=16) == 1
+
+
+def test_no_cgroup_files_means_the_affinity_mask(tmp_path: Path) -> None:
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert usable_cpus(tmp_path, affinity=3) == 3
+
+
+def test_thread_budget_split() -> None:
+    assert thread_budget(1) == thread_budget(0)
+    assert (thread_budget(1).model_threads, thread_budget(1).workers) == (1, 1)
+    assert (thread_budget(2).model_threads, thread_budget(2).workers) == (2, 2)
+    assert (thread_budget(64).model_threads, thread_budget(64).workers) == (64, 4)
+
+
+def parse(*args: str) -> ServeConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ServeConfig.from_args(parser.parse_args(["--task", "video", *args]))
+
+
+def test_thread_flags_default_from_the_budget_and_override() -> None:
+    budget = thread_budget(usable_cpus())
+    default = parse()
+    assert (default.model_threads, default.workers, default.model_spinning) == (
+        budget.model_threads, budget.workers, False)
+    chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "true", "--backend", "torch")
+    assert (chosen.model_threads, chosen.workers, chosen.model_spinning, chosen.backend) == (3, 5, True, "torch")
+    with pytest.raises(ConfigError, match="--model-threads"):
+        parse("--model-threads", "0")

@@ -21,6 +21,9 @@ QUEUE_WAIT = PREFIX + "queue_wait_seconds"
 INFERENCE_DURATION = PREFIX + "inference_duration_seconds"
 IMAGES = PREFIX + "images_processed_total"
 MODEL_READY = PREFIX + "model_ready"
+# Autoscaling signals (spec.autoscaling.metric queue, inflight, latency): QUEUE_DEPTH, IN_FLIGHT and QUEUE_WAIT are
+# read per pod by the chart's Prometheus Adapter rules and by KEDA triggers (kubeinfer.operator.scaling); keep
+# these names and their labels stable.
 QUEUE_DEPTH = PREFIX + "queue_depth"
 IN_FLIGHT = PREFIX + "requests_in_flight"
 ACTIVE_STREAMS = PREFIX + "active_streams"

@@ -409,12 +409,13 @@ def render_children(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults |
     """All children for the spec, plus the optional ones that must go (HPA, ScaledObject, PDB) when the spec no
     longer wants them."""
     present = [render_deployment(owner, spec, defaults), render_service(owner), render_headless_service(owner)]
-    if spec.autoscaling is not None and spec.autoscaling.engine == "keda":
-        present.append(render_scaled_object(owner, spec))
-    elif spec.autoscaling is not None:
+    keda = spec.autoscaling is not None and spec.autoscaling.engine == "keda"
+    if spec.autoscaling is not None and not keda:
         present.append(render_hpa(owner, spec))
     if spec.max_replicas > 1:
         present.append(render_pdb(owner))
+    if keda:  # last: on a cluster without KEDA's CRD only this one fails, after everything else is in place
+        present.append(render_scaled_object(owner, spec))
     wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in present}
     absent = [ref for ref in child_refs(owner.name) if (ref.kind, ref.name) not in wanted]
     return Children(present=present, absent=absent)

@@ -118,3 +118,11 @@ def test_quantities_are_written_in_the_api_servers_canonical_form(value: float, 
 def test_bad_autoscaling_is_refused_naming_the_field(autoscaling: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": autoscaling})
+
+
+def test_the_scaled_object_comes_last_so_a_cluster_without_keda_still_gets_the_rest() -> None:
+    children = render_children(OWNER, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {
+        "maxReplicas": 3, "metric": "queue", "target": 2, "engine": "keda", "prometheus": {"address": PROMETHEUS}}}),
+        DEFAULTS)
+    assert [obj["kind"] for obj in children.present] == ["Deployment", "Service", "Service", "PodDisruptionBudget",
+                                                         "ScaledObject"]

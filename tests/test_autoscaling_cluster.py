@@ -94,6 +94,35 @@ def create_and_read_back(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
     return live
 
 
+def test_without_keda_the_operator_serves_hpas_and_applies_the_rest_of_a_keda_resource(
+        api: Api, kubectl: Kubectl, kube_cluster: LocalCluster, ns: str, tmp_path: Path) -> None:
+    """Most clusters have no KEDA: the operator still works, and a resource asking for keda gets everything but
+    its ScaledObject (retried until KEDA's CRD appears)."""
+    kubectl("delete", "crd", KEDA_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
+    operator = operator_for(api, kube_cluster, ns, tmp_path)
+    try:
+        for name, autoscaling in (("plain-queue", AUTOSCALINGS["queue"]),
+                                  ("wants-keda", {**AUTOSCALINGS["inflight"], **KEDA})):
+            kubectl.apply({"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
+                           "metadata": {"name": name}, "spec": {**DETECT, "autoscaling": autoscaling}}, "-n", ns)
+        hpa = wait(operator, lambda: api.get(resource_path("autoscaling/v2", "HorizontalPodAutoscaler", ns,
+                                                           "plain-queue")), "the HPA")
+        assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "kubeinfer_queue_depth"
+        wait(operator, lambda: api.get(resource_path("policy/v1", "PodDisruptionBudget", ns, "wants-keda")),
+             "the keda resource's Deployment, Services and PDB")
+        assert api.get(resource_path("autoscaling/v2", "HorizontalPodAutoscaler", ns, "wants-keda")) is None
+        assert operator.process.alive(), operator.logs()
+    finally:
+        operator.stop()
+
+
+def operator_for(api: Api, kube_cluster: LocalCluster, ns: str, tmp_path: Path) -> Operator:
+    """`kubeinfer operator` for namespace ``ns``, as a ServiceAccount holding exactly RBAC_RULES."""
+    bind_cluster_role(api, f"{ns}-operator", RBAC_RULES, ns, "operator")
+    kubeconfig = service_account_kubeconfig(kube_cluster, ns, "operator", tmp_path / "operator.kubeconfig")
+    return Operator(kubeconfig, tmp_path / "operator.log", "--namespace", ns)
+
+
 @pytest.mark.parametrize("metric", sorted(AUTOSCALINGS))
 def test_the_rendered_hpa_is_accepted_and_reads_back_unchanged(api: Api, ns: str, metric: str) -> None:
     owner, spec = owner_of(api, ns, f"hpa-{metric}", AUTOSCALINGS[metric])
@@ -122,9 +151,7 @@ def test_kedas_schema_is_enforced_so_acceptance_means_something(api: Api, ns: st
 
 def test_the_operator_makes_a_scaled_object_for_keda_and_an_hpa_for_hpa(
         api: Api, kubectl: Kubectl, kube_cluster: LocalCluster, ns: str, keda: Path, tmp_path: Path) -> None:
-    bind_cluster_role(api, f"{ns}-operator", RBAC_RULES, ns, "operator")
-    kubeconfig = service_account_kubeconfig(kube_cluster, ns, "operator", tmp_path / "operator.kubeconfig")
-    operator = Operator(kubeconfig, tmp_path / "operator.log", "--namespace", ns)
+    operator = operator_for(api, kube_cluster, ns, tmp_path)
     try:
         name = "scaled"
         kubectl.apply({"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},

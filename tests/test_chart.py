@@ -216,6 +216,8 @@ def test_dashboards_can_be_switched_off_and_relabelled() -> None:
     ("operator.image.digest=latest", "digest"),
     ("monitoring.podMonitor.interval=often", "interval"),
     ("operator.unknownKey=1", "unknownKey"),
+    ("prometheusAdapter.rules.namespace=Not_A_Namespace", "namespace"),
+    ("prometheusAdapter.rules.enabled=maybe", "enabled"),
 ])
 def test_schema_rejects_bad_values(setting: str, message: str) -> None:
     result = helm("template", "x", str(CHART), "--set", setting, check=False)

@@ -18,7 +18,7 @@ from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
 from kubeinfer.runtime.models.backend import choose_backend
-from kubeinfer.runtime.models.yolo import BoxResult, Letterboxed, RawDetections, YoloDetector
+from kubeinfer.runtime.models.yolo import BoxResult, Letterboxed, RawDetections, Selection, YoloDetector
 from kubeinfer.runtime.parameters import Parameters, check_range
 
 MAX_DETECTIONS_LIMIT = 1000
@@ -50,6 +50,9 @@ class DetectParams:
     max_detections: int
     classes: tuple[int, ...]
     return_masks: bool
+
+    def selection(self) -> Selection:
+        return Selection(self.confidence, self.iou, self.max_detections, self.classes, self.return_masks)
 
 
 @dataclass(slots=True)
@@ -114,5 +117,6 @@ class Detector:
                                        params.classes, params.return_masks)
         return self.to_result(boxes, shape)
 
-    def prepare(self, bgr: np.ndarray) -> Letterboxed:
-        return self.model.preprocess(bgr)
+    def prepare(self, bgr: np.ndarray, params: DetectParams | None = None) -> Letterboxed:
+        """Letterboxed; with ``params`` its boxes are selected in the model's batch step (see models.yolo)."""
+        return self.model.preprocess(bgr, None if params is None else params.selection())

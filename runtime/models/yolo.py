@@ -1,9 +1,12 @@
 """Ultralytics YOLO detectors (.pt, TorchScript, ONNX) behind a batch-friendly interface.
 
 The work is split the way the batcher needs it: ``preprocess`` (one image, worker
-pool), ``forward`` (one batch, inference thread), ``postprocess`` (one image, worker
-pool, with that request's own thresholds). So images from requests with different
-confidence or class filters still share one model call: NMS runs per image.
+pool), ``forward`` (one batch, inference thread), ``postprocess`` (one image, with that
+request's own thresholds). Images that carry their request's ``Selection`` get their
+boxes selected in ``forward`` right after the model, for the whole batch in one vectorised
+step (one NMS call over every image and class, each image's thresholds still its own), so
+the common request needs no second trip through the worker pool; images without one (video
+frames) are selected per image in ``postprocess`` as before.
 """
 
 from __future__ import annotations
@@ -26,20 +29,36 @@ FORMATS = {"pt": "pytorch", "torchscript": "torchscript", "onnx": "onnx"}
 
 
 @dataclass(frozen=True, slots=True)
+class Selection:
+    """One request's box selection: score threshold, NMS IoU, most boxes, class filter (empty: all), masks."""
+
+    confidence: float
+    iou: float
+    max_detections: int
+    classes: tuple[int, ...] = ()
+    masks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Letterboxed:
-    """A model-ready image (RGB, HWC, uint8, square) and the shape of the original it came from."""
+    """A model-ready image (RGB, HWC, uint8, square) and the shape of the original it came from; with a
+    ``selection``, ``forward`` selects its boxes in the batch step."""
 
     pixels: np.ndarray
     original_height: int
     original_width: int
+    selection: Selection | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RawDetections:
-    """One image's slice of the model output: predictions and, for segmentation models, mask prototypes."""
+    """One image's slice of the model output: predictions and, for segmentation models, mask prototypes;
+    ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra]) when the image had one."""
 
     predictions: torch.Tensor
     prototypes: torch.Tensor | None
+    kept: torch.Tensor | None = None
+    boxes: list[BoxResult] | None = None  # the final boxes, when the selection asked for no masks
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +135,9 @@ class YoloDetector:
     def labels(self) -> list[str]:
         return [self.names[i] for i in sorted(self.names)]
 
-    def preprocess(self, bgr: np.ndarray) -> Letterboxed:
-        """Letterbox to the model's square input and convert to RGB (worker pool)."""
+    def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed:
+        """Letterbox to the model's square input and convert to RGB (worker pool); ``selection``: see
+        ``Letterboxed``."""
         height, width = bgr.shape[:2]
         size = self.image_size
         scale = min(size / height, size / width)
@@ -129,37 +149,70 @@ class YoloDetector:
         left, right = round(pad_w - 0.1), round(pad_w + 0.1)
         boxed = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
         cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
-        return Letterboxed(boxed, height, width)
+        return Letterboxed(boxed, height, width, selection)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Letterboxed]) -> list[RawDetections]:
-        """Run the model once for the whole batch (inference thread); outputs come back on the CPU."""
+        """Run the model once for the whole batch (inference thread); outputs come back on the CPU, with the
+        boxes of every image that carries a ``Selection`` already selected, in one step for the batch."""
         stacked = torch.from_numpy(np.stack([item.pixels for item in batch]))
         images = stacked.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         predictions, prototypes = _split_output(self.backend(images))
         predictions = predictions.float().cpu()
         prototypes = prototypes.float().cpu() if prototypes is not None else None
-        return [RawDetections(predictions[i], None if prototypes is None else prototypes[i])
+        kept: list[torch.Tensor | None] = [None] * len(batch)
+        boxes: list[list[BoxResult] | None] = [None] * len(batch)
+        chosen = [(i, item.selection) for i, item in enumerate(batch) if item.selection is not None]
+        if chosen:
+            selections = [selection for _, selection in chosen]
+            rows = self._select_many(predictions[[i for i, _ in chosen]], selections, prototypes is not None)
+            for (i, selection), selected in zip(chosen, rows, strict=True):
+                kept[i] = selected
+                if not selection.masks:
+                    boxes[i] = self._boxes(selected, None, (batch[i].original_height, batch[i].original_width))
+        return [RawDetections(predictions[i], None if prototypes is None else prototypes[i], kept[i], boxes[i])
                 for i in range(len(batch))]
+
+    def _select_many(self, predictions: torch.Tensor, selections: Sequence[Selection],
+                     with_masks: bool) -> list[torch.Tensor]:
+        if self.end2end:
+            return [self._select(predictions[i], s, with_masks) for i, s in enumerate(selections)]
+        return select_boxes_batch(predictions, len(self.names), selections)
+
+    def _select(self, predictions: torch.Tensor, selection: Selection, with_masks: bool) -> torch.Tensor:
+        from ultralytics.utils import nms
+
+        if self.end2end:  # NMS-free heads: ultralytics knows their output layout
+            return nms.non_max_suppression(
+                predictions[None], selection.confidence, selection.iou, list(selection.classes) or None,
+                max_det=selection.max_detections, nc=len(self.names) if with_masks else 0, end2end=True)[0]
+        return select_boxes(predictions, len(self.names), selection.confidence, selection.iou, selection.classes,
+                            selection.max_detections)
 
     @torch.inference_mode()
     def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
                     max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
-        """NMS with this request's thresholds, boxes back to original pixels, optional polygons (worker pool)."""
-        from ultralytics.utils import nms, ops
+        """NMS with these thresholds (unless ``forward`` already selected the rows), boxes back to original
+        pixels, optional polygons."""
+        if raw.boxes is not None and not masks:
+            return raw.boxes
+        kept = raw.kept
+        if kept is None:
+            kept = self._select(raw.predictions, Selection(confidence, iou, max_detections, tuple(classes), masks),
+                                with_masks=raw.prototypes is not None)
+        return self._boxes(kept, raw.prototypes if masks else None, original)
 
-        if self.end2end:  # NMS-free heads: ultralytics knows their output layout
-            kept = nms.non_max_suppression(
-                raw.predictions[None], confidence, iou, list(classes) or None, max_det=max_detections,
-                nc=len(self.names) if raw.prototypes is not None else 0, end2end=True)[0]
-        else:
-            kept = select_boxes(raw.predictions, len(self.names), confidence, iou, classes, max_detections)
+    def _boxes(self, kept: torch.Tensor, prototypes: torch.Tensor | None,
+               original: tuple[int, int]) -> list[BoxResult]:
+        """Selected rows as boxes in original pixels; with ``prototypes``, mask polygons too."""
+        from ultralytics.utils import ops
+
         if kept.shape[0] == 0:
             return []
         model_shape = (self.image_size, self.image_size)
         polygons: list[list[list[float]]] = [[] for _ in range(kept.shape[0])]
-        if masks and raw.prototypes is not None:
-            mask_bits = ops.process_mask(raw.prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
+        if prototypes is not None:
+            mask_bits = ops.process_mask(prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
             polygons = [_polygons(m, model_shape, original) for m in mask_bits.byte().numpy()]
         boxes = ops.scale_boxes(model_shape, kept[:, :4].clone(), original).tolist()
         scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
@@ -195,6 +248,56 @@ def select_boxes(predictions: torch.Tensor, classes_count: int, confidence: floa
     kept = torchvision.ops.batched_nms(boxes, scores, class_ids, iou)[:max_detections]
     return torch.cat((boxes[kept], scores[kept, None], class_ids[kept, None].float(), rows[kept, 4 + classes_count:]),
                      dim=1)
+
+
+def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
+                       selections: Sequence[Selection]) -> list[torch.Tensor]:
+    """``select_boxes`` for a batch ([B, 4 + classes + extra, anchors]) in one vectorised step: thresholds and
+    class filters per image, one NMS call per distinct IoU threshold (usually one) over every image at once,
+    boxes kept apart by an offset per (image, class), in float64 so the offsets cost no precision; the
+    result equals per-image ``select_boxes``. An image with more than ``MAX_NMS_CANDIDATES`` candidates sends
+    the batch through the per-image path (which caps them)."""
+    import torchvision
+
+    count = predictions.shape[0]
+    rows = predictions.transpose(1, 2)  # [B, anchors, channels]
+    scores, class_ids = rows[..., 4:4 + classes_count].max(dim=2)
+    keep = scores > torch.tensor([s.confidence for s in selections], dtype=scores.dtype)[:, None]
+    if any(s.classes for s in selections):
+        allowed = torch.ones(count, classes_count, dtype=torch.bool)
+        for i, s in enumerate(selections):
+            if s.classes:
+                allowed[i] = False
+                allowed[i, list(s.classes)] = True
+        keep &= allowed.gather(1, class_ids)
+    if count and int(keep.sum(dim=1).max()) > MAX_NMS_CANDIDATES:
+        return [select_boxes(predictions[i], classes_count, s.confidence, s.iou, s.classes, s.max_detections)
+                for i, s in enumerate(selections)]
+    image, anchor = keep.nonzero(as_tuple=True)
+    picked, picked_scores, picked_classes = rows[image, anchor], scores[image, anchor], class_ids[image, anchor]
+    xy, half = picked[:, :2], picked[:, 2:4] / 2
+    boxes = torch.cat((xy - half, xy + half), dim=1)
+    spaced = boxes.double()
+    if spaced.shape[0]:
+        group = image * classes_count + picked_classes
+        spaced = spaced + (group.double() * (float(spaced.max()) + 1.0))[:, None]
+    ious = torch.tensor([s.iou for s in selections])[image]
+    survivors = []
+    for threshold in sorted({s.iou for s in selections}):
+        members = (ious == threshold).nonzero(as_tuple=True)[0]
+        found = torchvision.ops.nms(spaced[members], picked_scores[members].double(), threshold)
+        survivors.append(members[found])
+    kept = torch.cat(survivors) if survivors else torch.zeros(0, dtype=torch.long)
+    if len(survivors) > 1:  # NMS returns by descending score; merge the groups the same way
+        kept = kept[picked_scores[kept].argsort(descending=True, stable=True)]
+    kept = kept[image[kept].argsort(stable=True)]  # by image, each image's rows still by descending score
+    per_image = torch.bincount(image[kept], minlength=count).tolist()
+    rows_out = torch.cat((boxes, picked_scores[:, None], picked_classes[:, None].float(),
+                          picked[:, 4 + classes_count:]), dim=1)
+    result = []
+    for i, part in enumerate(kept.split(per_image)):
+        result.append(rows_out[part[:selections[i].max_detections]])
+    return result
 
 
 def _split_output(output: object) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -94,12 +94,16 @@ def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> di
     return result
 
 
-def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float) -> dict:
+def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend: str = "torch",
+                   cache_dir: Path | None = None) -> dict:
+    """``YoloDetector.forward`` alone, on the engine ``backend`` picks for the file (as ``--backend`` would)."""
     import cv2
 
+    from kubeinfer.runtime.models.backend import choose_backend
     from kubeinfer.runtime.models.yolo import YoloDetector
 
-    detector = YoloDetector(model_path, "cpu", None)
+    choice = choose_backend(model_path, backend, "cpu", cache_dir or model_path.parent / ".exports", None)
+    detector = YoloDetector(choice.path, "cpu", None)
     decoded = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
     boxed = [detector.preprocess(d) for d in decoded]
 
@@ -118,6 +122,26 @@ def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float) -> dict
         lambda: detector.postprocess(raw, shape, 0.25, 0.45, 300, (), False), seconds / 4)
     result["input_size"] = detector.image_size
     result["model"] = str(model_path)
+    result["backend"] = choice.backend
+    return result
+
+
+def ultralytics_predict(model_path: Path, jpegs: list[bytes], seconds: float, batch: int = 32) -> dict:
+    """ultralytics' own batched ``predict`` in-process, JPEG decoding included: what a user gets without a
+    server at all (the row the served detector is compared with)."""
+    import cv2
+    from ultralytics import YOLO
+
+    model = YOLO(str(model_path))
+    size = int(model.model.args.get("imgsz", 640)) if hasattr(model.model, "args") else 640
+    chunk = [jpegs[i % len(jpegs)] for i in range(batch)]
+
+    def predict(n: int) -> object:
+        images = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in chunk[:n]]
+        return model.predict(images, imgsz=size, batch=n, verbose=False)
+
+    result = sweep(predict, seconds, batch_sizes=(batch,))
+    result["model"] = str(model_path)
     return result
 
 
@@ -127,16 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", type=Path)
     parser.add_argument("--payloads", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per batch size")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the model's intra-op threads, set as `kubeinfer serve --model-threads` sets them "
+                             "(0: the libraries' defaults)")
+    parser.add_argument("--detector-backends", default="torch",
+                        help="comma-separated engines for the detector limit (torch, onnx, auto); the fastest "
+                             "is the limit")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where ONNX exports are kept")
+    parser.add_argument("--ultralytics", action="store_true", help="also time ultralytics' own predict")
     args = parser.parse_args(argv)
     import torch
     from load import load_payloads  # this script's folder is on sys.path
 
+    from kubeinfer.runtime.models import threads
+
+    if args.threads:
+        threads.configure(args.threads)
     pixels, jpegs = load_payloads(args.payloads)
     out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if args.classifier:
         out["classifier"] = classifier_limit(args.classifier, pixels, args.seconds)
     if args.detector:
-        out["detector"] = detector_limit(args.detector, jpegs, args.seconds)
+        by_backend = {name: detector_limit(args.detector, jpegs, args.seconds, name, args.cache_dir)
+                      for name in args.detector_backends.split(",") if name}
+        out["detector"] = max(by_backend.values(), key=lambda r: r["images_per_s"])
+        out["detector_by_backend"] = {r["backend"]: r for r in by_backend.values()}
+        if args.ultralytics:
+            out["detector_ultralytics"] = ultralytics_predict(args.detector, jpegs, args.seconds)
     json.dump(out, sys.stdout)
     print()
     return 0

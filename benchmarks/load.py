@@ -34,6 +34,11 @@ from typing import Any
 
 import numpy as np
 
+if __package__:  # imported as benchmarks.load
+    from . import h2load
+else:  # run as a script in a bench venv: this folder is on sys.path
+    import h2load
+
 TARGETS = ("kubeinfer-classify", "kubeinfer-detect", "oip-grpc", "litserve-http")
 Send = Callable[[int], Awaitable[None]]
 
@@ -134,6 +139,10 @@ class Target:
         """The top-1 class index the server gives for payload i (None: not a classifier target)."""
         return None
 
+    def grpc_call(self) -> tuple[str, bytes] | None:
+        """The gRPC method path and the serialized request of payload 0, for h2load; None: not gRPC."""
+        return None
+
     async def close(self) -> None:
         """Release the connection."""
 
@@ -178,6 +187,10 @@ class KubeinferTarget(Target):
         if self.task != "classify":
             return None
         return int((await self._call(i)).results[0].top[0].class_id)
+
+    def grpc_call(self) -> tuple[str, bytes] | None:
+        method = "Classify" if self.task == "classify" else "Detect"
+        return f"/kubeinfer.v1.Inference/{method}", self.requests[0].SerializeToString()
 
     async def close(self) -> None:
         if self.channel is not None:
@@ -230,6 +243,14 @@ class OipTarget(Target):
     async def answer(self, i: int) -> int | None:
         classes = (await self._call(i)).as_numpy("classes")
         return None if classes is None else int(classes.reshape(-1)[0])
+
+    def grpc_call(self) -> tuple[str, bytes] | None:
+        from tritonclient.grpc import service_pb2
+
+        image = self.pixels[0]
+        request = service_pb2.ModelInferRequest(model_name=self.model, raw_input_contents=[image.tobytes()])
+        request.inputs.add(name=self.input_name, datatype="UINT8", shape=[1, *image.shape])
+        return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
 
     async def close(self) -> None:
         if self.client is not None:
@@ -284,15 +305,25 @@ def make_target(args: argparse.Namespace) -> Target:
 
 
 async def run_levels(target: Target, levels: list[int], duration: float, warmup: float, timeout: float,
-                     answers: int = 0) -> dict[str, Any]:
-    """Every level in turn on one connection, plus the top-1 answers for the first ``answers`` payloads."""
+                     answers: int = 0, generator: str = "python", address: str = "") -> dict[str, Any]:
+    """Every level in turn on one connection, plus the top-1 answers for the first ``answers`` payloads.
+
+    With ``generator="h2load"`` a gRPC target's levels come from h2load (one connection, C streams, payload 0);
+    the answers and the check that the server answers that request with status OK stay with this client."""
     await target.open()
     try:
         top1 = [await target.answer(i) for i in range(answers)]
-        results = [await closed_loop(target.send, c, duration, warmup, timeout) for c in levels]
+        call = target.grpc_call() if generator == "h2load" else None
+        if call is not None:
+            await target.send(0)  # the exact request h2load repeats, answered OK through a real gRPC client
+            levels_out = [await asyncio.to_thread(h2load.run_level, address, call[0], call[1], c, duration, warmup,
+                                                  timeout) for c in levels]
+        else:
+            levels_out = [asdict(await closed_loop(target.send, c, duration, warmup, timeout)) for c in levels]
     finally:
         await target.close()
-    return {"levels": [asdict(r) for r in results], "top1": None if None in top1 or not top1 else top1}
+    return {"levels": levels_out, "top1": None if None in top1 or not top1 else top1,
+            "generator": "h2load" if call is not None else "python"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -307,6 +338,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-name", default="classifier", help="OIP model name")
     parser.add_argument("--input-name", default=None, help="OIP input (default: the UINT8 input in the metadata)")
     parser.add_argument("--answers", type=int, default=8, help="report the top-1 class of this many payloads")
+    parser.add_argument("--generator", choices=("python", "h2load"), default="python",
+                        help="h2load: gRPC targets are loaded by h2load (C), answers still checked from here")
     args = parser.parse_args(argv)
     if not args.address.startswith(("127.", "localhost:", "[::1]:")):
         parser.error(f"--address {args.address}: only loopback targets are allowed")
@@ -318,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(v) for v in args.concurrency.split(",") if v]
     try:
         results = asyncio.run(run_levels(make_target(args), levels, args.duration, args.warmup, args.timeout,
-                                         args.answers))
+                                         args.answers, args.generator, args.address))
     except Exception as exc:
         print(f"load: {args.target} at {args.address}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

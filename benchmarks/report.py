@@ -81,6 +81,17 @@ def evaluate_targets(limits: dict[str, Any], rows: list[dict[str, Any]], batch: 
                 "measured": overhead, "goal": 1.0, "met": None if overhead is None else overhead <= 1.0,
                 "detail": (f"served p50 {served['p50_ms']:.2f} ms vs raw batch-1 forward "
                            f"{limit['latency_ms_batch1']:.2f} ms" if overhead is not None else "not measured")})
+    predict = limits.get("detector_ultralytics")
+    row = find_row(rows, headline_key("detector", batch))
+    served = level(row, c) if row else None
+    ratio = served["throughput_rps"] / predict["images_per_s"] if served and predict else None
+    targets.append({
+        "id": "detector-vs-ultralytics", "workload": "detector",
+        "target": f"{headline_key('detector', batch)}: >= 1.5x ultralytics' in-process batched predict at "
+                  f"concurrency {c}",
+        "measured": ratio, "goal": 1.5, "met": None if ratio is None else ratio >= 1.5,
+        "detail": (f"{served['throughput_rps']:.1f} req/s served vs {predict['images_per_s']:.1f} img/s predict "
+                   f"(batch {predict['best_batch_size']})") if ratio is not None else "not measured"})
     return targets
 
 
@@ -107,7 +118,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Machine: {meta['machine']}",
         f"- Load average (1 min) at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f}",
         f"- Settings: concurrency {meta['concurrency']}, {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s "
-        f"measured per level, batching {meta['batching']}, torch threads {meta['torch_threads']} in every server",
+        f"measured per level, batching {meta['batching']}, model threads {meta['torch_threads']} in every server",
+        f"- Load generator of the gRPC rows: {meta.get('load_generator', 'python')} (one connection, C streams; "
+        "answers checked by a real gRPC client first)",
         f"- Command: `{meta['command']}`",
     ]
     if meta.get("note"):
@@ -127,13 +140,20 @@ def markdown(results: dict[str, Any]) -> str:
               "| model | best batch | img/s at best batch | batch-1 forward p50 ms | preprocess ms/img "
               "| img/s by batch size |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for workload in WORKLOADS:
-        lim = limits.get(workload)
+    measured = [(workload, limits.get(workload)) for workload in WORKLOADS if workload != "detector"]
+    measured += [(f"detector ({backend})", lim) for backend, lim in limits.get("detector_by_backend", {}).items()]
+    if "detector_by_backend" not in limits:
+        measured.append(("detector", limits.get("detector")))
+    for name, lim in measured:
         if not lim:
             continue
         by = ", ".join(f"{r['batch_size']}: {r['images_per_s']:.0f}" for r in lim["by_batch_size"])
-        lines.append(f"| {workload} | {lim['best_batch_size']} | {lim['images_per_s']:.1f} | "
+        lines.append(f"| {name} | {lim['best_batch_size']} | {lim['images_per_s']:.1f} | "
                      f"{lim['latency_ms_batch1']:.2f} | {lim['preprocess_ms_per_image']:.2f} | {by} |")
+    predict = limits.get("detector_ultralytics")
+    if predict:
+        lines.append(f"| detector: ultralytics `predict` in-process, JPEG decoding and NMS included "
+                     f"| {predict['best_batch_size']} | {predict['images_per_s']:.1f} | — | — | — |")
     lines.append("")
 
     for workload, title in WORKLOADS.items():
@@ -142,16 +162,18 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         lim = limits.get(workload)
         lines += [f"## {title}", "",
-                  "| system | protocol | batching | C | req/s | p50 ms | p99 ms | errors | of limit | top-1 as raw |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| system | protocol | backend | batching | load | C | req/s | p50 ms | p99 ms | errors | of limit "
+                  "| top-1 as raw |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in wrows:
             if r["status"] != "ok":
-                lines.append(f"| {r['system']} | {r['protocol']} | {r['batching']} | — | {r['status']}: "
-                             f"{r['reason']} | | | | | |")
+                lines.append(f"| {r['system']} | {r['protocol']} | {r.get('backend') or '—'} | {r['batching']} | "
+                             f"| — | {r['status']}: {r['reason']} | | | | | |")
                 continue
             for lv in r["levels"]:
                 share = f"{100 * lv['throughput_rps'] / lim['images_per_s']:.0f}%" if lim else "—"
-                lines.append(f"| {r['system']} | {r['protocol']} | {r['batching']} | {lv['concurrency']} | "
+                lines.append(f"| {r['system']} | {r['protocol']} | {r.get('backend') or '—'} | {r['batching']} | "
+                             f"{r.get('generator', 'python')} | {lv['concurrency']} | "
                              f"{lv['throughput_rps']:.1f} | {_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} | "
                              f"{lv['errors']} | {share} | {r.get('top1_agreement', '—')} |")
         lines.append("")

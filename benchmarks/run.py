@@ -29,12 +29,15 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable a
     sys.path.append(str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import models, report, systems, venvs
+from benchmarks import h2load, models, report, systems, venvs
 from benchmarks.processes import ManagedProcess, ServerError, cleanup_on_exit
+from kubeinfer.runtime.cpus import usable_cpus
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kserve", "mlserver", "litserve", "kubeinfer-detect")
+EXPORTS = models.CACHE / "exports"  # ONNX exports made by --backend auto, shared with the tests' runtimes
+ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kserve", "mlserver", "litserve", "kubeinfer-detect",
+               "kubeinfer-detect-torch")
 PEERS = ("kserve", "mlserver", "litserve")
 
 
@@ -54,9 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16, help="batch limit of every batching server")
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0,
                         help="longest wait for a batch to fill, every batching server (default 5)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads of torch in every server and in the limit (default 1: on a small "
-                             "machine the load generator and the servers' own threads need the other cores)")
+    parser.add_argument("--torch-threads", type=int, default=usable_cpus(),
+                        help="intra-op threads of the model (torch, ONNX Runtime) in every server and in the limit "
+                             "(default: the usable CPUs, kubeinfer's own default; h2load needs almost no CPU)")
+    parser.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
+                        help="load generator of the gRPC rows: h2load (C, from nghttp2-client), python (grpc.aio "
+                             "in load.py), or auto: h2load when installed")
     parser.add_argument("--limit-seconds", type=float, default=1.5, help="seconds per batch size for the limit")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds a server may take to start")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
@@ -72,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.no_peers:
         chosen = [s for s in chosen if s not in (*PEERS, "kubeinfer-oip")]
     args.chosen = chosen
+    if args.generator == "auto":
+        args.generator = "h2load" if h2load.available() else "python"
+    elif args.generator == "h2load" and not h2load.available():
+        parser.error("--generator h2load: h2load is not installed (Debian package nghttp2-client)")
     args.levels = [int(c) for c in args.concurrency.split(",") if c]
     if not args.levels or min(args.levels) < 1:
         parser.error("--concurrency needs positive integers")
@@ -83,18 +93,21 @@ def server_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
                NO_PROXY="127.0.0.1,localhost,::1", no_proxy="127.0.0.1,localhost,::1",
-               YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(models.CACHE / "models" / ".ultralytics"))
+               YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(models.CACHE / "models" / ".ultralytics"),
+               KUBEINFER_CACHE_DIR=str(EXPORTS))
     env.update(extra)
     return env
 
 
 def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
                    payloads: Path) -> dict[str, Any]:
-    argv = [sys.executable, str(HERE / "limits.py"), "--payloads", str(payloads), "--seconds", str(args.limit_seconds)]
+    argv = [sys.executable, str(HERE / "limits.py"), "--payloads", str(payloads), "--seconds", str(args.limit_seconds),
+            "--threads", str(args.torch_threads), "--cache-dir", str(EXPORTS)]
     if files:
         argv += ["--classifier", str(files.model)]
     if detector:
-        argv += ["--detector", str(detector)]
+        backends = "auto,torch" if "kubeinfer-detect-torch" in args.chosen else "auto"
+        argv += ["--detector", str(detector), "--detector-backends", backends, "--ultralytics"]
     proc = ManagedProcess("limits", argv, args.work / "logs" / "limits.log", server_env(args.torch_threads, {}),
                           args.work, capture_stdout=True)
     try:
@@ -111,10 +124,11 @@ def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
     """One row: the load generator against a running server, every concurrency level."""
     argv = [str(plan.python), str(HERE / "load.py"), "--target", plan.target, "--address", plan.address,
             "--payloads", str(payloads), "--concurrency", ",".join(map(str, args.levels)),
-            "--duration", str(args.duration), "--warmup", str(args.warmup), *plan.extra_args]
+            "--duration", str(args.duration), "--warmup", str(args.warmup), "--generator", args.generator,
+            *plan.extra_args]
     row: dict[str, Any] = {"key": plan.key, "system": plan.system, "workload": plan.workload,
                            "protocol": plan.protocol, "batching": plan.batching, "is_kubeinfer": plan.is_kubeinfer,
-                           "status": "ok", "reason": "", "levels": []}
+                           "backend": plan.backend, "status": "ok", "reason": "", "levels": []}
     bound = len(args.levels) * (args.warmup + args.duration + 30) + 60
     proc = ManagedProcess(f"load-{plan.key}", argv, args.work / "logs" / f"load-{plan.key}.log",
                           server_env(1, {}), args.work, capture_stdout=True)
@@ -133,6 +147,7 @@ def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
         return row
     measured = json.loads(out)
     row["levels"] = measured["levels"]
+    row["generator"] = measured.get("generator", "python")
     top1 = measured.get("top1")
     if top1 and reference:  # same model, same answers: the rows compare like with like
         row["top1_agreement"] = f"{sum(a == b for a, b in zip(top1, reference, strict=False))}/{len(reference)}"
@@ -156,6 +171,8 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
         addresses = server.check_loopback()
         log(f"{plan.name} ready in {seconds:.1f}s, listening on {', '.join(addresses)}")
         for load in plan.loads:
+            if load.is_kubeinfer:
+                load.backend = served_backend(load.address)
             log(f"loading {load.key} ({load.protocol}) at C={args.concurrency}")
             row = run_load(load, args, payloads, reference)
             _print_row(row)
@@ -176,6 +193,17 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
         server.stop()
         time.sleep(1.0)  # let the machine settle before the next system
     return rows
+
+
+def served_backend(address: str) -> str:
+    """The engine a kubeinfer server reports in GetModelInfo (torch or onnx)."""
+    import grpc
+
+    from kubeinfer.v1 import inference_pb2 as pb
+    from kubeinfer.v1.inference_pb2_grpc import InferenceStub
+
+    with grpc.insecure_channel(address) as channel:
+        return str(InferenceStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30).backend)
 
 
 def _print_row(row: dict[str, Any]) -> None:
@@ -204,6 +232,8 @@ def plan_servers(args: argparse.Namespace, files: models.ClassifierFiles | None,
     if detector and "kubeinfer-detect" in chosen:
         plans.append(systems.kubeinfer_detector(detector, settings, batch))
         plans.append(systems.kubeinfer_detector(detector, settings, 1))
+    if detector and "kubeinfer-detect-torch" in chosen:
+        plans.append(systems.kubeinfer_detector(detector, settings, batch, backend="torch"))
     return plans
 
 
@@ -225,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     settings = systems.Settings(args.max_batch_size, args.max_batch_delay_ms, args.torch_threads)
-    needs_classifier = any(s != "kubeinfer-detect" for s in args.chosen)
+    needs_classifier = any(not s.startswith("kubeinfer-detect") for s in args.chosen)
     needs_client = any(s in (*PEERS, "kubeinfer-oip") for s in args.chosen)
     with cleanup_on_exit():
         args.work.mkdir(parents=True, exist_ok=True)
         log("preparing models and payloads (cached under .cache/)")
         files = models.ensure_classifier() if needs_classifier else None
-        detector = models.ensure_detector() if "kubeinfer-detect" in args.chosen else None
+        detector = models.ensure_detector() if any(s.startswith("kubeinfer-detect") for s in args.chosen) else None
         payloads = models.make_payloads(models.BENCH_CACHE / "payloads.npz")
 
         install_failures: dict[str, str] = {}
@@ -245,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"measuring the raw limits ({args.torch_threads} torch threads)")
         limits = measure_limits(args, files, detector, payloads)
-        for name in ("classifier", "detector"):
-            if name in limits:
-                lim = limits[name]
+        for name, lim in [("classifier", limits.get("classifier")),
+                          *((f"detector ({b})", lim) for b, lim in limits.get("detector_by_backend", {}).items())]:
+            if lim:
                 log(f"  {name}: {lim['images_per_s']:.1f} img/s at batch {lim['best_batch_size']}, "
                     f"batch-1 forward {lim['latency_ms_batch1']:.2f} ms")
+        if "detector_ultralytics" in limits:
+            log(f"  ultralytics predict in-process: {limits['detector_ultralytics']['images_per_s']:.1f} img/s")
 
         rows: list[dict[str, Any]] = []
         for plan in plan_servers(args, files, detector, settings):
@@ -279,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": args.levels, "duration_s": args.duration, "warmup_s": args.warmup,
                 "batching": f"max {args.max_batch_size}, {args.max_batch_delay_ms:g} ms",
                 "max_batch_size": args.max_batch_size, "max_batch_delay_ms": args.max_batch_delay_ms,
-                "torch_threads": args.torch_threads, "versions": versions,
+                "torch_threads": args.torch_threads, "versions": versions, "load_generator": args.generator,
                 "wall_s": round(time.monotonic() - started, 1),
             },
-            "limits": {k: v for k, v in limits.items() if k in ("classifier", "detector")},
+            "limits": {k: v for k, v in limits.items()
+                       if k in ("classifier", "detector", "detector_by_backend", "detector_ultralytics")},
             "rows": rows,
         }
         results["targets"] = report.evaluate_targets(results["limits"], rows, args.max_batch_size)

@@ -43,6 +43,7 @@ class LoadPlan:
     address: str
     python: Path
     extra_args: list[str] = field(default_factory=list)
+    backend: str = ""  # the engine serving the model, as the server reports it (kubeinfer) or known (peers)
     is_kubeinfer: bool = False
     optional: bool = False  # skipped (not failed) when the server does not offer this API yet
 
@@ -76,12 +77,13 @@ def kubeinfer_classifier(model: Path, labels: Path, s: Settings, batch: int, wit
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", loads)
 
 
-def kubeinfer_detector(model: Path, s: Settings, batch: int) -> ServerPlan:
+def kubeinfer_detector(model: Path, s: Settings, batch: int, backend: str = "auto") -> ServerPlan:
+    """The .pt detector served with ``--backend backend``; ``auto`` rows keep the plain key."""
     grpc, http = free_port(), free_port()
-    key = f"kubeinfer-detect-b{batch}"
+    key = f"kubeinfer-detect-b{batch}" if backend == "auto" else f"kubeinfer-detect-{backend}-b{batch}"
     load = LoadPlan(key, "kubeinfer", "detector", "kubeinfer gRPC Detect (JPEG)", _batching(batch, s),
                     "kubeinfer-detect", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True)
-    argv = [str(KUBEINFER), "serve", "--task", "detect", "--model", str(model),
+    argv = [str(KUBEINFER), "serve", "--task", "detect", "--model", str(model), "--backend", backend,
             *_kubeinfer_common(grpc, http, batch, s, name="detector")]
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", [load])
 
@@ -89,7 +91,8 @@ def kubeinfer_detector(model: Path, s: Settings, batch: int) -> ServerPlan:
 def _kubeinfer_common(grpc: int, http: int, batch: int, s: Settings, name: str = MODEL_NAME) -> list[str]:
     return ["--model-name", name, "--host", "127.0.0.1", "--grpc-port", str(grpc), "--http-port", str(http),
             "--max-batch-size", str(batch), "--max-batch-delay-ms", str(s.max_batch_delay_ms),
-            "--shutdown-delay", "0", "--grace-period", "5", "--log-level", "warning"]
+            "--shutdown-delay", "0", "--grace-period", "5", "--log-level", "warning",
+            "--model-threads", str(s.torch_threads)]
 
 
 def kserve(model: Path, s: Settings) -> ServerPlan:
@@ -97,7 +100,7 @@ def kserve(model: Path, s: Settings) -> ServerPlan:
     spec = SPECS["kserve"]
     load = LoadPlan("kserve", "KServe ModelServer", "classifier", "OIP v2 gRPC (tritonclient)",
                     "none (no batcher in the Python server)", "oip-grpc", f"127.0.0.1:{grpc}",
-                    SPECS["client"].python, ["--model-name", MODEL_NAME, "--input-name", "pixels"])
+                    SPECS["client"].python, ["--model-name", MODEL_NAME, "--input-name", "pixels"], backend="torch")
     argv = [str(spec.python), str(PEERS / "serve_kserve.py"), "--model", str(model), "--name", MODEL_NAME,
             "--http_port", str(http), "--grpc_port", str(grpc), "--enable_latency_logging", "False"]
     return ServerPlan("kserve", argv, f"http://127.0.0.1:{http}/v2/models/{MODEL_NAME}/ready", [load], venv="kserve")
@@ -121,7 +124,7 @@ def mlserver(model: Path, s: Settings) -> ServerPlan:
     }
     load = LoadPlan("mlserver", "MLServer", "classifier", "OIP v2 gRPC (tritonclient)",
                     f"adaptive, {_batching(s.max_batch_size, s)}", "oip-grpc", f"127.0.0.1:{grpc}",
-                    SPECS["client"].python, ["--model-name", MODEL_NAME, "--input-name", "pixels"])
+                    SPECS["client"].python, ["--model-name", MODEL_NAME, "--input-name", "pixels"], backend="torch")
     return ServerPlan(
         "mlserver", [str(spec.path / "bin" / "mlserver"), "start", "repository"],
         f"http://127.0.0.1:{http}/v2/models/{MODEL_NAME}/ready", [load], env={"PYTHONPATH": str(PEERS)},
@@ -134,7 +137,8 @@ def litserve(model: Path, s: Settings) -> ServerPlan:
     port = free_port()
     spec = SPECS["litserve"]
     load = LoadPlan("litserve", "LitServe", "classifier", "HTTP JSON (base64 pixels)",
-                    _batching(s.max_batch_size, s), "litserve-http", f"127.0.0.1:{port}", SPECS["client"].python)
+                    _batching(s.max_batch_size, s), "litserve-http", f"127.0.0.1:{port}", SPECS["client"].python,
+                    backend="torch")
     argv = [str(spec.python), str(PEERS / "serve_litserve.py"), "--model", str(model), "--port", str(port),
             "--max-batch-size", str(s.max_batch_size), "--batch-timeout", str(s.max_batch_delay_ms / 1000.0)]
     return ServerPlan("litserve", argv, f"http://127.0.0.1:{port}/health", [load], venv="litserve")

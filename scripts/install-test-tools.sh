@@ -128,6 +128,20 @@ install_keda_crds() {
     log "KEDA ScaledObject CRD at $(bash "$ROOT/scripts/keda-crds.sh")"
 }
 
+install_h2load() {
+    # h2load (Debian's nghttp2-client): the C HTTP/2 load generator benchmarks/run.py drives the gRPC rows with
+    if command -v h2load >/dev/null 2>&1; then
+        log "h2load already installed: $(command -v h2load)"
+        return
+    fi
+    log "installing h2load (nghttp2-client) with apt-get"
+    local sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nghttp2-client >/dev/null
+    command -v h2load >/dev/null 2>&1 || { log "h2load still missing after apt-get"; exit 1; }
+}
+
 # With arguments, only those tools (`install-test-tools.sh image_tools`); without, all of them.
 if [[ $# -gt 0 ]]; then
     for tool in "$@"; do
@@ -142,3 +156,4 @@ install_checkov
 install_monitoring_models
 install_image_tools
 install_keda_crds
+install_h2load

@@ -30,6 +30,9 @@ RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable b
 SHUTDOWN_DELAY = 5
 GRACE_PERIOD = 20
 TERMINATION_GRACE = SHUTDOWN_DELAY + GRACE_PERIOD + 5
+# Balancing clients (Client.for_service) resolve the headless Service again only when a connection closes: a
+# connection age makes them find the pods a scale-up adds within this many seconds.
+MAX_CONNECTION_AGE = 30
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -186,7 +189,8 @@ def runtime_args(spec: ServiceSpec, name: str, paths: dict[str, str]) -> list[st
              "--max-message-bytes", str(spec.max_message_bytes), "--workers", str(spec.workers)]
     if spec.gpus > 0:
         args += ["--device", "cuda"]
-    args += ["--shutdown-delay", str(SHUTDOWN_DELAY), "--grace-period", str(GRACE_PERIOD)]
+    args += ["--shutdown-delay", str(SHUTDOWN_DELAY), "--grace-period", str(GRACE_PERIOD),
+             "--grpc-max-connection-age", str(MAX_CONNECTION_AGE)]
     args += ["--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)]
     return args
 

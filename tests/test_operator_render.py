@@ -143,6 +143,12 @@ def test_the_kubelet_waits_longer_than_the_runtime_drains() -> None:
     assert pod["terminationGracePeriodSeconds"] >= parsed.shutdown_delay + parsed.grace_period + 2
 
 
+def test_connections_age_so_balancing_clients_find_new_pods() -> None:
+    deployment = children({"task": "detect", "model": {"uri": "/models/m.pt"}})["Deployment/svc"]
+    parsed = serve_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert 0 < parsed.grpc_max_connection_age <= 60
+
+
 def test_services_expose_grpc_and_http_and_the_headless_one_lists_pods() -> None:
     objs = children({"task": "detect", "model": {"uri": "/models/m.pt"}})
     service, headless = objs["Service/svc"], objs["Service/svc-pods"]

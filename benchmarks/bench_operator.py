@@ -9,18 +9,28 @@ COUNT InferenceServices at once (POSTed by 16 threads) and measures, from the fi
 - reconciled: every resource has its Deployment and both Services and a status (the operator's own work);
 - ready: every resource reports phase Ready (includes the Deployment controller, scheduler and fake kubelets).
 
-It prints those times and the operator's API requests per resource (from the API server's audit log), for each run
-in a fresh namespace. The goal on a 2-core machine: 100 resources reconciled in at most 3 s.
+It prints those times, the operator's API requests per resource (from the API server's audit log) and the CPU
+seconds each process (control plane, operator, this script) spent until every resource was reconciled, for each run
+in a fresh namespace, with the machine's load average. The goal on a 2-core machine: 100 resources reconciled in at
+most 3 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import http.client
+import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,46 +51,131 @@ def resource(name: str) -> dict[str, Any]:
                      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}}
 
 
-def snapshot(cluster: LocalCluster, namespace: str) -> tuple[int, int]:
-    """(resources with Deployment, both Services and a status; resources Ready) in the namespace."""
-    _, listed = cluster.api("GET", f"/apis/kubeinfer.io/v1alpha1/namespaces/{namespace}/inferenceservices")
-    _, deployments = cluster.api("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
-    _, services = cluster.api("GET", f"/api/v1/namespaces/{namespace}/services")
-    have_deployment = {d["metadata"]["name"] for d in deployments["items"]}
-    have_service = {s["metadata"]["name"] for s in services["items"]}
-    reconciled = ready = 0
-    for item in listed["items"]:
-        name, status = item["metadata"]["name"], item.get("status") or {}
-        if status.get("phase") and name in have_deployment and {name, f"{name}-pods"} <= have_service:
-            reconciled += 1
-        ready += status.get("phase") == "Ready"
-    return reconciled, ready
+class Progress:
+    """Follows the namespace through three watches (not polling: a LIST of 100 Deployments every 50 ms would cost
+    the API server, which shares the cores with the operator, more than the operator's own requests).
+
+    ``reconciled_at``: when every resource first had its Deployment, both Services and a status phase;
+    ``ready_at``: when every resource first showed phase Ready.
+    """
+
+    PATHS = {"inferenceservices": "/apis/kubeinfer.io/v1alpha1/namespaces/{ns}/inferenceservices",
+             "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+             "services": "/api/v1/namespaces/{ns}/services"}
+
+    def __init__(self, cluster: LocalCluster, namespace: str, count: int) -> None:
+        self.count = count
+        self.phases: dict[str, str] = {}
+        self.deployments: set[str] = set()
+        self.services: set[str] = set()
+        self.reconciled_at: float | None = None
+        self.ready_at: float | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: list[http.client.HTTPSConnection] = []
+        self._threads: list[threading.Thread] = []
+        context = ssl.create_default_context(cafile=str(cluster.pki / "ca.crt"))
+        context.load_cert_chain(str(cluster.pki / "admin.crt"), str(cluster.pki / "admin.key"))
+        host = urllib.parse.urlsplit(cluster.server).netloc
+        for kind, template in self.PATHS.items():
+            path = template.format(ns=namespace)
+            version = cluster.api("GET", path)[1]["metadata"]["resourceVersion"]
+            connection = http.client.HTTPSConnection(host, context=context, timeout=180)
+            connection.request("GET", f"{path}?watch=1&resourceVersion={version}", headers={"Accept":
+                                                                                          "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200, (kind, response.status, response.read())
+            self._connections.append(connection)
+            thread = threading.Thread(target=self._follow, args=(kind, response), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _follow(self, kind: str, response: http.client.HTTPResponse) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError, http.client.HTTPException):
+            for line in response:
+                event = json.loads(line)
+                if event.get("type") not in ("ADDED", "MODIFIED"):
+                    continue
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                with self._lock:
+                    if kind == "inferenceservices":
+                        phase = (obj.get("status") or {}).get("phase")
+                        if phase:
+                            self.phases[name] = phase
+                    else:
+                        (self.deployments if kind == "deployments" else self.services).add(name)
+                    self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        if self.reconciled_at is None and len(self.phases) == self.count and all(
+                name in self.deployments and {name, f"{name}-pods"} <= self.services for name in self.phases):
+            self.reconciled_at = now
+            self.done.set()
+        if self.ready_at is None and len(self.phases) == self.count and all(
+                phase == "Ready" for phase in self.phases.values()):
+            self.ready_at = now
+
+    def wait_ready(self, deadline: float) -> None:
+        while self.ready_at is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        for connection in self._connections:
+            with contextlib.suppress(OSError):
+                if connection.sock is not None:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+        for connection in self._connections:
+            connection.close()
 
 
-def run_once(cluster: LocalCluster, count: int, index: int) -> dict[str, Any]:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far (from /proc; 0 for one that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            used[name] = 0.0
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
+def run_once(cluster: LocalCluster, count: int, index: int, pids: dict[str, int]) -> dict[str, Any]:
     namespace = f"bench-{index}"
     cluster.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                "metadata": {"name": namespace}})
     audit_start = len(cluster.audit())
     path = f"/apis/kubeinfer.io/v1alpha1/namespaces/{namespace}/inferenceservices"
+    progress = Progress(cluster, namespace, count)
+    cpu_before = cpu_seconds(pids)
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda i: cluster.api("POST", path, resource(f"svc-{i}"))[0], range(count)))
     created = time.monotonic()
     assert codes == [201] * count, Counter(codes)
-    reconciled_at = ready_at = None
     deadline = started + 120
-    while time.monotonic() < deadline and ready_at is None:
-        reconciled, ready = snapshot(cluster, namespace)
-        now = time.monotonic()
-        if reconciled_at is None and reconciled == count:
-            reconciled_at = now
-        if ready == count:
-            ready_at = now
-        time.sleep(0.05)
+    reconciled = progress.done.wait(max(0.0, deadline - time.monotonic()))
+    cpu_after = cpu_seconds(pids)
+    cpu = {name: used - cpu_before[name] for name, used in cpu_after.items()}
+    progress.wait_ready(deadline)
+    progress.close()
+    reconciled_at = progress.reconciled_at if reconciled else None
+    ready_at = progress.ready_at
     time.sleep(1)  # let the audit log catch up with the last requests
-    requests = [e for e in cluster.audit()[audit_start:] if e.get("userAgent", "").startswith(OPERATOR_AGENTS)
+    audit = cluster.audit()[audit_start:]
+    requests = [e for e in audit if e.get("userAgent", "").startswith(OPERATOR_AGENTS)
                 and (e.get("objectRef") or {}).get("namespace") == namespace]
+    # Everyone's requests until every resource was reconciled: what else kept the API server busy.
+    until = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+        seconds=time.monotonic() - (reconciled_at or time.monotonic()))
+    clients = Counter(e.get("userAgent", "?").split("/")[0].split(" ")[0] for e in audit
+                      if e.get("stage") == "ResponseComplete"
+                      and datetime.datetime.fromisoformat(e["requestReceivedTimestamp"]) <= until)
     kinds = Counter(f"{e['verb']} {e['objectRef']['resource']}"
                     + (f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource") else "")
                     for e in requests)
@@ -91,7 +186,9 @@ def run_once(cluster: LocalCluster, count: int, index: int) -> dict[str, Any]:
     return {"create_s": created - started,
             "reconciled_s": None if reconciled_at is None else reconciled_at - started,
             "ready_s": None if ready_at is None else ready_at - started,
-            "requests_per_resource": len(requests) / count, "requests": dict(kinds.most_common())}
+            "requests_per_resource": len(requests) / count, "requests": dict(kinds.most_common()), "cpu": cpu,
+            "clients": dict(clients.most_common()),
+            "load": os.getloadavg()[0]}
 
 
 def main() -> int:
@@ -120,12 +217,17 @@ def main() -> int:
                     env=env, stdout=sink, stderr=subprocess.STDOUT)
             time.sleep(5)  # kopf's start-up: CRD discovery and the first listings
             print(f"control plane up in {cluster.started_in:.1f}s; {args.count} InferenceServices per run")
+            pids = {**cluster.pids(), "operator": operator.pid, "bench": os.getpid()}
             for index in range(args.runs):
-                result = run_once(cluster, args.count, index)
+                result = run_once(cluster, args.count, index, pids)
                 print(f"run {index + 1}: reconciled (children + status) {fmt(result['reconciled_s'])}, all Ready "
                       f"{fmt(result['ready_s'])} (creating them took {result['create_s']:.2f}s), "
                       f"{result['requests_per_resource']:.1f} operator requests per resource")
                 print(f"    {result['requests']}")
+                print(f"    load average {result['load']:.2f}; CPU seconds until reconciled: "
+                      + ", ".join(f"{name} {used:.1f}" for name, used in sorted(result["cpu"].items(),
+                                                                             key=lambda item: -item[1])))
+                print(f"    API requests until reconciled, by client: {result['clients']}")
         finally:
             if operator is not None:
                 operator.terminate()

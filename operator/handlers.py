@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from kubeinfer.operator import metrics
+from kubeinfer.operator import bookkeeping, metrics
 from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
 from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, RuntimeDefaults, render_children
 from kubeinfer.operator.spec import (
@@ -62,12 +62,13 @@ def defaults_from_environment() -> RuntimeDefaults:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Keep kopf's bookkeeping in kubeinfer.io annotations (the status schema is strict), name the reporter."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeinfer.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubeinfer.io", key="last-handled-configuration")
+    """Keep kopf's bookkeeping in memory (no annotation writes), post only the operator's own Events."""
+    memo["bookkeeping"] = (bookkeeping.MemoryProgressStorage(), bookkeeping.MemoryDiffBaseStorage({KIND}))
+    settings.persistence.progress_storage, settings.persistence.diffbase_storage = memo["bookkeeping"]
     settings.posting.reporting_component = MANAGER
     settings.posting.level = logging.INFO
+    # kopf's own log lines ("Handler ... succeeded", "Creation is processed") are not worth an Event each.
+    settings.posting.loggers = False
     if not isinstance(memo.get("defaults"), RuntimeDefaults):
         memo["defaults"] = defaults_from_environment()
     if memo.get("kube") is None:
@@ -195,6 +196,9 @@ def inference_service(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo,
                             **_: Any) -> None:
     if event.get("type") == "DELETED":
+        uid = str(((event.get("object") or {}).get("metadata") or {}).get("uid", ""))
+        for storage in memo["bookkeeping"]:
+            storage.forget(uid)
         metrics.phase_book.forget(namespace, name)
         memo["problems"].pop((namespace, name), None)
         memo["statuses"].pop((namespace, name), None)

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 # (apiGroup, resource, verbs): exactly what the operator and kopf use, for the chart's ClusterRole.
 RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    # The custom resource: kopf lists/watches it and patches its annotations (progress, last-handled
-    # configuration); the operator reads it before re-creating a child and writes its status.
+    # The custom resource: kopf lists/watches it and, only to wake a handler up after a retry delay, patches one
+    # annotation (operator/bookkeeping.py); the operator reads it before re-creating a child and writes its status.
     ("kubeinfer.io", "inferenceservices", ("get", "list", "watch", "patch")),
     ("kubeinfer.io", "inferenceservices/status", ("patch",)),
     # Children carry ownerReferences with blockOwnerDeletion, which needs update on the owner's finalizers.

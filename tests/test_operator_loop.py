@@ -391,6 +391,9 @@ def test_a_child_the_api_server_refuses_is_reported(api: Api, kubectl: Kubectl, 
                   "a quota refusal")
     assert "exceeded quota" in failed["conditions"][0]["message"]
     assert "observedGeneration" not in failed
+    # A 403 may be lifted without a spec change (quota raised, a permission granted): the operator retries.
+    api.delete(f"/api/v1/namespaces/{ns}/resourcequotas/no-deployments")
+    wait(operator, phase_is(api, ns, "classification-clustering", "Ready"), "Ready after the retry", timeout=60)
 
 
 def test_a_name_taken_by_someone_else_is_not_taken_over(api: Api, kubectl: Kubectl, operator: Operator,

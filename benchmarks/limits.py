@@ -43,6 +43,7 @@ def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[i
             forward(size)
         times: list[float] = []
         best = 0.0
+        cpu_started, images = time.process_time(), 0
         for _ in range(rounds):
             count, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds / rounds or count < 2:
@@ -51,8 +52,10 @@ def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[i
                 times.append(time.perf_counter() - t0)
                 count += 1
             best = max(best, size * count / (time.perf_counter() - started))
+            images += size * count
         rows.append({"batch_size": size, "images_per_s": best,
-                     "batch_ms_p50": 1000 * statistics.median(times), "batches": len(times)})
+                     "batch_ms_p50": 1000 * statistics.median(times), "batches": len(times),
+                     "cpu_ms_per_image": 1000 * (time.process_time() - cpu_started) / images})
     best = max(rows, key=lambda r: r["images_per_s"])
     return {"by_batch_size": rows, "best_batch_size": best["batch_size"], "images_per_s": best["images_per_s"],
             "latency_ms_batch1": rows[0]["batch_ms_p50"] if rows[0]["batch_size"] == 1 else None}

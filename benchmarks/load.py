@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 if __package__:  # imported as benchmarks.load
-    from . import h2load
+    from . import h2load, serverstats
 else:  # run as a script in a bench venv: this folder is on sys.path
     import h2load
+    import serverstats
 
 TARGETS = ("kubeinfer-classify", "kubeinfer-detect", "oip-grpc", "litserve-http")
 Send = Callable[[int], Awaitable[None]]
@@ -305,7 +306,8 @@ def make_target(args: argparse.Namespace) -> Target:
 
 
 async def run_levels(target: Target, levels: list[int], duration: float, warmup: float, timeout: float,
-                     answers: int = 0, generator: str = "python", address: str = "") -> dict[str, Any]:
+                     answers: int = 0, generator: str = "python", address: str = "", server_pid: int = 0,
+                     metrics_url: str | None = None) -> dict[str, Any]:
     """Every level in turn on one connection, plus the top-1 answers for the first ``answers`` payloads.
 
     With ``generator="h2load"`` a gRPC target's levels come from h2load (one connection, C streams, payload 0);
@@ -314,16 +316,35 @@ async def run_levels(target: Target, levels: list[int], duration: float, warmup:
     try:
         top1 = [await target.answer(i) for i in range(answers)]
         call = target.grpc_call() if generator == "h2load" else None
-        if call is not None:
-            await target.send(0)  # the exact request h2load repeats, answered OK through a real gRPC client
-            levels_out = [await asyncio.to_thread(h2load.run_level, address, call[0], call[1], c, duration, warmup,
-                                                  timeout) for c in levels]
-        else:
-            levels_out = [asdict(await closed_loop(target.send, c, duration, warmup, timeout)) for c in levels]
+        if call is not None:  # the exact bytes h2load repeats, answered with status OK through a real gRPC client
+            await asyncio.to_thread(check_raw_call, address, call[0], call[1], timeout)
+        levels_out = []
+        for c in levels:
+            before = serverstats.sample(server_pid, metrics_url) if server_pid else None
+            if call is not None:
+                level = await asyncio.to_thread(h2load.run_level, address, call[0], call[1], c, duration, warmup,
+                                                timeout)
+            else:
+                level = asdict(await closed_loop(target.send, c, duration, warmup, timeout))
+            if before is not None:  # warm-up included on both sides: CPU and images over the same span
+                after = serverstats.sample(server_pid, metrics_url)
+                served = round(level["throughput_rps"] * (duration + warmup))
+                level.update(serverstats.level_figures(before, after, served))
+            levels_out.append(level)
     finally:
         await target.close()
     return {"levels": levels_out, "top1": None if None in top1 or not top1 else top1,
             "generator": "h2load" if call is not None else "python"}
+
+
+def check_raw_call(address: str, method: str, message: bytes, timeout: float) -> None:
+    """Send serialized ``message`` to ``method`` once; grpc raises RpcError unless the trailers say OK."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        answer = channel.unary_unary(method)(message, timeout=timeout)  # no (de)serializers: bytes as they are
+    if not answer:
+        raise RuntimeError(f"{method}: empty answer to the request h2load sends")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -338,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-name", default="classifier", help="OIP model name")
     parser.add_argument("--input-name", default=None, help="OIP input (default: the UINT8 input in the metadata)")
     parser.add_argument("--answers", type=int, default=8, help="report the top-1 class of this many payloads")
+    parser.add_argument("--server-pid", type=int, default=0, help="sample this server process's CPU time per level")
+    parser.add_argument("--metrics-url", default=None, help="the server's /metrics, for the batch sizes formed")
     parser.add_argument("--generator", choices=("python", "h2load"), default="python",
                         help="h2load: gRPC targets are loaded by h2load (C), answers still checked from here")
     args = parser.parse_args(argv)
@@ -351,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(v) for v in args.concurrency.split(",") if v]
     try:
         results = asyncio.run(run_levels(make_target(args), levels, args.duration, args.warmup, args.timeout,
-                                         args.answers, args.generator, args.address))
+                                         args.answers, args.generator, args.address, args.server_pid,
+                                         args.metrics_url))
     except Exception as exc:
         print(f"load: {args.target} at {args.address}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

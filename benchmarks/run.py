@@ -120,12 +120,15 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
 
 
 def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
-             reference: list[int] | None) -> dict[str, Any]:
+             reference: list[int] | None, server: ManagedProcess | None = None,
+             metrics_url: str | None = None) -> dict[str, Any]:
     """One row: the load generator against a running server, every concurrency level."""
     argv = [str(plan.python), str(HERE / "load.py"), "--target", plan.target, "--address", plan.address,
             "--payloads", str(payloads), "--concurrency", ",".join(map(str, args.levels)),
             "--duration", str(args.duration), "--warmup", str(args.warmup), "--generator", args.generator,
             *plan.extra_args]
+    if server is not None:
+        argv += ["--server-pid", str(server.process.pid), *(["--metrics-url", metrics_url] if metrics_url else [])]
     row: dict[str, Any] = {"key": plan.key, "system": plan.system, "workload": plan.workload,
                            "protocol": plan.protocol, "batching": plan.batching, "is_kubeinfer": plan.is_kubeinfer,
                            "backend": plan.backend, "status": "ok", "reason": "", "levels": []}
@@ -174,7 +177,8 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
             if load.is_kubeinfer:
                 load.backend = served_backend(load.address)
             log(f"loading {load.key} ({load.protocol}) at C={args.concurrency}")
-            row = run_load(load, args, payloads, reference)
+            metrics_url = plan.ready_url.replace("/readyz", "/metrics") if load.is_kubeinfer else None
+            row = run_load(load, args, payloads, reference, server, metrics_url)
             _print_row(row)
             rows.append(row)
     except ServerError as exc:

@@ -177,8 +177,9 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
             if load.is_kubeinfer:
                 load.backend = served_backend(load.address)
             log(f"loading {load.key} ({load.protocol}) at C={args.concurrency}")
+            # kubeinfer serves from one process; peers may fork workers whose CPU their parent's pid misses
             metrics_url = plan.ready_url.replace("/readyz", "/metrics") if load.is_kubeinfer else None
-            row = run_load(load, args, payloads, reference, server, metrics_url)
+            row = run_load(load, args, payloads, reference, server if load.is_kubeinfer else None, metrics_url)
             _print_row(row)
             rows.append(row)
     except ServerError as exc:

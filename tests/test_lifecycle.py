@@ -117,7 +117,7 @@ def test_metrics_expose_every_runtime_series(detect_runtime: RuntimeProcess) -> 
     values = scrape(detect_runtime)
     assert values["kubeinfer_model_ready"] == 1
     assert values['kubeinfer_images_processed_total{task="detect"}'] >= 3
-    assert 'kubeinfer_build_info{format="pytorch",model="rects",task="detect"' in text
+    assert 'kubeinfer_build_info{backend="onnx",format="pytorch",model="rects",task="detect"' in text
 
 
 def test_http_health_and_readiness(detect_runtime: RuntimeProcess) -> None:

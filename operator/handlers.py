@@ -9,12 +9,15 @@ Children are watched by owner reference, not by label, so a child whose labels w
 (and its labels put back). What the watches saw is kept in kopf indices (the operator's cache, as controller-runtime
 keeps one): a reconciliation compares the rendered children with the cached ones and sends only the writes that
 change something, and an event whose object still holds everything last applied (most often the echo of the
-operator's own write, or a rollout's status update) costs no reconciliation, only a status refresh from the cache.
+operator's own write, or a rollout's status update) costs no reconciliation, only a status refresh from the cache,
+and the refreshes a burst of pod and Deployment events asks for are done once, STATUS_DELAY after its first event.
 Stale cache entries are harmless: a write based on one is idempotent, and the next watch event corrects it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
 import datetime
 import logging
@@ -22,7 +25,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -49,6 +52,9 @@ RETRY_DELAY = 5.0  # seconds before kopf retries after a transient API failure
 SLOW_RETRY_DELAY = 60.0  # after a failure that needs a person (a name conflict)
 REFUSED_RETRY_DELAY = 15.0  # after a 403: permissions or quota are often granted within seconds
 REJECTED_STATUSES = frozenset({400, 403, 422})  # the API server refused a child: retrying the same object won't help
+# A rollout sends a burst of Deployment and pod events per resource; status is recomputed once per burst, this long
+# after its first event (fewer status writes and Events while 100 resources roll out at once).
+STATUS_DELAY = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +81,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo["kube"] = Kube.from_environment()
     memo["locks"] = defaultdict(threading.Lock)
     memo["applied"] = {}  # (kind, namespace, name) -> the child as last applied
+    memo["created"] = {}  # (kind, namespace, name) -> (when, the child as created) until its watch event is cached
     memo["problems"] = {}  # (namespace, name) -> the Problem that stopped the last reconciliation
     memo["statuses"] = {}  # (namespace, name) -> the status last written (newer than any watched copy)
     # Sync handlers run in kopf's thread pool: enough threads that a burst of new resources is applied in parallel
     # (each reconciliation mostly waits on the API server).
     settings.execution.max_workers = 16
+    memo["executor"] = settings.execution.executor
+    memo["refreshing"] = set()  # (namespace, name) whose status refresh is scheduled
 
 
 def _controller_owner(body: Mapping[str, Any]) -> str | None:
@@ -193,8 +202,9 @@ def inference_service(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo,
-                            **_: Any) -> None:
+async def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo,
+                                  **_: Any) -> None:
+    """Forget a deleted resource (async: every event of the resource passes here, most of them status echoes)."""
     if event.get("type") == "DELETED":
         uid = str(((event.get("object") or {}).get("metadata") or {}).get("uid", ""))
         for storage in memo["bookkeeping"]:
@@ -204,6 +214,7 @@ def inference_service_event(event: Mapping[str, Any], namespace: str, name: str,
         memo["statuses"].pop((namespace, name), None)
         for child in [key for key in memo["applied"] if key[1] == namespace and key[2] in (name, f"{name}-pods")]:
             memo["applied"].pop(child, None)
+            memo["created"].pop(child, None)
 
 
 @kopf.on.event("apps", "v1", "deployments", when=_owned)
@@ -211,28 +222,65 @@ def inference_service_event(event: Mapping[str, Any], namespace: str, name: str,
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", when=_owned)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", when=_owned)
 @kopf.on.event("keda.sh", "v1alpha1", "scaledobjects", when=_owned)
-def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A child changed (a rollout progressed, or someone edited or deleted it): repair it, or refresh status."""
+async def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo,
+                      **kwargs: Any) -> None:
+    """A child changed (a rollout progressed, or someone edited or deleted it): repair it, or refresh status.
+
+    Async: the echo check runs on the event loop; only a repair goes to a handler thread.
+    """
     owner = _controller_owner(body)
     kind, name = body.get("kind"), (body.get("metadata") or {}).get("name")
     if owner is None or event.get("type") is None:  # None: the initial listing; resume handlers cover it
         return
+    if event.get("type") == "DELETED":
+        memo["created"].pop((kind, namespace, name), None)
     applied = memo["applied"].get((kind, namespace, name))
     if event.get("type") != "DELETED" and applied is not None and merge_patch_for(applied, body) is None:
         # Still what was applied: the echo of the operator's own write, or a status update.
         if kind == "Deployment":
-            refresh_status(namespace, owner, memo, _cache(kwargs))
+            _refresh_soon(namespace, owner, memo, _cache(kwargs))
         return
-    reconcile(namespace, owner, memo, _cache(kwargs))
+    await _in_thread(memo, reconcile, namespace, owner, memo, _cache(kwargs))
 
 
 @kopf.on.event("v1", "pods", labels=CHILDREN)
-def pod_event(event: Mapping[str, Any], namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
-              **kwargs: Any) -> None:
-    """A runtime pod changed (started, got ready, crashed, was evicted): refresh the owner's status."""
+async def pod_event(event: Mapping[str, Any], namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
+                    **kwargs: Any) -> None:
+    """A runtime pod changed (started, got ready, crashed, was evicted): refresh the owner's status soon."""
     owner = labels.get(OWNER_LABEL)
     if owner and event.get("type") is not None:
-        refresh_status(namespace, owner, memo, _cache(kwargs))
+        _refresh_soon(namespace, owner, memo, _cache(kwargs))
+
+
+def _in_thread(memo: kopf.Memo, fn: Callable[..., None], *args: Any) -> asyncio.Future[None]:
+    """Run ``fn`` in kopf's handler threads, with kopf's context (kopf.info and kopf.warn need it)."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(memo["executor"], context.run, fn, *args)
+
+
+def _refresh_soon(namespace: str, name: str, memo: kopf.Memo, cache: Cache, delay: float = STATUS_DELAY) -> None:
+    """Refresh the status ``delay`` seconds from now, once for every event until then (on the event loop)."""
+    key = (namespace, name)
+    if key in memo["refreshing"]:
+        return
+    memo["refreshing"].add(key)
+    loop = asyncio.get_running_loop()
+
+    def refresh() -> None:
+        memo["refreshing"].discard(key)  # an event from now on schedules another refresh
+        try:
+            refresh_status(namespace, name, memo, cache)
+        except kopf.TemporaryError as exc:
+            log.warning("%s/%s: status not written (%s); retrying in %.0fs", namespace, name, exc, RETRY_DELAY)
+            loop.call_soon_threadsafe(_refresh_later, namespace, name, memo, cache, RETRY_DELAY)
+        except Exception:  # nobody awaits this refresh: say what went wrong here
+            log.exception("%s/%s: status refresh failed", namespace, name)
+
+    loop.call_later(delay, _in_thread, memo, refresh)
+
+
+def _refresh_later(namespace: str, name: str, memo: kopf.Memo, cache: Cache, delay: float) -> None:
+    _refresh_soon(namespace, name, memo, cache, delay)
 
 
 def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> None:
@@ -346,12 +394,14 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
     for desired in children.present:
         kind, child = desired["kind"], desired["metadata"]["name"]
         try:
-            applied = kube.apply(desired, cached=cache.child(kind, namespace, name, child))
+            applied = kube.apply(desired, cached=_cached_child(memo, cache, kind, namespace, name, child))
         except ApiError as exc:
             if exc.status in REJECTED_STATUSES:
                 raise ChildRejected(kind, child, exc) from exc
             raise
         applied_children[(kind, namespace, child)] = desired
+        if applied.action == "created":
+            memo["created"][(kind, namespace, child)] = (time.monotonic(), applied.object)
         if applied.action != "unchanged":
             done[applied.action].append(f"{kind} {child}")
         if kind == "Deployment":
@@ -367,6 +417,27 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
     _write_status(kube, memo, body, Observation(name, namespace, meta.get("generation"), deployment,
                                                 cache.pods(namespace, name), previous=_last_status(memo, body),
                                                 now=_now()))
+
+
+CREATED_TRUST = 30.0  # seconds a child created by this process counts as existing while its watch event is due
+
+
+def _cached_child(memo: kopf.Memo, cache: Cache, kind: str, namespace: str, owner: str,
+                  name: str) -> dict[str, Any] | None:
+    """The child as last watched; or as this process just created it, when its watch event is not cached yet.
+
+    Without the second, a reconciliation triggered by the echo of one child's creation would create its siblings,
+    created a moment ago, a second time (a 409 and a read each).
+    """
+    key = (kind, namespace, name)
+    cached = cache.child(kind, namespace, owner, name)
+    if cached is not None:
+        memo["created"].pop(key, None)
+        return cached
+    created = memo["created"].get(key)
+    if created is not None and time.monotonic() - created[0] < CREATED_TRUST:
+        return dict(created[1])
+    return None
 
 
 def _write_status(kube: Kube, memo: kopf.Memo, body: Mapping[str, Any], observation: Observation) -> None:

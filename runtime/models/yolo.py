@@ -235,7 +235,7 @@ def select_boxes(predictions: torch.Tensor, classes_count: int, confidence: floa
     import torchvision
 
     rows = predictions.T
-    scores, class_ids = rows[:, 4:4 + classes_count].max(dim=1)
+    scores, class_ids = predictions[4:4 + classes_count].max(dim=0)  # over contiguous rows: ~4x cheaper
     keep = scores > confidence
     if classes:
         keep &= torch.isin(class_ids, torch.tensor(list(classes), device=class_ids.device))
@@ -260,8 +260,11 @@ def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
     import torchvision
 
     count = predictions.shape[0]
-    rows = predictions.transpose(1, 2)  # [B, anchors, channels]
-    scores, class_ids = rows[..., 4:4 + classes_count].max(dim=2)
+    if count == 1:  # one image: the per-image path is leaner
+        s = selections[0]
+        return [select_boxes(predictions[0], classes_count, s.confidence, s.iou, s.classes, s.max_detections)]
+    rows = predictions.transpose(1, 2)  # [B, anchors, channels]: a view, gathered only for the candidates
+    scores, class_ids = predictions[:, 4:4 + classes_count].max(dim=1)  # over contiguous rows: ~4x cheaper
     keep = scores > torch.tensor([s.confidence for s in selections], dtype=scores.dtype)[:, None]
     if any(s.classes for s in selections):
         allowed = torch.ones(count, classes_count, dtype=torch.bool)
@@ -270,7 +273,7 @@ def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
                 allowed[i] = False
                 allowed[i, list(s.classes)] = True
         keep &= allowed.gather(1, class_ids)
-    if count and int(keep.sum(dim=1).max()) > MAX_NMS_CANDIDATES:
+    if int(keep.sum(dim=1).max()) > MAX_NMS_CANDIDATES:
         return [select_boxes(predictions[i], classes_count, s.confidence, s.iou, s.classes, s.max_detections)
                 for i, s in enumerate(selections)]
     image, anchor = keep.nonzero(as_tuple=True)

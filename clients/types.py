@@ -55,6 +55,7 @@ class ModelInfo:
     gallery_dimension: int
     gallery_labels: list[str]
     operations: list[str]
+    backend: str = ""  # the engine running the model: torch or onnx (detect); empty where not reported
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from conftest import fresh_images, iou
 from runtime_support import CACHE, RuntimeProcess
 
+from kubeinfer.clients import Client
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo import YoloDetector
@@ -81,6 +82,8 @@ def test_served_backend_in_model_info_and_metrics(detect_runtime: RuntimeProcess
     with grpc.insecure_channel(detect_runtime.grpc_target) as channel:
         info = InferenceStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30)
     assert (info.model_format, info.backend) == ("pytorch", "onnx")
+    with Client(detect_runtime.grpc_target) as client:
+        assert client.model_info().backend == "onnx"
     with urllib.request.urlopen(detect_runtime.http_url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     assert 'backend="onnx"' in next(line for line in text.splitlines() if line.startswith("kubeinfer_build_info"))

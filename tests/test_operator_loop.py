@@ -9,6 +9,7 @@ garbage collector removes children by owner reference. Each test has a namespace
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -456,6 +457,7 @@ def test_a_restarted_operator_changes_nothing(kube_cluster: LocalCluster, api: A
              service_path(ns, "brand-recognition-pods"), hpa_path(ns, "brand-recognition"),
              pdb_path(ns, "brand-recognition"), is_path(ns, "brand-recognition")]
     wait(operator, lambda: status(api, ns, "brand-recognition").get("readyReplicas") == 2, "the HPA's 2 replicas")
+    time.sleep(1.0)  # a status refresh the last events asked for lands within handlers.STATUS_DELAY (0.5 s)
     status_before = status(api, ns, "brand-recognition")
     services = paths[1:3]  # no controller writes these: any change would be the operator's
     before = {p: api.get(p)["metadata"]["resourceVersion"] for p in services}

@@ -314,10 +314,14 @@ def _now() -> str:
 
 # -- reconciliation -----------------------------------------------------------------------------------------------
 class ChildRejected(Exception):
-    """The API server refused a rendered child (validation, admission, quota or RBAC)."""
+    """The API server refused a rendered child (validation, admission, quota, RBAC, or a kind it does not serve)."""
 
     def __init__(self, kind: str, name: str, error: ApiError) -> None:
-        super().__init__(f"the API server refused {kind} {name}: {error}")
+        if error.kind_not_served:
+            super().__init__(f"the API server does not serve {kind} (is its CRD installed?); {name} not created: "
+                             f"{error}")
+        else:
+            super().__init__(f"the API server refused {kind} {name}: {error}")
         self.kind, self.name, self.error = kind, name, error
 
 
@@ -346,12 +350,14 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: di
             raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
         except ChildRejected as exc:
             assert body is not None
-            if exc.error.status == 403 and "because it is being terminated" in exc.error.message:
+            if exc.error.namespace_terminating:
                 log.info("%s/%s: its namespace is being deleted, and it with it", namespace, name)
                 return
             _report_problem(kube, memo, body, cache, Problem("ChildRejected", str(exc)))
             if exc.error.status == 403:  # permissions or quota may be granted later; a 422 needs a new spec
                 raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_DELAY) from exc
+            if exc.error.kind_not_served:  # its CRD may be installed later
+                raise kopf.TemporaryError(str(exc), delay=SLOW_RETRY_DELAY) from exc
         except ApiError as exc:
             if exc.status == 404 and kube.get_inference_service(namespace, name) is None:
                 return  # deleted while being reconciled: nothing left to do
@@ -396,7 +402,7 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
         try:
             applied = kube.apply(desired, cached=_cached_child(memo, cache, kind, namespace, name, child))
         except ApiError as exc:
-            if exc.status in REJECTED_STATUSES:
+            if exc.status in REJECTED_STATUSES or exc.kind_not_served:
                 raise ChildRejected(kind, child, exc) from exc
             raise
         applied_children[(kind, namespace, child)] = desired

@@ -78,6 +78,21 @@ class ApiError(Exception):
     def transient(self) -> bool:
         return self.status in TRANSIENT_STATUSES
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because the namespace is being deleted (the objects in it go with it)."""
+        return self.status == 403 and "because it is being terminated" in self.message
+
+    @property
+    def kind_not_served(self) -> bool:
+        """The API server serves no such resource type (its CRD, e.g. KEDA's, is not installed).
+
+        An unknown group is answered with a plain "404 page not found", an unknown resource of a known group with
+        a Status saying "the server could not find the requested resource"; a missing object names the object.
+        """
+        return self.status == 404 and ("could not find the requested resource" in self.message
+                                       or "404 page not found" in self.message)
+
 
 class ChildConflict(Exception):
     """A child's name is taken by an object this InferenceService does not manage."""

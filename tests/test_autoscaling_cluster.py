@@ -86,6 +86,12 @@ def scaling_active(api: Api, path: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c["type"] == "ScalingActive"), None)
 
 
+def ready_condition(api: Api, ns: str, name: str, reason: str) -> dict[str, Any] | None:
+    """The InferenceService's Ready condition once its reason is ``reason``."""
+    conditions = ((api.get(is_path(ns, name)) or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready" and c["reason"] == reason), None)
+
+
 def create_and_read_back(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     api.create(resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
@@ -97,7 +103,7 @@ def create_and_read_back(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
 def test_without_keda_the_operator_serves_hpas_and_applies_the_rest_of_a_keda_resource(
         api: Api, kubectl: Kubectl, kube_cluster: LocalCluster, ns: str, tmp_path: Path) -> None:
     """Most clusters have no KEDA: the operator still works, and a resource asking for keda gets everything but
-    its ScaledObject (retried until KEDA's CRD appears)."""
+    its ScaledObject, and a status saying why (retried until KEDA's CRD appears)."""
     kubectl("delete", "crd", KEDA_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
     operator = operator_for(api, kube_cluster, ns, tmp_path)
     try:
@@ -111,6 +117,8 @@ def test_without_keda_the_operator_serves_hpas_and_applies_the_rest_of_a_keda_re
         wait(operator, lambda: api.get(resource_path("policy/v1", "PodDisruptionBudget", ns, "wants-keda")),
              "the keda resource's Deployment, Services and PDB")
         assert api.get(resource_path("autoscaling/v2", "HorizontalPodAutoscaler", ns, "wants-keda")) is None
+        condition = wait(operator, lambda: ready_condition(api, ns, "wants-keda", "ChildRejected"), "ChildRejected")
+        assert "does not serve ScaledObject (is its CRD installed?)" in condition["message"], condition
         assert operator.process.alive(), operator.logs()
     finally:
         operator.stop()

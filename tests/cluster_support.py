@@ -80,6 +80,18 @@ class Api:
         return self.call("DELETE", path)[0]
 
 
+def create_quota(api: Api, namespace: str, name: str, hard: dict[str, str], timeout: float = 30.0) -> None:
+    """A ResourceQuota, once the quota controller has counted it: until then the API server's admission may still
+    answer from a cached "no quota in this namespace" and let a create through."""
+    api.create(f"/api/v1/namespaces/{namespace}/resourcequotas", {
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": hard}})
+    deadline = time.monotonic() + timeout
+    path = f"/api/v1/namespaces/{namespace}/resourcequotas/{name}"
+    while ((api.get(path) or {}).get("status") or {}).get("hard") != hard:
+        assert time.monotonic() < deadline, f"quota {namespace}/{name} never counted by the quota controller"
+        time.sleep(0.1)
+
+
 class Kubectl:
     """Real kubectl pointed at a kubeconfig (the admin's unless another is given)."""
 

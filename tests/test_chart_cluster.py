@@ -28,7 +28,7 @@ from cluster_operator_support import (
     username,
     wait,
 )
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig
+from cluster_support import Api, Kubectl, LocalCluster, create_quota, new_namespace, service_account_kubeconfig
 from operator_support import EXAMPLES, deployment_path, is_path, load_yaml, service_path
 
 from kubeinfer.operator.kube import RBAC_RULES
@@ -292,9 +292,7 @@ def test_no_endpoint_is_advertised_for_a_service_that_was_refused(installed: Ins
                                                                    api: Api, kubectl: Kubectl) -> None:
     ns = workspace(installed, api, kube_cluster)
     # Admission refuses every Service in the namespace (403 exceeded quota); the Deployment is allowed.
-    api.create(f"/api/v1/namespaces/{ns}/resourcequotas", {
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-services"},
-        "spec": {"hard": {"services": "0"}}})
+    create_quota(api, ns, "no-services", {"services": "0"})
     apply_example(kubectl, ns, "video-processing.yaml")
     wait(installed.operator, lambda: (api.get(deployment_path(ns, "video-processing")) or {}).get("status", {})
          .get("readyReplicas") == 1, "the pod ready")

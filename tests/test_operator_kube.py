@@ -211,10 +211,17 @@ def test_objects_of_others_are_never_taken_over(kube: Kube, api: Api, owner: Own
 def test_children_of_a_deleted_namesake_wait_for_the_garbage_collector(kube: Kube, api: Api, owner: Owner) -> None:
     # The namesake is gone, but the garbage collector has not got to its children yet: a stand-in uid.
     predecessor = Owner("svc", NS, some_uid(api, "namesake-stand-in"))
-    api.create(service_path(NS), render_service(predecessor))
-    with pytest.raises(ApiError, match="still belongs to a deleted InferenceService") as caught:
-        kube.apply(render_service(owner))
-    assert caught.value.status == 409
+    held = render_service(predecessor)
+    # The collector sees no InferenceService of that uid and deletes the Service at once: a finalizer keeps it
+    # (terminating) while the test looks, as a slow collector would.
+    held["metadata"]["finalizers"] = ["kubeinfer.test/hold"]
+    api.create(service_path(NS), held)
+    try:
+        with pytest.raises(ApiError, match="still belongs to a deleted InferenceService") as caught:
+            kube.apply(render_service(owner))
+        assert caught.value.status == 409
+    finally:
+        api.patch(service_path(NS, "svc"), {"metadata": {"finalizers": None}})
 
 
 def test_our_own_orphans_are_adopted(kube: Kube, api: Api, owner: Owner) -> None:

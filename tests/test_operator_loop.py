@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from cluster_support import FAILING_IMAGES, Api, Kubectl, LocalCluster, install_crd, new_namespace
+from cluster_support import FAILING_IMAGES, Api, Kubectl, LocalCluster, create_quota, install_crd, new_namespace
 from localcluster import SLOW_IMAGE
 from operator_support import (
     EXAMPLES,
@@ -384,9 +384,7 @@ def test_a_child_the_api_server_refuses_is_reported(api: Api, kubectl: Kubectl, 
     assert fixed["observedGeneration"] > applied_generation
 
     # Admission can refuse too: a quota that allows no Deployment in the namespace (403 from the API server).
-    api.create(f"/api/v1/namespaces/{ns}/resourcequotas", {
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-deployments"},
-        "spec": {"hard": {"count/deployments.apps": "1"}}})
+    create_quota(api, ns, "no-deployments", {"count/deployments.apps": "1"})
     apply_example(kubectl, ns, "classification-clustering.yaml")
     failed = wait(operator, phase_is(api, ns, "classification-clustering", "Failed", "ChildRejected"),
                   "a quota refusal")

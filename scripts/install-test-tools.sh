@@ -27,6 +27,22 @@ PROMETHEUS_OPERATOR_MODELS_VERSION="6.0.0"
 
 log() { echo "install-test-tools: $*" >&2; }
 
+# apt_install PACKAGE...: Debian packages, as root or through sudo, without recommends.
+apt_install() {
+    local sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# require_commands COMMAND...: fail the install when one of them is still missing.
+require_commands() {
+    local command
+    for command in "$@"; do
+        command -v "$command" >/dev/null 2>&1 || { log "$command still missing after apt-get"; exit 1; }
+    done
+}
+
 install_helm() {
     local helm="$CACHE/bin/helm"
     if [[ -x "$helm" ]] && "$helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
@@ -61,12 +77,9 @@ install_prometheus() {
         return
     fi
     log "installing prometheus with apt-get"
-    local sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
     # The package's post-install starts a system service where systemd runs; the tests start their own.
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    command -v prometheus >/dev/null 2>&1 || { log "prometheus still missing after apt-get"; exit 1; }
+    apt_install prometheus
+    require_commands prometheus
 }
 
 install_checkov() {
@@ -92,10 +105,7 @@ install_monitoring_models() {
     fi
     if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
         log "installing nodejs and npm with apt-get"
-        local sudo=""
-        [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        apt_install nodejs npm
     fi
     log "installing $package $PROMETHEUS_OPERATOR_MODELS_VERSION into $prefix"
     mkdir -p "$prefix"
@@ -115,13 +125,8 @@ install_image_tools() {
         return
     fi
     log "installing ${missing[*]} with apt-get"
-    local sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
-    for tool in "${tools[@]}"; do
-        command -v "$tool" >/dev/null 2>&1 || { log "$tool still missing after apt-get"; exit 1; }
-    done
+    apt_install "${tools[@]}"
+    require_commands "${tools[@]}"
 }
 
 install_keda_crds() {
@@ -135,11 +140,8 @@ install_h2load() {
         return
     fi
     log "installing h2load (nghttp2-client) with apt-get"
-    local sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nghttp2-client >/dev/null
-    command -v h2load >/dev/null 2>&1 || { log "h2load still missing after apt-get"; exit 1; }
+    apt_install nghttp2-client
+    require_commands h2load
 }
 
 # With arguments, only those tools (`install-test-tools.sh image_tools`); without, all of them.

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from runtime_support import CACHE, RuntimeProcess
 
+from kubeinfer.clients.types import ClassifyResult
 from kubeinfer.runtime.models.image_model import Preprocessing
 
 COLOURS = ["red", "green", "blue"]
@@ -75,6 +76,15 @@ def expected_probabilities(rgb: np.ndarray, channel_order: str = "rgb") -> np.nd
     logits = SCALE * chw.mean(axis=(1, 2), dtype=np.float64)
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
+
+
+def scores(result: ClassifyResult | None) -> np.ndarray:
+    """A prediction's scores as one vector over COLOURS (0 for the classes outside its top k)."""
+    assert result is not None
+    vector = np.zeros(len(COLOURS))
+    for c in result.top:
+        vector[c.class_id] = c.score
+    return vector
 
 
 def solid(colour: str, height: int = 48, width: int = 64) -> np.ndarray:

@@ -15,6 +15,7 @@ from classify_support import (
     colour_models,
     expected_probabilities,
     noisy,
+    scores,
     shared_runtime,
     solid,
     write_labels,
@@ -23,7 +24,7 @@ from conftest import png_bytes
 from runtime_support import RuntimeProcess
 
 from kubeinfer.clients import Client
-from kubeinfer.clients.types import ClassifyResult, StreamFrame, StreamPrediction
+from kubeinfer.clients.types import StreamFrame, StreamPrediction
 
 WINDOW = 5
 
@@ -54,14 +55,6 @@ def small_runtime(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Pa
 def client(runtime: RuntimeProcess) -> Iterator[Client]:
     with Client(runtime.grpc_target) as connection:
         yield connection
-
-
-def scores(result: ClassifyResult | None) -> np.ndarray:
-    assert result is not None
-    vector = np.zeros(len(COLOURS))
-    for c in result.top:
-        vector[c.class_id] = c.score
-    return vector
 
 
 def expected_label(frames: list[np.ndarray], window: int) -> list[str]:

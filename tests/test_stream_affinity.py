@@ -16,14 +16,14 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from classify_support import COLOURS, expected_probabilities, solid
+from classify_support import expected_probabilities, scores, solid
 from dns_support import DnsServer
 from replica_support import WINDOW, ReplicaSet, replica_set
 
 from kubeinfer.clients import Client, NoEndpoints, StreamRouter
 from kubeinfer.clients.affinity import owner
 from kubeinfer.clients.resolve import resolve
-from kubeinfer.clients.types import ClassifyResult, StreamPrediction
+from kubeinfer.clients.types import StreamPrediction
 from kubeinfer.runtime.tasks.stream import StreamRegistry
 
 NAME = "colours-pods.vision.svc.cluster.test"
@@ -121,14 +121,6 @@ def send(router: StreamRouter, stream_id: str, frames: list[np.ndarray]) -> list
     predictions = list(router.stream_classify(frames, stream_id=stream_id, timeout=30))
     assert [p.error for p in predictions] == [None] * len(frames)
     return predictions
-
-
-def scores(result: ClassifyResult | None) -> np.ndarray:
-    assert result is not None
-    vector = np.zeros(len(COLOURS))
-    for c in result.top:
-        vector[c.class_id] = c.score
-    return vector
 
 
 def held(router: StreamRouter) -> dict[str, int]:

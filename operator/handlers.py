@@ -272,15 +272,11 @@ def _refresh_soon(namespace: str, name: str, memo: kopf.Memo, cache: Cache, dela
             refresh_status(namespace, name, memo, cache)
         except kopf.TemporaryError as exc:
             log.warning("%s/%s: status not written (%s); retrying in %.0fs", namespace, name, exc, RETRY_DELAY)
-            loop.call_soon_threadsafe(_refresh_later, namespace, name, memo, cache, RETRY_DELAY)
+            loop.call_soon_threadsafe(_refresh_soon, namespace, name, memo, cache, RETRY_DELAY)
         except Exception:  # nobody awaits this refresh: say what went wrong here
             log.exception("%s/%s: status refresh failed", namespace, name)
 
     loop.call_later(delay, _in_thread, memo, refresh)
-
-
-def _refresh_later(namespace: str, name: str, memo: kopf.Memo, cache: Cache, delay: float) -> None:
-    _refresh_soon(namespace, name, memo, cache, delay)
 
 
 def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> None:

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable a
     sys.path.append(str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import models, systems
+from benchmarks import h2load, models, systems
 from benchmarks.processes import ManagedProcess, cleanup_on_exit
 from benchmarks.run import server_env
 
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="classifier only: native gRPC or the Open Inference Protocol")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--generator", choices=("python", "h2load"), default="h2load" if h2load.available() else "python",
+                        help="load generator: h2load (C, costs the server's cores almost nothing) or load.py's Python")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0, help="sampled seconds")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup = 2.0
         load_argv = [str(load.python), str(HERE / "load.py"), "--target", load.target, "--address", load.address,
                      "--payloads", str(payloads), "--concurrency", str(args.concurrency), "--answers", "0",
-                     "--duration", str(args.seconds + 2), "--warmup", str(warmup), *load.extra_args]
+                     "--duration", str(args.seconds + 2), "--warmup", str(warmup), "--generator", args.generator,
+                     *load.extra_args]
         driver = ManagedProcess(f"{name}-load", load_argv, logs / f"{name}-load.log", server_env(1, {}), args.work,
                                 capture_stdout=True)
         time.sleep(warmup + 1.0)

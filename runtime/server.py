@@ -87,7 +87,7 @@ class Runtime:
 
     async def run(self) -> int:
         config = self.config
-        grpc_transport = GrpcTransport(config, self.dataplane, self.metrics)
+        grpc_transport = GrpcTransport(config, self.dataplane, self.metrics, self.pool)
         http_transport = HttpTransport(config, self.dataplane, self.metrics)
         await grpc_transport.start()
         await http_transport.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_EXIT = 141  # what a shell reports for a command killed by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args._module.run(args) or 0)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._module.run(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`kubeinfer predict ... | head`): stop quietly, as Unix tools do; stdout goes
+        # to /dev/null so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--generator", choices=("python", "h2load"), default="h2load" if h2load.available() else "python",
-                        help="load generator: h2load (C, costs the server's cores almost nothing) or load.py's Python")
+    parser.add_argument("--generator", choices=("python", "h2load"),
+                        default="h2load" if h2load.available() else "python",
+                        help="load generator: h2load (C, costs the server's cores almost nothing) or load.py's")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0, help="sampled seconds")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXPORTS = models.CACHE / "exports"  # ONNX exports made by --backend auto, shared with the tests' runtimes
 ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kserve", "mlserver", "litserve", "kubeinfer-detect",
-               "kubeinfer-detect-torch")
+               "kubeinfer-detect-torch", "grpc-floor")
 PEERS = ("kserve", "mlserver", "litserve")
 
 
@@ -179,7 +179,8 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
             log(f"loading {load.key} ({load.protocol}) at C={args.concurrency}")
             # kubeinfer serves from one process; peers may fork workers whose CPU their parent's pid misses
             metrics_url = plan.ready_url.replace("/readyz", "/metrics") if load.is_kubeinfer else None
-            row = run_load(load, args, payloads, reference, server if load.is_kubeinfer else None, metrics_url)
+            one_process = load.is_kubeinfer or load.one_process
+            row = run_load(load, args, payloads, reference, server if one_process else None, metrics_url)
             _print_row(row)
             rows.append(row)
     except ServerError as exc:
@@ -239,6 +240,8 @@ def plan_servers(args: argparse.Namespace, files: models.ClassifierFiles | None,
         plans.append(systems.kubeinfer_detector(detector, settings, 1))
     if detector and "kubeinfer-detect-torch" in chosen:
         plans.append(systems.kubeinfer_detector(detector, settings, batch, backend="torch"))
+    if "grpc-floor" in chosen:
+        plans.append(systems.grpc_floor())
     return plans
 
 
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     settings = systems.Settings(args.max_batch_size, args.max_batch_delay_ms, args.torch_threads)
-    needs_classifier = any(not s.startswith("kubeinfer-detect") for s in args.chosen)
+    needs_classifier = any(not s.startswith(("kubeinfer-detect", "grpc-floor")) for s in args.chosen)
     needs_client = any(s in (*PEERS, "kubeinfer-oip") for s in args.chosen)
     with cleanup_on_exit():
         args.work.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class LoadPlan:
     backend: str = ""  # the engine serving the model, as the server reports it (kubeinfer) or known (peers)
     is_kubeinfer: bool = False
     optional: bool = False  # skipped (not failed) when the server does not offer this API yet
+    one_process: bool = False  # not kubeinfer, yet its CPU time is its own process's (peers may fork workers)
 
 
 @dataclass
@@ -86,6 +87,17 @@ def kubeinfer_detector(model: Path, s: Settings, batch: int, backend: str = "aut
     argv = [str(KUBEINFER), "serve", "--task", "detect", "--model", str(model), "--backend", backend,
             *_kubeinfer_common(grpc, http, batch, s, name="detector")]
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", [load])
+
+
+def grpc_floor() -> ServerPlan:
+    """A bare grpc.aio server answering the detector's Detect messages without any work: the transport's
+    own cost per request, the floor under the kubeinfer rows' CPU outside the model."""
+    grpc, http = free_port(), free_port()
+    load = LoadPlan("grpc-floor", "grpc.aio alone: no model, no decode (the floor)", "detector",
+                    "kubeinfer gRPC Detect (JPEG)", "—", "kubeinfer-detect", f"127.0.0.1:{grpc}",
+                    Path(sys.executable), backend="none", one_process=True)
+    argv = [sys.executable, str(HERE / "grpc_floor.py"), "--grpc-port", str(grpc), "--http-port", str(http)]
+    return ServerPlan("grpc-floor", argv, f"http://127.0.0.1:{http}/ready", [load])
 
 
 def _kubeinfer_common(grpc: int, http: int, batch: int, s: Settings, name: str = MODEL_NAME) -> list[str]:

@@ -145,6 +145,12 @@ def ultralytics_predict(model_path: Path, jpegs: list[bytes], seconds: float, ba
 
     result = sweep(predict, seconds, batch_sizes=(batch,))
     result["model"] = str(model_path)
+    # the in-process answers the served boxes are checked against, at kubeinfer's default thresholds
+    images = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in jpegs[:ANSWERS]]
+    predictions = model.predict(images, imgsz=size, conf=0.25, iou=0.45, max_det=300, verbose=False)
+    result["answers"] = [[[int(c), *map(float, xyxy), float(score)] for xyxy, score, c in
+                          zip(p.boxes.xyxy.tolist(), p.boxes.conf.tolist(), p.boxes.cls.tolist(), strict=True)]
+                         for p in predictions]
     return result
 
 

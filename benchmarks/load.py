@@ -15,8 +15,9 @@ runs longer than warmup + duration + the per-request timeout.
     python benchmarks/load.py --target kubeinfer-detect --address 127.0.0.1:8001 \
         --payloads payloads.npz --concurrency 1,4,16 --duration 5
 
-prints one JSON object on stdout: ``levels`` (one entry per concurrency) and ``top1`` (the
-server's top-1 class for the first payloads, classifier targets only).
+prints one JSON object on stdout: ``levels`` (one entry per concurrency) and ``answers`` (the
+server's answers for the first payloads, to compare with the raw model's: the top-1 class of a
+classifier, the boxes of a detector).
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class Target:
     async def send(self, i: int) -> None:
         raise NotImplementedError
 
-    async def answer(self, i: int) -> int | None:
-        """The top-1 class index the server gives for payload i (None: not a classifier target)."""
+    async def answer(self, i: int) -> Any:
+        """The server's answer for payload i: the top-1 class index (classifiers) or the boxes as
+        [class, x1, y1, x2, y2, score] rows (detectors); None: not checked."""
         return None
 
     def grpc_call(self) -> tuple[str, bytes] | None:
@@ -184,10 +186,11 @@ class KubeinferTarget(Target):
             raise RuntimeError(f"expected 1 result, got {len(response.results)}")
         return response
 
-    async def answer(self, i: int) -> int | None:
-        if self.task != "classify":
-            return None
-        return int((await self._call(i)).results[0].top[0].class_id)
+    async def answer(self, i: int) -> Any:
+        result = (await self._call(i)).results[0]
+        if self.task == "classify":
+            return int(result.top[0].class_id)
+        return [[d.class_id, d.box.x1, d.box.y1, d.box.x2, d.box.y2, d.score] for d in result.detections]
 
     def grpc_call(self) -> tuple[str, bytes] | None:
         method = "Classify" if self.task == "classify" else "Detect"
@@ -308,13 +311,13 @@ def make_target(args: argparse.Namespace) -> Target:
 async def run_levels(target: Target, levels: list[int], duration: float, warmup: float, timeout: float,
                      answers: int = 0, generator: str = "python", address: str = "", server_pid: int = 0,
                      metrics_url: str | None = None) -> dict[str, Any]:
-    """Every level in turn on one connection, plus the top-1 answers for the first ``answers`` payloads.
+    """Every level in turn on one connection, plus the answers to the first ``answers`` payloads.
 
     With ``generator="h2load"`` a gRPC target's levels come from h2load (one connection, C streams, payload 0);
     the answers and the check that the server answers that request with status OK stay with this client."""
     await target.open()
     try:
-        top1 = [await target.answer(i) for i in range(answers)]
+        given = [await target.answer(i) for i in range(answers)]
         call = target.grpc_call() if generator == "h2load" else None
         if call is not None:  # the exact bytes h2load repeats, answered with status OK through a real gRPC client
             await asyncio.to_thread(check_raw_call, address, call[0], call[1], timeout)
@@ -333,7 +336,7 @@ async def run_levels(target: Target, levels: list[int], duration: float, warmup:
             levels_out.append(level)
     finally:
         await target.close()
-    return {"levels": levels_out, "top1": None if None in top1 or not top1 else top1,
+    return {"levels": levels_out, "answers": None if None in given or not given else given,
             "generator": "h2load" if call is not None else "python"}
 
 
@@ -358,7 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds one request may take")
     parser.add_argument("--model-name", default="classifier", help="OIP model name")
     parser.add_argument("--input-name", default=None, help="OIP input (default: the UINT8 input in the metadata)")
-    parser.add_argument("--answers", type=int, default=8, help="report the top-1 class of this many payloads")
+    parser.add_argument("--answers", type=int, default=8, help="report the answers to this many payloads")
     parser.add_argument("--server-pid", type=int, default=0, help="sample this server process's CPU time per level")
     parser.add_argument("--metrics-url", default=None, help="the server's /metrics, for the batch sizes formed")
     parser.add_argument("--generator", choices=("python", "h2load"), default="python",

@@ -195,7 +195,7 @@ def markdown(results: dict[str, Any]) -> str:
         lim = limits.get(workload)
         lines += [f"## {title}", "",
                   "| system | protocol | backend | batching | load | C | req/s | p50 ms | p99 ms | errors | of limit "
-                  "| top-1 as raw | mean batch | server CPU ms/img | outside the model ms/img |",
+                  "| answers as raw | mean batch | server CPU ms/img | outside the model ms/img |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in wrows:
             if r["status"] != "ok":
@@ -207,7 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {r['system']} | {r['protocol']} | {r.get('backend') or '—'} | {r['batching']} | "
                              f"{r.get('generator', 'python')} | {lv['concurrency']} | "
                              f"{lv['throughput_rps']:.1f} | {_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} | "
-                             f"{lv['errors']} | {share} | {r.get('top1_agreement', '—')} | "
+                             f"{lv['errors']} | {share} | {r.get('answers_as_raw', '—')} | "
                              f"{_f(lv.get('mean_batch'))} | {_f(lv.get('server_cpu_ms_per_image'), 2)} | "
                              f"{_f(outside_model_ms(limits, r, lv), 2)} |")
         lines.append("")

@@ -120,7 +120,7 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
 
 
 def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
-             reference: list[int] | None, server: ManagedProcess | None = None,
+             reference: list[Any] | None, server: ManagedProcess | None = None,
              metrics_url: str | None = None) -> dict[str, Any]:
     """One row: the load generator against a running server, every concurrency level."""
     argv = [str(plan.python), str(HERE / "load.py"), "--target", plan.target, "--address", plan.address,
@@ -151,14 +151,30 @@ def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
     measured = json.loads(out)
     row["levels"] = measured["levels"]
     row["generator"] = measured.get("generator", "python")
-    top1 = measured.get("top1")
-    if top1 and reference:  # same model, same answers: the rows compare like with like
-        row["top1_agreement"] = f"{sum(a == b for a, b in zip(top1, reference, strict=False))}/{len(reference)}"
+    given = measured.get("answers")
+    if given and reference:  # same model, same answers: the rows compare like with like
+        agree = sum(same_answer(a, b) for a, b in zip(given, reference, strict=False))
+        row["answers_as_raw"] = f"{agree}/{len(reference)}"
     return row
 
 
+BOX_TOLERANCE_PX, SCORE_TOLERANCE = 2.0, 0.05  # ONNX Runtime vs torch, kubeinfer's letterbox vs ultralytics'
+
+
+def same_answer(served: Any, raw: Any) -> bool:
+    """A classifier's top-1 class equal; a detector's boxes the same set: classes equal, corners within
+    ``BOX_TOLERANCE_PX`` pixels, scores within ``SCORE_TOLERANCE`` (rows matched in a canonical order)."""
+    if not isinstance(served, list) or not isinstance(raw, list):
+        return bool(served == raw)
+    if len(served) != len(raw):
+        return False
+    ours, theirs = sorted(served), sorted(raw)  # by class, then x1, y1...
+    return all(a[0] == b[0] and max(abs(x - y) for x, y in zip(a[1:5], b[1:5], strict=True)) <= BOX_TOLERANCE_PX
+               and abs(a[5] - b[5]) <= SCORE_TOLERANCE for a, b in zip(ours, theirs, strict=True))
+
+
 def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Path,
-               reference: list[int] | None) -> list[dict[str, Any]]:
+               references: dict[str, list[Any] | None]) -> list[dict[str, Any]]:
     """Start one server, load it once per row, stop it; failures become rows with a reason."""
     work = args.work / plan.name
     work.mkdir(parents=True, exist_ok=True)
@@ -180,7 +196,8 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
             # kubeinfer serves from one process; peers may fork workers whose CPU their parent's pid misses
             metrics_url = plan.ready_url.replace("/readyz", "/metrics") if load.is_kubeinfer else None
             one_process = load.is_kubeinfer or load.one_process
-            row = run_load(load, args, payloads, reference, server if one_process else None, metrics_url)
+            row = run_load(load, args, payloads, references.get(load.workload), server if one_process else None,
+                           metrics_url)
             _print_row(row)
             rows.append(row)
     except ServerError as exc:
@@ -301,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                           "status": "failed", "reason": install_failures[missing[0]], "levels": []}
                          for load in plan.loads]
                 continue
-            rows += run_server(plan, args, payloads, limits.get("classifier", {}).get("top1"))
+            references = {"classifier": limits.get("classifier", {}).get("top1"),
+                          "detector": limits.get("detector_ultralytics", {}).get("answers")}
+            rows += run_server(plan, args, payloads, references)
 
         versions = {"python": platform.python_version(), "kubeinfer torch": limits.get("torch", "?")}
         for name in PEERS:

@@ -95,7 +95,7 @@ def grpc_floor() -> ServerPlan:
     grpc, http = free_port(), free_port()
     load = LoadPlan("grpc-floor", "grpc.aio alone: no model, no decode (the floor)", "detector",
                     "kubeinfer gRPC Detect (JPEG)", "—", "kubeinfer-detect", f"127.0.0.1:{grpc}",
-                    Path(sys.executable), backend="none", one_process=True)
+                    Path(sys.executable), ["--answers", "0"], backend="none", one_process=True)  # empty answers
     argv = [sys.executable, str(HERE / "grpc_floor.py"), "--grpc-port", str(grpc), "--http-port", str(http)]
     return ServerPlan("grpc-floor", argv, f"http://127.0.0.1:{http}/ready", [load])
 

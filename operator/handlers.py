@@ -286,16 +286,25 @@ def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> 
         body = cache.inference_service(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        problem = memo["problems"].get((namespace, name))
         try:
-            previous = _last_status(memo, body)
-            _write_status(kube, memo, body, Observation(
-                name, namespace, previous.get("observedGeneration"), cache.deployment(namespace, name),
-                cache.pods(namespace, name), error=memo["problems"].get((namespace, name)), previous=previous,
-                now=_now(), service_exists=_service_exists(memo, cache, namespace, name)))
+            _write_status(kube, memo, body, _cached_observation(memo, cache, body, problem))
         except ApiError as exc:
             if exc.status == 404:
                 return  # the resource went away meanwhile
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+
+def _cached_observation(memo: kopf.Memo, cache: Cache, body: Mapping[str, Any],
+                        error: Problem | None) -> Observation:
+    """What the cache shows of the resource's children, with the last applied generation kept: for status
+    written without applying anything (a child changed, or the spec could not be applied)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    previous = _last_status(memo, body)
+    return Observation(name, namespace, previous.get("observedGeneration"), cache.deployment(namespace, name),
+                       cache.pods(namespace, name), error=error, previous=previous, now=_now(),
+                       service_exists=_service_exists(memo, cache, namespace, name))
 
 
 def _last_status(memo: kopf.Memo, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,11 +385,7 @@ def _report_problem(kube: Kube, memo: kopf.Memo, body: dict[str, Any], cache: Ca
     memo["problems"][(namespace, name)] = problem
     metrics.reconciliations.labels(result="error").inc()
     kopf.warn(body, reason=problem.reason, message=problem.message)
-    previous = _last_status(memo, body)
-    _write_status(kube, memo, body, Observation(name, namespace, previous.get("observedGeneration"),
-                                                cache.deployment(namespace, name), cache.pods(namespace, name),
-                                                error=problem, previous=previous, now=_now(),
-                                                service_exists=_service_exists(memo, cache, namespace, name)))
+    _write_status(kube, memo, body, _cached_observation(memo, cache, body, problem))
 
 
 def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: RuntimeDefaults, cache: Cache) -> None:

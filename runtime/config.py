@@ -15,6 +15,7 @@ from typing import Any
 from kubeinfer.runtime.cpus import thread_budget, usable_cpus
 
 BACKENDS = ("auto", "torch", "onnx")
+DECODE_DEVICES = ("auto", "cpu", "model")
 TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
@@ -33,6 +34,7 @@ class ServeConfig:
     model: Path | None
     model_name: str
     device: str
+    decode_device: str
     host: str
     grpc_port: int
     http_port: int
@@ -103,6 +105,7 @@ class ServeConfig:
             (self.workers >= 1, "--workers must be at least 1"),
             (self.model_threads >= 1, "--model-threads must be at least 1"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
+            (self.decode_device in DECODE_DEVICES, f"--decode-device must be one of {', '.join(DECODE_DEVICES)}"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (self.http_keepalive_timeout > 0 and self.http_body_timeout > 0,
              "--http-keepalive-timeout and --http-body-timeout must be positive"),
@@ -176,6 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_core("model-name", str, None,
               "name reported to clients and metrics; the InferenceService name (default: the task)")
     flag_core("device", str, "cpu", "cpu, cuda or cuda:N")
+    flag_core("decode-device", str, "auto",
+              "detect: where JPEGs are decoded and letterboxed: model (in the batch step on the model's device, "
+              "nvJPEG on CUDA), cpu (OpenCV in the worker pool), or auto (model when --device is CUDA, else cpu); "
+              "other formats and raw pixels always take the CPU path", choices=list(DECODE_DEVICES))
     flag_core("backend", str, "auto",
               "how a YOLO .pt detector runs: onnx (exported at start into --cache-dir, once per model hash), "
               "torch, or auto (onnx on CPU when the export works, else torch)", choices=list(BACKENDS))

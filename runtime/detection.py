@@ -15,10 +15,19 @@ import numpy as np
 from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import invalid_argument
+from kubeinfer.runtime.images import ImageInput, check_encoded, decode, decode_checked
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
 from kubeinfer.runtime.models.backend import choose_backend
-from kubeinfer.runtime.models.yolo import BoxResult, Letterboxed, RawDetections, Selection, YoloDetector
+from kubeinfer.runtime.models.yolo import (
+    BatchItem,
+    BoxResult,
+    EncodedJpeg,
+    Letterboxed,
+    RawDetections,
+    Selection,
+    YoloDetector,
+)
 from kubeinfer.runtime.parameters import Parameters, check_range
 
 MAX_DETECTIONS_LIMIT = 1000
@@ -83,9 +92,10 @@ class Detector:
         choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
         self.model = YoloDetector(choice.path, config.device, config.image_size,
                                   exported_from=path if choice.path != path else None)
-        self.batcher: DynamicBatcher[Letterboxed, RawDetections] = DynamicBatcher(
+        self.batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
             "detect", self.model.forward, max_batch_size=config.max_batch_size,
             max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)
+        self.decode_on_device = decodes_on_device(config.decode_device, self.model.device.type)
 
     def thresholds(self) -> Thresholds:
         return Thresholds(confidence=self.config.confidence, iou=self.config.iou)
@@ -111,7 +121,7 @@ class Detector:
                                 b.polygons) for b in boxes]
         return DetectResult(detections, sorted({d.label for d in detections}), shape[0], shape[1])
 
-    def postprocess(self, raw: RawDetections, item: Letterboxed, params: DetectParams) -> DetectResult:
+    def postprocess(self, raw: RawDetections, item: BatchItem, params: DetectParams) -> DetectResult:
         shape = (item.original_height, item.original_width)
         boxes = self.model.postprocess(raw, shape, params.confidence, params.iou, params.max_detections,
                                        params.classes, params.return_masks)
@@ -120,3 +130,20 @@ class Detector:
     def prepare(self, bgr: np.ndarray, params: DetectParams | None = None) -> Letterboxed:
         """Letterboxed; with ``params`` its boxes are selected in the model's batch step (see models.yolo)."""
         return self.model.preprocess(bgr, None if params is None else params.selection())
+
+    def prepare_input(self, image: ImageInput, index: int, params: DetectParams) -> BatchItem:
+        """One request image for the batcher (worker pool): every size and format guard runs here, so a bad image
+        fails alone with its index. With decoding on the device, a plain JPEG stays encoded for the batch step;
+        anything else (PNG, WebP, BMP, raw pixels, CMYK or EXIF-rotated JPEGs) is decoded here by OpenCV."""
+        max_pixels = self.config.max_image_pixels
+        if not (self.decode_on_device and image.encoded is not None):
+            return self.prepare(decode(image, index, max_pixels), params)
+        header = check_encoded(image.encoded, index, max_pixels, jpeg_layout=True)
+        if header.plain_jpeg:
+            return EncodedJpeg(image.encoded, index, header.height, header.width, params.selection())
+        return self.prepare(decode_checked(image.encoded, header, index), params)
+
+
+def decodes_on_device(decode_device: str, model_device: str) -> bool:
+    """--decode-device: "model" always, "auto" when the model is on CUDA (nvJPEG), "cpu" never."""
+    return decode_device == "model" or (decode_device == "auto" and model_device == "cuda")

@@ -19,6 +19,7 @@ from kubeinfer.runtime.errors import invalid_argument
 # Pillow only identifies here (header read); the pixel guard is ours, so lift Pillow's own.
 PILImage.MAX_IMAGE_PIXELS = None
 ENCODED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,17 @@ class ImageInput:
     height: int = 0
     width: int = 0
     channels: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedHeader:
+    """What an encoded image's header says; ``plain_jpeg``: a JPEG that any JPEG decoder turns into the same
+    upright RGB pixels (asked for with ``check_encoded(..., jpeg_layout=True)``, else False)."""
+
+    format: str
+    width: int
+    height: int
+    plain_jpeg: bool = False
 
 
 def declared_pixels(image: ImageInput) -> int:
@@ -58,20 +70,44 @@ def decode(image: ImageInput, index: int, max_pixels: int, order: str = "bgr") -
 
 
 def _decode_encoded(data: bytes, index: int, max_pixels: int) -> np.ndarray:
+    return decode_checked(data, check_encoded(data, index, max_pixels), index)
+
+
+def check_encoded(data: bytes, index: int, max_pixels: int, *, jpeg_layout: bool = False) -> EncodedHeader:
+    """The guards every encoded image passes before any decoder sees it (header read only): readable, a
+    supported format, within ``max_pixels``. With ``jpeg_layout`` the header also tells whether the file is a
+    plain JPEG (see ``EncodedHeader``), for callers that may decode it elsewhere."""
     if not data:
         raise invalid_argument(f"image {index}: empty encoded bytes")
     try:
         with PILImage.open(io.BytesIO(data)) as header:
             width, height = header.size
             fmt = header.format
+            plain = jpeg_layout and fmt == "JPEG" and _plain_jpeg(header)
     except Exception:
         raise invalid_argument(f"image {index}: not a decodable JPEG, PNG, WebP or BMP image") from None
     if fmt not in ENCODED_FORMATS:
         raise invalid_argument(f"image {index}: unsupported format {fmt}; send JPEG, PNG, WebP or BMP")
     _check_pixels(index, width, height, max_pixels)
+    return EncodedHeader(str(fmt), int(width), int(height), plain)
+
+
+def _plain_jpeg(header: PILImage.Image) -> bool:
+    """YCbCr or grey (not CMYK) and stored upright: OpenCV applies an EXIF rotation, the device decoder does not,
+    so a rotated file must take OpenCV's path to come out the same."""
+    if header.mode not in ("RGB", "L"):
+        return False
+    try:
+        return header.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except Exception:  # an unreadable EXIF block: let OpenCV decide what it means
+        return False
+
+
+def decode_checked(data: bytes, header: EncodedHeader, index: int) -> np.ndarray:
+    """Decode an image ``check_encoded`` passed, to BGR HWC uint8 (OpenCV, in the worker pool)."""
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
-        raise invalid_argument(f"image {index}: {fmt} data is corrupt or truncated")
+        raise invalid_argument(f"image {index}: {header.format} data is corrupt or truncated")
     return pixels
 
 

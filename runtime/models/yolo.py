@@ -7,6 +7,10 @@ boxes selected in ``forward`` right after the model, for the whole batch in one 
 step (one NMS call over every image and class, each image's thresholds still its own), so
 the common request needs no second trip through the worker pool; images without one (video
 frames) are selected per image in ``postprocess`` as before.
+
+A batch may also carry ``EncodedJpeg`` items: JPEGs whose headers the pool checked, decoded and
+letterboxed in ``forward`` for the whole batch on the model's device (``device_images``). With a CUDA
+model the selection runs on the device too, and only the selected rows come back to the host.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument
+from kubeinfer.runtime.models.device_images import LETTERBOX_FILL, decode_jpegs, letterbox_geometry, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
 from kubeinfer.runtime.models.threads import ort_session_options
 
@@ -51,14 +56,34 @@ class Letterboxed:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedJpeg:
+    """A JPEG the worker pool checked (header, format, pixel limit) and left encoded: ``forward`` decodes and
+    letterboxes it with the rest of the batch on the model's device. ``index`` is its place in its request,
+    so a file the decoders refuse fails alone, named like the CPU path names it."""
+
+    data: bytes
+    index: int
+    original_height: int
+    original_width: int
+    selection: Selection | None = None
+
+
+BatchItem = Letterboxed | EncodedJpeg
+
+
+@dataclass(frozen=True, slots=True)
 class RawDetections:
     """One image's slice of the model output: predictions and, for segmentation models, mask prototypes;
-    ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra]) when the image had one."""
+    ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra], on the CPU) when the image had one.
+    Predictions and prototypes are on the CPU where a later step reads them (no selection yet; prototypes
+    for masks) and stay on the model's device otherwise. ``error``: this image failed in the batch step
+    (an ``EncodedJpeg`` no decoder took) and has no detections; the other images are unaffected."""
 
     predictions: torch.Tensor
     prototypes: torch.Tensor | None
     kept: torch.Tensor | None = None
     boxes: list[BoxResult] | None = None  # the final boxes, when the selection asked for no masks
+    error: InferenceError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,38 +165,72 @@ class YoloDetector:
         ``Letterboxed``."""
         height, width = bgr.shape[:2]
         size = self.image_size
-        scale = min(size / height, size / width)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        resized = bgr if (new_w, new_h) == (width, height) else cv2.resize(
-            bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        pad_w, pad_h = (size - new_w) / 2, (size - new_h) / 2
-        top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
-        left, right = round(pad_w - 0.1), round(pad_w + 0.1)
-        boxed = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+        g = letterbox_geometry(height, width, size)
+        resized = bgr if (g.new_width, g.new_height) == (width, height) else cv2.resize(
+            bgr, (g.new_width, g.new_height), interpolation=cv2.INTER_LINEAR)
+        bottom, right = size - g.new_height - g.top, size - g.new_width - g.left
+        boxed = cv2.copyMakeBorder(resized, g.top, bottom, g.left, right, cv2.BORDER_CONSTANT,
+                                   value=(LETTERBOX_FILL,) * 3)
         cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
         return Letterboxed(boxed, height, width, selection)
 
     @torch.inference_mode()
-    def forward(self, batch: Sequence[Letterboxed]) -> list[RawDetections]:
-        """Run the model once for the whole batch (inference thread); outputs come back on the CPU, with the
-        boxes of every image that carries a ``Selection`` already selected, in one step for the batch."""
-        stacked = torch.from_numpy(np.stack([item.pixels for item in batch]))
-        images = stacked.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        predictions, prototypes = _split_output(self.backend(images))
-        predictions = predictions.float().cpu()
-        prototypes = prototypes.float().cpu() if prototypes is not None else None
+    def forward(self, batch: Sequence[BatchItem]) -> list[RawDetections]:
+        """Run the model once for the whole batch (inference thread), ``EncodedJpeg`` items decoded and
+        letterboxed here first; the boxes of every image that carries a ``Selection`` are selected in one step
+        for the batch, on the model's device, and only the selected rows come back to the CPU."""
+        images, errors = self._model_input(batch)
+        predictions, prototypes = _split_output(self.backend(images.float().div_(255.0)))
+        predictions = predictions.float()
+        prototypes = prototypes.float() if prototypes is not None else None
         kept: list[torch.Tensor | None] = [None] * len(batch)
         boxes: list[list[BoxResult] | None] = [None] * len(batch)
-        chosen = [(i, item.selection) for i, item in enumerate(batch) if item.selection is not None]
+        chosen = [(i, item.selection) for i, item in enumerate(batch)
+                  if item.selection is not None and i not in errors]
         if chosen:
             selections = [selection for _, selection in chosen]
             rows = self._select_many(predictions[[i for i, _ in chosen]], selections, prototypes is not None)
+            if predictions.device.type != "cpu":  # one transfer for the batch
+                rows = list(torch.cat(rows).cpu().split([r.shape[0] for r in rows]))
             for (i, selection), selected in zip(chosen, rows, strict=True):
                 kept[i] = selected
                 if not selection.masks:
                     boxes[i] = self._boxes(selected, None, (batch[i].original_height, batch[i].original_width))
-        return [RawDetections(predictions[i], None if prototypes is None else prototypes[i], kept[i], boxes[i])
-                for i in range(len(batch))]
+        later = [i for i, item in enumerate(batch) if item.selection is None or item.selection.masks]
+        host_predictions = _rows_on_host(predictions, later)
+        host_prototypes = _rows_on_host(prototypes, later) if prototypes is not None else {}
+        return [RawDetections(host_predictions.get(i, predictions[i]),
+                              None if prototypes is None else host_prototypes.get(i, prototypes[i]),
+                              kept[i], boxes[i], errors.get(i)) for i in range(len(batch))]
+
+    def _model_input(self, batch: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, InferenceError]]:
+        """The batch as [B, 3, S, S] uint8 RGB on the model's device, and the errors of the ``EncodedJpeg`` items
+        no decoder took (their slots stay blank)."""
+        ready = [(i, item) for i, item in enumerate(batch) if isinstance(item, Letterboxed)]
+        jpegs = [(i, item) for i, item in enumerate(batch) if isinstance(item, EncodedJpeg)]
+        if not jpegs:  # the CPU path's batch: one copy to the device, no blank batch to fill first
+            return self._upload([item.pixels for _, item in ready]).permute(0, 3, 1, 2), {}
+        size = self.image_size
+        images = torch.full((len(batch), 3, size, size), LETTERBOX_FILL, dtype=torch.uint8, device=self.device)
+        if ready:
+            images[[i for i, _ in ready]] = self._upload([item.pixels for _, item in ready]).permute(0, 3, 1, 2)
+        errors: dict[int, InferenceError] = {}
+        decoded = decode_jpegs([item.data for _, item in jpegs], self.device)
+        for (i, item), image in zip(jpegs, decoded, strict=True):
+            if image is None:
+                errors[i] = invalid_argument(f"image {item.index}: JPEG data is corrupt or truncated")
+            else:
+                letterbox_into(images[i], image)
+        return images, errors
+
+    def _upload(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        """Letterboxed HWC images stacked on the model's device; through pinned memory to a CUDA device, so the
+        copy is a DMA that does not wait for the host."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack(pixels)).to(self.device)
+        pinned = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, pin_memory=True)
+        np.stack(pixels, out=pinned.numpy())
+        return pinned.to(self.device, non_blocking=True)
 
     def _select_many(self, predictions: torch.Tensor, selections: Sequence[Selection],
                      with_masks: bool) -> list[torch.Tensor]:
@@ -265,9 +324,10 @@ def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
         return [select_boxes(predictions[0], classes_count, s.confidence, s.iou, s.classes, s.max_detections)]
     rows = predictions.transpose(1, 2)  # [B, anchors, channels]: a view, gathered only for the candidates
     scores, class_ids = predictions[:, 4:4 + classes_count].max(dim=1)  # over contiguous rows: ~4x cheaper
-    keep = scores > torch.tensor([s.confidence for s in selections], dtype=scores.dtype)[:, None]
+    device = predictions.device
+    keep = scores > torch.tensor([s.confidence for s in selections], dtype=scores.dtype, device=device)[:, None]
     if any(s.classes for s in selections):
-        allowed = torch.ones(count, classes_count, dtype=torch.bool)
+        allowed = torch.ones(count, classes_count, dtype=torch.bool, device=device)
         for i, s in enumerate(selections):
             if s.classes:
                 allowed[i] = False
@@ -284,13 +344,13 @@ def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
     if spaced.shape[0]:
         group = image * classes_count + picked_classes
         spaced = spaced + (group.double() * (float(spaced.max()) + 1.0))[:, None]
-    ious = torch.tensor([s.iou for s in selections])[image]
+    ious = torch.tensor([s.iou for s in selections], device=device)[image]
     survivors = []
     for threshold in sorted({s.iou for s in selections}):
         members = (ious == threshold).nonzero(as_tuple=True)[0]
         found = torchvision.ops.nms(spaced[members], picked_scores[members].double(), threshold)
         survivors.append(members[found])
-    kept = torch.cat(survivors) if survivors else torch.zeros(0, dtype=torch.long)
+    kept = torch.cat(survivors) if survivors else torch.zeros(0, dtype=torch.long, device=device)
     if len(survivors) > 1:  # NMS returns by descending score; merge the groups the same way
         kept = kept[picked_scores[kept].argsort(descending=True, stable=True)]
     kept = kept[image[kept].argsort(stable=True)]  # by image, each image's rows still by descending score
@@ -301,6 +361,15 @@ def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
     for i, part in enumerate(kept.split(per_image)):
         result.append(rows_out[part[:selections[i].max_detections]])
     return result
+
+
+def _rows_on_host(tensor: torch.Tensor, indices: list[int]) -> dict[int, torch.Tensor]:
+    """``tensor[i]`` on the CPU for each of ``indices``, in one transfer."""
+    if not indices:
+        return {}
+    if tensor.device.type == "cpu":
+        return {i: tensor[i] for i in indices}
+    return dict(zip(indices, tensor[indices].cpu(), strict=True))
 
 
 def _split_output(output: object) -> tuple[torch.Tensor, torch.Tensor | None]:

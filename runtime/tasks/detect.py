@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -11,8 +12,10 @@ from kubeinfer.runtime.detection import Detector, DetectOverrides, DetectParams,
 from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.models.yolo import Letterboxed
+from kubeinfer.runtime.models.yolo import BatchItem
 from kubeinfer.runtime.tasks.base import Task, require_images
+
+log = logging.getLogger(__name__)
 
 # A lone image this small (a 200 x 200 JPEG decodes and letterboxes in about 0.2 ms) is prepared on the event
 # loop: the round trip through the worker pool (two thread hand-offs and a loop wake-up) costs more than that.
@@ -20,8 +23,8 @@ INLINE_MAX_PIXELS = 40_000
 
 
 class DetectTask(Task):
-    """Detect: decode + letterbox in the pool, one batched forward with the batch's box selection; polygons
-    (masks asked for) in the pool."""
+    """Detect: size and format guards (and, unless JPEGs decode on the model's device, decode + letterbox) in
+    the pool, one batched forward with the batch's box selection; polygons (masks asked for) in the pool."""
 
     name = "detect"
 
@@ -29,6 +32,9 @@ class DetectTask(Task):
         super().__init__(config, metrics, pool)
         assert config.model is not None  # ServeConfig.validate requires a model for detect
         self.detector = Detector(config, metrics, config.model)
+        device = self.detector.model.device
+        where = f"in the batch step on {device}" if self.detector.decode_on_device else "by OpenCV in the pool"
+        log.info("detect: JPEGs are decoded and letterboxed %s (--decode-device %s)", where, config.decode_device)
 
     def start(self) -> None:
         self.detector.batcher.start()
@@ -45,8 +51,8 @@ class DetectTask(Task):
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
         await self.detect(images, DetectOverrides())
 
-    def _prepare(self, image: ImageInput, index: int, params: DetectParams) -> Letterboxed:
-        return self.detector.prepare(self.decode(image, index), params)
+    def _prepare(self, image: ImageInput, index: int, params: DetectParams) -> BatchItem:
+        return self.detector.prepare_input(image, index, params)
 
     async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
         require_images(images)
@@ -58,6 +64,9 @@ class DetectTask(Task):
             else:
                 prepared = await self.map_in_pool(self._prepare, images, range(len(images)), [params] * len(images))
             raws = await batcher.submit_many(prepared, reservation)
+        failed = next((raw.error for raw in raws if raw.error is not None), None)
+        if failed is not None:  # a JPEG no decoder took in the batch step: this request fails, the batch did not
+            raise failed
         if params.return_masks:  # polygons: real work, in the pool
             results = await self.map_in_pool(self.detector.postprocess, raws, prepared, [params] * len(raws))
         else:  # the batch step selected and scaled the boxes: only labels are left to attach

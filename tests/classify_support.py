@@ -190,13 +190,14 @@ LAYOUTS = ["txt", "json-list", "json-index-map", "json-label-map", "csv", "csv-i
 _RUNTIMES: dict[str, RuntimeProcess] = {}
 
 
-def shared_runtime(factory: Callable[..., RuntimeProcess], key: str, *args: str) -> RuntimeProcess:
-    """One runtime per key for the whole session (runtime_factory stops it at the end)."""
+def shared_runtime(factory: Callable[..., RuntimeProcess], key: str, *args: str, wait: bool = True) -> RuntimeProcess:
+    """One runtime per key for the whole session (runtime_factory stops it at the end); ``wait=False`` returns it
+    starting, so that several load at once (``wait_ready`` on each then)."""
     runtime = _RUNTIMES.get(key)
     if runtime is None or runtime.process.poll() is not None:
-        runtime = factory(*args, "--shutdown-delay", "0")  # these tests never watch a drain: stop fast
+        runtime = factory(*args, "--shutdown-delay", "0", wait=False)  # these tests never watch a drain: stop fast
         _RUNTIMES[key] = runtime
-    return runtime
+    return runtime.wait_ready() if wait else runtime
 
 
 def classify_runtime(factory: Callable[..., RuntimeProcess], labels_dir: Path) -> RuntimeProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ def runtime_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         return runtime.wait_ready() if wait else runtime
 
     yield start
+    # SIGTERM all first: each runtime then sits out its --shutdown-delay alongside the others, not after them
+    for runtime in started:
+        if runtime.process.poll() is None:
+            runtime.process.send_signal(signal.SIGTERM)
     for runtime in started:
         runtime.terminate()
 

@@ -39,8 +39,9 @@ MATCHERS = f'namespace="{NAMESPACE}",pod=~"{"|".join(PODS)}"'
 @pytest.fixture(scope="module")
 def replicas(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> list[RuntimeProcess]:
     """Two replicas of InferenceService ``scaled``: one image per model call, so a burst queues."""
-    return [runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", MODEL,
-                            "--max-batch-size", "1", "--workers", "4") for _ in PODS]
+    started = [runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", MODEL,
+                               "--max-batch-size", "1", "--workers", "4", wait=False) for _ in PODS]
+    return [runtime.wait_ready() for runtime in started]  # started together: their model loads overlap
 
 
 @pytest.fixture(scope="module")

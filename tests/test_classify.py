@@ -34,20 +34,27 @@ from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
 
 @pytest.fixture(scope="module")
-def runtime(runtime_factory: Callable[..., RuntimeProcess],
-            tmp_path_factory: pytest.TempPathFactory) -> RuntimeProcess:
-    return classify_runtime(runtime_factory, tmp_path_factory.mktemp("classify-labels"))
-
-
-@pytest.fixture(scope="module")
 def onnx_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_labels(tmp_path_factory.mktemp("onnx-labels"), "csv-onehot")
 
 
 @pytest.fixture(scope="module")
-def onnx_runtime(runtime_factory: Callable[..., RuntimeProcess], onnx_labels: Path) -> RuntimeProcess:
+def onnx_starting(runtime_factory: Callable[..., RuntimeProcess], onnx_labels: Path) -> RuntimeProcess:
+    """The ONNX runtime, started but not waited for: it loads while the TorchScript one does."""
     return shared_runtime(runtime_factory, "classify-onnx", "--task", "classify", "--model",
-                          str(colour_models().onnx), "--labels", str(onnx_labels), "--model-name", "colours-onnx")
+                          str(colour_models().onnx), "--labels", str(onnx_labels), "--model-name", "colours-onnx",
+                          wait=False)
+
+
+@pytest.fixture(scope="module")
+def runtime(runtime_factory: Callable[..., RuntimeProcess], tmp_path_factory: pytest.TempPathFactory,
+            onnx_starting: RuntimeProcess) -> RuntimeProcess:
+    return classify_runtime(runtime_factory, tmp_path_factory.mktemp("classify-labels"))
+
+
+@pytest.fixture(scope="module")
+def onnx_runtime(onnx_starting: RuntimeProcess) -> RuntimeProcess:
+    return onnx_starting.wait_ready()
 
 
 @pytest.fixture(scope="module")

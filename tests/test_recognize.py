@@ -42,34 +42,45 @@ THRESHOLD = 0.7  # same-brand queries score >= 0.9, other brands <= 0.55, unrela
 UNRELATED = unrelated_images(5) + unrelated_images(6)
 
 
-@pytest.fixture(scope="module")
-def brands_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The gallery file, made the way users make it: `kubeinfer gallery build`."""
-    directory = tmp_path_factory.mktemp("recognize-file")
+def build_gallery(directory: Path) -> subprocess.Popen[str]:
+    """The gallery file, made the way users make it: `kubeinfer gallery build` (into directory/brands.npz)."""
     base = write_base_data(directory / "base", BRANDS)
-    out = directory / "brands.npz"
-    done = subprocess.run([sys.executable, "-m", "kubeinfer", "gallery", "build", "--model",
-                           str(logo_encoders().torchscript), "--base-data", str(base), "--out", str(out)],
-                          capture_output=True, text=True, env=runtime_env(), cwd=REPO, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return out
+    return subprocess.Popen([sys.executable, "-m", "kubeinfer", "gallery", "build", "--model",
+                             str(logo_encoders().torchscript), "--base-data", str(base), "--out",
+                             str(directory / "brands.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=runtime_env(), cwd=REPO)
 
 
 @pytest.fixture(scope="module")
-def file_runtime(runtime_factory: Callable[..., RuntimeProcess], brands_npz: Path) -> RuntimeProcess:
-    return runtime_factory("--task", "recognize", "--model", str(logo_encoders().torchscript), "--embeddings",
-                           str(brands_npz), "--similarity-threshold", str(THRESHOLD), "--model-name", "logos",
-                           "--max-batch-delay-ms", "5", "--top-k", "3", "--shutdown-delay", "0")
-
-
-@pytest.fixture(scope="module")
-def base_data_runtime(runtime_factory: Callable[..., RuntimeProcess],
-                      tmp_path_factory: pytest.TempPathFactory) -> RuntimeProcess:
+def runtimes(runtime_factory: Callable[..., RuntimeProcess],
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, RuntimeProcess]:
+    """Both recognize runtimes; the exemplar one starts while the gallery file is built, then they load together."""
     base = write_base_data(tmp_path_factory.mktemp("recognize-base") / "base", BRANDS)
-    return runtime_factory("--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
-                           "--gallery-mode", "exemplar", "--gallery-batch-size", "4",
-                           "--similarity-threshold", str(THRESHOLD), "--model-name", "logos-exemplar",
-                           "--shutdown-delay", "0")
+    base_data = runtime_factory("--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
+                                "--gallery-mode", "exemplar", "--gallery-batch-size", "4",
+                                "--similarity-threshold", str(THRESHOLD), "--model-name", "logos-exemplar",
+                                "--shutdown-delay", "0", wait=False)
+    directory = tmp_path_factory.mktemp("recognize-file")
+    building = build_gallery(directory)
+    _, errors = building.communicate(timeout=120)
+    assert building.returncode == 0, errors
+    file = runtime_factory("--task", "recognize", "--model", str(logo_encoders().torchscript), "--embeddings",
+                           str(directory / "brands.npz"), "--similarity-threshold", str(THRESHOLD),
+                           "--model-name", "logos", "--max-batch-delay-ms", "5", "--top-k", "3",
+                           "--shutdown-delay", "0", wait=False)
+    return {"file_runtime": file.wait_ready(), "base_data_runtime": base_data.wait_ready()}
+
+
+@pytest.fixture(scope="module")
+def file_runtime(runtimes: dict[str, RuntimeProcess]) -> RuntimeProcess:
+    """The encoder in TorchScript with a gallery file (mean per brand)."""
+    return runtimes["file_runtime"]
+
+
+@pytest.fixture(scope="module")
+def base_data_runtime(runtimes: dict[str, RuntimeProcess]) -> RuntimeProcess:
+    """The encoder in ONNX with a base-data folder (every exemplar kept)."""
+    return runtimes["base_data_runtime"]
 
 
 def brand_queries() -> list[tuple[str, str, np.ndarray]]:

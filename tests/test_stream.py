@@ -35,7 +35,18 @@ def labels_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runtime(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Path) -> RuntimeProcess:
+def small_starting(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Path) -> RuntimeProcess:
+    """Two streams at most, evicted after 3 s idle; started but not waited for: it loads while the main one does."""
+    labels = write_labels(labels_dir / "txt", "txt")
+    return shared_runtime(runtime_factory, "stream-small", "--task", "stream-classify", "--model",
+                          str(colour_models().torchscript), "--labels", str(labels), "--window", "3",
+                          "--max-streams", "2", "--stream-idle-seconds", "3", "--model-name", "colour-small",
+                          wait=False)
+
+
+@pytest.fixture(scope="module")
+def runtime(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Path,
+            small_starting: RuntimeProcess) -> RuntimeProcess:
     labels = write_labels(labels_dir / "json", "json-index-map")
     return shared_runtime(runtime_factory, "stream", "--task", "stream-classify", "--model",
                           str(colour_models().torchscript), "--labels", str(labels), "--window", str(WINDOW),
@@ -43,12 +54,8 @@ def runtime(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Path) ->
 
 
 @pytest.fixture(scope="module")
-def small_runtime(runtime_factory: Callable[..., RuntimeProcess], labels_dir: Path) -> RuntimeProcess:
-    """Two streams at most, evicted after 3 s idle."""
-    labels = write_labels(labels_dir / "txt", "txt")
-    return shared_runtime(runtime_factory, "stream-small", "--task", "stream-classify", "--model",
-                          str(colour_models().torchscript), "--labels", str(labels), "--window", "3",
-                          "--max-streams", "2", "--stream-idle-seconds", "3", "--model-name", "colour-small")
+def small_runtime(small_starting: RuntimeProcess) -> RuntimeProcess:
+    return small_starting.wait_ready()
 
 
 @pytest.fixture(scope="module")

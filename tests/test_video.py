@@ -27,19 +27,28 @@ MODEL = "video-test"
 
 
 @pytest.fixture(scope="module")
-def video_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> Iterator[RuntimeProcess]:
-    runtime = runtime_factory("--task", "video", "--model", str(detector_model), "--model-name", MODEL,
-                              "--max-frames-in-flight", "4", "--max-batch-delay-ms", "5")
-    yield runtime
-    runtime.terminate()  # free its memory for the rest of the suite
+def runtimes(runtime_factory: Callable[..., RuntimeProcess],
+             detector_model: Path) -> Iterator[tuple[RuntimeProcess, RuntimeProcess]]:
+    """(with the detector, without one), started together so that their imports and model loads overlap."""
+    started = (runtime_factory("--task", "video", "--model", str(detector_model), "--model-name", MODEL,
+                               "--max-frames-in-flight", "4", "--max-batch-delay-ms", "5", wait=False),
+               runtime_factory("--task", "video", "--model-name", "video-plain", wait=False))
+    for runtime in started:
+        runtime.wait_ready()
+    yield started
+    for runtime in started:
+        runtime.terminate()  # free their memory for the rest of the suite
 
 
 @pytest.fixture(scope="module")
-def plain_runtime(runtime_factory: Callable[..., RuntimeProcess]) -> Iterator[RuntimeProcess]:
+def video_runtime(runtimes: tuple[RuntimeProcess, RuntimeProcess]) -> RuntimeProcess:
+    return runtimes[0]
+
+
+@pytest.fixture(scope="module")
+def plain_runtime(runtimes: tuple[RuntimeProcess, RuntimeProcess]) -> RuntimeProcess:
     """The video task without a detector: the OpenCV operations only."""
-    runtime = runtime_factory("--task", "video", "--model-name", "video-plain")
-    yield runtime
-    runtime.terminate()
+    return runtimes[1]
 
 
 def boxes(frame: ProcessedFrame) -> list[tuple[float, float, float, float]]:

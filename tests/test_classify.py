@@ -266,22 +266,38 @@ def test_predict_cli_classifies_files(runtime: RuntimeProcess, tmp_path: Path) -
     assert [[c["label"] for c in entry["top"]] for entry in output] == [["blue"], ["red"]]
 
 
-@pytest.mark.parametrize(("labels", "message"), [
-    (["red", "green", "blue", "violet"], "has 4 labels but the model {model} outputs 3 classes"),
-    ("red,1,1,0\ngreen,0,1,0\nblue,0,0,1\n", "labels file {labels}: row 1 is not one-hot"),
-])
-def test_bad_labels_stop_the_start_with_one_clear_line(tmp_path: Path, labels: list[str] | str,
-                                                       message: str) -> None:
-    model = colour_models().torchscript
-    path = tmp_path / ("labels.txt" if isinstance(labels, list) else "labels.csv")
-    path.write_text("\n".join(labels) if isinstance(labels, list) else labels)
-    result = run_cli("serve", "--task", "classify", "--model", str(model), "--labels", str(path),
-                     "--grpc-port", str(free_port()), "--http-port", str(free_port()))
-    assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if line.startswith("kubeinfer serve:")]
-    assert len(lines) == 1, result.stderr
-    assert message.format(model=model, labels=path) in lines[0]
-    assert "Traceback" not in result.stderr
+BAD_LABELS = {  # name: (labels file name, its text, the one line the start must fail with)
+    "more-labels-than-classes": ("labels.txt", "red\ngreen\nblue\nviolet",
+                                 "has 4 labels but the model {model} outputs 3 classes"),
+    "not-one-hot": ("labels.csv", "red,1,1,0\ngreen,0,1,0\nblue,0,0,1\n", "labels file {labels}: row 1 is not one-hot"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_label_starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen[str]]]:
+    """`kubeinfer serve` with each bad labels file, all started at once: (the file, the process) by case."""
+    started = {}
+    for name, (file_name, text, _) in BAD_LABELS.items():
+        path = tmp_path_factory.mktemp(f"bad-labels-{name}") / file_name
+        path.write_text(text)
+        started[name] = (path, subprocess.Popen(
+            [sys.executable, "-m", "kubeinfer", "serve", "--task", "classify", "--model",
+             str(colour_models().torchscript), "--labels", str(path), "--grpc-port", str(free_port()),
+             "--http-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=runtime_env()))
+    return started
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_labels_stop_the_start_with_one_clear_line(
+        bad_label_starts: dict[str, tuple[Path, subprocess.Popen[str]]], case: str) -> None:
+    path, process = bad_label_starts[case]
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.startswith("kubeinfer serve:")]
+    assert len(lines) == 1, stderr
+    assert BAD_LABELS[case][2].format(model=colour_models().torchscript, labels=path) in lines[0]
+    assert "Traceback" not in stderr
 
 
 def wait_for_labels(client: Client, labels: list[str], timeout: float = 15.0) -> None:

@@ -212,9 +212,19 @@ def test_empty_base_data_and_oversized_images_are_refused(tmp_path: Path) -> Non
                              max_pixels=100)
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """`kubeinfer gallery build ARGS` started; ``finish`` waits for it."""
+    return subprocess.Popen([sys.executable, "-m", "kubeinfer", "gallery", "build", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=runtime_env(), cwd=REPO)
+
+
+def finish(started: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    stdout, stderr = started.communicate(timeout=120)
+    return subprocess.CompletedProcess(started.args, started.returncode, stdout, stderr)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubeinfer", "gallery", "build", *args], capture_output=True,
-                          text=True, env=runtime_env(), cwd=REPO, timeout=120)
+    return finish(start_cli(*args))
 
 
 def test_cli_builds_the_same_gallery_as_the_runtime_would(tmp_path: Path) -> None:
@@ -239,11 +249,15 @@ def test_cli_fails_with_one_line(tmp_path: Path) -> None:
     encoders = logo_encoders()
     base = write_base_data(tmp_path / "base", {"acme": BRANDS["acme"]})
     (base / "acme" / "bad.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    done = run_cli("--model", str(encoders.torchscript), "--base-data", str(base), "--out", str(tmp_path / "g.npz"))
+    # both runs at once: each pays the interpreter's and torch's start-up
+    bad_image = start_cli("--model", str(encoders.torchscript), "--base-data", str(base), "--out",
+                          str(tmp_path / "g.npz"))
+    wrong_suffix = start_cli("--model", str(encoders.torchscript), "--base-data", str(base), "--out",
+                             str(tmp_path / "g.npy"))
+    done = finish(bad_image)
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("kubeinfer gallery build:")]
     assert len(errors) == 1 and "bad.jpg" in errors[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "g.npz").exists()
-    wrong_suffix = run_cli("--model", str(encoders.torchscript), "--base-data", str(base), "--out",
-                           str(tmp_path / "g.npy"))
-    assert wrong_suffix.returncode == 2 and "must end in .npz" in wrong_suffix.stderr
+    refused = finish(wrong_suffix)
+    assert refused.returncode == 2 and "must end in .npz" in refused.stderr

@@ -31,12 +31,13 @@ def level(row: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
 
 
 def model_cpu_ms(limits: dict[str, Any], row: dict[str, Any], mean_batch: float | None) -> float | None:
-    """The model's own CPU ms per image (measured alone) at the batch size nearest the mean one formed."""
-    lim = limits.get("detector_by_backend", {}).get(row.get("backend", "")) if row["workload"] == "detector" \
-        else limits.get(row["workload"])
-    if not lim or not mean_batch or "cpu_ms_per_image" not in lim["by_batch_size"][0]:
+    """The model's own CPU ms per image (measured alone, with the servers' thread count) at the batch size
+    nearest the mean one formed."""
+    key = f"detector:{row.get('backend', '')}" if row["workload"] == "detector" else row["workload"]
+    sizes = limits.get("model_cpu", {}).get(key)
+    if not sizes or not mean_batch or "cpu_ms_per_image" not in sizes[0]:
         return None
-    nearest = min(lim["by_batch_size"], key=lambda r: abs(math.log(r["batch_size"] / mean_batch)))
+    nearest = min(sizes, key=lambda r: abs(math.log(r["batch_size"] / mean_batch)))
     return float(nearest["cpu_ms_per_image"])
 
 
@@ -150,7 +151,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Machine: {meta['machine']}",
         f"- Load average (1 min) at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f}",
         f"- Settings: concurrency {meta['concurrency']}, {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s "
-        f"measured per level, batching {meta['batching']}, model threads {meta['torch_threads']} in every server",
+        f"measured per level, batching {meta['batching']}, model threads {meta['torch_threads']} in every server "
+        f"(the limit: the faster of {meta.get('limit_threads', meta['torch_threads'])} and "
+        f"{meta['torch_threads']} threads)",
         f"- Load generator of the gRPC rows: {meta.get('load_generator', 'python')} (one connection, C streams; "
         "answers checked by a real gRPC client first)",
         f"- Command: `{meta['command']}`",

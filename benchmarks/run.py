@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable a
 
 from benchmarks import h2load, models, report, systems, venvs
 from benchmarks.processes import ManagedProcess, ServerError, cleanup_on_exit
-from kubeinfer.runtime.cpus import usable_cpus
+from kubeinfer.runtime.cpus import thread_budget, usable_cpus
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -57,9 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16, help="batch limit of every batching server")
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0,
                         help="longest wait for a batch to fill, every batching server (default 5)")
-    parser.add_argument("--torch-threads", type=int, default=usable_cpus(),
+    parser.add_argument("--torch-threads", type=int, default=thread_budget(usable_cpus()).model_threads,
                         help="intra-op threads of the model (torch, ONNX Runtime) in every server and in the limit "
-                             "(default: the usable CPUs, kubeinfer's own default; h2load needs almost no CPU)")
+                             "(default: kubeinfer's own, the usable CPUs but one; h2load needs almost no CPU)")
+    parser.add_argument("--limit-threads", type=int, default=usable_cpus(),
+                        help="intra-op threads of the model alone, for the limit (default: every usable CPU, "
+                             "nothing else runs beside it)")
     parser.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
                         help="load generator of the gRPC rows: h2load (C, from nghttp2-client), python (grpc.aio "
                              "in load.py), or auto: h2load when installed")
@@ -101,15 +104,41 @@ def server_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
 
 def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
                    payloads: Path) -> dict[str, Any]:
+    """The raw models alone: the limit is the faster of the machine's every core (``--limit-threads``) and the
+    servers' thread count, per model; the model's CPU per image, subtracted from a server's, is always taken at
+    the servers' thread count."""
+    at_servers = _limits_at(args, files, detector, payloads, args.torch_threads, ultralytics=True)
+    if args.limit_threads == args.torch_threads:
+        return {**at_servers, "model_cpu": _model_cpu(at_servers)}
+    alone = _limits_at(args, files, detector, payloads, args.limit_threads, ultralytics=False)
+    best = dict(at_servers)
+    for key in ("classifier", "detector"):
+        if key in alone and alone[key]["images_per_s"] > at_servers[key]["images_per_s"]:
+            best[key] = alone[key]
+    for backend, lim in alone.get("detector_by_backend", {}).items():
+        if lim["images_per_s"] > at_servers["detector_by_backend"][backend]["images_per_s"]:
+            best["detector_by_backend"] = {**best["detector_by_backend"], backend: lim}
+    return {**best, "model_cpu": _model_cpu(at_servers)}
+
+
+def _model_cpu(limits: dict[str, Any]) -> dict[str, Any]:
+    """Per model (and detector backend): CPU ms per image by batch size."""
+    cpu = {key: limits[key]["by_batch_size"] for key in ("classifier",) if key in limits}
+    cpu.update({f"detector:{b}": lim["by_batch_size"] for b, lim in limits.get("detector_by_backend", {}).items()})
+    return cpu
+
+
+def _limits_at(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
+               payloads: Path, threads: int, ultralytics: bool) -> dict[str, Any]:
     argv = [sys.executable, str(HERE / "limits.py"), "--payloads", str(payloads), "--seconds", str(args.limit_seconds),
-            "--threads", str(args.torch_threads), "--cache-dir", str(EXPORTS)]
+            "--threads", str(threads), "--cache-dir", str(EXPORTS)]
     if files:
         argv += ["--classifier", str(files.model)]
     if detector:
         backends = "auto,torch" if "kubeinfer-detect-torch" in args.chosen else "auto"
-        argv += ["--detector", str(detector), "--detector-backends", backends, "--ultralytics"]
-    proc = ManagedProcess("limits", argv, args.work / "logs" / "limits.log", server_env(args.torch_threads, {}),
-                          args.work, capture_stdout=True)
+        argv += ["--detector", str(detector), "--detector-backends", backends, *(["--ultralytics"] * ultralytics)]
+    proc = ManagedProcess(f"limits-{threads}", argv, args.work / "logs" / f"limits-{threads}.log",
+                          server_env(threads, {}), args.work, capture_stdout=True)
     try:
         out, _ = proc.process.communicate(timeout=600)
         if proc.process.returncode != 0:
@@ -298,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 install_failures[name] = str(exc)
                 log(str(exc))
 
-        log(f"measuring the raw limits ({args.torch_threads} torch threads)")
+        log(f"measuring the raw limits ({args.limit_threads} and {args.torch_threads} model threads)")
         limits = measure_limits(args, files, detector, payloads)
         for name, lim in [("classifier", limits.get("classifier")),
                           *((f"detector ({b})", lim) for b, lim in limits.get("detector_by_backend", {}).items())]:
@@ -338,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": args.levels, "duration_s": args.duration, "warmup_s": args.warmup,
                 "batching": f"max {args.max_batch_size}, {args.max_batch_delay_ms:g} ms",
                 "max_batch_size": args.max_batch_size, "max_batch_delay_ms": args.max_batch_delay_ms,
-                "torch_threads": args.torch_threads, "versions": versions, "load_generator": args.generator,
+                "torch_threads": args.torch_threads, "limit_threads": args.limit_threads, "versions": versions,
+                "load_generator": args.generator,
                 "wall_s": round(time.monotonic() - started, 1),
             },
             "limits": {k: v for k, v in limits.items()
-                       if k in ("classifier", "detector", "detector_by_backend", "detector_ultralytics")},
+                       if k in ("classifier", "detector", "detector_by_backend", "detector_ultralytics", "model_cpu")},
             "rows": rows,
         }
         results["targets"] = report.evaluate_targets(results["limits"], rows, args.max_batch_size)

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="longest wait for a batch to fill, every batching server (default 5)")
     parser.add_argument("--torch-threads", type=int, default=thread_budget(usable_cpus()).model_threads,
                         help="intra-op threads of the model (torch, ONNX Runtime) in every server and in the limit "
-                             "(default: kubeinfer's own, the usable CPUs but one; h2load needs almost no CPU)")
+                             "(default: kubeinfer's own, every usable CPU; h2load needs almost no CPU)")
     parser.add_argument("--limit-threads", type=int, default=usable_cpus(),
                         help="intra-op threads of the model alone, for the limit (default: every usable CPU, "
                              "nothing else runs beside it)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.upload:
         capture.release()
 
+    frames = _FrameSource(cv2, capture)
     writer = _Writer(cv2, args.output, fourcc, fps if fps > 0 else FALLBACK_FPS)
     failed = 0
     progress = tqdm(total=total or None, unit="frame", disable=args.no_progress, file=sys.stderr)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 events: Iterator[Any] = client.process_video_file(args.input, ops=ops,
                                                                   jpeg_quality=args.jpeg_quality, timeout=args.timeout)
             else:
-                events = client.process_video(_encoded_frames(cv2, capture), ops=ops, stream_id=args.input.name,
+                events = client.process_video(iter(frames), ops=ops, stream_id=args.input.name,
                                               jpeg_quality=args.jpeg_quality, timeout=args.timeout)
             for event in events:
                 if not isinstance(event, ProcessedFrame):
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     finally:
         progress.close()
-        capture.release()
+        frames.close()
         writer.close()
     if writer.frames == 0:
         return _fail("no frame came back processed; nothing written", 1)
@@ -104,16 +106,36 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _encoded_frames(cv2: Any, capture: Any) -> Iterator[bytes]:
-    """The input's frames as JPEG bytes, decoded one at a time as the stream asks for them."""
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, SEND_QUALITY])
-        if not ok:
-            raise RuntimeError("JPEG encoding of an input frame failed")
-        yield data.tobytes()
+class _FrameSource:
+    """The input's frames as JPEG bytes, decoded one at a time as the stream asks for them.
+
+    gRPC pulls them from its own thread, which may still be inside a read when the call fails and the command
+    ends; releasing the capture under it (or exiting with OpenCV mid-read) aborts the process. The lock keeps
+    ``close`` from releasing during a read, and a closed source yields nothing more.
+    """
+
+    def __init__(self, cv2: Any, capture: Any) -> None:
+        self.cv2, self.capture = cv2, capture
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            with self.lock:
+                if self.closed:
+                    return
+                ok, frame = self.capture.read()
+                if not ok:
+                    return
+                ok, data = self.cv2.imencode(".jpg", frame, [self.cv2.IMWRITE_JPEG_QUALITY, SEND_QUALITY])
+            if not ok:
+                raise RuntimeError("JPEG encoding of an input frame failed")
+            yield data.tobytes()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.capture.release()
 
 
 class _Writer:

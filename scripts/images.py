@@ -23,6 +23,11 @@ ports instead of 0.0.0.0:8001/8080 (a pod has its own network namespace; here th
 Any failure prints one line naming the image and the step, with the full log under .cache/images/logs, and
 exits 1.
 
+vfs stores every layer as a full copy, so each build removes the layers of that image's previous build that it
+no longer uses (the project stage changes with every source edit: ~0.4 GB per operator build, which used to pile
+up until a build failed for want of disk). The ids of each image's last build are kept in
+.cache/images/NAME-layers.txt; nothing else in the storage is touched.
+
     python scripts/images.py [--only operator|runtime] [--base-image IMAGE] [--dockerfile NAME=PATH] [--no-run]
                              [--no-cluster]
 """
@@ -65,7 +70,9 @@ IMAGES = {"operator": "localhost/kubeinfer-operator:dev", "runtime": "localhost/
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 # The one line `kubeinfer serve`/`fetch`/`operator` prints before exiting 1 (its cause may span more lines).
 KUBEINFER_ERROR = r"^kubeinfer [\w-]+: "
-RUNTIME_MIN_FREE_GB = 25  # vfs copies every layer in full: a first runtime build peaked at ~48 GB, a rebuild ~20 GB
+# vfs copies every layer in full: a first runtime build peaked at ~48 GB, a rebuild ~20 GB; an operator build ~1.5 GB.
+MIN_FREE_GB = {"operator": 3, "runtime": 25}
+STORAGE_DIR = Path("/var/lib/containers")
 
 
 class Failure(Exception):
@@ -93,6 +100,14 @@ def shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shorten_middle(text: str, limit: int = 200) -> str:
+    """Keep both ends: a wrapped error says what failed first and why last ('...: no space left on device')."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
+
+
 def run_logged(image: str, step: str, command: Sequence[str], log_name: str, timeout: float | None = None) -> str:
     """Run a command with its output in .cache/images/logs/LOG_NAME.log; on failure one line names the step."""
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -107,7 +122,7 @@ def run_logged(image: str, step: str, command: Sequence[str], log_name: str, tim
             raise Failure(f"{image}: {step} took over {timeout:.0f} s (log: {rel(log)})") from None
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
-        raise Failure(f"{image}: {step} failed: {shorten(last_line(text, r'(?i)error'))} (log: {rel(log)})")
+        raise Failure(f"{image}: {step} failed: {shorten_middle(last_line(text, r'(?i)error'))} (log: {rel(log)})")
     return text
 
 
@@ -212,10 +227,10 @@ def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
         step = failed_step(text)
         if step.partition(": ")[2].startswith("FROM"):
             raise Failure(f"{name}: FROM ${{BASE_IMAGE}} of {rel(dockerfile)}: base image {base} could not be "
-                          f"used: {shorten(last_line(text, r'(?i)error'), 150)} (log: {rel(log)})")
+                          f"used: {shorten_middle(last_line(text, r'(?i)error'))} (log: {rel(log)}){disk_note()}")
         if step == "before the first step":
-            raise Failure(f"{name}: {rel(dockerfile)}: {shorten(last_line(text, r'(?i)error'), 150)} "
-                          f"(log: {rel(log)})")
+            raise Failure(f"{name}: {rel(dockerfile)}: {shorten_middle(last_line(text, r'(?i)error'))} "
+                          f"(log: {rel(log)}){disk_note()}")
         raise Failure(f"{name}: {rel(dockerfile)} {failed_step(text)} failed: {build_reason(text)} "
                       f"(log: {rel(log)})")
     after = image_id(tag)
@@ -224,6 +239,61 @@ def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
     cached = sum(1 for line in text.splitlines() if "Using cache" in line)
     say(f"{name}: built {tag} in {time.monotonic() - start:.0f} s ({cached} cached steps), "
         f"{image_size(tag) / 1e6:.0f} MB")
+    removed = drop_stale_layers(name, text)
+    if removed:
+        say(f"{name}: removed {removed} layers of its previous build that this build no longer uses")
+
+
+def free_bytes() -> int:
+    return shutil.disk_usage(STORAGE_DIR if STORAGE_DIR.exists() else "/").free
+
+
+def disk_note() -> str:
+    """Appended to a build failure when the disk is nearly full: the usual cause of vfs errors with no clear text."""
+    free = free_bytes()
+    return f"; only {free / 1e9:.1f} GB free for {STORAGE_DIR}" if free < 5e9 else ""
+
+
+def check_free_space(name: str) -> None:
+    free = free_bytes()
+    if free < MIN_FREE_GB[name] * 1e9:
+        first = " (~50 GB the first time)" if name == "runtime" else ""
+        raise Failure(f"{name}: build needs at least {MIN_FREE_GB[name]} GB free for {STORAGE_DIR}{first}, "
+                      f"{free / 1e9:.1f} GB left")
+
+
+# One line per Dockerfile step: '--> Using cache <64 hex>' then '--> <11 hex>', or just '--> <11 hex>'.
+LAYER_LINE = re.compile(r"^--> (?:Using cache )?([0-9a-f]{11,64})$")
+
+
+def built_layers(text: str) -> set[str]:
+    """The image ids (first 11 hex digits) a build used or made for each step, from buildah's log."""
+    return {match.group(1)[:11] for line in text.splitlines() if (match := LAYER_LINE.match(line.strip()))}
+
+
+def drop_stale_layers(name: str, text: str) -> int:
+    """Remove the ids of NAME's previous build that this build and the other image's last build do not use.
+
+    Removal is never forced, so a layer another image still stands on stays; children go before parents.
+    """
+    record = WORK / f"{name}-layers.txt"
+    current = built_layers(text)
+    previous = set(record.read_text().split()) if record.exists() else set()
+    kept = set(current)
+    for other in WORK.glob("*-layers.txt"):
+        if other != record:
+            kept |= set(other.read_text().split())
+    stale = previous - kept
+    removed = 0
+    while stale:
+        gone = {layer for layer in sorted(stale) if capture([*PODMAN, "rmi", layer]).returncode == 0}
+        if not gone:
+            break  # the rest is in use (a child image, a container) or already gone
+        removed += len(gone)
+        stale -= gone
+    WORK.mkdir(parents=True, exist_ok=True)
+    record.write_text("\n".join(sorted(current)) + "\n")
+    return removed
 
 
 def check_contents(name: str) -> None:
@@ -330,7 +400,7 @@ def reconcile_with_cluster() -> None:
                    f"--liveness-port={free_port()}"]
         proc = capture(command)
         if proc.returncode != 0:
-            raise Failure(f"operator: container could not start: {shorten(last_line(proc.stderr))}")
+            raise Failure(f"operator: container could not start: {shorten_middle(last_line(proc.stderr))}")
         try:
             time.sleep(3)  # kopf starts its watches; an object created before is still seen (it lists first)
             client.CustomObjectsApi(api).create_namespaced_custom_object(
@@ -457,7 +527,7 @@ def run_runtime() -> None:
     capture([*PODMAN, "rm", "--force", name])
     proc = capture([*PODMAN, "run", "--detach", "--name", name, *podman_run_args(pod, container, volumes), *args])
     if proc.returncode != 0:
-        raise Failure(f"runtime: container 'runtime' could not start: {shorten(last_line(proc.stderr))}")
+        raise Failure(f"runtime: container 'runtime' could not start: {shorten_middle(last_line(proc.stderr))}")
     try:
         start = time.monotonic()
         wait_ready(name, http_port, start)
@@ -532,11 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_tools()
         base = args.base_image or ensure_base()
         for name in names:
-            if name == "runtime":
-                free = shutil.disk_usage("/var/lib/containers" if Path("/var/lib/containers").exists() else "/").free
-                if free < RUNTIME_MIN_FREE_GB * 1e9:
-                    raise Failure(f"runtime: build needs at least {RUNTIME_MIN_FREE_GB} GB free "
-                                  f"(~50 GB the first time), {free / 1e9:.0f} GB left")
+            check_free_space(name)
             build(name, dockerfiles[name], base, pip_cache)
             if not args.no_run:
                 check_contents(name)

@@ -49,6 +49,7 @@ class ServeConfig:
     model_threads: int
     model_spinning: bool
     backend: str
+    torchscript_optimize: bool
     cache_dir: Path
     grace_period: float
     shutdown_delay: float
@@ -186,6 +187,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_core("backend", str, "auto",
               "how a YOLO .pt detector runs: onnx (exported at start into --cache-dir, once per model hash), "
               "torch, or auto (onnx on CPU when the export works, else torch)", choices=list(BACKENDS))
+    flag_core("torchscript-optimize", _boolean, True,
+              "classify/recognize: freeze a TorchScript model and optimize it for inference at load (kept only "
+              "when it answers a test batch as the model as loaded does); false runs the model as loaded")
     flag_core("cache-dir", Path, _default_cache_dir(), "writable directory for models exported at start")
     flag_core("image-size", int, None, "square model input side in pixels (default: from the model, else 640)")
     flag_core("max-image-pixels", int, DEFAULT_MAX_IMAGE_PIXELS,

@@ -351,7 +351,7 @@ def build_from_directory(
 
 def load_encoder(model: Path, device: str, *, image_size: int | None = None,
                  mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
-                 channel_order: str | None = None, resize_mode: str | None = None) -> Any:
+                 channel_order: str | None = None, resize_mode: str | None = None, optimize: bool = True) -> Any:
     """The image model whose raw outputs are embeddings, whatever its sidecar's ``output`` says.
 
     Ultralytics classifiers keep their class-probability vector as the embedding.
@@ -365,4 +365,4 @@ def load_encoder(model: Path, device: str, *, image_size: int | None = None,
     if preprocessing.output != "embeddings":
         log.info("using the raw outputs of %s as embeddings (not as %s)", model, preprocessing.output)
         preprocessing = replace(preprocessing, output="embeddings")
-    return ImageModel(model, device, preprocessing)
+    return ImageModel(model, device, preprocessing, optimize=optimize)

@@ -95,7 +95,7 @@ class Runtime:
         log.info("listening: gRPC %s:%d, HTTP %s:%d; loading %s model %s", config.host, grpc_transport.port,
                  config.host, config.http_port, config.task, config.model)
         try:
-            task = await asyncio.to_thread(self._build_task)
+            task = await threads.in_passing_thread(self._build_task)
         except BaseException:
             await grpc_transport.drain(0)
             await http_transport.stop()

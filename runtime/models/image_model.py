@@ -153,10 +153,12 @@ def _resize(bgr: np.ndarray, size: int, mode: str) -> np.ndarray:
 class ImageModel:
     """One loaded image model on one device: ``preprocess`` per image (pool), ``forward`` per batch (thread)."""
 
-    def __init__(self, path: Path, device: str, preprocessing: Preprocessing) -> None:
+    def __init__(self, path: Path, device: str, preprocessing: Preprocessing, optimize: bool = True) -> None:
+        """``optimize``: freeze a TorchScript model for inference (``torchscript.optimized_for_inference``)."""
         self.path = path
         self.device = device
         self.preprocessing = preprocessing
+        self.optimize = optimize
         self.class_names: list[str] = []  # known only for ultralytics classifiers
         suffix = path.suffix.lower()
         try:
@@ -195,6 +197,12 @@ class ImageModel:
             self.format = "torchscript"
         except RuntimeError:
             module = self._load_ultralytics_classifier()
+        else:
+            if self.optimize:
+                from kubeinfer.runtime.models.torchscript import optimized_for_inference
+
+                size = self.preprocessing.input_size
+                module = optimized_for_inference(module, self._torch_device, (3, size, size))
         self._module = module.eval()
         self._run = self._run_torch
 
@@ -269,7 +277,10 @@ class ImageModel:
         shift, scale = (torch.from_numpy(v).to(self._torch_device)[None, :, None, None]
                         for v in self.preprocessing.shift_scale())
         with torch.inference_mode():
-            images = torch.from_numpy(batch).to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2).float()
+            images = torch.from_numpy(batch).to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2)
+            # NCHW float in one pass, then normalised in place: on the channels-last view the two in-place
+            # broadcasts and the copy to NCHW after them took 2.6x as long (1.9 ms against 0.7 ms, 8 images)
+            images = images.to(dtype=torch.float32, memory_format=torch.contiguous_format)
             return self._forward_torch(images.sub_(shift).div_(scale))
 
     def _run_onnx(self, batch: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument
 from kubeinfer.runtime.models.device_images import LETTERBOX_FILL, decode_jpegs, letterbox_geometry, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
-from kubeinfer.runtime.models.threads import ort_session_options
+from kubeinfer.runtime.models.threads import ort_session_options, torch_for_small_work
 
 log = logging.getLogger(__name__)
 FORMATS = {"pt": "pytorch", "torchscript": "torchscript", "onnx": "onnx"}
@@ -134,6 +134,7 @@ class YoloDetector:
 
         inner = self.backend.backend
         inner.session = ort.InferenceSession(str(self.path), ort_session_options(), providers=["CPUExecutionProvider"])
+        torch_for_small_work()
 
     def _input_size(self, requested: int | None) -> int:
         size = requested

@@ -77,7 +77,7 @@ class ClassifyTask(Task):
         preprocessing = Preprocessing.resolve(config.model, input_size=config.image_size, mean=config.mean,
                                               std=config.std, channel_order=config.channel_order,
                                               resize_mode=config.resize_mode)
-        self.model = ImageModel(config.model, config.device, preprocessing)
+        self.model = ImageModel(config.model, config.device, preprocessing, optimize=config.torchscript_optimize)
         if self.model.preprocessing.output == "embeddings":
             raise StartupError(f"model {config.model} is declared to output embeddings (sidecar \"output\"); "
                                "classification needs \"logits\" or \"probabilities\"")

@@ -93,7 +93,7 @@ class RecognizeTask(Task):
             scan_base_data(config.base_data)
         self.encoder = load_encoder(config.model, config.device, image_size=config.image_size, mean=config.mean,
                                     std=config.std, channel_order=config.channel_order,
-                                    resize_mode=config.resize_mode)
+                                    resize_mode=config.resize_mode, optimize=config.torchscript_optimize)
         self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             "recognize", self._encode_batch, max_batch_size=config.max_batch_size,
             max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)

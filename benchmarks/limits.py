@@ -2,7 +2,8 @@
 
 Run as a separate process (with the same torch thread settings as the servers)
 before any server starts, so nothing else of the benchmark competes with it.
-The classifier is the TorchScript file called directly on float tensors; the
+The classifier is the TorchScript file, frozen and optimized for inference as
+the runtime loads it (--torchscript-optimize), called directly on float tensors; the
 detector is kubeinfer's ``YoloDetector.forward`` on letterboxed images, the exact
 call the runtime's batcher makes. Pre/post-processing is timed separately: a
 served request must do it too, but it is not the model.
@@ -75,9 +76,11 @@ def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> di
     import torch
 
     from kubeinfer.runtime.models.image_model import Preprocessing
+    from kubeinfer.runtime.models.torchscript import optimized_for_inference
 
-    module = torch.jit.load(str(model_path), map_location="cpu").eval()
     prep = Preprocessing.resolve(model_path)
+    module = torch.jit.load(str(model_path), map_location="cpu")
+    module = optimized_for_inference(module, torch.device("cpu"), (3, prep.input_size, prep.input_size))
     bgr = [np.ascontiguousarray(p[:, :, ::-1]) for p in pixels]
     tensors = np.stack([prep.apply(b) for b in bgr])
 

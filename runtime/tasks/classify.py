@@ -22,13 +22,13 @@ from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import StartupError, invalid_argument
-from kubeinfer.runtime.images import ImageInput
+from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.labels import check_count, load_labels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.tasks.base import Task, require_images
+from kubeinfer.runtime.tasks.base import INLINE_MAX_PIXELS, Task, require_images
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("top_k",)
@@ -144,11 +144,22 @@ class ClassifyTask(Task):
         order = self.model.input_order
         return self.model.preprocess(self.decode(image, index, order), order)
 
+    def _prepares_inline(self, image: ImageInput) -> bool:
+        """Raw RGB pixels at the model's size (decoding and preprocessing them returns a view of the request)
+        or a thumbnail: cheaper on the event loop than the round trip through the pool."""
+        size = self.model.preprocessing.input_size
+        if image.pixels is not None:
+            return (image.channels, image.height, image.width, self.model.input_order) == (3, size, size, "rgb")
+        return 0 < declared_pixels(image) <= INLINE_MAX_PIXELS
+
     async def probabilities(self, images: Sequence[ImageInput], first_index: int = 0) -> list[np.ndarray]:
         """Class probabilities per image, through the shared batcher."""
         with self.batcher.reserve(len(images)) as reservation:
-            prepared = await self.map_in_pool(self._prepare, images,
-                                              range(first_index, first_index + len(images)))
+            if len(images) == 1 and self._prepares_inline(images[0]):
+                prepared = [self._prepare(images[0], first_index)]
+            else:
+                prepared = await self.map_in_pool(self._prepare, images,
+                                                  range(first_index, first_index + len(images)))
             return await self.batcher.submit_many(prepared, reservation)
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:

@@ -13,13 +13,9 @@ from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo import BatchItem
-from kubeinfer.runtime.tasks.base import Task, require_images
+from kubeinfer.runtime.tasks.base import INLINE_MAX_PIXELS, Task, require_images
 
 log = logging.getLogger(__name__)
-
-# A lone image this small (a 200 x 200 JPEG decodes and letterboxes in about 0.2 ms) is prepared on the event
-# loop: the round trip through the worker pool (two thread hand-offs and a loop wake-up) costs more than that.
-INLINE_MAX_PIXELS = 40_000
 
 
 class DetectTask(Task):

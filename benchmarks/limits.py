@@ -177,18 +177,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubeinfer.runtime.models import threads
 
-    if args.threads:
-        threads.configure(args.threads)
+    def servers_threads() -> None:
+        """Each measurement starts from the servers' thread settings: an ONNX Runtime detector leaves torch
+        one thread (as it does in a server), which the torch backend after it must not inherit."""
+        if args.threads:
+            threads.configure(args.threads)
+
+    servers_threads()
     pixels, jpegs = load_payloads(args.payloads)
     out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if args.classifier:
         out["classifier"] = classifier_limit(args.classifier, pixels, args.seconds)
     if args.detector:
-        by_backend = {name: detector_limit(args.detector, jpegs, args.seconds, name, args.cache_dir)
-                      for name in args.detector_backends.split(",") if name}
+        by_backend = {}
+        for name in filter(None, args.detector_backends.split(",")):
+            servers_threads()
+            by_backend[name] = detector_limit(args.detector, jpegs, args.seconds, name, args.cache_dir)
         out["detector"] = max(by_backend.values(), key=lambda r: r["images_per_s"])
         out["detector_by_backend"] = {r["backend"]: r for r in by_backend.values()}
         if args.ultralytics:
+            servers_threads()
             out["detector_ultralytics"] = ultralytics_predict(args.detector, jpegs, args.seconds)
     json.dump(out, sys.stdout)
     print()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,15 +46,14 @@ def configure(threads: int, spinning: bool = False) -> None:
 def torch_for_small_work() -> None:
     """One torch thread, where ONNX Runtime runs the model and torch only prepares and selects around it: a
     torch thread team would spin on the cores ORT's threads need (the detector's CPU per image at concurrency 1
-    went from 12 to 24 ms once nothing throttled that spinning)."""
+    went from 12 to 24 ms once nothing throttled that spinning). Only once ``configure`` set the budget: code
+    that builds models directly (tests, tools) keeps torch's own setting."""
+    if not _threads:
+        return
     import torch
 
     torch.set_num_threads(1)
-    log.info("torch threads: 1 (ONNX Runtime runs the model with %d)", _threads or ort_default_threads())
-
-
-def ort_default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    log.info("torch threads: 1 (ONNX Runtime runs the model with %d)", _threads)
 
 
 def configured_threads() -> int:

@@ -1,4 +1,5 @@
-"""Image decoding and size guards. Runs in the worker pool, never on the event loop.
+"""Image decoding and size guards. Runs in the worker pool; only a request's lone thumbnail (at most
+``tasks.base.INLINE_MAX_PIXELS``) or raw pixels that need no work is decoded on the event loop.
 
 Decoded images are HWC uint8, BGR by default (OpenCV's native layout, which the
 detectors take as is). Callers whose model wants RGB ask for ``order="rgb"``: raw RGB

@@ -47,7 +47,7 @@ class ServeConfig:
     max_inflight_bytes: int
     workers: int
     model_threads: int
-    model_spinning: bool
+    model_spinning: str
     backend: str
     torchscript_optimize: bool
     cache_dir: Path
@@ -163,6 +163,19 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+SPINNING = ("off", "run", "always")
+
+
+def _spinning(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered in SPINNING:
+        return lowered
+    try:
+        return "always" if _boolean(lowered) else "off"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPINNING)}, got {text!r}") from None
+
+
 def _default_cache_dir() -> Path:
     """Where exported models are kept: $XDG_CACHE_HOME (else ~/.cache)/kubeinfer; in the runtime image and
     the operator's pods HOME is /tmp, an emptyDir under the read-only root filesystem."""
@@ -217,9 +230,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "the affinity mask and the cgroup CPU quota give)")
     flag_serving("model-threads", int, budget.model_threads,
                  "the model's intra-op threads, torch and ONNX Runtime (default: the usable CPUs)")
-    flag_serving("model-spinning", _boolean, False,
-                 "let ONNX Runtime's idle threads spin waiting for work: lower latency on dedicated cores, "
-                 "stolen cycles on shared ones")
+    flag_serving("model-spinning", _spinning, "run",
+                 "ONNX Runtime's intra-op threads busy-wait for work: run (while a batch runs, stopping when it "
+                 "ends), always (between batches too: lower latency on dedicated cores, stolen cycles on shared "
+                 "ones) or off (they sleep between parallel sections); true/false mean always/off")
     flag_serving("grace-period", float, 20.0, "seconds in-flight requests get to finish after SIGTERM")
     flag_serving("shutdown-delay", float, 2.0,
                  "seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted, "

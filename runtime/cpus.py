@@ -45,8 +45,9 @@ class ThreadBudget:
 
 
 def thread_budget(cpus: int) -> ThreadBudget:
-    """The model gets every usable CPU (it runs one batch at a time and idles between them; intra-op spinning
-    is off, so idle model threads cost nothing), the workers up to ``MAX_DEFAULT_WORKERS`` of them."""
+    """The model gets every usable CPU (it runs one batch at a time and idles between them; by default ORT's
+    intra-op threads stop spinning when a batch ends, so idle model threads cost nothing), the workers up to
+    ``MAX_DEFAULT_WORKERS`` of them."""
     cpus = max(1, cpus)
     return ThreadBudget(cpus=cpus, model_threads=cpus, workers=min(MAX_DEFAULT_WORKERS, cpus))
 

@@ -81,8 +81,10 @@ def test_thread_flags_default_from_the_budget_and_override() -> None:
     budget = thread_budget(usable_cpus())
     default = parse()
     assert (default.model_threads, default.workers, default.model_spinning) == (
-        budget.model_threads, budget.workers, False)
-    chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "true", "--backend", "torch")
-    assert (chosen.model_threads, chosen.workers, chosen.model_spinning, chosen.backend) == (3, 5, True, "torch")
+        budget.model_threads, budget.workers, "run")
+    chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "always", "--backend", "torch")
+    assert (chosen.model_threads, chosen.workers, chosen.model_spinning, chosen.backend) == (3, 5, "always", "torch")
+    assert [parse("--model-spinning", given).model_spinning for given in ("true", "false", "OFF")] == [
+        "always", "off", "off"]
     with pytest.raises(ConfigError, match="--model-threads"):
         parse("--model-threads", "0")

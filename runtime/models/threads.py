@@ -26,10 +26,10 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 _threads = 0  # 0: the libraries' own defaults (configure() was not called: tests building models directly)
-_spinning = False
+_spinning = "off"
 
 
-def configure(threads: int, spinning: bool = False) -> None:
+def configure(threads: int, spinning: str = "off") -> None:
     """Give torch ``threads`` intra-op threads (one inter-op thread) and remember both for ORT sessions."""
     import torch
 
@@ -40,7 +40,7 @@ def configure(threads: int, spinning: bool = False) -> None:
     # inter-op work already ran in this process
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    log.info("model threads: %d (ONNX Runtime spinning %s)", _threads, "on" if spinning else "off")
+    log.info("model threads: %d (ONNX Runtime spinning: %s)", _threads, spinning)
 
 
 def torch_for_small_work() -> None:
@@ -71,8 +71,14 @@ def ort_session_options() -> Any:
         options.intra_op_num_threads = _threads
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if _spinning else "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if _spinning else "0")
+    # "run": workers spin between the parallel sections of a batch (no wake-up per section) and stop when the
+    # batch ends, so nothing spins between requests. Against "off", the detector served 13-25 % more images at
+    # C=1 and C=16 with the same CPU per image (h2load, 3 alternating runs).
+    spin = "1" if _spinning in ("run", "always") else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if _spinning == "run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 

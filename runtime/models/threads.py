@@ -72,8 +72,8 @@ def ort_session_options() -> Any:
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # "run": workers spin between the parallel sections of a batch (no wake-up per section) and stop when the
-    # batch ends, so nothing spins between requests. Against "off", the detector served 13-25 % more images at
-    # C=1 and C=16 with the same CPU per image (h2load, 3 alternating runs).
+    # batch ends, so nothing spins between requests. Against "off", the detector served 25-56 % more requests
+    # at C=1 and 0-17 % more at C=16 (h2load, alternating runs on a noisy machine).
     spin = "1" if _spinning in ("run", "always") else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)

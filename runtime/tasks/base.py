@@ -12,7 +12,7 @@ import numpy as np
 
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import invalid_argument
-from kubeinfer.runtime.images import ImageInput, decode
+from kubeinfer.runtime.images import ImageInput, declared_pixels, decode
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 
@@ -22,6 +22,12 @@ T = TypeVar("T")
 # A lone image this small (a 200 x 200 JPEG decodes and letterboxes in about 0.2 ms) is prepared on the event
 # loop: the round trip through the worker pool (two thread hand-offs and a loop wake-up) costs more than that.
 INLINE_MAX_PIXELS = 40_000
+
+
+def is_thumbnail(image: ImageInput) -> bool:
+    """At most ``INLINE_MAX_PIXELS`` by its header or raw shape: cheaper to prepare on the loop than in the pool."""
+    return 0 < declared_pixels(image) <= INLINE_MAX_PIXELS
+
 
 class Task(ABC):
     """A loaded model plus the behaviour of one task; owns its batcher and any per-task state."""

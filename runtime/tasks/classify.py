@@ -22,13 +22,13 @@ from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import StartupError, invalid_argument
-from kubeinfer.runtime.images import ImageInput, declared_pixels
+from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.labels import check_count, load_labels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.tasks.base import INLINE_MAX_PIXELS, Task, require_images
+from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("top_k",)
@@ -150,7 +150,7 @@ class ClassifyTask(Task):
         size = self.model.preprocessing.input_size
         if image.pixels is not None:
             return (image.channels, image.height, image.width, self.model.input_order) == (3, size, size, "rgb")
-        return 0 < declared_pixels(image) <= INLINE_MAX_PIXELS
+        return is_thumbnail(image)
 
     async def probabilities(self, images: Sequence[ImageInput], first_index: int = 0) -> list[np.ndarray]:
         """Class probabilities per image, through the shared batcher."""

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.detection import Detector, DetectOverrides, DetectParams, DetectResult
-from kubeinfer.runtime.images import ImageInput, declared_pixels
+from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo import BatchItem
-from kubeinfer.runtime.tasks.base import INLINE_MAX_PIXELS, Task, require_images
+from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class DetectTask(Task):
         params = self.detector.resolve(overrides)
         batcher = self.detector.batcher
         with batcher.reserve(len(images)) as reservation:
-            if len(images) == 1 and 0 < declared_pixels(images[0]) <= INLINE_MAX_PIXELS:
+            if len(images) == 1 and is_thumbnail(images[0]):
                 prepared = [self._prepare(images[0], 0, params)]  # cheaper than the hop to the pool and back
             else:
                 prepared = await self.map_in_pool(self._prepare, images, range(len(images)), [params] * len(images))

@@ -44,7 +44,7 @@ def optimized_for_inference(module: Any, device: torch.device, example_shape: tu
         for batch in CHECK_BATCH_SIZES:
             example = torch.randn((batch, *example_shape), generator=generator).to(device)
             try:
-                expected, got = _first_tensor(module(example)), _first_tensor(frozen(example))
+                expected, got = first_tensor(module(example)), first_tensor(frozen(example))
             except Exception as exc:
                 log.warning("frozen TorchScript model failed at batch %d (%s: %s): it runs as loaded", batch,
                             type(exc).__name__, exc)
@@ -60,5 +60,6 @@ def optimized_for_inference(module: Any, device: torch.device, example_shape: tu
     return frozen
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
+def first_tensor(output: Any) -> torch.Tensor:
+    """A model's output tensor: the first of a tuple or list (models that also return features or aux heads)."""
     return output[0] if isinstance(output, list | tuple) else output

@@ -104,7 +104,7 @@ def test_run_measures_a_served_detector_and_writes_results(detector_model: Path,
     assert meta["machine"] and meta["date"] and meta["versions"]["python"]
 
     limit = results["limits"]["detector"]
-    assert limit["images_per_s"] > 0 and limit["latency_ms_batch1"] > 0
+    assert limit["images_per_s"] > 0 and limit["latency_ms_batch1"] > 0 and limit["latency_ms_batch1_after_idle"] > 0
     assert limit["best_batch_size"] in [r["batch_size"] for r in limit["by_batch_size"]]
     assert "classifier" not in results["limits"]
 
@@ -126,10 +126,12 @@ def test_run_measures_a_served_detector_and_writes_results(detector_model: Path,
     assert targets["detector-vs-limit"]["measured"] == pytest.approx(at_16["throughput_rps"] / limit["images_per_s"])
     assert targets["detector-vs-limit"]["met"] is (targets["detector-vs-limit"]["measured"] >= 0.9)
     assert isinstance(targets["detector-b16-latency-overhead"]["met"], bool)
+    idle = f"{limit['latency_ms_batch1_after_idle']:.2f} ms when it follows 5 ms of idle"
+    assert idle in targets["detector-b16-latency-overhead"]["detail"]
     assert targets["classifier-vs-limit"]["met"] is None  # not measured in this run, and said so
 
     md = (out / "results.md").read_text()
-    assert "## Targets" in md and "## Detector" in md
+    assert "## Targets" in md and "## Detector" in md and "| the same after 5 ms idle |" in md
     assert md.count("| kubeinfer | kubeinfer gRPC Detect (JPEG) |") == 4  # 2 configurations x 2 levels
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _bench_processes(tmp_path / "work") == []

@@ -21,7 +21,7 @@ from runtime_support import REPO
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # appended: the repo root's `operator/` must not shadow the stdlib module
 
-from benchmarks import load
+from benchmarks import load, report
 
 RUN = REPO / "benchmarks" / "run.py"
 
@@ -64,6 +64,23 @@ def test_payloads_round_trip(tmp_path: Path) -> None:
     got_pixels, got_jpegs = load.load_payloads(tmp_path / "p.npz")
     assert np.array_equal(got_pixels, pixels)
     assert got_jpegs == jpegs
+
+
+def test_latency_target_compares_with_the_engine_the_row_serves() -> None:
+    """torch may be the faster engine at its best batch (the throughput limit) while the served row runs ONNX
+    Runtime: its C=1 latency is judged against ONNX Runtime's batch-1 forward, never torch's slower one."""
+    def limit(images_per_s: float, batch1_ms: float) -> dict:
+        return {"images_per_s": images_per_s, "best_batch_size": 32, "latency_ms_batch1": batch1_ms,
+                "latency_ms_batch1_after_idle": batch1_ms * 1.5, "by_batch_size": []}
+
+    onnx, torch = limit(390.0, 5.4), limit(396.0, 11.7)
+    limits = {"detector": torch, "detector_by_backend": {"onnx": onnx, "torch": torch}}
+    levels = [{"concurrency": 1, "requests": 100, "p50_ms": 9.9, "p99_ms": 20.0, "throughput_rps": 100.0}]
+    rows = [{"key": "kubeinfer-detect-b16", "status": "ok", "workload": "detector", "backend": "onnx",
+             "levels": levels}]
+    target = {t["id"]: t for t in report.evaluate_targets(limits, rows, 16)}["detector-b16-latency-overhead"]
+    assert target["measured"] == pytest.approx(9.9 - 5.4) and target["met"] is False
+    assert "raw batch-1 forward 5.40 ms (8.10 ms when it follows 5 ms of idle" in target["detail"]
 
 
 def test_load_generator_refuses_non_loopback_targets(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.limits import IDLE_GAP_S
+
 WORKLOADS = {
     "classifier": "Classifier: small CNN on raw 224x224 RGB pixels (one image per request)",
     "detector": "Detector: YOLOv8n rectangles, 128x128 JPEGs decoded by the server (one image per request)",
@@ -48,10 +50,13 @@ def outside_model_ms(limits: dict[str, Any], row: dict[str, Any], lv: dict[str, 
     return None if model is None or server is None else server - model
 
 
+IDLE_GAP_MS = f"{IDLE_GAP_S * 1000:g}"
+
+
 def after_idle(limit: dict[str, Any]) -> str:
     """The batch-1 forward as a lone request finds the cores (see limits.after_idle_ms), for the C=1 targets."""
     idle = limit.get("latency_ms_batch1_after_idle")
-    return f" ({idle:.2f} ms when it follows 5 ms of idle, as a lone request's does)" if idle else ""
+    return f" ({idle:.2f} ms when it follows {IDLE_GAP_MS} ms of idle, as a lone request's does)" if idle else ""
 
 
 def engine_limit(limits: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +111,7 @@ def evaluate_targets(limits: dict[str, Any], rows: list[dict[str, Any]], batch: 
     for workload in WORKLOADS:
         for b in sorted({batch, 1}, reverse=True):
             row = find_row(rows, headline_key(workload, b))
-            limit = engine_limit(limits, row) if row else limits.get(workload)
+            limit = engine_limit(limits, row) if row else None
             served = level(row, 1) if row else None
             overhead = served["p50_ms"] - limit["latency_ms_batch1"] if served and limit else None
             targets.append({
@@ -187,8 +192,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
 
     lines += ["## The limit: the raw model in-process, no serving", "",
-              "| model | best batch | img/s at best batch | batch-1 forward p50 ms | the same after 5 ms idle "
-              "| preprocess ms/img | img/s by batch size |",
+              "| model | best batch | img/s at best batch | batch-1 forward p50 ms "
+              f"| the same after {IDLE_GAP_MS} ms idle | preprocess ms/img | img/s by batch size |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     measured = [(workload, limits.get(workload)) for workload in WORKLOADS if workload != "detector"]
     measured += [(f"detector ({backend})", lim) for backend, lim in limits.get("detector_by_backend", {}).items()]

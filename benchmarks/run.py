@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXPORTS = models.CACHE / "exports"  # ONNX exports made by --backend auto, shared with the tests' runtimes
 ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kserve", "mlserver", "litserve", "kubeinfer-detect",
-               "kubeinfer-detect-torch", "grpc-floor")
+               "kubeinfer-detect-frontends", "kubeinfer-detect-torch", "grpc-floor")
 PEERS = ("kserve", "mlserver", "litserve")
 
 
@@ -284,6 +284,8 @@ def plan_servers(args: argparse.Namespace, files: models.ClassifierFiles | None,
     if detector and "kubeinfer-detect" in chosen:
         plans.append(systems.kubeinfer_detector(detector, settings, batch))
         plans.append(systems.kubeinfer_detector(detector, settings, 1))
+    if detector and "kubeinfer-detect-frontends" in chosen:  # --frontends 2 beside the one-process rows
+        plans.append(systems.kubeinfer_detector(detector, settings, batch, frontends=2))
     if detector and "kubeinfer-detect-torch" in chosen:
         plans.append(systems.kubeinfer_detector(detector, settings, batch, backend="torch"))
     if "grpc-floor" in chosen:

@@ -22,11 +22,17 @@ class Sample:
 
 
 def sample(pid: int, metrics_url: str | None) -> Sample:
-    """The process's user + system CPU seconds (all threads) and, from /metrics, the batcher's totals."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    """The user + system CPU seconds of the process and its descendants (all threads; a runtime with
+    ``--frontends`` is several processes) and, from /metrics, the batcher's totals."""
+    stats = _process_stats()
+    family, found = {pid}, True
+    while found:
+        found = False
+        for child, (parent, _) in stats.items():
+            if parent in family and child not in family:
+                family.add(child)
+                found = True
+    cpu = sum(stats[p][1] for p in family if p in stats)
     images = batches = 0.0
     if metrics_url:
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
@@ -36,6 +42,23 @@ def sample(pid: int, metrics_url: str | None) -> Sample:
                 elif line.startswith(BATCH_COUNT + "{"):
                     batches += float(line.rsplit(" ", 1)[1])
     return Sample(cpu, images, batches)
+
+
+def _process_stats() -> dict[int, tuple[int, float]]:
+    """Every process's parent pid and user + system CPU seconds, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # fields[0] is stat's field 3 (the state): ppid is field 4, utime and stime fields 14 and 15
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return stats
 
 
 def level_figures(before: Sample, after: Sample, images: int) -> dict[str, float | None]:

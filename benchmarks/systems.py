@@ -78,14 +78,17 @@ def kubeinfer_classifier(model: Path, labels: Path, s: Settings, batch: int, wit
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", loads)
 
 
-def kubeinfer_detector(model: Path, s: Settings, batch: int, backend: str = "auto") -> ServerPlan:
-    """The .pt detector served with ``--backend backend``; ``auto`` rows keep the plain key."""
+def kubeinfer_detector(model: Path, s: Settings, batch: int, backend: str = "auto", frontends: int = 1) -> ServerPlan:
+    """The .pt detector served with ``--backend backend`` by ``frontends`` frontend processes; ``auto`` rows of
+    one process keep the plain key."""
     grpc, http = free_port(), free_port()
-    key = f"kubeinfer-detect-b{batch}" if backend == "auto" else f"kubeinfer-detect-{backend}-b{batch}"
-    load = LoadPlan(key, "kubeinfer", "detector", "kubeinfer gRPC Detect (JPEG)", _batching(batch, s),
+    key = "kubeinfer-detect" if backend == "auto" else f"kubeinfer-detect-{backend}"
+    key += f"-f{frontends}-b{batch}" if frontends > 1 else f"-b{batch}"
+    system = "kubeinfer" if frontends == 1 else f"kubeinfer, {frontends} frontends"
+    load = LoadPlan(key, system, "detector", "kubeinfer gRPC Detect (JPEG)", _batching(batch, s),
                     "kubeinfer-detect", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True)
     argv = [str(KUBEINFER), "serve", "--task", "detect", "--model", str(model), "--backend", backend,
-            *_kubeinfer_common(grpc, http, batch, s, name="detector")]
+            "--frontends", str(frontends), *_kubeinfer_common(grpc, http, batch, s, name="detector")]
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", [load])
 
 

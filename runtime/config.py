@@ -46,6 +46,8 @@ class ServeConfig:
     max_request_pixels: int
     max_inflight_bytes: int
     workers: int
+    frontends: int
+    frontend_queue_size: int
     model_threads: int
     model_spinning: str
     backend: str
@@ -104,6 +106,15 @@ class ServeConfig:
             (self.max_inflight_bytes >= self.max_message_bytes,
              "--max-inflight-bytes must be at least --max-message-bytes"),
             (self.workers >= 1, "--workers must be at least 1"),
+            (self.frontends >= 1, "--frontends must be at least 1"),
+            (self.frontend_queue_size >= self.max_batch_size, "--frontend-queue-size must be >= --max-batch-size"),
+            (self.frontends == 1 or self.task == "detect",
+             f"--frontends {self.frontends}: several frontend processes serve task detect only; {self.task!r} "
+             "keeps state across calls (stream windows, galleries, video pipelines) in one process, so it runs with "
+             "--frontends 1"),
+            (self.frontends == 1 or (self.grpc_port > 0 and self.http_port > 0),
+             "--frontends > 1 needs fixed --grpc-port and --http-port (the frontends share them; 0 would give "
+             "each frontend ports of its own)"),
             (self.model_threads >= 1, "--model-threads must be at least 1"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES, f"--decode-device must be one of {', '.join(DECODE_DEVICES)}"),
@@ -228,6 +239,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_serving("workers", int, budget.workers,
                  "threads decoding images and doing pre/post-processing (default: from the usable CPUs, which "
                  "the affinity mask and the cgroup CPU quota give)")
+    flag_serving("frontends", int, 1,
+                 "detect: processes doing transport and decoding on the same ports (SO_REUSEPORT), feeding one "
+                 "model process through shared memory; 1 serves everything in one process")
+    flag_serving("frontend-queue-size", int, 64,
+                 "with --frontends > 1: images each frontend may have waiting for the model (its shared-memory "
+                 "slots, --frontends x this x the model's input in /dev/shm) before it refuses requests "
+                 "(RESOURCE_EXHAUSTED)")
     flag_serving("model-threads", int, budget.model_threads,
                  "the model's intra-op threads, torch and ONNX Runtime (default: the usable CPUs)")
     flag_serving("model-spinning", _spinning, "run",

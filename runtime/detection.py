@@ -7,10 +7,14 @@ feeding it, which fills in defaults, checks ranges and turns raw outputs into la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.config import ServeConfig
@@ -84,18 +88,57 @@ class DetectResult:
     width: int
 
 
+class DetectorModel(Protocol):
+    """What the detect task needs of a detector: ``YoloDetector`` in this process, or a frontend's view of the
+    model process's (``frontends.remote``)."""
+
+    names: dict[int, str]
+    image_size: int
+    segmentation: bool
+    device: torch.device
+    format: str
+    engine: str
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed: ...
+
+    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
+                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]: ...
+
+
+class DetectBatcher(Protocol):
+    """The detect task's batcher: ``DynamicBatcher`` in this process, or a frontend's link to the model process."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+    def reserve(self, count: int) -> AbstractContextManager[Any]: ...
+
+    async def submit_many(self, items: Sequence[BatchItem], reservation: Any = None) -> list[RawDetections]: ...
+
+
 class Detector:
     """A YOLO model plus the batcher feeding it: shared by the detect task and the video task's overlay."""
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> None:
+    def __init__(self, config: ServeConfig, model: DetectorModel, batcher: DetectBatcher) -> None:
         self.config = config
+        self.model = model
+        self.batcher = batcher
+        self.decode_on_device = decodes_on_device(config.decode_device, model.device.type)
+
+    @classmethod
+    def load(cls, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> Detector:
+        """Load ``path`` (the backend --backend chooses) with a dynamic batcher of its own."""
         choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
-        self.model = YoloDetector(choice.path, config.device, config.image_size,
-                                  exported_from=path if choice.path != path else None)
-        self.batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
-            "detect", self.model.forward, max_batch_size=config.max_batch_size,
+        model = YoloDetector(choice.path, config.device, config.image_size,
+                             exported_from=path if choice.path != path else None)
+        batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
+            "detect", model.forward, max_batch_size=config.max_batch_size,
             max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)
-        self.decode_on_device = decodes_on_device(config.decode_device, self.model.device.type)
+        return cls(config, model, batcher)
 
     def thresholds(self) -> Thresholds:
         return Thresholds(confidence=self.config.confidence, iou=self.config.iou)

@@ -163,4 +163,4 @@ def register_gpu_collector(metrics: RuntimeMetrics, device: str) -> None:
             reader = TorchNvmlReader(index)
         except Exception as exc:
             log.warning("GPU metrics off for %s: %s", device, exc)
-    metrics.registry.register(GpuCollector(metrics.model, device, reader))
+    metrics.process_registry.register(GpuCollector(metrics.model, device, reader))

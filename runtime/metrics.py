@@ -2,12 +2,23 @@
 
 Dashboards and tests take metric names from here. Each metric carries a ``model``
 label (the InferenceService name), so one Prometheus can tell runtimes apart.
+
+With ``--frontends N`` the runtime is several processes: prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set before this module is first imported) keeps each process's values in
+a file, and whichever frontend answers ``/metrics`` merges them, so a scrape sees the whole pod. Gauges
+say how they merge (``multiprocess_mode``; ignored in one process); what cannot be merged (the build
+info, the GPU collector) lives in ``process_registry`` and is exposed by the answering process.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 PREFIX = "kubeinfer_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -37,6 +48,8 @@ class RuntimeMetrics:
     def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
         self.model = model
         self.registry = registry or CollectorRegistry()
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR) or None
+        self.process_registry = CollectorRegistry() if self.multiprocess_dir else self.registry
         r = self.registry
         self.requests = Counter(REQUESTS.removesuffix("_total"), "Requests by protocol, RPC and status code",
                                 ["model", "protocol", "rpc", "code"], registry=r)
@@ -51,14 +64,19 @@ class RuntimeMetrics:
         self.images = Counter(IMAGES.removesuffix("_total"), "Images run through the model",
                               ["model", "task"], registry=r)
         self.model_ready = Gauge(MODEL_READY, "1 once the model is loaded and warmed, 0 while loading or draining",
-                                 ["model"], registry=r)
-        self.queue_depth = Gauge(QUEUE_DEPTH, "Images waiting in the batcher queue", ["model"], registry=r)
-        self.in_flight = Gauge(IN_FLIGHT, "Requests being served", ["model", "protocol"], registry=r)
-        self.active_streams = Gauge(ACTIVE_STREAMS, "Open streams holding state", ["model", "task"], registry=r)
+                                 ["model"], registry=r, multiprocess_mode="livemin")
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Images waiting in the batcher queue", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
+        self.in_flight = Gauge(IN_FLIGHT, "Requests being served", ["model", "protocol"], registry=r,
+                               multiprocess_mode="livesum")
+        self.active_streams = Gauge(ACTIVE_STREAMS, "Open streams holding state", ["model", "task"], registry=r,
+                                    multiprocess_mode="livesum")
         self.frames = Counter(FRAMES.removesuffix("_total"), "Stream and video frames processed",
                               ["model", "task"], registry=r)
-        self.gallery_size = Gauge(GALLERY_SIZE, "Vectors in the recognition gallery", ["model"], registry=r)
-        self.build = Info("kubeinfer_build", "Runtime version, task and model format", ["model"], registry=r)
+        self.gallery_size = Gauge(GALLERY_SIZE, "Vectors in the recognition gallery", ["model"], registry=r,
+                                  multiprocess_mode="livemax")
+        self.build = Info("kubeinfer_build", "Runtime version, task and model format", ["model"],
+                          registry=self.process_registry)
 
     def observe_request(self, protocol: str, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(self.model, protocol, rpc, code).inc()
@@ -72,4 +90,8 @@ class RuntimeMetrics:
             histogram.observe(wait)
 
     def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self.multiprocess_dir)
+        return generate_latest(merged) + generate_latest(self.process_registry), CONTENT_TYPE_LATEST

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
 
@@ -23,9 +25,18 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kubeinfer serve: {exc}", file=sys.stderr)
         return 2
-    from kubeinfer.runtime.server import serve
+    if config.frontends > 1:
+        # every process's metrics go to files merged at each scrape; set before prometheus_client is imported
+        multiprocess_dir = tempfile.mkdtemp(prefix="kubeinfer-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
+        from kubeinfer.runtime.frontends.supervisor import serve as serve_frontends
 
-    code = serve(config)
+        code = serve_frontends(config)
+        shutil.rmtree(multiprocess_dir, ignore_errors=True)
+    else:
+        from kubeinfer.runtime.server import serve
+
+        code = serve(config)
     # The drain is over: skip the interpreter's teardown (seconds with torch and gRPC's C core loaded), so the
     # process exits within --shutdown-delay + --grace-period + 1 s, as the pod's terminationGracePeriodSeconds
     # expects.

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from kubeinfer.runtime.config import ServeConfig
@@ -76,14 +76,26 @@ def serve(config: ServeConfig) -> int:
         return 1
 
 
+TaskLoader = Callable[["Runtime"], Awaitable[Task]]
+
+
 class Runtime:
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, load: TaskLoader | None = None) -> None:
+        """``load``: how the task is made (a frontend's connects to the model process); by default the model is
+        loaded here, in a thread of its own."""
         self.config = config
         self.metrics = RuntimeMetrics(config.model_name)
         register_gpu_collector(self.metrics, config.device)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
         self.dataplane = DataPlane(config, self.metrics)
         self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self._load = load
+
+    def fail(self) -> None:
+        """Something the runtime cannot serve without is gone: drain, then exit non-zero (the pod restarts)."""
+        self.exit_code = 1
+        self.stopping.set()
 
     async def run(self) -> int:
         config = self.config
@@ -95,7 +107,7 @@ class Runtime:
         log.info("listening: gRPC %s:%d, HTTP %s:%d; loading %s model %s", config.host, grpc_transport.port,
                  config.host, config.http_port, config.task, config.model)
         try:
-            task = await threads.in_passing_thread(self._build_task)
+            task = await (self._load(self) if self._load else threads.in_passing_thread(self._build_task))
         except BaseException:
             await grpc_transport.drain(0)
             await http_transport.stop()
@@ -136,7 +148,7 @@ class Runtime:
             log.warning("the model's threads did not stop within %.1fs; exiting anyway", STOP_SECONDS)
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
-        return 0
+        return self.exit_code
 
     def _build_task(self) -> Task:
         """The thread budget first (torch's thread count must be set before its first parallel work), then the

@@ -165,15 +165,7 @@ class YoloDetector:
         """Letterbox to the model's square input and convert to RGB (worker pool); ``selection``: see
         ``Letterboxed``."""
         height, width = bgr.shape[:2]
-        size = self.image_size
-        g = letterbox_geometry(height, width, size)
-        resized = bgr if (g.new_width, g.new_height) == (width, height) else cv2.resize(
-            bgr, (g.new_width, g.new_height), interpolation=cv2.INTER_LINEAR)
-        bottom, right = size - g.new_height - g.top, size - g.new_width - g.left
-        boxed = cv2.copyMakeBorder(resized, g.top, bottom, g.left, right, cv2.BORDER_CONSTANT,
-                                   value=(LETTERBOX_FILL,) * 3)
-        cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
-        return Letterboxed(boxed, height, width, selection)
+        return Letterboxed(letterbox(bgr, self.image_size), height, width, selection)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[BatchItem]) -> list[RawDetections]:
@@ -278,6 +270,19 @@ class YoloDetector:
         scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
         return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
                 for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
+
+
+def letterbox(bgr: np.ndarray, size: int) -> np.ndarray:
+    """``bgr`` scaled to fit a ``size`` square, padded with ``LETTERBOX_FILL``, as RGB (HWC, uint8)."""
+    height, width = bgr.shape[:2]
+    g = letterbox_geometry(height, width, size)
+    resized = bgr if (g.new_width, g.new_height) == (width, height) else cv2.resize(
+        bgr, (g.new_width, g.new_height), interpolation=cv2.INTER_LINEAR)
+    bottom, right = size - g.new_height - g.top, size - g.new_width - g.left
+    boxed = cv2.copyMakeBorder(resized, g.top, bottom, g.left, right, cv2.BORDER_CONSTANT,
+                               value=(LETTERBOX_FILL,) * 3)
+    cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
+    return boxed
 
 
 MAX_NMS_CANDIDATES = 30_000

@@ -24,10 +24,13 @@ class DetectTask(Task):
 
     name = "detect"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor,
+                 detector: Detector | None = None) -> None:
+        """``detector``: one made elsewhere (a frontend's, whose model runs in the model process); by default
+        --model is loaded here."""
         super().__init__(config, metrics, pool)
         assert config.model is not None  # ServeConfig.validate requires a model for detect
-        self.detector = Detector(config, metrics, config.model)
+        self.detector = detector or Detector.load(config, metrics, config.model)
         device = self.detector.model.device
         where = f"in the batch step on {device}" if self.detector.decode_on_device else "by OpenCV in the pool"
         log.info("detect: JPEGs are decoded and letterboxed %s (--decode-device %s)", where, config.decode_device)

@@ -268,7 +268,7 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(config.frontends > 1)),  # frontends share the port; otherwise one owner
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", ping),
         ("grpc.http2.min_ping_interval_without_data_ms", ping),

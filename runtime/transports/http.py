@@ -348,7 +348,8 @@ class HttpTransport:
 
     async def start(self) -> None:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, self.config.http_port, reuse_port=False)
+        site = web.TCPSite(self.runner, self.config.host, self.config.http_port,
+                           reuse_port=self.config.frontends > 1)  # frontends share the port
         try:
             await site.start()
         except OSError as exc:

@@ -90,7 +90,7 @@ class VideoTask(Task):
 
     def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
         super().__init__(config, metrics, pool)
-        self.detector = Detector(config, metrics, config.model) if config.model is not None else None
+        self.detector = Detector.load(config, metrics, config.model) if config.model is not None else None
         self.faces = FaceCascade()
         self.active_streams = 0
         self._streams_gauge = metrics.active_streams.labels(metrics.model, self.name)

@@ -1,0 +1,62 @@
+"""One frontend process (``--frontends N``): today's transports, interceptor, data plane and detect task, with
+the model reached over the link to the model process instead of loaded here.
+
+It listens on the shared ports at once (health NOT_SERVING, /readyz 503 while the model process loads), is
+ready once the model process says hello, drains on SIGTERM like the one-process runtime, and stops with
+exit code 1 if the model process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.detection import Detector
+from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.frontends import link
+from kubeinfer.runtime.frontends.remote import RemoteBatcher, RemoteDetector
+from kubeinfer.runtime.frontends.ring import SlotRing
+from kubeinfer.runtime.models import threads
+from kubeinfer.runtime.server import AcceptErrorFilter, Runtime
+from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.detect import DetectTask
+
+log = logging.getLogger("kubeinfer.runtime.frontend")
+
+
+def main(config: ServeConfig, index: int, link_path: str) -> None:
+    """The frontend process's entry point (spawned by the model process); never returns."""
+    logging.basicConfig(level=config.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s")
+    logging.getLogger("asyncio").addFilter(AcceptErrorFilter())
+    threads.configure(1)  # the model runs in the model process; torch here only makes the empty answer tensor
+    try:
+        code = asyncio.run(Runtime(config, load=lambda runtime: connect(runtime, index, link_path)).run())
+    except StartupError as exc:
+        print(f"kubeinfer serve (frontend {index}, pid {os.getpid()}): {exc}", file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def connect(runtime: Runtime, index: int, link_path: str) -> Task:
+    """The detect task over the link: waits for the model process to load its model and say hello."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(link_path)
+        await link.send(writer, link.FrontendHello(index, os.getpid()))
+        hello = await link.receive(reader)
+    except OSError as exc:
+        raise StartupError(f"cannot reach the model process at {link_path}: {exc}") from exc
+    if not isinstance(hello, link.Hello):
+        raise StartupError("the model process closed the link before its model was ready")
+    ring = SlotRing.attach(hello.ring_name, hello.slots, hello.slot_shape)
+    batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail)
+    detector = Detector(runtime.config, RemoteDetector(hello.facts), batcher)
+    log.info("frontend %d (pid %d): the model process serves %s; %d image slots", index, os.getpid(),
+             hello.facts.engine, hello.slots)
+    return DetectTask(runtime.config, runtime.metrics, runtime.pool, detector)

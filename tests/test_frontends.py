@@ -1,0 +1,296 @@
+"""--frontends 2: two frontend processes on the same ports feed one model process through shared memory.
+
+Real processes throughout: `kubeinfer serve --frontends 2` with the trained demo detector, compared with the
+one-process runtime serving the same model, over gRPC and REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+from conftest import fresh_images, jpeg_bytes, png_bytes
+from runtime_support import RuntimeProcess, wait_for
+
+from kubeinfer.clients import Client
+from kubeinfer.clients.rest import RestClient
+from kubeinfer.clients.types import DetectResult
+from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.runtime.errors import Code, Overloaded
+from kubeinfer.runtime.frontends import link
+from kubeinfer.runtime.frontends.ring import SlotRing
+from kubeinfer.runtime.models.yolo import BoxResult, Selection
+from kubeinfer.v1 import inference_pb2 as pb
+from kubeinfer.v1.inference_pb2_grpc import InferenceStub
+
+FRONTENDS = ("--frontends", "2", "--shutdown-delay", "0", "--grace-period", "5")
+
+
+@pytest.fixture(scope="module")
+def frontends_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> RuntimeProcess:
+    return both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", "rects",
+                                      "--max-batch-delay-ms", "5", *FRONTENDS))
+
+
+def both_ready(runtime: RuntimeProcess) -> RuntimeProcess:
+    """/readyz answered by one frontend: wait for the other too (each is ready once the model process said hello)."""
+    wait_for(lambda: runtime.logs().count("kubeinfer.runtime: serving ") == 2, "both frontends to serve")
+    return runtime
+
+
+def frontend_processes(runtime: RuntimeProcess) -> list[psutil.Process]:
+    """The model process's children that listen on the runtime's gRPC port (its resource tracker does not)."""
+    found = []
+    for child in psutil.Process(runtime.pid).children():
+        ports = {c.laddr.port for c in child.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        if runtime.grpc_port in ports:
+            found.append(child)
+    return found
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line for w in wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def summary(results: list[DetectResult]) -> list[tuple[list[str], int, int, np.ndarray, list[float], list[int]]]:
+    return [(r.defects, r.height, r.width, np.asarray([(d.box.x1, d.box.y1, d.box.x2, d.box.y2)
+                                                       for d in r.detections]).reshape(-1, 4),
+             [d.score for d in r.detections], [d.class_id for d in r.detections]) for r in results]
+
+
+def assert_same_results(got: list[DetectResult], want: list[DetectResult]) -> None:
+    assert len(got) == len(want)
+    for (g_defects, g_h, g_w, g_boxes, g_scores, g_classes), (w_defects, w_h, w_w, w_boxes, w_scores, w_classes) in zip(
+            summary(got), summary(want), strict=True):
+        assert (g_defects, g_h, g_w, g_classes) == (w_defects, w_h, w_w, w_classes)
+        np.testing.assert_allclose(g_boxes, w_boxes, atol=1e-3)
+        np.testing.assert_allclose(g_scores, w_scores, atol=1e-4)
+
+
+def test_two_frontends_listen_on_the_shared_ports(frontends_runtime: RuntimeProcess) -> None:
+    frontends = frontend_processes(frontends_runtime)
+    assert len(frontends) == 2
+    for process in frontends:
+        ports = {c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert {frontends_runtime.grpc_port, frontends_runtime.http_port} <= ports
+    model_ports = {c.laddr.port for c in psutil.Process(frontends_runtime.pid).net_connections("tcp")}
+    assert frontends_runtime.grpc_port not in model_ports  # the model process listens on no port
+
+
+def test_answers_equal_the_one_process_runtime(frontends_runtime: RuntimeProcess,
+                                               detect_runtime: RuntimeProcess) -> None:
+    samples = fresh_images(seed=31, count=10)
+    images = [jpeg_bytes(s.pixels) if i % 2 else png_bytes(s.pixels) for i, s in enumerate(samples)]
+    with Client(frontends_runtime.grpc_target) as many, Client(detect_runtime.grpc_target) as one:
+        for params in ({}, {"confidence": 0.05, "max_detections": 2}, {"classes": [0], "iou": 0.3}):
+            want = one.detect(images, **params)
+            assert sum(len(r.detections) for r in want) > 0
+            assert_same_results(many.detect(images, **params), want)
+            for image, expected in zip(images[:3], want[:3], strict=True):  # one image per request, too
+                assert_same_results(many.detect([image], **params), [expected])
+        by_rest, status = RestClient(frontends_runtime.http_url).detect(images[:4])  # the shared HTTP port
+        assert status == 200 and isinstance(by_rest, list)
+        assert_same_results(by_rest, one.detect(images[:4]))
+
+
+def test_connections_spread_over_both_frontends_and_metrics_add_up(frontends_runtime: RuntimeProcess) -> None:
+    image = jpeg_bytes(fresh_images(seed=32, count=1)[0].pixels)
+    before = frontends_runtime.metrics()
+    channels = [grpc.insecure_channel(frontends_runtime.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(12)]
+    try:
+        for channel in channels:
+            response = InferenceStub(channel).Detect(pb.DetectRequest(images=[pb.Image(encoded=image)]), timeout=30)
+            assert len(response.results) == 1
+        per_frontend = [sum(1 for c in process.net_connections("tcp")
+                            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == frontends_runtime.grpc_port)
+                        for process in frontend_processes(frontends_runtime)]
+        assert len(per_frontend) == 2 and min(per_frontend) >= 1, per_frontend  # 2 in 4096 to fail by chance
+    finally:
+        for channel in channels:
+            channel.close()
+    after = frontends_runtime.metrics()  # merged over both frontends and the model process
+    served = (metric(after, "kubeinfer_requests_total", rpc="Detect", code="OK")
+              - metric(before, "kubeinfer_requests_total", rpc="Detect", code="OK"))
+    assert served == 12
+    assert (metric(after, "kubeinfer_images_processed_total") - metric(before, "kubeinfer_images_processed_total")
+            == 12)
+    batched = metric(after, "kubeinfer_batch_size_sum") - metric(before, "kubeinfer_batch_size_sum")
+    assert batched == 12  # the model process's batcher, seen through a frontend's /metrics
+    assert metric(after, "kubeinfer_model_ready") == 1
+    assert 'kubeinfer_build_info{backend="onnx"' in after
+
+
+def test_bad_input_gets_its_status_and_the_frontends_keep_serving(frontends_runtime: RuntimeProcess) -> None:
+    good = jpeg_bytes(fresh_images(seed=33, count=1)[0].pixels)
+    with Client(frontends_runtime.grpc_target, retries=False) as client:
+        with pytest.raises(grpc.RpcError) as corrupt:
+            client.detect([good, b"\xff\xd8\xff\xe0 not really a jpeg"])
+        assert corrupt.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "image 1" in corrupt.value.details()
+        with pytest.raises(grpc.RpcError) as masks:
+            client.detect([good], return_masks=True)
+        assert masks.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as classes:
+            client.detect([good], classes=[7])
+        assert classes.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(client.detect([good] * 3)) == 3
+
+
+def test_full_slots_refuse_before_decoding_and_free_again(runtime_factory: Callable[..., RuntimeProcess],
+                                                          detector_model: Path) -> None:
+    runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--max-batch-size", "2",
+                              "--frontend-queue-size", "2", *FRONTENDS)
+    image = jpeg_bytes(fresh_images(seed=34, count=1)[0].pixels)
+    with Client(runtime.grpc_target, retries=False) as client:
+        with pytest.raises(grpc.RpcError) as full:
+            client.detect([image] * 3)
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--frontend-queue-size" in full.value.details()
+        for _ in range(6):  # every answered request gave its slots back
+            assert len(client.detect([image] * 2)) == 2
+    assert runtime.terminate() == 0
+
+
+def test_masks_are_drawn_in_the_model_process_as_in_one_process(runtime_factory: Callable[..., RuntimeProcess],
+                                                                segmentation_model: Path) -> None:
+    many = runtime_factory("--task", "detect", "--model", str(segmentation_model), *FRONTENDS, wait=False)
+    one = runtime_factory("--task", "detect", "--model", str(segmentation_model), "--shutdown-delay", "0")
+    many.wait_ready()
+    images = [png_bytes(s.pixels) for s in fresh_images(seed=35, count=4)]
+    with Client(many.grpc_target) as a, Client(one.grpc_target) as b:
+        got, want = a.detect(images, return_masks=True), b.detect(images, return_masks=True)
+    assert_same_results(got, want)
+    polygons = [d.mask for r in want for d in r.detections]
+    assert polygons and all(polygons)
+    assert [d.mask for r in got for d in r.detections] == polygons
+
+
+def test_sigterm_drains_every_process_and_exits_zero(runtime_factory: Callable[..., RuntimeProcess],
+                                                     detector_model: Path) -> None:
+    runtime = both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), *FRONTENDS,
+                                         "--shutdown-delay", "1"))
+    frontends = frontend_processes(runtime)
+    image = jpeg_bytes(fresh_images(seed=36, count=1)[0].pixels)
+    with Client(runtime.grpc_target) as client:
+        client.detect([image])  # connected
+        calls = [client.stub.Detect.future(pb.DetectRequest(images=[pb.Image(encoded=image)] * 16), timeout=30)
+                 for _ in range(4)]
+        runtime.process.send_signal(signal.SIGTERM)
+        assert [len(call.result().results) for call in calls] == [16] * 4  # in flight at SIGTERM: answered
+    assert runtime.terminate() == 0
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in frontends)
+    assert "model-process kubeinfer.runtime.model-process: stopped" in runtime.log_path.read_text()
+
+
+def test_a_frontend_that_dies_stops_the_runtime_with_an_error(runtime_factory: Callable[..., RuntimeProcess],
+                                                               detector_model: Path) -> None:
+    runtime = both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), *FRONTENDS))
+    first, second = frontend_processes(runtime)
+    os.kill(first.pid, signal.SIGKILL)
+    wait_for(lambda: runtime.process.poll() is not None, "the model process to exit", timeout=30)
+    assert runtime.process.returncode == 1
+    wait_for(lambda: not second.is_running() or second.status() == psutil.STATUS_ZOMBIE, "the other frontend")
+    assert re.search(r"kubeinfer-frontend-\d \(pid \d+\) exited with code -9", runtime.logs())
+
+
+def test_a_model_that_cannot_start_stops_the_frontends(runtime_factory: Callable[..., RuntimeProcess],
+                                                       detector_model: Path) -> None:
+    """Slots that cannot fit in /dev/shm are refused at start with the sizes (not met with a SIGBUS later), and
+    the frontends waiting for the model exit on their own."""
+    runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--frontend-queue-size",
+                              str(10 ** 7), *FRONTENDS, wait=False)
+    wait_for(lambda: runtime.process.poll() is not None, "the runtime to give up", timeout=120)
+    assert runtime.process.returncode == 1
+    logs = runtime.logs()
+    assert re.search(r"need \d+ MiB of shared memory, /dev/shm has \d+ MiB free", logs), logs
+    spawned = re.findall(r"started kubeinfer-frontend-\d \(pid (\d+)\)", logs)
+    assert len(spawned) == 2, logs
+    for pid in spawned:
+        wait_for(lambda pid=pid: not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status()
+                 == psutil.STATUS_ZOMBIE, f"frontend pid {pid} to exit")
+    assert "restarts whole" not in logs  # a failed start is not reported as a frontend's death
+
+
+def serve_config(*args: str) -> ServeConfig:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ServeConfig.from_args(parser.parse_args(list(args)))
+
+
+def test_frontends_serve_detect_only_on_fixed_ports(detector_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--frontends 2: several frontend processes serve task detect only"):
+        serve_config("--task", "classify", "--model", str(model), "--frontends", "2")
+    with pytest.raises(ConfigError, match="fixed --grpc-port and --http-port"):
+        serve_config("--model", str(detector_model), "--frontends", "2", "--grpc-port", "0")
+    with pytest.raises(ConfigError, match="--frontend-queue-size must be >= --max-batch-size"):
+        serve_config("--model", str(detector_model), "--frontends", "2", "--frontend-queue-size", "4")
+    assert serve_config("--model", str(detector_model), "--frontends", "2").frontends == 2
+
+
+def test_a_ring_hands_out_slots_all_or_none_and_shares_its_pixels() -> None:
+    ring = SlotRing.create(3, (4, 4, 3))
+    other = SlotRing.attach(ring.name, 3, (4, 4, 3))  # as the other process sees it
+    try:
+        taken = ring.take(2)
+        assert taken is not None and len(set(taken)) == 2
+        assert ring.take(2) is None and ring.free == 1  # all or none
+        ring.images[taken[0]] = 7
+        assert (other.images[taken[0]] == 7).all() and not other.images[taken[1]].any()
+        ring.give_back(taken)
+        assert ring.free == 3
+    finally:
+        other.close()
+        ring.close()
+
+
+def test_link_messages_cross_a_socket_whole() -> None:
+    async def exchange() -> list[object]:
+        served: list[object] = []
+        done = asyncio.Event()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while (message := await link.receive(reader)) is not None:
+                served.append(message)
+            writer.close()
+            done.set()
+
+        server = await asyncio.start_unix_server(echo, path=path)
+        _, writer = await asyncio.open_unix_connection(path)
+        selection = Selection(0.25, 0.45, 300, (0,), False)
+        await asyncio.gather(*(link.send(writer, link.BatchRequest(i, [link.LinkItem(i, None, 0, 480, 640, selection)]))
+                               for i in range(50)))
+        await link.send(writer, link.BatchReply(7, [[BoxResult(1.0, 2.0, 3.0, 4.0, 0.9, 0, [])],
+                                                    link.LinkError.of(Overloaded("full"))]))
+        writer.close()
+        await done.wait()
+        server.close()
+        return served
+
+    path = f"/tmp/kubeinfer-link-test-{os.getpid()}.sock"
+    try:
+        messages = asyncio.run(exchange())
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    assert [m.id for m in messages[:50]] == list(range(50))  # type: ignore[attr-defined]
+    reply = messages[50]
+    assert isinstance(reply, link.BatchReply) and reply.results[0][0].score == 0.9  # type: ignore[index]
+    error = reply.results[1].error()  # type: ignore[union-attr]
+    assert error.code == Code.RESOURCE_EXHAUSTED and error.http_status == 429 and error.retry_after_s is not None

@@ -187,6 +187,8 @@ def runtime_args(spec: ServiceSpec, name: str, paths: dict[str, str]) -> list[st
             args += ["--base-data", paths["base-data"], "--gallery-batch-size", str(spec.gallery_batch_size)]
     args += ["--max-batch-size", str(spec.max_batch_size), "--max-batch-delay-ms", _num(spec.max_delay_ms),
              "--max-message-bytes", str(spec.max_message_bytes), "--workers", str(spec.workers)]
+    if spec.frontends > 1:
+        args += ["--frontends", str(spec.frontends)]
     if spec.gpus > 0:
         args += ["--device", "cuda"]
     args += ["--shutdown-delay", str(SHUTDOWN_DELAY), "--grace-period", str(GRACE_PERIOD),
@@ -245,6 +247,9 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
     image = spec.image or defaults.image
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if spec.frontends > 1:  # the frontends' image slots: a container's own /dev/shm is often 64 MiB
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     for index, claim in enumerate(files.claims):
         volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})

@@ -135,6 +135,7 @@ class ServiceSpec:
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = DEFAULT_WORKERS
+    frontends: int = 1
     gpus: int = 0
     replicas: int = DEFAULT_REPLICAS
     autoscaling: Autoscaling | None = None
@@ -195,6 +196,9 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if replicas_given and autoscaling is not None:
         raise SpecError("set spec.replicas or spec.autoscaling, not both")
+    frontends = reader.integer("grpc.frontends", 1, 1, 64)
+    if frontends > 1 and task != "detect":
+        raise SpecError("spec.grpc.frontends above 1 is only used by task detect")
     for role, uri in (("model", model), ("labels", labels), ("embeddings", embeddings)):
         if uri is not None and uri.scheme == "http" and not uri.basename:
             raise SpecError(f"spec.{role}.uri: {uri.raw!r} does not end in a file name")
@@ -215,6 +219,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         max_delay_ms=reader.number("batching.maxDelayMs", DEFAULT_MAX_DELAY_MS, 0.0, 10_000.0),
         max_message_bytes=reader.integer("grpc.maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES, 1024, 2**31 - 1),
         workers=reader.integer("grpc.workers", DEFAULT_WORKERS, 1, 64),
+        frontends=frontends,
         gpus=reader.integer("gpus", 0, 0, 16),
         replicas=reader.integer("replicas", DEFAULT_REPLICAS, 0, 1000),
         autoscaling=autoscaling,

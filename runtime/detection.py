@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.config import ServeConfig
@@ -22,15 +21,13 @@ from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, check_encoded, decode, decode_checked
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
-from kubeinfer.runtime.models.backend import choose_backend
-from kubeinfer.runtime.models.yolo import (
+from kubeinfer.runtime.models.yolo_io import (
     BatchItem,
     BoxResult,
     EncodedJpeg,
     Letterboxed,
     RawDetections,
     Selection,
-    YoloDetector,
 )
 from kubeinfer.runtime.parameters import Parameters, check_range
 
@@ -88,6 +85,13 @@ class DetectResult:
     width: int
 
 
+class Device(Protocol):
+    """A model's device as torch names it (``torch.device``): ``type`` is cpu or cuda."""
+
+    @property
+    def type(self) -> str: ...
+
+
 class DetectorModel(Protocol):
     """What the detect task needs of a detector: ``YoloDetector`` in this process, or a frontend's view of the
     model process's (``frontends.remote``)."""
@@ -95,7 +99,7 @@ class DetectorModel(Protocol):
     names: dict[int, str]
     image_size: int
     segmentation: bool
-    device: torch.device
+    device: Device
     format: str
     engine: str
 
@@ -132,6 +136,9 @@ class Detector:
     @classmethod
     def load(cls, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> Detector:
         """Load ``path`` (the backend --backend chooses) with a dynamic batcher of its own."""
+        from kubeinfer.runtime.models.backend import choose_backend  # torch and the model libraries: only here
+        from kubeinfer.runtime.models.yolo import YoloDetector
+
         choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
         model = YoloDetector(choice.path, config.device, config.image_size,
                              exported_from=path if choice.path != path else None)

@@ -101,6 +101,41 @@ class TorchNvmlReader:
         return GpuReading(self.name, self.uuid, None, int(total - free), int(total), allocated)
 
 
+class NvmlReader:
+    """Reads one GPU, found by its UUID, through NVML alone: for a ``--frontends`` frontend process, which must
+    not load torch or open a CUDA context of its own; the model process names the UUID. What the model's
+    tensors hold is the model process's to know, so ``memory_allocated`` is left out."""
+
+    def __init__(self, uuid: str) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml = pynvml
+        self.uuid = uuid
+        self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        name = pynvml.nvmlDeviceGetName(self.handle)
+        self.name = name.decode() if isinstance(name, bytes) else str(name)
+
+    def read(self) -> GpuReading:
+        rates = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
+        memory = self.nvml.nvmlDeviceGetMemoryInfo(self.handle)
+        return GpuReading(self.name, self.uuid, rates.gpu / 100.0, int(memory.used), int(memory.total), None)
+
+
+def device_uuid(device: str) -> str:
+    """The UUID of the CUDA device ``device`` names, as NVML wants it ("" on the CPU or when torch cannot tell)."""
+    index = cuda_index(device)
+    if index is None:
+        return ""
+    import torch
+
+    try:
+        return _uuid_text(getattr(torch.cuda.get_device_properties(index), "uuid", ""))
+    except Exception as exc:
+        log.warning("cannot read the UUID of %s: %s", device, exc)
+        return ""
+
+
 def _uuid_text(raw: object) -> str:
     """torch reports the UUID without NVML's ``GPU-`` prefix; NVML wants it."""
     text = str(raw or "")
@@ -154,13 +189,20 @@ class GpuCollector(Collector):
             return None
 
 
-def register_gpu_collector(metrics: RuntimeMetrics, device: str) -> None:
-    """Add the GPU collector for ``device`` to the runtime's registry; on ``cpu`` it only says there is no GPU."""
+def register_gpu_collector(metrics: RuntimeMetrics, device: str, uuid: str | None = None) -> None:
+    """Add the GPU collector for ``device`` to the runtime's registry; on ``cpu`` it only says there is no GPU.
+    With ``uuid`` (a frontend's, from the model process; "" when it could not tell) the device is read through
+    NVML alone."""
     reader: GpuReader | None = None
     index = cuda_index(device)
     if index is not None:
         try:
-            reader = TorchNvmlReader(index)
+            if uuid is None:
+                reader = TorchNvmlReader(index)
+            elif uuid:
+                reader = NvmlReader(uuid)
+            else:
+                raise RuntimeError("the model process could not name its GPU")
         except Exception as exc:
             log.warning("GPU metrics off for %s: %s", device, exc)
     metrics.process_registry.register(GpuCollector(metrics.model, device, reader))

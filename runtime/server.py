@@ -85,7 +85,8 @@ class Runtime:
         loaded here, in a thread of its own."""
         self.config = config
         self.metrics = RuntimeMetrics(config.model_name)
-        register_gpu_collector(self.metrics, config.device)
+        if load is None:  # a frontend registers its own once it knows the model process's device
+            register_gpu_collector(self.metrics, config.device)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
         self.dataplane = DataPlane(config, self.metrics)
         self.stopping = asyncio.Event()

@@ -156,7 +156,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
                    "similarity": spec_module.DEFAULT_SIMILARITY},
     "topK": spec_module.DEFAULT_TOP_K,
     "batching": {"maxBatchSize": spec_module.DEFAULT_MAX_BATCH_SIZE, "maxDelayMs": spec_module.DEFAULT_MAX_DELAY_MS},
-    "grpc": {"maxMessageBytes": spec_module.DEFAULT_MAX_MESSAGE_BYTES, "workers": spec_module.DEFAULT_WORKERS},
+    "grpc": {"maxMessageBytes": spec_module.DEFAULT_MAX_MESSAGE_BYTES, "workers": spec_module.DEFAULT_WORKERS,
+             "frontends": 1},
     "gpus": 0,
 }
 
@@ -271,6 +272,8 @@ BAD_SPECS: list[Case] = [
          "spec.embeddings and spec.baseData are only used by task recognize", "rule:recognize-only", True),
     Case("window on detect", with_(DETECT, window=3), "spec.window", "spec.window is only used by task stream-classify",
          "rule:window", True),
+    Case("frontends on stream-classify", with_(STREAM, grpc={"frontends": 2}), "spec.grpc.frontends",
+         "spec.grpc.frontends above 1 is only used by task detect", "rule:frontends", True),
     Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec",
          "set spec.replicas or spec.autoscaling, not both", "rule:replicas", True),
     Case("min above max", with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}), "spec.autoscaling",
@@ -345,6 +348,7 @@ BAD_SPECS: list[Case] = [
     *bound(DETECT, "batching__maxDelayMs", 0, 10000, 0.5),
     *bound(DETECT, "grpc__maxMessageBytes", 1024, 2147483647),
     *bound(DETECT, "grpc__workers", 1, 64),
+    *bound(DETECT, "grpc__frontends", 1, 64),
     *bound(DETECT, "gpus", 0, 16),
     # spec.replicas is the scale subresource's specReplicasPath, which the server also checks on its own.
     *bound(DETECT, "replicas", 0, 1000, below_also=("Invalid value: -1: should be a non-negative integer",)),
@@ -432,6 +436,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
     rule_ids = {"spec.model is required": "rule:model", "need spec.labels": "rule:labels",
                 "exactly one gallery": "rule:gallery", "only used by task recognize": "rule:recognize-only",
                 "spec.window is only used": "rule:window", "not both": "rule:replicas",
+                "frontends above 1": "rule:frontends",
                 "minReplicas must not exceed": "rule:autoscaling", "downloaded baseData": "rule:baseData",
                 "metadata.name must be": "rule:name", "must not contain '..'": "rule:uri-dotdot",
                 "needs a path inside the claim": "rule:uri-claim-path",
@@ -453,7 +458,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             (rule_id,) = [v for k, v in rule_ids.items() if k in rule["message"]]
             constraints.add(("", rule_id))
-    assert len([c for c in constraints if c[1].startswith("rule:")]) == 16
+    assert len([c for c in constraints if c[1].startswith("rule:")]) == 17
     assert spec_schema["properties"]["task"]["enum"] == list(spec_module.TASKS)
     autoscaling = spec_schema["properties"]["autoscaling"]["properties"]
     assert autoscaling["metric"]["enum"] == list(spec_module.METRICS)

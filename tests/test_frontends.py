@@ -85,8 +85,19 @@ def test_two_frontends_listen_on_the_shared_ports(frontends_runtime: RuntimeProc
     for process in frontends:
         ports = {c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert {frontends_runtime.grpc_port, frontends_runtime.http_port} <= ports
-    model_ports = {c.laddr.port for c in psutil.Process(frontends_runtime.pid).net_connections("tcp")}
+    model_process = psutil.Process(frontends_runtime.pid)
+    model_ports = {c.laddr.port for c in model_process.net_connections("tcp")}
     assert frontends_runtime.grpc_port not in model_ports  # the model process listens on no port
+
+
+def test_only_the_model_process_loads_torch(frontends_runtime: RuntimeProcess) -> None:
+    """A frontend maps no libtorch (the CUDA build's torch is ~800 MB a process); the model process does."""
+    def maps_torch(process: psutil.Process) -> bool:
+        return any("libtorch" in Path(m.path).name for m in process.memory_maps())
+
+    assert maps_torch(psutil.Process(frontends_runtime.pid))
+    frontends = frontend_processes(frontends_runtime)
+    assert len(frontends) == 2 and not any(maps_torch(p) for p in frontends)
 
 
 def test_answers_equal_the_one_process_runtime(frontends_runtime: RuntimeProcess,

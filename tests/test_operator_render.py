@@ -243,6 +243,17 @@ def test_video_without_model_and_user_settings_pass_through() -> None:
     assert container["resources"] == {"requests": {"cpu": 1, "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 
 
+def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
+    objs = children({"task": "detect", "model": {"uri": "/m.pt"}, "grpc": {"frontends": 4}})
+    pod = objs["Deployment/svc"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert serve_args(container["args"]).frontends == 4
+    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    one = runtime(children({"task": "detect", "model": {"uri": "/m.pt"}}))
+    assert "--frontends" not in one["args"] and all(m["name"] != "shm" for m in one["volumeMounts"])
+
+
 def test_default_image_is_used_when_the_spec_has_none() -> None:
     assert runtime(children({"task": "detect", "model": {"uri": "/m.pt"}}))["image"] == IMAGE
 
@@ -268,6 +279,7 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
     ({"task": "detect", "model": {"uri": "/m.pt"}, "window": 4}, "spec.window is only used by task 'stream-classify'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
      "set spec.replicas or spec.autoscaling, not both"),
+    ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by task detect"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
      "minReplicas (4) must not exceed maxReplicas (3)"),
     ({"task": "detect", "model": {"uri": "s3://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),

@@ -19,7 +19,7 @@ from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.remote import RemoteBatcher, RemoteDetector
 from kubeinfer.runtime.frontends.ring import SlotRing
-from kubeinfer.runtime.models import threads
+from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.server import AcceptErrorFilter, Runtime
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.detect import DetectTask
@@ -32,7 +32,6 @@ def main(config: ServeConfig, index: int, link_path: str) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s")
     logging.getLogger("asyncio").addFilter(AcceptErrorFilter())
-    threads.configure(1)  # the model runs in the model process; torch here only makes the empty answer tensor
     try:
         code = asyncio.run(Runtime(config, load=lambda runtime: connect(runtime, index, link_path)).run())
     except StartupError as exc:
@@ -54,6 +53,7 @@ async def connect(runtime: Runtime, index: int, link_path: str) -> Task:
         raise StartupError(f"cannot reach the model process at {link_path}: {exc}") from exc
     if not isinstance(hello, link.Hello):
         raise StartupError("the model process closed the link before its model was ready")
+    register_gpu_collector(runtime.metrics, runtime.config.device, hello.facts.gpu_uuid)
     ring = SlotRing.attach(hello.ring_name, hello.slots, hello.slot_shape)
     batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail)
     detector = Detector(runtime.config, RemoteDetector(hello.facts), batcher)

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from kubeinfer.runtime.errors import Code, InferenceError
-from kubeinfer.runtime.models.yolo import BoxResult, Selection
+from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
 
 HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 1 << 30
@@ -30,6 +30,7 @@ class DetectorFacts:
     device: str
     format: str
     engine: str
+    gpu_uuid: str  # the model's GPU as NVML names it ("" on the CPU): frontends export its metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, Unavailable
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.ring import SlotRing
-from kubeinfer.runtime.models.yolo import (
+from kubeinfer.runtime.models.yolo_io import (
     BatchItem,
     BoxResult,
     EncodedJpeg,
@@ -32,7 +31,20 @@ from kubeinfer.runtime.models.yolo import (
 )
 
 log = logging.getLogger(__name__)
-NO_TENSOR = torch.empty(0)  # the answer is boxes; no predictions cross the link
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDevice:
+    """The model process's device as the detect task reads it (``detection.Device``), without torch."""
+
+    name: str  # cpu, cuda:0
+
+    @property
+    def type(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class RemoteDetector:
@@ -42,7 +54,7 @@ class RemoteDetector:
         self.names = facts.names
         self.image_size = facts.image_size
         self.segmentation = facts.segmentation
-        self.device = torch.device(facts.device)
+        self.device = RemoteDevice(facts.device)
         self.format = facts.format
         self.engine = facts.engine
 
@@ -148,8 +160,8 @@ class RemoteBatcher:
         reply = await asyncio.shield(flight.future)  # cancelled: the slots still wait for the answer
         if reply.error is not None:
             raise reply.error.error()
-        return [RawDetections(NO_TENSOR, None, error=result.error()) if isinstance(result, link.LinkError)
-                else RawDetections(NO_TENSOR, None, boxes=result) for result in reply.results]
+        return [RawDetections(None, None, error=result.error()) if isinstance(result, link.LinkError)
+                else RawDetections(None, None, boxes=result) for result in reply.results]
 
     async def _receive(self) -> None:
         while True:

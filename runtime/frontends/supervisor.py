@@ -29,9 +29,10 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError
 from kubeinfer.runtime.frontends import frontend, link
 from kubeinfer.runtime.frontends.ring import SlotRing
+from kubeinfer.runtime.gpu_metrics import device_uuid
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.models import threads
-from kubeinfer.runtime.models.yolo import BatchItem, EncodedJpeg, Letterboxed
+from kubeinfer.runtime.models.yolo_io import BatchItem, EncodedJpeg, Letterboxed
 from kubeinfer.runtime.server import STOP_SECONDS, AcceptErrorFilter
 from kubeinfer.runtime.tasks.detect import DetectTask
 
@@ -61,6 +62,7 @@ class ModelProcess:
         self.loaded = asyncio.Event()
         self.exit_code = 0
         self.task: DetectTask | None = None
+        self.gpu_uuid = ""
         self.rings: list[SlotRing] = []
         self.frontends: list[BaseProcess] = []
         self._answers: set[asyncio.Task[None]] = set()
@@ -103,6 +105,7 @@ class ModelProcess:
     async def _load(self) -> None:
         task = await threads.in_passing_thread(self._build_task)
         self.task = task
+        self.gpu_uuid = device_uuid(self.config.device)
         model = task.detector.model
         shape = (model.image_size, model.image_size, 3)
         self._check_shared_memory(shape)
@@ -148,7 +151,7 @@ class ModelProcess:
 
     def _frontend_exited(self, process: BaseProcess) -> None:
         asyncio.get_running_loop().remove_reader(process.sentinel)
-        process.join(0)
+        process.join(1.0)  # the sentinel closes as the process exits: its status follows at once
         _mark_dead(process.pid)
         if self.stopping.is_set():
             return
@@ -205,7 +208,7 @@ class ModelProcess:
             ring = self.rings[hello.index]
             model = self.task.detector.model
             facts = link.DetectorFacts(dict(model.names), model.image_size, model.segmentation, str(model.device),
-                                       model.format, model.engine)
+                                       model.format, model.engine, self.gpu_uuid)
             await link.send(writer, link.Hello(facts, ring.name, ring.slots, ring.shape))
             while (request := await link.receive(reader)) is not None:
                 assert isinstance(request, link.BatchRequest)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -19,32 +18,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-LETTERBOX_FILL = 114
+from kubeinfer.runtime.models.yolo_io import LETTERBOX_FILL, letterbox_geometry
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec, which is not installed here and
 # has no batched nvJPEG decode of in-memory files yet; the warning would repeat on every batch.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
-
-
-@dataclass(frozen=True, slots=True)
-class Geometry:
-    """Where an image lands in the square model input: its resized size and the padding before it."""
-
-    new_height: int
-    new_width: int
-    top: int
-    left: int
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
-    """Scale to fit ``size`` keeping the aspect ratio and centre, ultralytics' rounding (an odd padding's extra
-    pixel goes below / to the right)."""
-    scale = min(size / height, size / width)
-    new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
-    top = round((size - new_height) / 2 - 0.1)
-    left = round((size - new_width) / 2 - 0.1)
-    return Geometry(new_height, new_width, top, left)
 
 
 def decode_jpegs(data: Sequence[bytes], device: torch.device) -> list[torch.Tensor | None]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -25,78 +24,22 @@ import numpy as np
 import torch
 
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument
-from kubeinfer.runtime.models.device_images import LETTERBOX_FILL, decode_jpegs, letterbox_geometry, letterbox_into
+from kubeinfer.runtime.models.device_images import decode_jpegs, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
 from kubeinfer.runtime.models.threads import ort_session_options, torch_for_small_work
+from kubeinfer.runtime.models.yolo_io import (
+    LETTERBOX_FILL,
+    BatchItem,
+    BoxResult,
+    EncodedJpeg,
+    Letterboxed,
+    RawDetections,
+    Selection,
+    letterbox,
+)
 
 log = logging.getLogger(__name__)
 FORMATS = {"pt": "pytorch", "torchscript": "torchscript", "onnx": "onnx"}
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """One request's box selection: score threshold, NMS IoU, most boxes, class filter (empty: all), masks."""
-
-    confidence: float
-    iou: float
-    max_detections: int
-    classes: tuple[int, ...] = ()
-    masks: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Letterboxed:
-    """A model-ready image (RGB, HWC, uint8, square) and the shape of the original it came from; with a
-    ``selection``, ``forward`` selects its boxes in the batch step."""
-
-    pixels: np.ndarray
-    original_height: int
-    original_width: int
-    selection: Selection | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedJpeg:
-    """A JPEG the worker pool checked (header, format, pixel limit) and left encoded: ``forward`` decodes and
-    letterboxes it with the rest of the batch on the model's device. ``index`` is its place in its request,
-    so a file the decoders refuse fails alone, named like the CPU path names it."""
-
-    data: bytes
-    index: int
-    original_height: int
-    original_width: int
-    selection: Selection | None = None
-
-
-BatchItem = Letterboxed | EncodedJpeg
-
-
-@dataclass(frozen=True, slots=True)
-class RawDetections:
-    """One image's slice of the model output: predictions and, for segmentation models, mask prototypes;
-    ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra], on the CPU) when the image had one.
-    Predictions and prototypes are on the CPU where a later step reads them (no selection yet; prototypes
-    for masks) and stay on the model's device otherwise. ``error``: this image failed in the batch step
-    (an ``EncodedJpeg`` no decoder took) and has no detections; the other images are unaffected."""
-
-    predictions: torch.Tensor
-    prototypes: torch.Tensor | None
-    kept: torch.Tensor | None = None
-    boxes: list[BoxResult] | None = None  # the final boxes, when the selection asked for no masks
-    error: InferenceError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BoxResult:
-    """One detection in original-image pixels; ``polygons`` only when masks were asked for."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    polygons: list[list[float]]
 
 
 class YoloDetector:
@@ -250,6 +193,7 @@ class YoloDetector:
             return raw.boxes
         kept = raw.kept
         if kept is None:
+            assert raw.predictions is not None  # only a model process's answers come without them
             kept = self._select(raw.predictions, Selection(confidence, iou, max_detections, tuple(classes), masks),
                                 with_masks=raw.prototypes is not None)
         return self._boxes(kept, raw.prototypes if masks else None, original)
@@ -270,19 +214,6 @@ class YoloDetector:
         scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
         return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
                 for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
-
-
-def letterbox(bgr: np.ndarray, size: int) -> np.ndarray:
-    """``bgr`` scaled to fit a ``size`` square, padded with ``LETTERBOX_FILL``, as RGB (HWC, uint8)."""
-    height, width = bgr.shape[:2]
-    g = letterbox_geometry(height, width, size)
-    resized = bgr if (g.new_width, g.new_height) == (width, height) else cv2.resize(
-        bgr, (g.new_width, g.new_height), interpolation=cv2.INTER_LINEAR)
-    bottom, right = size - g.new_height - g.top, size - g.new_width - g.left
-    boxed = cv2.copyMakeBorder(resized, g.top, bottom, g.left, right, cv2.BORDER_CONSTANT,
-                               value=(LETTERBOX_FILL,) * 3)
-    cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
-    return boxed
 
 
 MAX_NMS_CANDIDATES = 30_000

@@ -12,7 +12,7 @@ from kubeinfer.runtime.detection import Detector, DetectOverrides, DetectParams,
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.models.yolo import BatchItem
+from kubeinfer.runtime.models.yolo_io import BatchItem
 from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 
 from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectParams
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument
-from kubeinfer.runtime.models.yolo import Letterboxed, RawDetections
+from kubeinfer.runtime.models.yolo_io import Letterboxed, RawDetections
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 

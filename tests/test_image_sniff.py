@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kubeinfer.runtime.images import ImageInput, declared_pixels, sniff_size
+from kubeinfer.runtime.errors import InferenceError
+from kubeinfer.runtime.images import ImageInput, check_encoded, declared_pixels, sniff_size
 
 
 def _pil_bytes(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -71,3 +72,16 @@ def test_other_files_are_left_to_pillow(name: str) -> None:
     except Exception:
         expected = 0
     assert declared_pixels(ImageInput(encoded=data)) == expected  # the same answer, through Pillow
+
+
+@pytest.mark.parametrize("name", COMMON)
+def test_the_header_check_reads_what_pillow_reads(name: str) -> None:
+    """check_encoded reads plain JPEGs and PNGs without Pillow; what it says is what Pillow's parse says."""
+    data = COMMON[name]
+    header = check_encoded(data, 0, 10**9, jpeg_layout=True)
+    with Image.open(io.BytesIO(data)) as pil:
+        plain = pil.format == "JPEG" and pil.mode in ("RGB", "L") and pil.getexif().get(0x0112, 1) == 1
+        assert (header.format, header.width, header.height, header.plain_jpeg) == (pil.format, *pil.size, plain)
+    assert not check_encoded(data, 0, 10**9).plain_jpeg  # asked for only with jpeg_layout
+    with pytest.raises(InferenceError, match="exceeds the limit"):
+        check_encoded(data, 3, header.width * header.height - 1)

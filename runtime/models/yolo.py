@@ -36,6 +36,7 @@ from kubeinfer.runtime.models.yolo_io import (
     RawDetections,
     Selection,
     letterbox,
+    letterbox_geometry,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,10 @@ class YoloDetector:
         letterboxed here first; the boxes of every image that carries a ``Selection`` are selected in one step
         for the batch, on the model's device, and only the selected rows come back to the CPU."""
         images, errors = self._model_input(batch)
-        predictions, prototypes = _split_output(self.backend(images.float().div_(255.0)))
+        # one converting copy to a dense NCHW float batch: a channels-last one (what .float() keeps of the permuted
+        # view) costs ONNX Runtime a copy of its own, ~0.3 ms more per batch of 8 at 128 px here
+        model_input = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+        predictions, prototypes = _split_output(self.backend(model_input))
         predictions = predictions.float()
         prototypes = prototypes.float() if prototypes is not None else None
         kept: list[torch.Tensor | None] = [None] * len(batch)
@@ -128,10 +132,16 @@ class YoloDetector:
             rows = self._select_many(predictions[[i for i, _ in chosen]], selections, prototypes is not None)
             if predictions.device.type != "cpu":  # one transfer for the batch
                 rows = list(torch.cat(rows).cpu().split([r.shape[0] for r in rows]))
+            plain = []
             for (i, selection), selected in zip(chosen, rows, strict=True):
                 kept[i] = selected
                 if not selection.masks:
-                    boxes[i] = self._boxes(selected, None, (batch[i].original_height, batch[i].original_width))
+                    plain.append(i)
+            found = boxes_in_originals([kept[i] for i in plain],  # type: ignore[misc]
+                                       [(batch[i].original_height, batch[i].original_width) for i in plain],
+                                       self.image_size)
+            for i, image_boxes in zip(plain, found, strict=True):
+                boxes[i] = image_boxes
         later = [i for i, item in enumerate(batch) if item.selection is None or item.selection.masks]
         host_predictions = _rows_on_host(predictions, later)
         host_prototypes = _rows_on_host(prototypes, later) if prototypes is not None else {}
@@ -196,24 +206,53 @@ class YoloDetector:
             assert raw.predictions is not None  # only a model process's answers come without them
             kept = self._select(raw.predictions, Selection(confidence, iou, max_detections, tuple(classes), masks),
                                 with_masks=raw.prototypes is not None)
-        return self._boxes(kept, raw.prototypes if masks else None, original)
+        if not masks or raw.prototypes is None:
+            return boxes_in_originals([kept], [original], self.image_size)[0]
+        return self._boxes_with_masks(kept, raw.prototypes, original)
 
-    def _boxes(self, kept: torch.Tensor, prototypes: torch.Tensor | None,
-               original: tuple[int, int]) -> list[BoxResult]:
-        """Selected rows as boxes in original pixels; with ``prototypes``, mask polygons too."""
+    def _boxes_with_masks(self, kept: torch.Tensor, prototypes: torch.Tensor,
+                          original: tuple[int, int]) -> list[BoxResult]:
+        """Selected rows as boxes in original pixels, with their mask polygons."""
         from ultralytics.utils import ops
 
         if kept.shape[0] == 0:
             return []
         model_shape = (self.image_size, self.image_size)
-        polygons: list[list[list[float]]] = [[] for _ in range(kept.shape[0])]
-        if prototypes is not None:
-            mask_bits = ops.process_mask(prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
-            polygons = [_polygons(m, model_shape, original) for m in mask_bits.byte().numpy()]
+        mask_bits = ops.process_mask(prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
+        polygons = [_polygons(m, model_shape, original) for m in mask_bits.byte().numpy()]
         boxes = ops.scale_boxes(model_shape, kept[:, :4].clone(), original).tolist()
         scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
         return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
                 for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
+
+
+def boxes_in_originals(kept: Sequence[torch.Tensor], originals: Sequence[tuple[int, int]],
+                       size: int) -> list[list[BoxResult]]:
+    """Each image's selected rows ([k, 6+], CPU) as boxes in its original pixels: the letterbox undone (padding
+    off, then divided by the scale, in float32 as ultralytics' ``scale_boxes`` does it) and clipped to the image,
+    for every image of a batch in one vectorised step rather than one ``scale_boxes`` call each (~60 us)."""
+    counts = [int(rows.shape[0]) for rows in kept]
+    if not sum(counts):
+        return [[] for _ in kept]
+    rows = torch.cat([r[:, :6] for r in kept]).numpy()
+    shape = np.empty((len(kept), 6), np.float32)  # pad x, pad y, gain x, gain y, width, height
+    for i, (height, width) in enumerate(originals):
+        g = letterbox_geometry(height, width, size)
+        shape[i] = (g.left, g.top, g.new_width / width, g.new_height / height, width, height)
+    per_row = np.repeat(shape, counts, axis=0)
+    xy = rows[:, :4] - per_row[:, [0, 1, 0, 1]]
+    xy /= per_row[:, [2, 3, 2, 3]]
+    np.clip(xy, 0, per_row[:, [4, 5, 4, 5]], out=xy)
+    coordinates, scores = xy.tolist(), rows[:, 4].tolist()
+    class_ids = rows[:, 5].astype(np.int32).tolist()
+    found: list[list[BoxResult]] = []
+    start = 0
+    for count in counts:
+        found.append([BoxResult(b[0], b[1], b[2], b[3], s, c, []) for b, s, c in
+                      zip(coordinates[start:start + count], scores[start:start + count],
+                          class_ids[start:start + count], strict=True)])
+        start += count
+    return found
 
 
 MAX_NMS_CANDIDATES = 30_000

@@ -2,23 +2,31 @@
 
 Each peer lives in its own venv under ``.cache/bench-venvs/`` because their
 dependency pins conflict with each other and with kubeinfer's (tritonclient needs
-protobuf < 7, kubeinfer's stubs need 7). Every venv gets the CPU build of
-torch==2.13.0 that lies on this machine's disk, so no multi-GB download happens.
-A venv is reinstalled only when its package list changes (a stamp file records it).
+protobuf < 7, kubeinfer's stubs need 7). The peers all reuse the project's own torch
+(a multi-GB CUDA build): ``torch-overlay/`` links torch and every distribution it
+needs from the project's venv, and a ``.pth`` file puts it on each peer venv's path, so
+pip finds the pinned torch installed and downloads nothing. A venv's own packages
+come first on its path, so a peer that needs another version of one of torch's
+dependencies gets its own copy. A venv is reinstalled only when its package list
+changes (a stamp file records it).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENVS = REPO / ".cache" / "bench-venvs"
-PEER_TORCH = "torch==2.13.0"
+TORCH_OVERLAY = VENVS / "torch-overlay"
+PEER_TORCH = f"torch=={importlib.metadata.version('torch')}"  # the project's, shared through the overlay
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,9 @@ def ensure(spec: VenvSpec, log_dir: Path) -> Path:
             [str(spec.python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
             [str(spec.python), "-m", "pip", "install", *spec.requirements],
         ]
-        for step in steps:
+        for number, step in enumerate(steps):
+            if number == 1 and PEER_TORCH in spec.requirements:
+                share_torch(spec)
             log.write("$ " + " ".join(step) + "\n")
             log.flush()
             # cwd outside the repo: its top-level `operator/` folder would shadow the stdlib module for `python -m`
@@ -87,6 +97,54 @@ def ensure(spec: VenvSpec, log_dir: Path) -> Path:
     spec.stamp.write_text(spec.stamp_text())
     print(f"[bench] {spec.name} venv ready in {time.monotonic() - started:.0f}s", flush=True)
     return spec.python
+
+
+def share_torch(spec: VenvSpec) -> None:
+    """Put the project's torch on ``spec``'s path (through the overlay), so its pinned torch is already there."""
+    build_torch_overlay()
+    link_overlay(spec.python)
+
+
+def link_overlay(python: Path, overlay: Path = TORCH_OVERLAY) -> None:
+    """A .pth file in ``python``'s venv that adds ``overlay`` to its path, after the venv's own packages."""
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "kubeinfer-torch-overlay.pth").write_text(f"{overlay}\n")
+
+
+def build_torch_overlay(overlay: Path = TORCH_OVERLAY) -> None:
+    """Links to torch and the distributions it needs (recursively, with the extras asked for, on this platform)
+    in the project's venv."""
+    from packaging.requirements import Requirement
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    wanted: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("torch", frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        wanted.add(name)
+        for text in importlib.metadata.distribution(name).requires or []:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras or {""}):
+                todo.append((_canonical(requirement.name), frozenset(requirement.extras)))
+    shutil.rmtree(overlay, ignore_errors=True)
+    overlay.mkdir(parents=True)
+    for name in sorted(wanted):
+        for file in importlib.metadata.distribution(name).files or []:
+            top = file.parts[0]
+            link = overlay / top
+            if (top not in ("..", "bin", "__pycache__") and not top.endswith(".pth") and not link.exists()
+                    and (site / top).exists()):
+                link.symlink_to(site / top)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def versions(spec: VenvSpec) -> dict[str, str]:

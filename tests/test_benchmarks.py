@@ -178,3 +178,25 @@ def test_interrupted_run_stops_every_server(detector_model: Path, tmp_path: Path
         time.sleep(0.1)
     assert _bench_processes(tmp_path / "work") == []
     assert not (tmp_path / "results" / "results.json").exists()
+
+
+def test_a_peer_venv_imports_the_projects_torch_through_the_overlay(tmp_path: Path) -> None:
+    """Peer venvs share the project's (multi-GB) torch instead of downloading one each."""
+    import importlib.metadata
+
+    from benchmarks import venvs
+
+    overlay, venv = tmp_path / "overlay", tmp_path / "peer"
+    venvs.build_torch_overlay(overlay)
+    assert (overlay / "torch").resolve() == Path(importlib.metadata.distribution("torch").locate_file("torch"))
+    assert (overlay / f"torch-{importlib.metadata.version('torch')}.dist-info").is_dir()
+    assert any(path.name.startswith("nvidia_cublas") for path in overlay.iterdir())  # an extra of a dependency
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    venvs.link_overlay(python, overlay)
+    probe = ("import importlib.metadata, torch; print(torch.__version__, importlib.metadata.version('torch'), "
+             "torch.ones(2).sum().item())")
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path)
+    import torch
+
+    assert out.stdout.split() == [torch.__version__, importlib.metadata.version("torch"), "2.0"]

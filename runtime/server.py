@@ -105,8 +105,9 @@ class Runtime:
         await grpc_transport.start()
         await http_transport.start()
         self._install_signal_handlers()
-        log.info("listening: gRPC %s:%d, HTTP %s:%d; loading %s model %s", config.host, grpc_transport.port,
-                 config.host, config.http_port, config.task, config.model)
+        log.info("listening: gRPC %s:%d, HTTP %s:%d; %s %s model %s", config.host, grpc_transport.port,
+                 config.host, config.http_port, "waiting for the model process to load" if self._load else "loading",
+                 config.task, config.model)
         try:
             task = await (self._load(self) if self._load else threads.in_passing_thread(self._build_task))
         except BaseException:

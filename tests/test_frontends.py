@@ -217,6 +217,18 @@ def test_a_frontend_that_dies_stops_the_runtime_with_an_error(runtime_factory: C
     assert re.search(r"kubeinfer-frontend-\d \(pid \d+\) exited with code -9", runtime.logs())
 
 
+def test_frontends_stop_when_the_model_process_is_killed(runtime_factory: Callable[..., RuntimeProcess],
+                                                        detector_model: Path) -> None:
+    """No orphans: a frontend whose link to the model process breaks fails what is in flight and exits."""
+    runtime = both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), *FRONTENDS))
+    frontends = frontend_processes(runtime)
+    runtime.process.kill()
+    for process in frontends:
+        wait_for(lambda process=process: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE,
+                 f"frontend {process.pid} to exit", timeout=30)
+    assert "the model process closed the link; this frontend stops" in runtime.logs()
+
+
 def test_a_model_that_cannot_start_stops_the_frontends(runtime_factory: Callable[..., RuntimeProcess],
                                                        detector_model: Path) -> None:
     """Slots that cannot fit in /dev/shm are refused at start with the sizes (not met with a SIGBUS later), and

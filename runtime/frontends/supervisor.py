@@ -230,18 +230,20 @@ class ModelProcess:
             with detector.batcher.reserve(len(items)) as reservation:
                 raws = await detector.batcher.submit_many(items, reservation)
             loop = asyncio.get_running_loop()
-            results: list[list | link.LinkError] = []
+            results: list[list | link.LinkError | asyncio.Future] = []
             for raw, item in zip(raws, items, strict=True):
                 if raw.error is not None:
                     results.append(link.LinkError.of(raw.error))
                 elif item.selection is not None and item.selection.masks:  # polygons: real work, in the pool
                     s = item.selection
-                    results.append(await loop.run_in_executor(
+                    results.append(loop.run_in_executor(
                         self.pool, detector.model.postprocess, raw, (item.original_height, item.original_width),
                         s.confidence, s.iou, s.max_detections, s.classes, True))
                 else:
                     results.append(raw.boxes or [])
-            reply = link.BatchReply(request.id, results)
+            drawn = iter(await asyncio.gather(*(r for r in results if isinstance(r, asyncio.Future))))
+            reply = link.BatchReply(request.id, [next(drawn) if isinstance(r, asyncio.Future) else r
+                                                 for r in results])
         except InferenceError as exc:
             reply = link.BatchReply(request.id, [], link.LinkError.of(exc))
         except Exception:

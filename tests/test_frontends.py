@@ -317,3 +317,54 @@ def test_link_messages_cross_a_socket_whole() -> None:
     assert isinstance(reply, link.BatchReply) and reply.results[0][0].score == 0.9  # type: ignore[index]
     error = reply.results[1].error()  # type: ignore[union-attr]
     assert error.code == Code.RESOURCE_EXHAUSTED and error.http_status == 429 and error.retry_after_s is not None
+
+
+def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -> None:
+    """The model process may still be reading a cancelled request's slots: they return with its answer only."""
+    from kubeinfer.runtime.frontends.remote import RemoteBatcher
+    from kubeinfer.runtime.models.yolo_io import Letterboxed
+
+    async def scenario(path: str) -> list[int]:
+        received: asyncio.Queue[link.BatchRequest] = asyncio.Queue()
+        links: list[asyncio.StreamWriter] = []
+
+        async def model_process(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            links.append(writer)
+            while (request := await link.receive(reader)) is not None:
+                await received.put(request)  # type: ignore[arg-type]
+
+        server = await asyncio.start_unix_server(model_process, path=path)
+        reader, writer = await asyncio.open_unix_connection(path)
+        ring = SlotRing.create(4, (8, 8, 3))
+        lost: list[bool] = []
+        batcher = RemoteBatcher(ring, reader, writer, on_lost=lambda: lost.append(True))
+        batcher.start()
+        free = [ring.free]
+        image = Letterboxed(np.full((8, 8, 3), 9, np.uint8), 8, 8, Selection(0.25, 0.45, 10))
+        reservation = batcher.reserve(3)
+        call = asyncio.ensure_future(batcher.submit_many([image, image, image], reservation))
+        request = await received.get()
+        assert [int(ring.images[item.slot].max()) for item in request.items] == [9, 9, 9]  # pixels in the slots
+        reservation.__exit__(None, None, None)
+        call.cancel()
+        await asyncio.sleep(0.05)
+        free.append(ring.free)  # cancelled, not answered: still taken
+        await link.send(links[0], link.BatchReply(request.id, [[], [], []]))
+        await asyncio.sleep(0.05)
+        free.append(ring.free)  # answered: back
+        with pytest.raises(Overloaded, match="--frontend-queue-size"):
+            batcher.reserve(5)
+        links[0].close()
+        await asyncio.sleep(0.05)
+        free.append(len(lost))  # the link closed under it: the frontend is told, once
+        batcher.stop()
+        server.close()
+        ring.close()
+        return free
+
+    path = f"/tmp/kubeinfer-remote-test-{os.getpid()}.sock"
+    try:
+        assert asyncio.run(scenario(path)) == [4, 1, 4, 1]
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)

@@ -461,11 +461,11 @@ def serve_directory(directory: Path) -> Iterator[int]:
         server.server_close()
 
 
-def rendered_pod(model_url: str) -> dict[str, Any]:
+def rendered_pod(model_url: str, frontends: int = 1) -> dict[str, Any]:
     from kubeinfer.operator.render import Owner, render_deployment
     from kubeinfer.operator.spec import parse_spec
 
-    spec = parse_spec({"task": "detect", "model": {"uri": model_url}})
+    spec = parse_spec({"task": "detect", "model": {"uri": model_url}, "grpc": {"frontends": frontends}})
     deployment = render_deployment(Owner("demo", "default", "0"), spec, IMAGES["runtime"])
     return deployment["spec"]["template"]["spec"]
 
@@ -496,13 +496,19 @@ def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
 
 
 def run_runtime() -> None:
+    """The runtime image run as the operator renders its pod: one process, then with 2 frontend processes."""
     if not DEMO_MODEL.is_file():
         raise Failure(f"runtime: no demo model at {rel(DEMO_MODEL)} "
                       f"(.venv/bin/kubeinfer demo --out {rel(DEMO_MODEL)} makes it; make images does)")
+    for frontends in (1, 2):
+        run_runtime_pod(frontends)
+
+
+def run_runtime_pod(frontends: int) -> None:
     pods = WORK / "pod"
     shutil.rmtree(pods, ignore_errors=True)
     with serve_directory(DEMO_MODEL.parent) as port:
-        pod = rendered_pod(f"http://127.0.0.1:{port}/{DEMO_MODEL.name}")
+        pod = rendered_pod(f"http://127.0.0.1:{port}/{DEMO_MODEL.name}", frontends)
         security = pod["securityContext"]
         volumes: dict[str, Path] = {}
         for volume in pod["volumes"]:
@@ -518,7 +524,8 @@ def run_runtime() -> None:
             if proc.returncode != 0:
                 raise Failure(f"runtime: init container '{init['name']}' ({shorten(described, 80)}) exited with "
                               f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout, KUBEINFER_ERROR))}")
-            say(f"runtime: init container '{init['name']}' ran: {shorten(described, 110)}")
+            if frontends == 1:
+                say(f"runtime: init container '{init['name']}' ran: {shorten(described, 110)}")
     (container,) = pod["containers"]
     grpc_port, http_port = free_port(), free_port()
     args = replace_flag(container["args"], "--host", "127.0.0.1")
@@ -532,14 +539,19 @@ def run_runtime() -> None:
         start = time.monotonic()
         wait_ready(name, http_port, start)
         say(f"runtime: `kubeinfer serve {shorten(shlex.join(args), 100)}` ready in {time.monotonic() - start:.0f} s")
-        exercise(grpc_port)
+        if frontends > 1:  # /readyz answers from one frontend: give the others their hello too
+            time.sleep(2)
+        found = [exercise(grpc_port) for _ in range(1 if frontends == 1 else 8)]  # the kernel spreads connections
+        if frontends == 1:
+            say(found[0])
         stop = capture([*PODMAN, "stop", "--time", "60", name])
         code = capture([*PODMAN, "inspect", "--format", "{{.State.ExitCode}}", name]).stdout.strip()
         if stop.returncode != 0 or code != "0":
             logs = capture([*PODMAN, "logs", name])
             raise Failure(f"runtime: container 'runtime' exited with {code} on SIGTERM (expected 0): "
                           f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
-        say("runtime: SIGTERM drained and exited 0")
+        say("runtime: SIGTERM drained and exited 0" if frontends == 1
+            else f"runtime: with {frontends} frontends (in-memory /dev/shm mounted): served, drained, exited 0")
     finally:
         capture([*PODMAN, "rm", "--force", name])
         shutil.rmtree(pods, ignore_errors=True)
@@ -560,21 +572,22 @@ def wait_ready(name: str, http_port: int, start: float, timeout: float = 300) ->
     raise Failure(f"runtime: container 'runtime' not ready (/readyz) within {timeout:.0f} s")
 
 
-def exercise(grpc_port: int) -> None:
+def exercise(grpc_port: int) -> str:
+    """One connection of its own: health, then Detect on a synthetic image; what was found."""
     import numpy as np
 
     from kubeinfer.clients import Client
     from kubeinfer.runtime.demo_models import synthetic_image
 
     image = synthetic_image(np.random.default_rng(7), size=128, max_rects=2)
-    with Client(f"127.0.0.1:{grpc_port}", timeout=60) as client:
+    with Client(f"127.0.0.1:{grpc_port}", timeout=60, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
         health = client.health()
         if health != "SERVING":
             raise Failure(f"runtime: gRPC health is {health}, not SERVING, after /readyz answered 200")
         (result,) = client.detect([image.pixels])
     if not result.detections:
         raise Failure(f"runtime: Detect found nothing on an image with {len(image.boxes)} rectangles")
-    say(f"runtime: gRPC health SERVING; Detect found {len(result.detections)} of {len(image.boxes)} rectangles")
+    return f"runtime: gRPC health SERVING; Detect found {len(result.detections)} of {len(image.boxes)} rectangles"
 
 
 # --- main -----------------------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def test_runtime_image_serves_the_pod_the_operator_renders() -> None:
     proc = images("--only", "runtime")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in ("runtime: init container 'fetch' ran: kubeinfer fetch --into /kubeinfer/fetched model/detector.pt=",
-                 "runtime: gRPC health SERVING; Detect found", "runtime: SIGTERM drained and exited 0"):
+                 "runtime: gRPC health SERVING; Detect found", "runtime: SIGTERM drained and exited 0",
+                 "runtime: with 2 frontends (in-memory /dev/shm mounted): served, drained, exited 0"):
         assert line in proc.stdout, proc.stdout
     assert proc.stderr == ""

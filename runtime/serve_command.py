@@ -7,7 +7,6 @@ KUBEINFER_MAX_BATCH_SIZE=32; a flag given on the command line wins over the envi
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
@@ -37,10 +36,6 @@ def run(args: argparse.Namespace) -> int:
         from kubeinfer.runtime.server import serve
 
         code = serve(config)
-    # The drain is over: skip the interpreter's teardown (seconds with torch and gRPC's C core loaded), so the
-    # process exits within --shutdown-delay + --grace-period + 1 s, as the pod's terminationGracePeriodSeconds
-    # expects.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from kubeinfer.runtime.server import exit_at_once
+
+    exit_at_once(code)

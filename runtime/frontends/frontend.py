@@ -20,7 +20,7 @@ from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.remote import RemoteBatcher, RemoteDetector
 from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
-from kubeinfer.runtime.server import AcceptErrorFilter, Runtime
+from kubeinfer.runtime.server import Runtime, configure_logging, exit_at_once
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.detect import DetectTask
 
@@ -29,18 +29,13 @@ log = logging.getLogger("kubeinfer.runtime.frontend")
 
 def main(config: ServeConfig, index: int, link_path: str) -> None:
     """The frontend process's entry point (spawned by the model process); never returns."""
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s")
-    logging.getLogger("asyncio").addFilter(AcceptErrorFilter())
+    configure_logging(config, f"frontend-{index}")
     try:
         code = asyncio.run(Runtime(config, load=lambda runtime: connect(runtime, index, link_path)).run())
     except StartupError as exc:
         print(f"kubeinfer serve (frontend {index}, pid {os.getpid()}): {exc}", file=sys.stderr)
         code = 1
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_at_once(code)
 
 
 async def connect(runtime: Runtime, index: int, link_path: str) -> Task:

@@ -27,7 +27,7 @@ from kubeinfer.runtime.models.yolo_io import (
     Letterboxed,
     RawDetections,
     Selection,
-    letterbox,
+    letterboxed,
 )
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class RemoteDetector:
         return [self.names[i] for i in sorted(self.names)]
 
     def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed:
-        height, width = bgr.shape[:2]
-        return Letterboxed(letterbox(bgr, self.image_size), height, width, selection)
+        return letterboxed(bgr, self.image_size, selection)
 
     def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
                     max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:

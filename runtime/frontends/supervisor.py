@@ -32,8 +32,8 @@ from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.gpu_metrics import device_uuid
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.models import threads
-from kubeinfer.runtime.models.yolo_io import BatchItem, EncodedJpeg, Letterboxed
-from kubeinfer.runtime.server import STOP_SECONDS, AcceptErrorFilter
+from kubeinfer.runtime.models.yolo_io import BatchItem, BoxResult, EncodedJpeg, Letterboxed
+from kubeinfer.runtime.server import STOP_SECONDS, configure_logging
 from kubeinfer.runtime.tasks.detect import DetectTask
 
 log = logging.getLogger("kubeinfer.runtime.model-process")
@@ -43,9 +43,7 @@ EXIT_WAIT_SECONDS = 5.0  # after a frontend's delay and grace: how long before i
 
 def serve(config: ServeConfig) -> int:
     """Run the model process and its frontends until SIGTERM/SIGINT; 0 after a clean drain, 1 otherwise."""
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s model-process %(name)s: %(message)s")
-    logging.getLogger("asyncio").addFilter(AcceptErrorFilter())
+    configure_logging(config, "model-process")
     try:
         return asyncio.run(ModelProcess(config).run())
     except StartupError as exc:
@@ -229,21 +227,17 @@ class ModelProcess:
         try:
             with detector.batcher.reserve(len(items)) as reservation:
                 raws = await detector.batcher.submit_many(items, reservation)
+            results: list[list[BoxResult] | link.LinkError] = [
+                link.LinkError.of(raw.error) if raw.error is not None else raw.boxes or [] for raw in raws]
             loop = asyncio.get_running_loop()
-            results: list[list | link.LinkError | asyncio.Future] = []
-            for raw, item in zip(raws, items, strict=True):
-                if raw.error is not None:
-                    results.append(link.LinkError.of(raw.error))
-                elif item.selection is not None and item.selection.masks:  # polygons: real work, in the pool
-                    s = item.selection
-                    results.append(loop.run_in_executor(
-                        self.pool, detector.model.postprocess, raw, (item.original_height, item.original_width),
-                        s.confidence, s.iou, s.max_detections, s.classes, True))
-                else:
-                    results.append(raw.boxes or [])
-            drawn = iter(await asyncio.gather(*(r for r in results if isinstance(r, asyncio.Future))))
-            reply = link.BatchReply(request.id, [next(drawn) if isinstance(r, asyncio.Future) else r
-                                                 for r in results])
+            drawing = {i: loop.run_in_executor(  # polygons: real work, in the pool
+                self.pool, detector.model.postprocess, raw, (item.original_height, item.original_width),
+                item.selection.confidence, item.selection.iou, item.selection.max_detections, item.selection.classes,
+                True) for i, (raw, item) in enumerate(zip(raws, items, strict=True))
+                if raw.error is None and item.selection is not None and item.selection.masks}
+            for i, boxes in zip(drawing, await asyncio.gather(*drawing.values()), strict=True):
+                results[i] = boxes
+            reply = link.BatchReply(request.id, results)
         except InferenceError as exc:
             reply = link.BatchReply(request.id, [], link.LinkError.of(exc))
         except Exception:

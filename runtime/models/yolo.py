@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -35,8 +36,8 @@ from kubeinfer.runtime.models.yolo_io import (
     Letterboxed,
     RawDetections,
     Selection,
-    letterbox,
     letterbox_geometry,
+    letterboxed,
 )
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,7 @@ class YoloDetector:
     def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed:
         """Letterbox to the model's square input and convert to RGB (worker pool); ``selection``: see
         ``Letterboxed``."""
-        height, width = bgr.shape[:2]
-        return Letterboxed(letterbox(bgr, self.image_size), height, width, selection)
+        return letterboxed(bgr, self.image_size, selection)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[BatchItem]) -> list[RawDetections]:
@@ -132,11 +132,9 @@ class YoloDetector:
             rows = self._select_many(predictions[[i for i, _ in chosen]], selections, prototypes is not None)
             if predictions.device.type != "cpu":  # one transfer for the batch
                 rows = list(torch.cat(rows).cpu().split([r.shape[0] for r in rows]))
-            plain = []
-            for (i, selection), selected in zip(chosen, rows, strict=True):
+            for (i, _), selected in zip(chosen, rows, strict=True):
                 kept[i] = selected
-                if not selection.masks:
-                    plain.append(i)
+            plain = [i for i, selection in chosen if not selection.masks]
             found = boxes_in_originals([kept[i] for i in plain],  # type: ignore[misc]
                                        [(batch[i].original_height, batch[i].original_width) for i in plain],
                                        self.image_size)
@@ -220,10 +218,8 @@ class YoloDetector:
         model_shape = (self.image_size, self.image_size)
         mask_bits = ops.process_mask(prototypes, kept[:, 6:], kept[:, :4], model_shape, upsample=True)
         polygons = [_polygons(m, model_shape, original) for m in mask_bits.byte().numpy()]
-        boxes = ops.scale_boxes(model_shape, kept[:, :4].clone(), original).tolist()
-        scores, class_ids = kept[:, 4].tolist(), kept[:, 5].int().tolist()
-        return [BoxResult(b[0], b[1], b[2], b[3], s, c, p)
-                for b, s, c, p in zip(boxes, scores, class_ids, polygons, strict=True)]
+        boxes = boxes_in_originals([kept], [original], self.image_size)[0]
+        return [replace(box, polygons=outline) for box, outline in zip(boxes, polygons, strict=True)]
 
 
 def boxes_in_originals(kept: Sequence[torch.Tensor], originals: Sequence[tuple[int, int]],

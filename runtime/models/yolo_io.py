@@ -118,3 +118,9 @@ def letterbox(bgr: np.ndarray, size: int) -> np.ndarray:
                                value=(LETTERBOX_FILL,) * 3)
     cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB, dst=boxed)
     return boxed
+
+
+def letterboxed(bgr: np.ndarray, size: int, selection: Selection | None = None) -> Letterboxed:
+    """``bgr`` letterboxed for a model of input ``size``, with its original shape (and ``selection``)."""
+    height, width = bgr.shape[:2]
+    return Letterboxed(letterbox(bgr, size), height, width, selection)

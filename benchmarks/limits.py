@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where ONNX exports are kept")
     parser.add_argument("--ultralytics", action="store_true", help="also time ultralytics' own predict")
     args = parser.parse_args(argv)
+    from kubeinfer.runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting `kubeinfer serve` runs the model with
     import torch
     from load import load_payloads  # this script's folder is on sys.path
 

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 
+from kubeinfer.runtime.allocator import keep_freed_memory
 from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
 
 __all__ = ["add_arguments", "run"]
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kubeinfer serve: {exc}", file=sys.stderr)
         return 2
+    keep_freed_memory()  # before the model libraries load and allocate
     if config.frontends > 1:
         # every process's metrics go to files merged at each scrape; set before prometheus_client is imported
         multiprocess_dir = tempfile.mkdtemp(prefix="kubeinfer-metrics-")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,28 +14,36 @@ import pytest_asyncio
 from runtime_support import EmptyDetect, in_process_runtime
 
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.transports.grpc import PARSE_OFF_LOOP_BYTES, Malformed, Unparsed, request_parser
+from kubeinfer.runtime.transports.grpc import PARSE_OFF_LOOP_BYTES, Malformed, Received, request_parser
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
 LARGE = PARSE_OFF_LOOP_BYTES + 1
 
 
-def test_small_messages_are_parsed_at_once_and_large_ones_left_for_the_pool() -> None:
+def test_messages_are_parsed_on_the_loop_when_small_and_in_the_pool_when_large() -> None:
     parse = request_parser(pb.DetectRequest.FromString, PARSE_OFF_LOOP_BYTES)
     assert parse is not None
     small = pb.DetectRequest(images=[pb.Image(encoded=b"x" * 100)])
-    assert parse(small.SerializeToString()) == small
-    assert isinstance(parse(b"\xff\xff not protobuf"), Malformed)
+    received = parse(small.SerializeToString())
+    assert isinstance(received, Received) and len(received.data) == small.ByteSize()
+    assert asyncio.run(received.parse(None)) == small
+    assert isinstance(asyncio.run(parse(b"\xff\xff not protobuf").parse(None)), Malformed)
 
     large = pb.DetectRequest(images=[pb.Image(encoded=b"y" * LARGE)])
-    deferred = parse(large.SerializeToString())
-    assert isinstance(deferred, Unparsed)
-    assert len(deferred.data) == large.ByteSize()
-    assert asyncio.run(deferred.parse(None)) == large
-    garbage = parse(b"\xff" * LARGE)
-    assert isinstance(garbage, Unparsed)
-    assert isinstance(asyncio.run(garbage.parse(None)), Malformed)
+    in_pool: list[str] = []
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            in_pool.append("parse")
+            return super().submit(*args, **kwargs)
+
+    with Pool(1) as pool:
+        assert asyncio.run(parse(small.SerializeToString()).parse(pool)) == small
+        assert in_pool == []
+        assert asyncio.run(parse(large.SerializeToString()).parse(pool)) == large
+        assert isinstance(asyncio.run(parse(b"\xff" * LARGE).parse(pool)), Malformed)
+    assert in_pool == ["parse", "parse"]
 
 
 @pytest_asyncio.fixture(loop_scope="function")

@@ -27,6 +27,7 @@ import torch
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument
 from kubeinfer.runtime.models.device_images import decode_jpegs, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+from kubeinfer.runtime.models.stacking import stack_holding_gil
 from kubeinfer.runtime.models.threads import ort_session_options, torch_for_small_work
 from kubeinfer.runtime.models.yolo_io import (
     LETTERBOX_FILL,
@@ -170,10 +171,12 @@ class YoloDetector:
     def _upload(self, pixels: list[np.ndarray]) -> torch.Tensor:
         """Letterboxed HWC images stacked on the model's device; through pinned memory to a CUDA device, so the
         copy is a DMA that does not wait for the host."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(stack_holding_gil(pixels))
         if self.device.type != "cuda":
-            return torch.from_numpy(np.stack(pixels)).to(self.device)
+            return torch.from_numpy(stack_holding_gil(pixels)).to(self.device)
         pinned = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, pin_memory=True)
-        np.stack(pixels, out=pinned.numpy())
+        stack_holding_gil(pixels, out=pinned.numpy())
         return pinned.to(self.device, non_blocking=True)
 
     def _select_many(self, predictions: torch.Tensor, selections: Sequence[Selection],

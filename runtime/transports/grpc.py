@@ -6,8 +6,9 @@ interceptor, ``ObservingInterceptor``, owns what every call shares: the request 
 before the status is sent), and the mapping of an exception to its status
 (``errors.public_error``: an InferenceError's code and message, anything else INTERNAL "internal
 error" with the request id, which the log line carries too), and where requests are parsed: grpc.aio
-deserializes on the event loop, so a message of ``PARSE_OFF_LOOP_BYTES`` or more arrives ``Unparsed`` and
-is parsed in the worker pool, keeping the loop free for every other call meanwhile.
+deserializes on the event loop, so every message arrives ``Received`` (still in its wire form, its size
+counted in the in-flight budget before any parsing) and one of ``PARSE_OFF_LOOP_BYTES`` or more is parsed in
+the worker pool, keeping the loop free for every other call meanwhile.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = Call(metrics, route, request_id)
                 try:
+                    if not request_streaming:  # one Received message, then a stream of answers
+                        request = await request.parse(pool)
                     async with contextlib.aclosing(handle(request, context)) as responses:
                         async for response in responses:
                             yield response
@@ -113,10 +116,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             call = Call(metrics, route, request_id)
             held = 0
             try:
-                if budget is not None:
-                    held = budget.acquire(_wire_size(request))
-                if isinstance(request, Unparsed):  # counted in the budget first: refused before it is parsed
-                    request = await request.parse(pool)
+                if budget is not None:  # counted first: refused before it is parsed
+                    held = budget.acquire(len(request.data))
+                request = await request.parse(pool)
                 response = await handle(request, context)
                 call.finish("OK")
                 return response
@@ -140,32 +142,34 @@ class Malformed:
         return invalid_argument(f"the request is not a valid protobuf message of its type: {self.reason}")
 
 
-class Unparsed:
-    """A large request message still in its wire form, parsed off the event loop by ``parse``."""
+class Received:
+    """A request message still in its wire form: the budget reads its size from ``data`` (asking a parsed
+    message its ``ByteSize()`` serialises it again, a copy of every byte on the event loop), then ``parse``."""
 
-    __slots__ = ("_deserialize", "data")
+    __slots__ = ("_deserialize", "_off_loop_bytes", "data")
 
-    def __init__(self, data: bytes, deserialize: Callable[[bytes], Any]) -> None:
+    def __init__(self, data: bytes, deserialize: Callable[[bytes], Any], off_loop_bytes: int) -> None:
         self.data = data
         self._deserialize = deserialize
+        self._off_loop_bytes = off_loop_bytes
 
     async def parse(self, pool: Executor | None) -> Any:
-        """The message, or Malformed, parsed in ``pool``."""
+        """The message, or Malformed (protobuf refused it; gRPC itself would answer INTERNAL): parsed here when
+        small, in ``pool`` from ``off_loop_bytes`` on."""
+        if len(self.data) < self._off_loop_bytes:
+            return _tolerant_parse(self._deserialize, self.data)
         return await asyncio.get_running_loop().run_in_executor(pool, _tolerant_parse, self._deserialize, self.data)
 
 
 def request_parser(deserialize: Callable[[bytes], Any] | None, off_loop_bytes: int) -> Callable[[bytes], Any] | None:
-    """The deserializer grpc.aio calls on the event loop: small messages parsed at once (a message protobuf
-    refuses becomes a Malformed, since gRPC would answer INTERNAL), ``off_loop_bytes`` or more left Unparsed."""
+    """The deserializer grpc.aio calls on the event loop: it only wraps the bytes (``Received``)."""
     if deserialize is None:
         return None
 
-    def parse(data: bytes) -> Any:
-        if len(data) >= off_loop_bytes:
-            return Unparsed(data, deserialize)
-        return _tolerant_parse(deserialize, data)
+    def receive(data: bytes) -> Received:
+        return Received(data, deserialize, off_loop_bytes)
 
-    return parse
+    return receive
 
 
 def _tolerant_parse(deserialize: Callable[[bytes], Any], data: bytes) -> Any:
@@ -175,17 +179,10 @@ def _tolerant_parse(deserialize: Callable[[bytes], Any], data: bytes) -> Any:
         return Malformed(str(exc) or type(exc).__name__)
 
 
-def _wire_size(request: Any) -> int:
-    if isinstance(request, Unparsed):
-        return len(request.data)
-    return request.ByteSize() if hasattr(request, "ByteSize") else 0
-
-
 async def _parsed_stream(requests: AsyncIterator[Any], pool: Executor | None) -> AsyncIterator[Any]:
     """A request stream's messages, large ones parsed in ``pool``; the first malformed one ends it."""
-    async for request in requests:
-        if isinstance(request, Unparsed):
-            request = await request.parse(pool)
+    async for received in requests:
+        request = await received.parse(pool)
         if isinstance(request, Malformed):
             raise request.error()
         yield request

@@ -7,11 +7,6 @@ faulted in, page by page, again with the next batch whenever its size differed f
 net at varying batch sizes: ~880 faults per forward). With blocks up to 32 MiB (glibc's most on 64-bit) served
 from the heap and no trimming below 1 GiB, the benchmark classifier's batch step at 8 images went from 0.83 to
 0.42 ms per image (2 threads); the process keeps its peak heap, as servers' allocators (jemalloc, tcmalloc) do.
-
-libgomp's workers are left spinning as they are (about 2 ms after each parallel section): with fewer rounds
-(``GOMP_SPINCOUNT=30000``) they slept between batches as meant, but a worker woken for each section then
-waited for a core held by the event loop, and the classifier without batching served 400 instead of 605
-requests/s at concurrency 16.
 """
 
 from __future__ import annotations

@@ -333,12 +333,14 @@ class BatchNormalizer:
 def _scripted_normalize() -> Any:
     import torch
 
+    from kubeinfer.runtime.models.torchscript import scripted
+
     def normalize(images: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         nchw = images.to(shift.device, non_blocking=True).permute(0, 3, 1, 2)
         nchw = nchw.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         return nchw.sub_(shift).div_(scale)
 
-    return torch.jit.script(normalize)
+    return scripted(normalize)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ a module torch cannot freeze runs as loaded as well. Either way one log line say
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,3 +65,11 @@ def optimized_for_inference(module: Any, device: torch.device, example_shape: tu
 def first_tensor(output: Any) -> torch.Tensor:
     """A model's output tensor: the first of a tuple or list (models that also return features or aux heads)."""
     return output[0] if isinstance(output, list | tuple) else output
+
+
+def scripted(function: Callable[..., Any]) -> Any:
+    """``torch.jit.script(function)`` without its deprecation warning: the runtime scripts a few tensor steps of
+    its own (one call, so the GIL is dropped once: ``models.stacking``), not the user's model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(function)

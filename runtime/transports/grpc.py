@@ -116,9 +116,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             call = Call(metrics, route, request_id)
             held = 0
             try:
-                if budget is not None:  # counted first: refused before it is parsed
-                    held = budget.acquire(len(request.data))
-                request = await request.parse(pool)
+                if not request_streaming:
+                    if budget is not None:  # counted first: refused before it is parsed
+                        held = budget.acquire(len(request.data))
+                    request = await request.parse(pool)
                 response = await handle(request, context)
                 call.finish("OK")
                 return response

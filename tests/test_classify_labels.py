@@ -128,3 +128,20 @@ def test_a_count_mismatch_names_both_files_and_both_counts() -> None:
         check_count(["a", "b"], 3, Path("l.txt"), Path("m.pt"))
     assert str(failure.value) == ("--labels l.txt has 2 labels but the model m.pt outputs 3 classes; "
                                   "give one label per model output")
+
+
+@pytest.mark.parametrize("classes", [10, 1000])  # sorted as a Python list, and by numpy
+def test_top_k_is_best_first_with_ties_to_the_lower_class_id(classes: int) -> None:
+    from types import SimpleNamespace
+
+    from kubeinfer.runtime.tasks.classify import ClassifyTask
+
+    rng = np.random.default_rng(classes)
+    probabilities = rng.choice(np.linspace(0, 1, 7, dtype=np.float32), classes)  # many ties
+    labels = [f"c{i}" for i in range(classes)]
+    result = ClassifyTask.top(SimpleNamespace(labels=labels), probabilities, 5)  # type: ignore[arg-type]
+    expected = np.argsort(-probabilities, kind="stable")[:5]
+    assert [c.class_id for c in result.top] == expected.tolist()
+    assert [c.label for c in result.top] == [labels[i] for i in expected]
+    assert [c.score for c in result.top] == [float(probabilities[i]) for i in expected]
+    assert all(type(c.class_id) is int and type(c.score) is float for c in result.top)

@@ -32,6 +32,7 @@ from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("top_k",)
+SORTED_IN_PYTHON = 256  # classes; beyond, numpy's sort is the faster one
 
 
 def top_k_from_parameters(params: Parameters) -> int | None:
@@ -135,8 +136,15 @@ class ClassifyTask(Task):
         return min(self.config.top_k if requested is None else requested, len(self.labels))
 
     def top(self, probabilities: np.ndarray, k: int) -> ClassifyResult:
-        """The k most probable classes, best first (ties: lower class id first)."""
+        """The k most probable classes, best first (ties: lower class id first: both sorts are stable).
+
+        Up to ``SORTED_IN_PYTHON`` classes they are sorted as a Python list: ``np.argsort`` drops the GIL, and the
+        event loop then waits for the batcher's thread to give it back (``models.stacking``)."""
         labels = self.labels
+        if len(probabilities) <= SORTED_IN_PYTHON:
+            values = probabilities.tolist()
+            best = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+            return ClassifyResult([Classification(labels[i], i, values[i]) for i in best])
         order = np.argsort(-probabilities, kind="stable")[:k]
         return ClassifyResult([Classification(labels[i], int(i), float(probabilities[i])) for i in order])
 

@@ -86,19 +86,15 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         metrics, pool = self.metrics, self.pool
 
         def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            """Malformed messages become INVALID_ARGUMENT: at once for a unary request, when reached in a stream."""
-            if request_streaming:
-                return behaviour(_parsed_stream(request, pool), context)
-            if isinstance(request, Malformed):
-                raise request.error()
-            return behaviour(request, context)
+            """``request``: the parsed message of a unary request, else the stream of Received messages."""
+            return behaviour(_parsed_stream(request, pool) if request_streaming else request, context)
 
         if inspect.isasyncgenfunction(behaviour):
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = Call(metrics, route, request_id)
                 try:
                     if not request_streaming:  # one Received message, then a stream of answers
-                        request = await request.parse(pool)
+                        request = await _parsed(request, pool)
                     async with contextlib.aclosing(handle(request, context)) as responses:
                         async for response in responses:
                             yield response
@@ -119,7 +115,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 if not request_streaming:
                     if budget is not None:  # counted first: refused before it is parsed
                         held = budget.acquire(len(request.data))
-                    request = await request.parse(pool)
+                    request = await _parsed(request, pool)
                 response = await handle(request, context)
                 call.finish("OK")
                 return response
@@ -180,13 +176,18 @@ def _tolerant_parse(deserialize: Callable[[bytes], Any], data: bytes) -> Any:
         return Malformed(str(exc) or type(exc).__name__)
 
 
-async def _parsed_stream(requests: AsyncIterator[Any], pool: Executor | None) -> AsyncIterator[Any]:
+async def _parsed(received: Received, pool: Executor | None) -> Any:
+    """The message ``received`` holds; a malformed one is the client's error (INVALID_ARGUMENT)."""
+    request = await received.parse(pool)
+    if isinstance(request, Malformed):
+        raise request.error()
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Received], pool: Executor | None) -> AsyncIterator[Any]:
     """A request stream's messages, large ones parsed in ``pool``; the first malformed one ends it."""
     async for received in requests:
-        request = await received.parse(pool)
-        if isinstance(request, Malformed):
-            raise request.error()
-        yield request
+        yield await _parsed(received, pool)
 
 
 async def _fail(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:

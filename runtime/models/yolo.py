@@ -190,10 +190,9 @@ class YoloDetector:
     def _upload(self, pixels: list[np.ndarray]) -> torch.Tensor:
         """Letterboxed HWC images stacked on the model's device; through pinned memory to a CUDA device, so the
         copy is a DMA that does not wait for the host."""
-        if self.device.type == "cpu":
-            return torch.from_numpy(stack_holding_gil(pixels))
         if self.device.type != "cuda":
-            return torch.from_numpy(stack_holding_gil(pixels)).to(self.device)
+            stacked = torch.from_numpy(stack_holding_gil(pixels))
+            return stacked if self.device.type == "cpu" else stacked.to(self.device)  # .to drops the GIL even then
         pinned = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, pin_memory=True)
         stack_holding_gil(pixels, out=pinned.numpy())
         return pinned.to(self.device, non_blocking=True)

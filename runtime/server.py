@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
 
+from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import StartupError
@@ -147,6 +148,7 @@ class Runtime:
                 raise StartupError(f"{config.model}: the warm-up request failed: {exc}") from exc
             raise
         self.dataplane.attach(task)
+        freeze_loaded_objects()
         info = self.dataplane.model_info()
         self.metrics.build.labels(config.model_name).info(
             {"version": info.version, "task": config.task, "format": info.model_format, "backend": info.backend})

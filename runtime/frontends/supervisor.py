@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError
 from kubeinfer.runtime.frontends import frontend, link
@@ -113,6 +114,7 @@ class ModelProcess:
             await task.warm_up()
         except Exception as exc:
             raise StartupError(f"{self.config.model}: the warm-up request failed: {exc}") from exc
+        freeze_loaded_objects()
         self.loaded.set()
         log.info("serving %s (%s, %s) on %s to %d frontends", self.config.model_name, self.config.task, model.engine,
                  self.config.device, self.config.frontends)

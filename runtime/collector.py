@@ -1,0 +1,24 @@
+"""Python's cyclic garbage collector kept off the serving path: what was loaded before serving is frozen.
+
+With torch, gRPC and a model loaded the process holds about a million tracked objects, and each full (oldest
+generation) collection walks all of them: 80 ms with the benchmark classifier, a pause for every request in
+flight, which made the 99th percentile at concurrency 16 about three times the median. Loaded objects live as long
+as the process, so after the warm-up they move to the permanent generation (``gc.freeze``, as CPython's docs advise
+for servers); later full collections walk only what serving made since, and cycles still get collected.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def freeze_loaded_objects() -> int:
+    """Collect once, then exempt every surviving object from later collections; returns how many were frozen."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.debug("garbage collector: %d loaded objects frozen", frozen)
+    return frozen

@@ -25,10 +25,11 @@ EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True, slots=True)
 class ImageInput:
-    """One image as received: encoded file bytes, or raw RGB/grey pixels with their shape."""
+    """One image as received: encoded file bytes, or raw RGB/grey pixels with their shape (``pixels`` may be a
+    ``memoryview`` of the request's own bytes: a batch of images in one tensor is not copied apart)."""
 
     encoded: bytes | None = None
-    pixels: bytes | None = None
+    pixels: bytes | memoryview | None = None
     height: int = 0
     width: int = 0
     channels: int = 3

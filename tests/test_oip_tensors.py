@@ -73,6 +73,10 @@ def test_images_from_encoded_and_pixel_inputs() -> None:
     images = images_from_inputs([tensors.Tensor("pixels", "UINT8", pixels)])
     assert [(i.height, i.width, i.channels) for i in images] == [(4, 5, 3)] * 2
     assert images[1].pixels == pixels[1].tobytes()
+    raw = pixels.tobytes()  # as raw_input_contents arrive
+    views = images_from_inputs([tensors.from_raw("pixels", "UINT8", [2, 4, 5, 3], raw)])
+    assert bytes(views[1].pixels) == pixels[1].tobytes()
+    assert all(np.shares_memory(np.frombuffer(i.pixels, np.uint8), np.frombuffer(raw, np.uint8)) for i in views)
 
 
 @pytest.mark.parametrize(("inputs", "message"), [

@@ -83,8 +83,8 @@ def _pixels(tensor: Tensor) -> list[ImageInput]:
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise invalid_argument(f"input {PIXELS!r} must have shape [N, H, W, 3] (or [N, H, W, 1]), got {shape}")
     _, height, width, channels = shape
-    return [ImageInput(pixels=image.tobytes(), height=height, width=width, channels=channels)
-            for image in tensor.data]
+    return [ImageInput(pixels=image.reshape(-1).data, height=height, width=width, channels=channels)
+            for image in tensor.data]  # views of the request's raw contents, copied once, into the batch
 
 
 class TaskMapping(ABC):

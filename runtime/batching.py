@@ -141,6 +141,8 @@ class DynamicBatcher(Generic[In, Out]):
             self._cond.notify()
         self._set_depth()
         try:
+            if len(pending) == 1:  # the usual request, one image: no gathering future to build and resolve
+                return [await pending[0].future]
             return list(await asyncio.gather(*(p.future for p in pending)))
         except asyncio.CancelledError:
             for p in pending:

@@ -20,5 +20,5 @@ def freeze_loaded_objects() -> int:
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
-    log.debug("garbage collector: %d loaded objects frozen", frozen)
+    log.info("garbage collector: %d loaded objects frozen out of its full collections", frozen)
     return frozen

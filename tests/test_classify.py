@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -231,6 +232,14 @@ def test_model_info_reports_labels_from_the_one_hot_file(client: Client) -> None
     assert info.model_path == colour_models().torchscript.name  # the file's name, not the server's path
 
 
+def test_what_was_loaded_is_frozen_out_of_the_garbage_collector_before_serving(runtime: RuntimeProcess) -> None:
+    logs = runtime.logs()
+    frozen = re.search(r"garbage collector: (\d+) loaded objects frozen", logs)
+    assert frozen is not None, logs
+    assert int(frozen.group(1)) > 100_000  # torch, gRPC and the model: hundreds of thousands of objects
+    assert frozen.start() < logs.index("serving colours (classify)")
+
+
 def test_requests_and_images_are_counted(client: Client, runtime: RuntimeProcess) -> None:
     def images_total() -> float:
         line = next(line for line in runtime.metrics().splitlines()
@@ -242,6 +251,7 @@ def test_requests_and_images_are_counted(client: Client, runtime: RuntimeProcess
     with pytest.raises(grpc.RpcError):
         client.classify([b"nope"])
     assert images_total() - before == 3  # only images that reached the model
+    client.classify_clip([solid("blue")])  # counted by RPC, as every call is
     text = runtime.metrics()
     assert 'kubeinfer_requests_total{code="OK",model="colours",protocol="grpc",rpc="Classify"}' in text
     assert 'kubeinfer_requests_total{code="INVALID_ARGUMENT",model="colours",protocol="grpc",rpc="Classify"}' in text

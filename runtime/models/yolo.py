@@ -87,7 +87,7 @@ class YoloDetector:
         torch_for_small_work()
         metadata = self.backend.metadata or {}
         plain = (metadata.get("dynamic") and not metadata.get("args", {}).get("nms") and not self.backend.nhwc
-                 and not self.backend.backend.fp16)
+                 and not inner.fp16)
         if plain:
             self._session = inner.session
             self._input_name = inner.session.get_inputs()[0].name

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import fresh_images, jpeg_bytes, png_bytes
+from prometheus_client.parser import text_string_to_metric_families
 from runtime_support import RuntimeProcess, wait_for
 
 from kubeinfer.clients import Client
@@ -57,11 +58,10 @@ def frontend_processes(runtime: RuntimeProcess) -> list[psutil.Process]:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(w in line for w in wanted):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    """The sum of ``name``'s samples matching ``labels`` (the first matching line alone depended on the order in
+    which the merged exposition lists, say, the gRPC and the REST Detect counters)."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def summary(results: list[DetectResult]) -> list[tuple[list[str], int, int, np.ndarray, list[float], list[int]]]:
@@ -133,8 +133,8 @@ def test_connections_spread_over_both_frontends_and_metrics_add_up(frontends_run
         for channel in channels:
             channel.close()
     after = frontends_runtime.metrics()  # merged over both frontends and the model process
-    served = (metric(after, "kubeinfer_requests_total", rpc="Detect", code="OK")
-              - metric(before, "kubeinfer_requests_total", rpc="Detect", code="OK"))
+    served = (metric(after, "kubeinfer_requests_total", protocol="grpc", rpc="Detect", code="OK")
+              - metric(before, "kubeinfer_requests_total", protocol="grpc", rpc="Detect", code="OK"))
     assert served == 12
     assert (metric(after, "kubeinfer_images_processed_total") - metric(before, "kubeinfer_images_processed_total")
             == 12)

@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,9 @@ IDLE_GAP_S = 0.005  # between the batch-1 forwards timed "after idle": about a l
 
 
 def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES,
-          rounds: int = 3) -> dict:
-    """Images/s and median batch latency per batch size; ``forward(n)`` runs one batch of n.
+          rounds: int = 3, instances: int = 1) -> dict:
+    """Images/s and median batch latency per batch size; ``forward(n)`` runs one batch of n, from ``instances``
+    threads at once as ``kubeinfer serve --model-instances`` runs them.
 
     Each size is timed in ``rounds`` short rounds and the best round counts: a
     limit is what the model can do, so a round slowed by another process on the
@@ -47,21 +49,50 @@ def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[i
         best = 0.0
         cpu_started, images = time.process_time(), 0
         for _ in range(rounds):
-            count, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds / rounds or count < 2:
-                t0 = time.perf_counter()
-                forward(size)
-                times.append(time.perf_counter() - t0)
-                count += 1
-            best = max(best, size * count / (time.perf_counter() - started))
+            count, elapsed = _timed_round(forward, size, seconds / rounds, instances, times)
+            best = max(best, size * count / elapsed)
             images += size * count
         rows.append({"batch_size": size, "images_per_s": best,
                      "batch_ms_p50": 1000 * statistics.median(times), "batches": len(times),
                      "cpu_ms_per_image": 1000 * (time.process_time() - cpu_started) / images})
     best = max(rows, key=lambda r: r["images_per_s"])
     return {"by_batch_size": rows, "best_batch_size": best["batch_size"], "images_per_s": best["images_per_s"],
-            "latency_ms_batch1": rows[0]["batch_ms_p50"] if rows[0]["batch_size"] == 1 else None,
+            "instances": instances,
+            "latency_ms_batch1": lone_batch1_ms(forward, seconds, rows[0], instances) if 1 in batch_sizes else None,
             "latency_ms_batch1_after_idle": after_idle_ms(forward, seconds) if 1 in batch_sizes else None}
+
+
+def lone_batch1_ms(forward: Callable[[int], object], seconds: float, batch1: dict, instances: int) -> float:
+    """Median batch-1 forward with nothing else in the model, as at concurrency 1: the sweep's own timing with
+    one instance; timed again from one thread with several, whose sweep had their batches overlap."""
+    if instances == 1:
+        return float(batch1["batch_ms_p50"])
+    return median_ms(lambda: forward(1), seconds / 3)
+
+
+def _timed_round(forward: Callable[[int], object], size: int, seconds: float, instances: int,
+                 times: list[float]) -> tuple[int, float]:
+    """Batches of ``size`` from ``instances`` threads for ``seconds`` (at least 2 each): how many, in how long;
+    each batch's duration is appended to ``times``."""
+    counts = [0] * instances
+    started = time.perf_counter()
+
+    def loop(index: int) -> None:
+        while time.perf_counter() - started < seconds or counts[index] < 2:
+            t0 = time.perf_counter()
+            forward(size)
+            times.append(time.perf_counter() - t0)  # list.append: atomic under the GIL
+            counts[index] += 1
+
+    if instances == 1:
+        loop(0)
+    else:
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    return sum(counts), time.perf_counter() - started
 
 
 def after_idle_ms(forward: Callable[[int], object], seconds: float) -> float:
@@ -91,7 +122,7 @@ def median_ms(fn: Callable[[], object], seconds: float) -> float:
     return 1000 * statistics.median(times)
 
 
-def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> dict:
+def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float, instances: int = 1) -> dict:
     import torch
 
     from kubeinfer.runtime.models.image_model import Preprocessing
@@ -111,7 +142,7 @@ def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> di
         with torch.inference_mode():
             return module(batches[n])
 
-    result = sweep(forward, seconds)
+    result = sweep(forward, seconds, instances=instances)
     result["preprocess_ms_per_image"] = median_ms(lambda: prep.apply(bgr[0]), seconds / 4)
     with torch.inference_mode():  # the answers every server should give for the first payloads
         result["top1"] = [int(v) for v in module(torch.from_numpy(tensors[:ANSWERS])).argmax(dim=1)]
@@ -120,7 +151,7 @@ def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float) -> di
 
 
 def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend: str = "torch",
-                   cache_dir: Path | None = None) -> dict:
+                   cache_dir: Path | None = None, instances: int = 1) -> dict:
     """``YoloDetector.forward`` alone, on the engine ``backend`` picks for the file (as ``--backend`` would)."""
     import cv2
 
@@ -135,7 +166,7 @@ def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend
     def forward(n: int) -> object:
         return detector.forward([boxed[i % len(boxed)] for i in range(n)])
 
-    result = sweep(forward, seconds, batch_sizes=(1, 2, 4, 8, 16, 32))
+    result = sweep(forward, seconds, batch_sizes=(1, 2, 4, 8, 16, 32), instances=instances)
     raw = detector.forward([boxed[0]])[0]
     shape = decoded[0].shape[:2]
 
@@ -185,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="the model's intra-op threads, set as `kubeinfer serve --model-threads` sets them "
                              "(0: the libraries' defaults)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="batches run at once, each from a thread of its own, as `kubeinfer serve "
+                             "--model-instances` runs them (each with --threads intra-op threads)")
     parser.add_argument("--detector-backends", default="torch",
                         help="comma-separated engines for the detector limit (torch, onnx, auto); the fastest "
                              "is the limit")
@@ -203,18 +237,20 @@ def main(argv: list[str] | None = None) -> int:
         """Each measurement starts from the servers' thread settings: an ONNX Runtime detector leaves torch
         one thread (as it does in a server), which the torch backend after it must not inherit."""
         if args.threads:
-            threads.configure(args.threads)
+            threads.configure(args.threads, instances=args.instances)
 
     servers_threads()
     pixels, jpegs = load_payloads(args.payloads)
-    out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                           "instances": args.instances}
     if args.classifier:
-        out["classifier"] = classifier_limit(args.classifier, pixels, args.seconds)
+        out["classifier"] = classifier_limit(args.classifier, pixels, args.seconds, args.instances)
     if args.detector:
         by_backend = {}
         for name in filter(None, args.detector_backends.split(",")):
             servers_threads()
-            by_backend[name] = detector_limit(args.detector, jpegs, args.seconds, name, args.cache_dir)
+            by_backend[name] = detector_limit(args.detector, jpegs, args.seconds, name, args.cache_dir,
+                                              args.instances)
         out["detector"] = max(by_backend.values(), key=lambda r: r["images_per_s"])
         out["detector_by_backend"] = {r["backend"]: r for r in by_backend.values()}
         if args.ultralytics:

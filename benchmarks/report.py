@@ -33,8 +33,8 @@ def level(row: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
 
 
 def model_cpu_ms(limits: dict[str, Any], row: dict[str, Any], mean_batch: float | None) -> float | None:
-    """The model's own CPU ms per image (measured alone, with the servers' thread count) at the batch size
-    nearest the mean one formed."""
+    """The model's own CPU ms per image (measured alone, in the configuration the kubeinfer server runs it:
+    instances and threads) at the batch size nearest the mean one formed."""
     key = f"detector:{row.get('backend', '')}" if row["workload"] == "detector" else row["workload"]
     sizes = limits.get("model_cpu", {}).get(key)
     if not sizes or not mean_batch or "cpu_ms_per_image" not in sizes[0]:
@@ -51,6 +51,16 @@ def outside_model_ms(limits: dict[str, Any], row: dict[str, Any], lv: dict[str, 
 
 
 IDLE_GAP_MS = f"{IDLE_GAP_S * 1000:g}"
+
+
+def _kubeinfer_config(limits: dict[str, Any]) -> str:
+    """How kubeinfer's servers ran their models: the runtime's defaults, which the benchmark leaves alone."""
+    configs = limits.get("kubeinfer_model_config")
+    if not configs:
+        return "kubeinfer at the same thread count"
+    return "kubeinfer at its own defaults: " + ", ".join(
+        f"{model} {c['instances']} batch{'es' if c['instances'] > 1 else ''} at once x {c['threads']} "
+        f"thread{'s' if c['threads'] > 1 else ''}" for model, c in configs.items())
 
 
 def after_idle(limit: dict[str, Any]) -> str:
@@ -171,9 +181,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Machine: {meta['machine']}",
         f"- Load average (1 min) at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f}",
         f"- Settings: concurrency {meta['concurrency']}, {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s "
-        f"measured per level, batching {meta['batching']}, model threads {meta['torch_threads']} in every server "
-        f"(the limit: the faster of {meta.get('limit_threads', meta['torch_threads'])} and "
-        f"{meta['torch_threads']} threads)",
+        f"measured per level, batching {meta['batching']}, model threads {meta['torch_threads']} in every peer; "
+        f"{_kubeinfer_config(limits)} (the limit: each model's fastest of one batch at a time at "
+        f"{meta.get('limit_threads', meta['torch_threads'])} and {meta['torch_threads']} threads, and one batch "
+        "per core at once at 1 thread each)",
         f"- Load generator of the gRPC rows: {meta.get('load_generator', 'python')} (one connection, C streams; "
         "answers checked by a real gRPC client first)",
         f"- Command: `{meta['command']}`",

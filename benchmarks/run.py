@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable a
 
 from benchmarks import h2load, models, report, systems, venvs
 from benchmarks.processes import ManagedProcess, ServerError, cleanup_on_exit
-from kubeinfer.runtime.cpus import thread_budget, usable_cpus
+from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -102,23 +102,50 @@ def server_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def kubeinfer_model_config(task: str) -> tuple[int, int]:
+    """(instances, intra-op threads per instance) a kubeinfer server of ``task`` runs its model with here: the
+    runtime's own defaults, which the benchmark does not override."""
+    cpus = usable_cpus()
+    instances = default_instances(task, "cpu", cpus)
+    return instances, thread_budget(cpus, instances).model_threads
+
+
 def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
                    payloads: Path) -> dict[str, Any]:
-    """The raw models alone: the limit is the faster of the machine's every core (``--limit-threads``) and the
-    servers' thread count, per model; the model's CPU per image, subtracted from a server's, is always taken at
-    the servers' thread count."""
-    at_servers = _limits_at(args, files, detector, payloads, args.torch_threads, ultralytics=True)
-    if args.limit_threads == args.torch_threads:
-        return {**at_servers, "model_cpu": _model_cpu(at_servers)}
-    alone = _limits_at(args, files, detector, payloads, args.limit_threads, ultralytics=False)
-    best = dict(at_servers)
+    """The raw models alone, each in several configurations: one batch at a time at the servers' thread count
+    and at every core (``--limit-threads``), and one batch per core at one thread each (``--model-instances``),
+    plus whatever a kubeinfer server of that model runs. The limit is each model's fastest configuration, and
+    its batch-1 forward (the C=1 targets' base) the fastest lone one of any; the model's CPU per image,
+    subtracted from a kubeinfer server's, is taken at that server's configuration."""
+    servers = {"classifier": kubeinfer_model_config("classify"), "detector": kubeinfer_model_config("detect")}
+    configs = list(dict.fromkeys([(1, args.torch_threads), (1, args.limit_threads), (usable_cpus(), 1),
+                                  *servers.values()]))
+    runs = {config: _limits_at(args, files, detector, payloads, threads=config[1], instances=config[0],
+                               ultralytics=config == (1, args.torch_threads)) for config in configs}
+    best = dict(runs[(1, args.torch_threads)])
+    for run in runs.values():
+        for key in ("classifier", "detector"):
+            if key in run and run[key]["images_per_s"] > best[key]["images_per_s"]:
+                best[key] = run[key]
+        for backend, lim in run.get("detector_by_backend", {}).items():
+            if lim["images_per_s"] > best["detector_by_backend"][backend]["images_per_s"]:
+                best["detector_by_backend"] = {**best["detector_by_backend"], backend: lim}
+    def fastest_lone(limit: dict[str, Any], same: list[dict[str, Any]]) -> dict[str, Any]:
+        """``limit`` with the C=1 targets' base: the fastest lone batch-1 forward of any configuration."""
+        return {**limit, **{field: min(r[field] for r in same) for field in (
+            "latency_ms_batch1", "latency_ms_batch1_after_idle")}}
+
     for key in ("classifier", "detector"):
-        if key in alone and alone[key]["images_per_s"] > at_servers[key]["images_per_s"]:
-            best[key] = alone[key]
-    for backend, lim in alone.get("detector_by_backend", {}).items():
-        if lim["images_per_s"] > at_servers["detector_by_backend"][backend]["images_per_s"]:
-            best["detector_by_backend"] = {**best["detector_by_backend"], backend: lim}
-    return {**best, "model_cpu": _model_cpu(at_servers)}
+        if key in best:
+            best[key] = fastest_lone(best[key], [run[key] for run in runs.values()])
+    if "detector_by_backend" in best:
+        best["detector_by_backend"] = {
+            backend: fastest_lone(lim, [run["detector_by_backend"][backend] for run in runs.values()])
+            for backend, lim in best["detector_by_backend"].items()}
+    model_cpu = {**_model_cpu({k: v for k, v in runs[servers["classifier"]].items() if k == "classifier"}),
+                 **_model_cpu({k: v for k, v in runs[servers["detector"]].items() if k == "detector_by_backend"})}
+    return {**best, "model_cpu": model_cpu, "kubeinfer_model_config": {
+        key: {"instances": instances, "threads": threads} for key, (instances, threads) in servers.items()}}
 
 
 def _model_cpu(limits: dict[str, Any]) -> dict[str, Any]:
@@ -129,16 +156,17 @@ def _model_cpu(limits: dict[str, Any]) -> dict[str, Any]:
 
 
 def _limits_at(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
-               payloads: Path, threads: int, ultralytics: bool) -> dict[str, Any]:
+               payloads: Path, threads: int, instances: int, ultralytics: bool) -> dict[str, Any]:
     argv = [sys.executable, str(HERE / "limits.py"), "--payloads", str(payloads), "--seconds", str(args.limit_seconds),
-            "--threads", str(threads), "--cache-dir", str(EXPORTS)]
+            "--threads", str(threads), "--instances", str(instances), "--cache-dir", str(EXPORTS)]
     if files:
         argv += ["--classifier", str(files.model)]
     if detector:
         backends = "auto,torch" if "kubeinfer-detect-torch" in args.chosen else "auto"
         argv += ["--detector", str(detector), "--detector-backends", backends, *(["--ultralytics"] * ultralytics)]
-    proc = ManagedProcess(f"limits-{threads}", argv, args.work / "logs" / f"limits-{threads}.log",
-                          server_env(threads, {}), args.work, capture_stdout=True)
+    name = f"limits-{instances}x{threads}"
+    proc = ManagedProcess(name, argv, args.work / "logs" / f"{name}.log", server_env(threads, {}), args.work,
+                          capture_stdout=True)
     try:
         out, _ = proc.process.communicate(timeout=600)
         if proc.process.returncode != 0:
@@ -329,13 +357,14 @@ def main(argv: list[str] | None = None) -> int:
                 install_failures[name] = str(exc)
                 log(str(exc))
 
-        log(f"measuring the raw limits ({args.limit_threads} and {args.torch_threads} model threads)")
+        log(f"measuring the raw limits (one batch at a time at {args.limit_threads} and {args.torch_threads} model "
+            f"threads, and {usable_cpus()} at once at 1 thread)")
         limits = measure_limits(args, files, detector, payloads)
         for name, lim in [("classifier", limits.get("classifier")),
                           *((f"detector ({b})", lim) for b, lim in limits.get("detector_by_backend", {}).items())]:
             if lim:
-                log(f"  {name}: {lim['images_per_s']:.1f} img/s at batch {lim['best_batch_size']}, "
-                    f"batch-1 forward {lim['latency_ms_batch1']:.2f} ms")
+                log(f"  {name}: {lim['images_per_s']:.1f} img/s at batch {lim['best_batch_size']} x "
+                    f"{lim['instances']} at once, batch-1 forward {lim['latency_ms_batch1']:.2f} ms")
         if "detector_ultralytics" in limits:
             log(f"  ultralytics predict in-process: {limits['detector_ultralytics']['images_per_s']:.1f} img/s")
 
@@ -374,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": round(time.monotonic() - started, 1),
             },
             "limits": {k: v for k, v in limits.items()
-                       if k in ("classifier", "detector", "detector_by_backend", "detector_ultralytics", "model_cpu")},
+                       if k in ("classifier", "detector", "detector_by_backend", "detector_ultralytics", "model_cpu",
+                                "kubeinfer_model_config")},
             "rows": rows,
         }
         results["targets"] = report.evaluate_targets(results["limits"], rows, args.max_batch_size)

@@ -106,8 +106,7 @@ def grpc_floor() -> ServerPlan:
 def _kubeinfer_common(grpc: int, http: int, batch: int, s: Settings, name: str = MODEL_NAME) -> list[str]:
     return ["--model-name", name, "--host", "127.0.0.1", "--grpc-port", str(grpc), "--http-port", str(http),
             "--max-batch-size", str(batch), "--max-batch-delay-ms", str(s.max_batch_delay_ms),
-            "--shutdown-delay", "0", "--grace-period", "5", "--log-level", "warning",
-            "--model-threads", str(s.torch_threads)]
+            "--shutdown-delay", "0", "--grace-period", "5", "--log-level", "warning"]  # its own thread budget
 
 
 def kserve(model: Path, s: Settings) -> ServerPlan:

@@ -38,7 +38,8 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         iou=info.thresholds.iou, similarity=info.thresholds.similarity, version=info.version,
         segmentation=info.segmentation, top_k=info.top_k, window=info.window, active_streams=info.active_streams,
         max_streams=info.max_streams, gallery_size=info.gallery_size, gallery_dimension=info.gallery_dimension,
-        gallery_labels=list(info.gallery_labels), operations=list(info.operations), backend=info.backend)
+        gallery_labels=list(info.gallery_labels), operations=list(info.operations), backend=info.backend,
+        instances=info.batching.instances, threads=info.batching.threads)
 
 
 def recognition(result: pb.Recognition) -> Recognition:

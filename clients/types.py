@@ -56,6 +56,8 @@ class ModelInfo:
     gallery_labels: list[str]
     operations: list[str]
     backend: str = ""  # the engine running the model: torch or onnx (detect); empty where not reported
+    instances: int = 0  # batches the model runs at once; 0 where not reported
+    threads: int = 0  # the model's intra-op threads per instance; 0 where not reported
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,8 @@ def runtime_args(spec: ServiceSpec, name: str, paths: dict[str, str]) -> list[st
             args += ["--base-data", paths["base-data"], "--gallery-batch-size", str(spec.gallery_batch_size)]
     args += ["--max-batch-size", str(spec.max_batch_size), "--max-batch-delay-ms", _num(spec.max_delay_ms),
              "--max-message-bytes", str(spec.max_message_bytes), "--workers", str(spec.workers)]
+    if spec.instances is not None:
+        args += ["--model-instances", str(spec.instances)]
     if spec.frontends > 1:
         args += ["--frontends", str(spec.frontends)]
     if spec.gpus > 0:

@@ -133,6 +133,7 @@ class ServiceSpec:
     top_k: int = DEFAULT_TOP_K
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS
+    instances: int | None = None  # batches run at once per replica; None: the runtime's default for the task
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = DEFAULT_WORKERS
     frontends: int = 1
@@ -217,6 +218,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         top_k=reader.integer("topK", DEFAULT_TOP_K, 1, 1000),
         max_batch_size=reader.integer("batching.maxBatchSize", DEFAULT_MAX_BATCH_SIZE, 1, 1024),
         max_delay_ms=reader.number("batching.maxDelayMs", DEFAULT_MAX_DELAY_MS, 0.0, 10_000.0),
+        instances=reader.integer("batching.instances", None, 1, 64),
         max_message_bytes=reader.integer("grpc.maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES, 1024, 2**31 - 1),
         workers=reader.integer("grpc.workers", DEFAULT_WORKERS, 1, 64),
         frontends=frontends,

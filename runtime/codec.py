@@ -163,7 +163,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         gallery_labels=info.gallery_labels, operations=info.operations,
         batching=pb.Batching(max_batch_size=info.batching.max_batch_size,
                              max_batch_delay_ms=info.batching.max_batch_delay_ms,
-                             max_queue_size=info.batching.max_queue_size))
+                             max_queue_size=info.batching.max_queue_size,
+                             instances=info.batching.instances, threads=info.batching.threads))
     if info.thresholds is not None:
         t = info.thresholds
         message.thresholds.SetInParent()

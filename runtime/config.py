@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kubeinfer.runtime.cpus import thread_budget, usable_cpus
+from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 
 BACKENDS = ("auto", "torch", "onnx")
 DECODE_DEVICES = ("auto", "cpu", "model")
@@ -48,6 +48,7 @@ class ServeConfig:
     workers: int
     frontends: int
     frontend_queue_size: int
+    model_instances: int
     model_threads: int
     model_spinning: str
     backend: str
@@ -88,6 +89,11 @@ class ServeConfig:
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
         values = {f.name: getattr(args, f.name) for f in fields(cls)}
         values["model_name"] = values["model_name"] or values["task"]
+        cpus = usable_cpus()
+        if values["model_instances"] is None:
+            values["model_instances"] = default_instances(values["task"], values["device"], cpus)
+        if values["model_threads"] is None:  # the usable CPUs shared between the instances
+            values["model_threads"] = thread_budget(cpus, values["model_instances"]).model_threads
         config = cls(**values)
         config.validate()
         return config
@@ -115,6 +121,7 @@ class ServeConfig:
             (self.frontends == 1 or (self.grpc_port > 0 and self.http_port > 0),
              "--frontends > 1 needs fixed --grpc-port and --http-port (the frontends share them; 0 would give "
              "each frontend ports of its own)"),
+            (self.model_instances >= 1, "--model-instances must be at least 1"),
             (self.model_threads >= 1, "--model-threads must be at least 1"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES, f"--decode-device must be one of {', '.join(DECODE_DEVICES)}"),
@@ -246,8 +253,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "with --frontends > 1: images each frontend may have waiting for the model (its shared-memory "
                  "slots, --frontends x this x the model's input in /dev/shm) before it refuses requests "
                  "(RESOURCE_EXHAUSTED)")
-    flag_serving("model-threads", int, budget.model_threads,
-                 "the model's intra-op threads, torch and ONNX Runtime (default: the usable CPUs)")
+    flag_serving("model-instances", int, None,
+                 "batches the model runs at once, each in a thread of its own taking them from the one queue "
+                 "(Triton's instance count; the weights are loaded once and shared). Default: 2 for detect on "
+                 "the CPU (with 2 or more usable CPUs), else 1")
+    flag_serving("model-threads", int, None,
+                 "the model's intra-op threads per instance, torch and ONNX Runtime (default: the usable CPUs "
+                 "divided between the instances)")
     flag_serving("model-spinning", _spinning, "run",
                  "ONNX Runtime's intra-op threads busy-wait for work: run (while a batch runs, stopping when it "
                  "ends), always (between batches too: lower latency on dedicated cores, stolen cycles on shared "

@@ -113,7 +113,8 @@ class DataPlane:
         # the file's name, never its path: clients have no business with the server's file system
         info = ModelInfo(task=c.task, model_name=c.model_name, model_path=c.model.name if c.model else "",
                          device=c.device, version=__version__,
-                         batching=Batching(c.max_batch_size, c.max_batch_delay_ms, c.max_queue_size))
+                         batching=Batching(c.max_batch_size, c.max_batch_delay_ms, c.max_queue_size,
+                                           c.model_instances, c.model_threads))
         return self.task.info(info) if self.task is not None else info
 
     async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:

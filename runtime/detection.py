@@ -144,7 +144,8 @@ class Detector:
                              exported_from=path if choice.path != path else None)
         batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
             "detect", model.forward, max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)
+            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,
+            instances=config.model_instances)
         return cls(config, model, batcher)
 
     def thresholds(self) -> Thresholds:

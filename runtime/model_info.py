@@ -14,6 +14,8 @@ class Batching:
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
+    instances: int = 1
+    threads: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,8 @@ class Runtime:
     def _build_task(self) -> Task:
         """The thread budget first (torch's thread count must be set before its first parallel work), then the
         task with its model."""
-        threads.configure(self.config.model_threads, spinning=self.config.model_spinning)
+        threads.configure(self.config.model_threads, spinning=self.config.model_spinning,
+                          instances=self.config.model_instances)
         return build_task(self.config, self.metrics, self.pool)
 
     def _install_signal_handlers(self) -> None:

@@ -13,6 +13,7 @@ from conftest import fresh_images, iou
 from runtime_support import CACHE, RuntimeProcess
 
 from kubeinfer.clients import Client
+from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo import YoloDetector
@@ -82,8 +83,13 @@ def test_served_backend_in_model_info_and_metrics(detect_runtime: RuntimeProcess
     with grpc.insecure_channel(detect_runtime.grpc_target) as channel:
         info = InferenceStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30)
     assert (info.model_format, info.backend) == ("pytorch", "onnx")
+    instances = default_instances("detect", "cpu", usable_cpus())  # the runtime's defaults on this machine
+    assert (info.batching.instances, info.batching.threads) == (
+        instances, thread_budget(usable_cpus(), instances).model_threads)
     with Client(detect_runtime.grpc_target) as client:
-        assert client.model_info().backend == "onnx"
+        described = client.model_info()
+    assert (described.backend, described.instances, described.threads) == (
+        "onnx", info.batching.instances, info.batching.threads)
     with urllib.request.urlopen(detect_runtime.http_url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     assert 'backend="onnx"' in next(line for line in text.splitlines() if line.startswith("kubeinfer_build_info"))

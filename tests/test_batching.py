@@ -90,6 +90,64 @@ async def test_items_queued_while_the_model_runs_form_the_next_batch() -> None:
     assert model.batches == [[0], list(range(1, 9))]
 
 
+async def test_instances_run_their_batches_at_the_same_time() -> None:
+    """Two instances: each batch waits at a barrier for the other, which only a second thread can reach."""
+    meeting = threading.Barrier(2, timeout=5)
+    seen: set[str] = set()
+
+    def meet(items: Sequence[int]) -> list[int]:
+        seen.add(threading.current_thread().name)
+        meeting.wait()
+        return [2 * i for i in items]
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("pair", meet, max_batch_size=4, max_delay_s=0.0,
+                                                       max_queue_size=64, instances=2)
+    batcher.start()
+    results = await batcher.submit_many(list(range(8)))
+    await asyncio.to_thread(batcher.stop)
+    assert results == [2 * i for i in range(8)]
+    assert not meeting.broken
+    assert seen == {"batcher-pair", "batcher-pair-1"}
+    assert batcher.instances == 2
+
+
+async def test_one_instance_runs_one_batch_at_a_time() -> None:
+    """The default: a second batch waits for the first (a barrier for two would time out, failing them)."""
+    meeting = threading.Barrier(2, timeout=0.3)
+
+    def meet(items: Sequence[int]) -> list[int]:
+        meeting.wait()
+        return list(items)
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("single", meet, max_batch_size=4, max_delay_s=0.0,
+                                                       max_queue_size=64)
+    batcher.start()
+    with pytest.raises(InferenceError) as failed:
+        await batcher.submit_many(list(range(8)))
+    await asyncio.to_thread(batcher.stop)
+    assert failed.value.code is Code.INTERNAL
+
+
+async def test_stop_lets_every_instance_finish_the_queue() -> None:
+    model = RecordingModel(delay=0.05)
+    batcher = make(model, max_batch_size=2, max_delay_s=0.0, instances=3)
+    pending = asyncio.ensure_future(batcher.submit_many(list(range(12))))
+    await asyncio.sleep(0.02)
+    await asyncio.to_thread(batcher.stop)
+    assert await pending == [2 * i for i in range(12)]
+    assert sorted(i for batch in model.batches for i in batch) == list(range(12))
+    assert all(len(batch) <= 2 for batch in model.batches)
+    assert len(model.threads) > 1
+    with pytest.raises(InferenceError) as refused:
+        await batcher.submit(1)
+    assert refused.value.code is Code.UNAVAILABLE
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="instances"):
+        DynamicBatcher("none", RecordingModel(), max_batch_size=1, max_delay_s=0.0, max_queue_size=1, instances=0)
+
+
 async def test_a_failing_batch_fails_its_callers_only_and_the_thread_keeps_serving() -> None:
     model = RecordingModel()
     model.fail_on = {13}

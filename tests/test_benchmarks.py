@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from runtime_support import REPO
 
+from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
+
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # appended: the repo root's `operator/` must not shadow the stdlib module
 
-from benchmarks import load, report
+from benchmarks import limits, load, report
 
 RUN = REPO / "benchmarks" / "run.py"
 
@@ -102,6 +104,22 @@ def _bench_processes(work: Path) -> list[int]:
     return found
 
 
+def test_limit_sweep_runs_its_batches_from_as_many_threads_as_instances() -> None:
+    import threading
+
+    callers: set[str] = set()
+
+    def forward(n: int) -> None:
+        callers.add(threading.current_thread().name)
+        time.sleep(0.001 * n)
+
+    result = limits.sweep(forward, 0.06, batch_sizes=(1, 4), rounds=1, instances=3)
+    assert len(callers - {threading.current_thread().name}) == 6  # three threads per batch size
+    assert result["instances"] == 3 and [r["batch_size"] for r in result["by_batch_size"]] == [1, 4]
+    # three sleepers at once: more images per second than one could do (1000 / 4 ms x 4 per batch = 1000)
+    assert result["by_batch_size"][1]["images_per_s"] > 1000
+
+
 def _bench_cmd(tmp_path: Path, *extra: str) -> list[str]:
     return [sys.executable, str(RUN), "--systems", "kubeinfer-detect", "--no-peers", "--concurrency", "1,16",
             "--duration", "1", "--warmup", "0.3", "--limit-seconds", "0.3", "--out", str(tmp_path / "results"),
@@ -124,6 +142,10 @@ def test_run_measures_a_served_detector_and_writes_results(detector_model: Path,
     assert limit["images_per_s"] > 0 and limit["latency_ms_batch1"] > 0 and limit["latency_ms_batch1_after_idle"] > 0
     assert limit["best_batch_size"] in [r["batch_size"] for r in limit["by_batch_size"]]
     assert "classifier" not in results["limits"]
+    instances = default_instances("detect", "cpu", usable_cpus())
+    assert results["limits"]["kubeinfer_model_config"]["detector"] == {
+        "instances": instances, "threads": thread_budget(usable_cpus(), instances).model_threads}
+    assert [r["batch_size"] for r in results["limits"]["model_cpu"]["detector:onnx"]] == [1, 2, 4, 8, 16, 32]
 
     rows = {r["key"]: r for r in results["rows"]}
     assert set(rows) == {"kubeinfer-detect-b16", "kubeinfer-detect-b1"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
-from kubeinfer.runtime.cpus import cgroup_cpu_limit, thread_budget, usable_cpus
+from kubeinfer.runtime.cpus import cgroup_cpu_limit, default_instances, thread_budget, usable_cpus
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -69,6 +69,16 @@ def test_thread_budget_split() -> None:
     assert (thread_budget(1).model_threads, thread_budget(1).workers) == (1, 1)
     assert (thread_budget(2).model_threads, thread_budget(2).workers) == (2, 2)
     assert (thread_budget(64).model_threads, thread_budget(64).workers) == (64, 4)
+    assert (thread_budget(2, 2).model_instances, thread_budget(2, 2).model_threads) == (2, 1)
+    assert (thread_budget(16, 2).model_threads, thread_budget(3, 2).model_threads, thread_budget(1, 4).model_threads) \
+        == (8, 1, 1)
+
+
+def test_default_instances_two_for_a_cpu_detector_only() -> None:
+    assert [default_instances("detect", "cpu", cpus) for cpus in (1, 2, 64)] == [1, 2, 2]
+    assert default_instances("detect", "cuda:0", 8) == 1
+    assert {default_instances(task, "cpu", 8) for task in ("classify", "stream-classify", "recognize", "video")} \
+        == {1}
 
 
 def parse(*args: str) -> ServeConfig:
@@ -80,11 +90,19 @@ def parse(*args: str) -> ServeConfig:
 def test_thread_flags_default_from_the_budget_and_override() -> None:
     budget = thread_budget(usable_cpus())
     default = parse()
-    assert (default.model_threads, default.workers, default.model_spinning) == (
-        budget.model_threads, budget.workers, "run")
+    assert (default.model_instances, default.model_threads, default.workers, default.model_spinning) == (
+        1, budget.model_threads, budget.workers, "run")
+    instances = default_instances("detect", "cpu", usable_cpus())
+    detector = parse("--task", "detect", "--model", __file__)  # any existing file: parsing does not load it
+    assert (detector.model_instances, detector.model_threads) == (
+        instances, thread_budget(usable_cpus(), instances).model_threads)
+    assert parse("--model-instances", "4").model_threads == max(1, usable_cpus() // 4)
+    assert (parse("--model-instances", "3", "--model-threads", "2").model_threads) == 2
     chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "always", "--backend", "torch")
     assert (chosen.model_threads, chosen.workers, chosen.model_spinning, chosen.backend) == (3, 5, "always", "torch")
     assert [parse("--model-spinning", given).model_spinning for given in ("true", "false", "OFF")] == [
         "always", "off", "off"]
     with pytest.raises(ConfigError, match="--model-threads"):
         parse("--model-threads", "0")
+    with pytest.raises(ConfigError, match="--model-instances"):
+        parse("--model-instances", "0")

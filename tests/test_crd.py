@@ -346,6 +346,7 @@ BAD_SPECS: list[Case] = [
     *bound(DETECT, "topK", 1, 1000),
     *bound(DETECT, "batching__maxBatchSize", 1, 1024),
     *bound(DETECT, "batching__maxDelayMs", 0, 10000, 0.5),
+    *bound(DETECT, "batching__instances", 1, 64),
     *bound(DETECT, "grpc__maxMessageBytes", 1024, 2147483647),
     *bound(DETECT, "grpc__workers", 1, 64),
     *bound(DETECT, "grpc__frontends", 1, 64),

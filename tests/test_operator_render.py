@@ -243,6 +243,15 @@ def test_video_without_model_and_user_settings_pass_through() -> None:
     assert container["resources"] == {"requests": {"cpu": 1, "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 
 
+def test_model_instances_pass_through_and_unset_leaves_the_runtime_default() -> None:
+    def args(spec: dict) -> list[str]:
+        return children(spec)["Deployment/svc"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    chosen = args({"task": "detect", "model": {"uri": "/m.pt"}, "batching": {"instances": 3}})
+    assert serve_args(chosen).model_instances == 3
+    assert "--model-instances" not in args({"task": "detect", "model": {"uri": "/m.pt"}})
+
+
 def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
     objs = children({"task": "detect", "model": {"uri": "/m.pt"}, "grpc": {"frontends": 4}})
     pod = objs["Deployment/svc"]["spec"]["template"]["spec"]

@@ -120,7 +120,8 @@ class ModelProcess:
                  self.config.device, self.config.frontends)
 
     def _build_task(self) -> DetectTask:
-        threads.configure(self.config.model_threads, spinning=self.config.model_spinning)
+        threads.configure(self.config.model_threads, spinning=self.config.model_spinning,
+                          instances=self.config.model_instances)
         return DetectTask(self.config, self.metrics, self.pool)
 
     def _check_shared_memory(self, shape: tuple[int, ...]) -> None:

@@ -10,7 +10,8 @@ workers of its own, kept until that thread exits. While the teams' threads outnu
 letting idle workers spin, and each of the model's parallel regions then waits for its workers to be woken:
 the benchmark classifier ran 2x slower in the batcher's thread (1,313 against 2,305 images/s at batch 8) when
 the thread that had loaded it was still alive. So the model loads in a thread that exits afterwards
-(``in_passing_thread``), and the batcher's thread is the only one left running torch's parallel work.
+(``in_passing_thread``), and the batcher's threads (one per model instance) are the only ones left running
+torch's parallel work.
 
 libgomp's workers keep its default spinning (300,000 rounds, about 2 ms here, after each parallel section):
 with fewer rounds (``GOMP_SPINCOUNT=30000``) they stopped burning a core between batches, but a worker woken
@@ -24,28 +25,31 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 _threads = 0  # 0: the libraries' own defaults (configure() was not called: tests building models directly)
+_instances = 1
 _spinning = "off"
 
 
-def configure(threads: int, spinning: str = "off") -> None:
-    """Give torch ``threads`` intra-op threads (one inter-op thread) and remember both for ORT sessions."""
+def configure(threads: int, spinning: str = "off", instances: int = 1) -> None:
+    """Give torch ``threads`` intra-op threads (one inter-op thread) and remember both for ORT sessions;
+    ``instances``: batches run at once, each with ``threads`` of its own (``lone_batch_threads``)."""
     import torch
 
-    global _threads, _spinning
-    _threads, _spinning = max(1, threads), spinning
+    global _threads, _spinning, _instances
+    _threads, _spinning, _instances = max(1, threads), spinning, max(1, instances)
     torch.set_num_threads(_threads)
-    # the batcher calls the model from one thread: no inter-op parallelism; RuntimeError: already set, or
+    # each batcher thread runs its batch on its own: no inter-op parallelism; RuntimeError: already set, or
     # inter-op work already ran in this process
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    log.info("model threads: %d (ONNX Runtime spinning: %s)", _threads, spinning)
+    log.info("model: %d instance%s x %d intra-op thread%s (ONNX Runtime spinning: %s)", instances,
+             "" if instances == 1 else "s", _threads, "" if _threads == 1 else "s", spinning)
 
 
 def torch_for_small_work() -> None:
@@ -66,14 +70,22 @@ def configured_threads() -> int:
     return _threads
 
 
-def ort_session_options() -> Any:
-    """ONNX Runtime session options with this process's thread count and spinning setting."""
+def lone_batch_threads() -> int:
+    """Threads for a batch that has the model to itself: every instance's (0 when ``configure`` was not
+    called, or with one instance: no second session is worth its memory then)."""
+    return _threads * _instances if _threads and _instances > 1 else 0
+
+
+def ort_session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime session options with this process's spinning setting and ``threads`` intra-op threads
+    (default: the per-instance count ``configure`` set)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if _threads:
-        options.intra_op_num_threads = _threads
+    threads = threads or _threads
+    if threads:
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # "run": workers spin between the parallel sections of a batch (no wake-up per section) and stop when the
@@ -85,6 +97,27 @@ def ort_session_options() -> Any:
     if _spinning == "run":
         options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
+
+
+class BatchesInModel:
+    """How many batches are inside the model now, from the batcher's instance threads: a batch that enters
+    alone may take every instance's threads (``lone_batch_threads``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[bool]:
+        """Count this batch in for the block; yields whether it entered alone."""
+        with self._lock:
+            self._count += 1
+            alone = self._count == 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._count -= 1
 
 
 async def in_passing_thread(work: Callable[[], T], name: str = "model-load") -> T:

@@ -30,7 +30,12 @@ from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argum
 from kubeinfer.runtime.models.device_images import decode_jpegs, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
 from kubeinfer.runtime.models.stacking import stack_holding_gil
-from kubeinfer.runtime.models.threads import ort_session_options, torch_for_small_work
+from kubeinfer.runtime.models.threads import (
+    BatchesInModel,
+    lone_batch_threads,
+    ort_session_options,
+    torch_for_small_work,
+)
 from kubeinfer.runtime.models.torchscript import scripted
 from kubeinfer.runtime.models.yolo_io import (
     LETTERBOX_FILL,
@@ -60,6 +65,8 @@ class YoloDetector:
         self.path = path
         self.device = torch.device(device)
         self._session: Any = None  # the ONNX Runtime session run directly (``_run_model``), when it can be
+        self._lone_session: Any = None  # the same model with every instance's threads, for a batch alone
+        self._batches = BatchesInModel()
         try:
             self.backend = AutoBackend(str(path), device=self.device, fp16=False, fuse=True, verbose=False)
         except Exception as exc:
@@ -92,6 +99,11 @@ class YoloDetector:
             self._session = inner.session
             self._input_name = inner.session.get_inputs()[0].name
             self._output_names = [output.name for output in inner.session.get_outputs()]
+            if lone := lone_batch_threads():
+                # several instances: a batch with the model to itself (a lone request) runs on all their
+                # threads, at the cost of the weights held twice; batches that overlap run on their own share
+                self._lone_session = ort.InferenceSession(str(self.path), ort_session_options(lone),
+                                                          providers=["CPUExecutionProvider"])
 
     def _input_size(self, requested: int | None) -> int:
         size = requested
@@ -128,8 +140,12 @@ class YoloDetector:
         """Run the model once for the whole batch (inference thread), ``EncodedJpeg`` items decoded and
         letterboxed here first; the boxes of every image that carries a ``Selection`` are selected in one step
         for the batch, on the model's device, and only the selected rows come back to the CPU."""
+        with self._batches.entered() as alone:  # the whole step: overlapping batches share the cores throughout
+            return self._forward(batch, alone)
+
+    def _forward(self, batch: Sequence[BatchItem], alone: bool) -> list[RawDetections]:
         images, errors = self._model_input(batch)
-        predictions, prototypes = _split_output(self._run_model(_scaled_input()(images)))
+        predictions, prototypes = _split_output(self._run_model(_scaled_input()(images), alone))
         if predictions.dtype != torch.float32:  # each tensor call drops the GIL (``stacking``): none for nothing
             predictions = predictions.float()
         if prototypes is not None and prototypes.dtype != torch.float32:
@@ -158,13 +174,15 @@ class YoloDetector:
                               None if prototypes is None else host_prototypes.get(i, prototypes[i]),
                               kept[i], boxes[i], errors.get(i)) for i in range(len(batch))]
 
-    def _run_model(self, model_input: torch.Tensor) -> object:
+    def _run_model(self, model_input: torch.Tensor, alone: bool = False) -> object:
         """The model's raw output for a float batch: straight from the ONNX Runtime session of a dynamic-batch
         export on the CPU (what AutoBackend would do, without its device moves and conversions, each of which
-        drops the GIL), else through AutoBackend (static-batch padding, NMS exports, other engines)."""
+        drops the GIL), else through AutoBackend (static-batch padding, NMS exports, other engines). A batch
+        ``alone`` in the model runs on every instance's threads where there is a session for that."""
         if self._session is None:
             return self.backend(model_input)
-        outputs = self._session.run(self._output_names, {self._input_name: model_input.numpy()})
+        session = self._lone_session if alone and self._lone_session is not None else self._session
+        outputs = session.run(self._output_names, {self._input_name: model_input.numpy()})
         return [torch.from_numpy(output) for output in outputs]
 
     def _model_input(self, batch: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, InferenceError]]:

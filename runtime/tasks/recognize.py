@@ -96,7 +96,8 @@ class RecognizeTask(Task):
                                     resize_mode=config.resize_mode, optimize=config.torchscript_optimize)
         self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             "recognize", self._encode_batch, max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics)
+            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,
+            instances=config.model_instances)
         self._started = False
         self._gallery = self._matching(from_file) if from_file is not None else self._load(executor=pool)
         self._watcher: GalleryWatcher | None = (GalleryWatcher(self, POLL_SECONDS)

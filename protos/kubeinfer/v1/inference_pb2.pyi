@@ -75,14 +75,18 @@ class ModelInfo(_message.Message):
     def __init__(self, task: _Optional[str] = ..., model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., model_format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., version: _Optional[str] = ..., segmentation: _Optional[bool] = ..., top_k: _Optional[int] = ..., window: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., gallery_size: _Optional[int] = ..., gallery_dimension: _Optional[int] = ..., gallery_labels: _Optional[_Iterable[str]] = ..., operations: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class Batching(_message.Message):
-    __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue_size")
+    __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue_size", "instances", "threads")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
+    instances: int
+    threads: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., instances: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class Thresholds(_message.Message):
     __slots__ = ("confidence", "iou", "similarity")

@@ -50,11 +50,12 @@ def default_instances(task: str, device: str, cpus: int) -> int:
     """How many batches the model runs at once by default: two for a detector on the CPU, else one.
 
     On this project's 2-core machine two batches at one intra-op thread each did more than one batch at two
-    threads where the model is most of the work: the demo detector (ONNX Runtime) served 446-464 requests/s
-    at concurrency 16 against 398-407 (alone: 806 images/s against 650 at batch 8), since a single-threaded
-    forward has no parallel sections whose workers must be woken and waited for. The classifier's model is
-    cheap beside the transport, and a second batch thread only took the GIL from the event loop more often:
-    777 against 874-891 requests/s. On a GPU no second instance has been measured, so one.
+    threads where the model is most of the work: the demo detector (ONNX Runtime) served 435-464 requests/s
+    at concurrency 16 against 387-407 (alone: 806 images/s against 650 at batch 8), since a single-threaded
+    forward has no parallel sections whose workers must be woken and waited for (a lone batch still gets every
+    instance's threads: ``YoloDetector``). The classifier's model is cheap beside the transport, and a second
+    batch thread only took the GIL from the event loop more often: 777 against 874-891 requests/s. On a GPU
+    no second instance has been measured, so one.
     """
     if task == "detect" and device == "cpu":
         return max(1, min(cpus, CPU_DETECTOR_INSTANCES))

@@ -203,7 +203,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
 
     lines += ["## The limit: the raw model in-process, no serving", "",
-              "| model | best batch | img/s at best batch | batch-1 forward p50 ms "
+              "| model | best batch (batches at once) | img/s at best batch | fastest lone batch-1 forward p50 ms "
               f"| the same after {IDLE_GAP_MS} ms idle | preprocess ms/img | img/s by batch size |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     measured = [(workload, limits.get(workload)) for workload in WORKLOADS if workload != "detector"]
@@ -215,13 +215,13 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         by = ", ".join(f"{r['batch_size']}: {r['images_per_s']:.0f}" for r in lim["by_batch_size"])
         idle = lim.get("latency_ms_batch1_after_idle")
-        lines.append(f"| {name} | {lim['best_batch_size']} | {lim['images_per_s']:.1f} | "
+        lines.append(f"| {name} | {lim['best_batch_size']} ({lim.get('instances', 1)}) | {lim['images_per_s']:.1f} | "
                      f"{lim['latency_ms_batch1']:.2f} | {'—' if idle is None else f'{idle:.2f}'} | "
                      f"{lim['preprocess_ms_per_image']:.2f} | {by} |")
     predict = limits.get("detector_ultralytics")
     if predict:
         lines.append(f"| detector: ultralytics `predict` in-process, JPEG decoding and NMS included "
-                     f"| {predict['best_batch_size']} | {predict['images_per_s']:.1f} | — | — | — | — |")
+                     f"| {predict['best_batch_size']} (1) | {predict['images_per_s']:.1f} | — | — | — | — |")
     lines.append("")
 
     for workload, title in WORKLOADS.items():

@@ -102,11 +102,11 @@ def server_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def kubeinfer_model_config(task: str) -> tuple[int, int]:
-    """(instances, intra-op threads per instance) a kubeinfer server of ``task`` runs its model with here: the
-    runtime's own defaults, which the benchmark does not override."""
+def kubeinfer_model_config(task: str, engine: str = "onnx") -> tuple[int, int]:
+    """(instances, intra-op threads per instance) a kubeinfer server of ``task`` runs its model with here, on
+    ``engine``: the runtime's own defaults, which the benchmark does not override."""
     cpus = usable_cpus()
-    instances = default_instances(task, "cpu", cpus)
+    instances = default_instances(task, "cpu", cpus, engine)
     return instances, thread_budget(cpus, instances).model_threads
 
 
@@ -117,7 +117,9 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
     plus whatever a kubeinfer server of that model runs. The limit is each model's fastest configuration, and
     its batch-1 forward (the C=1 targets' base) the fastest lone one of any; the model's CPU per image,
     subtracted from a kubeinfer server's, is taken at that server's configuration."""
-    servers = {"classifier": kubeinfer_model_config("classify"), "detector": kubeinfer_model_config("detect")}
+    servers = {"classifier": kubeinfer_model_config("classify", "torch"),
+               "detector": kubeinfer_model_config("detect", "onnx"),
+               "detector on torch": kubeinfer_model_config("detect", "torch")}
     configs = list(dict.fromkeys([(1, args.torch_threads), (1, args.limit_threads), (usable_cpus(), 1),
                                   *servers.values()]))
     runs = {config: _limits_at(args, files, detector, payloads, threads=config[1], instances=config[0],
@@ -130,6 +132,7 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
         for backend, lim in run.get("detector_by_backend", {}).items():
             if lim["images_per_s"] > best["detector_by_backend"][backend]["images_per_s"]:
                 best["detector_by_backend"] = {**best["detector_by_backend"], backend: lim}
+
     def fastest_lone(limit: dict[str, Any], same: list[dict[str, Any]]) -> dict[str, Any]:
         """``limit`` with the C=1 targets' base: the fastest lone batch-1 forward of any configuration."""
         return {**limit, **{field: min(r[field] for r in same) for field in (
@@ -142,17 +145,15 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
         best["detector_by_backend"] = {
             backend: fastest_lone(lim, [run["detector_by_backend"][backend] for run in runs.values()])
             for backend, lim in best["detector_by_backend"].items()}
-    model_cpu = {**_model_cpu({k: v for k, v in runs[servers["classifier"]].items() if k == "classifier"}),
-                 **_model_cpu({k: v for k, v in runs[servers["detector"]].items() if k == "detector_by_backend"})}
+    model_cpu: dict[str, Any] = {}  # per model (and detector engine): CPU ms per image by batch size
+    if "classifier" in runs[servers["classifier"]]:
+        model_cpu["classifier"] = runs[servers["classifier"]]["classifier"]["by_batch_size"]
+    for backend, config in (("onnx", servers["detector"]), ("torch", servers["detector on torch"])):
+        measured = runs[config].get("detector_by_backend", {}).get(backend)
+        if measured:
+            model_cpu[f"detector:{backend}"] = measured["by_batch_size"]
     return {**best, "model_cpu": model_cpu, "kubeinfer_model_config": {
         key: {"instances": instances, "threads": threads} for key, (instances, threads) in servers.items()}}
-
-
-def _model_cpu(limits: dict[str, Any]) -> dict[str, Any]:
-    """Per model (and detector backend): CPU ms per image by batch size."""
-    cpu = {key: limits[key]["by_batch_size"] for key in ("classifier",) if key in limits}
-    cpu.update({f"detector:{b}": lim["by_batch_size"] for b, lim in limits.get("detector_by_backend", {}).items()})
-    return cpu
 
 
 def _limits_at(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,

@@ -91,7 +91,8 @@ class ServeConfig:
         values["model_name"] = values["model_name"] or values["task"]
         cpus = usable_cpus()
         if values["model_instances"] is None:
-            values["model_instances"] = default_instances(values["task"], values["device"], cpus)
+            values["model_instances"] = default_instances(values["task"], values["device"], cpus,
+                                                          expected_engine(values["model"], values["backend"]))
         if values["model_threads"] is None:  # the usable CPUs shared between the instances
             values["model_threads"] = thread_budget(cpus, values["model_instances"]).model_threads
         config = cls(**values)
@@ -184,6 +185,16 @@ def _boolean(text: str) -> bool:
 SPINNING = ("off", "run", "always")
 
 
+def expected_engine(model: Path | None, backend: str) -> str:
+    """The engine a model file will run on, before loading it: onnx for an ONNX file or a ``.pt`` that
+    ``--backend auto|onnx`` exports (an ``auto`` export that fails falls back to torch at load, with a log
+    line), else torch."""
+    if model is None:
+        return "none"
+    suffix = model.suffix.lower()
+    return "onnx" if suffix == ".onnx" or (suffix == ".pt" and backend != "torch") else "torch"
+
+
 def _spinning(text: str) -> str:
     lowered = text.strip().lower()
     if lowered in SPINNING:
@@ -256,7 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_serving("model-instances", int, None,
                  "batches the model runs at once, each in a thread of its own taking them from the one queue "
                  "(Triton's instance count; the weights are loaded once and shared). Default: 2 for detect on "
-                 "the CPU (with 2 or more usable CPUs), else 1")
+                 "the CPU through ONNX Runtime (with 2 or more usable CPUs), else 1")
     flag_serving("model-threads", int, None,
                  "the model's intra-op threads per instance, torch and ONNX Runtime (default: the usable CPUs "
                  "divided between the instances)")

@@ -46,18 +46,21 @@ class ThreadBudget:
     workers: int
 
 
-def default_instances(task: str, device: str, cpus: int) -> int:
-    """How many batches the model runs at once by default: two for a detector on the CPU, else one.
+def default_instances(task: str, device: str, cpus: int, engine: str = "onnx") -> int:
+    """How many batches the model runs at once by default: two for a detector that ONNX Runtime runs on the
+    CPU (``engine``: the one expected from the model file and ``--backend``), else one.
 
     On this project's 2-core machine two batches at one intra-op thread each did more than one batch at two
     threads where the model is most of the work: the demo detector (ONNX Runtime) served 435-464 requests/s
     at concurrency 16 against 387-407 (alone: 806 images/s against 650 at batch 8), since a single-threaded
     forward has no parallel sections whose workers must be woken and waited for (a lone batch still gets every
     instance's threads: ``YoloDetector``). The classifier's model is cheap beside the transport, and a second
-    batch thread only took the GIL from the event loop more often: 777 against 874-891 requests/s. On a GPU
-    no second instance has been measured, so one.
+    batch thread only took the GIL from the event loop more often: 777 against 874-891 requests/s. The same
+    detector on torch served less at concurrency 1-16 with two (C=16: 250-282 against 305 requests/s; C=1 p50
+    8.6-9.0 against 6.8 ms): torch's threads are process-wide, so a lone batch cannot take both. On a GPU no
+    second instance has been measured, so one.
     """
-    if task == "detect" and device == "cpu":
+    if task == "detect" and device == "cpu" and engine == "onnx":
         return max(1, min(cpus, CPU_DETECTOR_INSTANCES))
     return 1
 

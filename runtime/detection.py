@@ -7,6 +7,7 @@ feeding it, which fills in defaults, checks ranges and turns raw outputs into la
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from kubeinfer.runtime.models.yolo_io import (
     Selection,
 )
 from kubeinfer.runtime.parameters import Parameters, check_range
+
+log = logging.getLogger(__name__)
 
 MAX_DETECTIONS_LIMIT = 1000
 PARAMETERS = ("confidence", "iou", "max_detections", "classes", "return_masks")
@@ -142,6 +145,11 @@ class Detector:
         choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
         model = YoloDetector(choice.path, config.device, config.image_size,
                              exported_from=path if choice.path != path else None)
+        if model.engine == "torch" and config.model_instances > 1 and config.device == "cpu":
+            log.warning("the detector runs on torch with %d batches at once at %d thread%s each; torch's threads "
+                        "are process-wide, so a lone request cannot take them all: --model-instances 1 serves "
+                        "it faster below high concurrency", config.model_instances, config.model_threads,
+                        "" if config.model_threads == 1 else "s")
         batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
             "detect", model.forward, max_batch_size=config.max_batch_size,
             max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments, expected_engine
 from kubeinfer.runtime.cpus import cgroup_cpu_limit, default_instances, thread_budget, usable_cpus
 
 
@@ -74,11 +74,19 @@ def test_thread_budget_split() -> None:
         == (8, 1, 1)
 
 
-def test_default_instances_two_for_a_cpu_detector_only() -> None:
+def test_default_instances_two_for_a_cpu_detector_on_onnx_runtime_only() -> None:
     assert [default_instances("detect", "cpu", cpus) for cpus in (1, 2, 64)] == [1, 2, 2]
     assert default_instances("detect", "cuda:0", 8) == 1
+    assert default_instances("detect", "cpu", 8, "torch") == 1
     assert {default_instances(task, "cpu", 8) for task in ("classify", "stream-classify", "recognize", "video")} \
         == {1}
+
+
+def test_expected_engine_follows_the_file_and_the_backend_flag() -> None:
+    assert [expected_engine(Path(name), backend) for name, backend in (
+        ("m.onnx", "auto"), ("m.ONNX", "torch"), ("m.pt", "auto"), ("m.pt", "onnx"), ("m.pt", "torch"),
+        ("m.torchscript", "auto"))] == ["onnx", "onnx", "onnx", "onnx", "torch", "torch"]
+    assert expected_engine(None, "auto") == "none"
 
 
 def parse(*args: str) -> ServeConfig:
@@ -87,15 +95,19 @@ def parse(*args: str) -> ServeConfig:
     return ServeConfig.from_args(parser.parse_args(["--task", "video", *args]))
 
 
-def test_thread_flags_default_from_the_budget_and_override() -> None:
+def test_thread_flags_default_from_the_budget_and_override(tmp_path: Path) -> None:
     budget = thread_budget(usable_cpus())
     default = parse()
     assert (default.model_instances, default.model_threads, default.workers, default.model_spinning) == (
         1, budget.model_threads, budget.workers, "run")
     instances = default_instances("detect", "cpu", usable_cpus())
-    detector = parse("--task", "detect", "--model", __file__)  # any existing file: parsing does not load it
+    pt = tmp_path / "m.pt"
+    pt.touch()  # parsing checks that the file exists, and does not load it
+    detector = parse("--task", "detect", "--model", str(pt))
     assert (detector.model_instances, detector.model_threads) == (
         instances, thread_budget(usable_cpus(), instances).model_threads)
+    on_torch = parse("--task", "detect", "--model", str(pt), "--backend", "torch")
+    assert (on_torch.model_instances, on_torch.model_threads) == (1, usable_cpus())
     assert parse("--model-instances", "4").model_threads == max(1, usable_cpus() // 4)
     assert (parse("--model-instances", "3", "--model-threads", "2").model_threads) == 2
     chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "always", "--backend", "torch")

@@ -266,11 +266,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "(RESOURCE_EXHAUSTED)")
     flag_serving("model-instances", int, None,
                  "batches the model runs at once, each in a thread of its own taking them from the one queue "
-                 "(Triton's instance count; the weights are loaded once and shared). Default: 2 for detect on "
-                 "the CPU through ONNX Runtime (with 2 or more usable CPUs), else 1")
+                 "(Triton's instance count; the weights are loaded once and shared)",
+                 shown="2 for detect through ONNX Runtime on 2 or more usable CPUs, else 1")
     flag_serving("model-threads", int, None,
-                 "the model's intra-op threads per instance, torch and ONNX Runtime (default: the usable CPUs "
-                 "divided between the instances)")
+                 "the model's intra-op threads per instance, torch and ONNX Runtime",
+                 shown="the usable CPUs divided between the instances")
     flag_serving("model-spinning", _spinning, "run",
                  "ONNX Runtime's intra-op threads busy-wait for work: run (while a batch runs, stopping when it "
                  "ends), always (between batches too: lower latency on dedicated cores, stolen cycles on shared "
@@ -335,9 +335,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _grouped(group: argparse._ArgumentGroup) -> Any:
     """A flag declarer for one argument group, so --help lists flags by topic."""
 
-    def bound(name: str, kind: Any, default: Any, help_text: str, **extra: Any) -> None:
+    def bound(name: str, kind: Any, default: Any, help_text: str, shown: str | None = None, **extra: Any) -> None:
+        """``shown``: how --help names a default that is worked out at start (None: the value, or "unset")."""
         env = "KUBEINFER_" + name.upper().replace("-", "_")
-        shown = "unset" if default is None else default
+        shown = shown or ("unset" if default is None else default)
         group.add_argument(f"--{name}", type=kind, default=_env_default(name, default, kind),
                            help=f"{help_text} (default {shown}; env {env})", **extra)
 

@@ -142,6 +142,20 @@ def cleanup_on_exit() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def signals_stay_with_main_thread() -> Iterator[None]:
+    """Threads started inside (gRPC's, which outlive their channel) block SIGINT, SIGTERM and SIGHUP, so the
+    kernel delivers those to the main thread: one caught by another thread sets Python's flag without
+    interrupting the main thread's blocking wait (a load generator's minutes-long ``communicate``), and Ctrl-C
+    would go unseen until it returned. A signal that arrives inside is held, and delivered on the way out."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)  # new threads inherit the mask
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def listening_addresses(pids: list[int]) -> list[str]:
     """``host:port`` of every TCP socket in LISTEN state owned by ``pids`` (from /proc/net/tcp{,6})."""
     inodes: set[str] = set()

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable a
     __package__ = "benchmarks"
 
 from benchmarks import h2load, models, report, systems, venvs
-from benchmarks.processes import ManagedProcess, ServerError, cleanup_on_exit
+from benchmarks.processes import ManagedProcess, ServerError, cleanup_on_exit, signals_stay_with_main_thread
 from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 
 HERE = Path(__file__).resolve().parent
@@ -283,7 +283,7 @@ def served_backend(address: str) -> str:
     from kubeinfer.v1 import inference_pb2 as pb
     from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
-    with grpc.insecure_channel(address) as channel:
+    with signals_stay_with_main_thread(), grpc.insecure_channel(address) as channel:
         return str(InferenceStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30).backend)
 
 

@@ -120,6 +120,36 @@ def test_limit_sweep_runs_its_batches_from_as_many_threads_as_instances() -> Non
     assert result["by_batch_size"][1]["images_per_s"] > 1000
 
 
+GRPC_THREADS_MASK = """
+import json, os, signal, grpc
+from benchmarks.processes import signals_stay_with_main_thread
+with signals_stay_with_main_thread(), grpc.insecure_channel("127.0.0.1:1") as channel:
+    try:
+        grpc.channel_ready_future(channel).result(timeout=0.3)
+    except grpc.FutureTimeoutError:
+        pass
+
+def blocks_sigint(tid):
+    for line in open(f"/proc/self/task/{tid}/status"):
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+
+print(json.dumps([[tid == str(os.getpid()), blocks_sigint(tid)] for tid in os.listdir("/proc/self/task")]))
+"""
+
+
+def test_grpc_threads_leave_ctrl_c_to_the_main_thread() -> None:
+    """gRPC's threads outlive their channel; a SIGINT the kernel gave one of them would not interrupt the main
+    thread's wait on a load generator (an interrupted run then sat out the whole level). Started inside
+    ``signals_stay_with_main_thread`` they block it. A subprocess: this one's gRPC threads already run."""
+    out = subprocess.run([sys.executable, "-c", GRPC_THREADS_MASK], capture_output=True, text=True, timeout=60,
+                         cwd=REPO, check=True)
+    threads = json.loads(out.stdout)
+    assert [blocked for is_main, blocked in threads if is_main] == [False]  # restored on the way out
+    others = [blocked for is_main, blocked in threads if not is_main]
+    assert others and all(others), threads
+
+
 def _bench_cmd(tmp_path: Path, *extra: str) -> list[str]:
     return [sys.executable, str(RUN), "--systems", "kubeinfer-detect", "--no-peers", "--concurrency", "1,16",
             "--duration", "1", "--warmup", "0.3", "--limit-seconds", "0.3", "--out", str(tmp_path / "results"),

@@ -27,10 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, Unavailable
 from kubeinfer.runtime.metrics import RuntimeMetrics
+
+if TYPE_CHECKING:
+    from kubeinfer.runtime.config import ServeConfig
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -89,6 +92,14 @@ class DynamicBatcher(Generic[In, Out]):
         self._forming = threading.Lock()  # held by the one thread gathering the next batch
         self._threads = [threading.Thread(target=self._serve, name=f"batcher-{name}" + (f"-{i}" if i else ""),
                                           daemon=True) for i in range(instances)]
+
+    @classmethod
+    def from_config(cls, name: str, run_batch: Callable[[Sequence[In]], Sequence[Out]], config: ServeConfig,
+                    metrics: RuntimeMetrics | None) -> DynamicBatcher[In, Out]:
+        """A batcher with the serve flags' settings: batch size, delay, queue bound and model instances."""
+        return cls(name, run_batch, max_batch_size=config.max_batch_size,
+                   max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size,
+                   metrics=metrics, instances=config.model_instances)
 
     @property
     def instances(self) -> int:

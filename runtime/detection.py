@@ -150,10 +150,8 @@ class Detector:
                         "are process-wide, so a lone request cannot take them all: --model-instances 1 serves "
                         "it faster below high concurrency", config.model_instances, config.model_threads,
                         "" if config.model_threads == 1 else "s")
-        batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher(
-            "detect", model.forward, max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,
-            instances=config.model_instances)
+        batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher.from_config(
+            "detect", model.forward, config, metrics)
         return cls(config, model, batcher)
 
     def thresholds(self) -> Thresholds:

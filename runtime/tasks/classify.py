@@ -83,10 +83,8 @@ class ClassifyTask(Task):
             raise StartupError(f"model {config.model} is declared to output embeddings (sidecar \"output\"); "
                                "classification needs \"logits\" or \"probabilities\"")
         self.labels = self._resolve_labels(given)
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            self.name, self.model.forward, max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,
-            instances=config.model_instances)
+        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher.from_config(
+            self.name, self.model.forward, config, metrics)
         # frames of one clip or stream call in flight at once: enough to fill a batch, bounded against floods
         self.pipeline_depth = max(2, 2 * config.max_batch_size)
 

@@ -94,10 +94,8 @@ class RecognizeTask(Task):
         self.encoder = load_encoder(config.model, config.device, image_size=config.image_size, mean=config.mean,
                                     std=config.std, channel_order=config.channel_order,
                                     resize_mode=config.resize_mode, optimize=config.torchscript_optimize)
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            "recognize", self._encode_batch, max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0, max_queue_size=config.max_queue_size, metrics=metrics,
-            instances=config.model_instances)
+        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher.from_config(
+            "recognize", self._encode_batch, config, metrics)
         self._started = False
         self._gallery = self._matching(from_file) if from_file is not None else self._load(executor=pool)
         self._watcher: GalleryWatcher | None = (GalleryWatcher(self, POLL_SECONDS)

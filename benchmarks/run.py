@@ -124,27 +124,21 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
                                   *servers.values()]))
     runs = {config: _limits_at(args, files, detector, payloads, threads=config[1], instances=config[0],
                                ultralytics=config == (1, args.torch_threads)) for config in configs}
-    best = dict(runs[(1, args.torch_threads)])
-    for run in runs.values():
-        for key in ("classifier", "detector"):
-            if key in run and run[key]["images_per_s"] > best[key]["images_per_s"]:
-                best[key] = run[key]
-        for backend, lim in run.get("detector_by_backend", {}).items():
-            if lim["images_per_s"] > best["detector_by_backend"][backend]["images_per_s"]:
-                best["detector_by_backend"] = {**best["detector_by_backend"], backend: lim}
 
-    def fastest_lone(limit: dict[str, Any], same: list[dict[str, Any]]) -> dict[str, Any]:
-        """``limit`` with the C=1 targets' base: the fastest lone batch-1 forward of any configuration."""
-        return {**limit, **{field: min(r[field] for r in same) for field in (
-            "latency_ms_batch1", "latency_ms_batch1_after_idle")}}
+    def fastest(same: list[dict[str, Any]]) -> dict[str, Any]:
+        """The fastest configuration of one model, with the C=1 targets' base: the fastest lone batch-1
+        forward of any configuration."""
+        lone = {field: min(lim[field] for lim in same)
+                for field in ("latency_ms_batch1", "latency_ms_batch1_after_idle")}
+        return {**max(same, key=lambda lim: lim["images_per_s"]), **lone}
 
+    best = dict(runs[(1, args.torch_threads)])  # ultralytics' predict and the versions come from this run
     for key in ("classifier", "detector"):
         if key in best:
-            best[key] = fastest_lone(best[key], [run[key] for run in runs.values()])
+            best[key] = fastest([run[key] for run in runs.values()])
     if "detector_by_backend" in best:
-        best["detector_by_backend"] = {
-            backend: fastest_lone(lim, [run["detector_by_backend"][backend] for run in runs.values()])
-            for backend, lim in best["detector_by_backend"].items()}
+        best["detector_by_backend"] = {backend: fastest([run["detector_by_backend"][backend] for run in runs.values()])
+                                       for backend in best["detector_by_backend"]}
     model_cpu: dict[str, Any] = {}  # per model (and detector engine): CPU ms per image by batch size
     if "classifier" in runs[servers["classifier"]]:
         model_cpu["classifier"] = runs[servers["classifier"]]["classifier"]["by_batch_size"]

@@ -123,18 +123,25 @@ def test_limit_sweep_runs_its_batches_from_as_many_threads_as_instances() -> Non
 GRPC_THREADS_MASK = """
 import json, os, signal, grpc
 from benchmarks.processes import signals_stay_with_main_thread
-with signals_stay_with_main_thread(), grpc.insecure_channel("127.0.0.1:1") as channel:
+with signals_stay_with_main_thread():
+    channel = grpc.insecure_channel("127.0.0.1:1")
     try:
         grpc.channel_ready_future(channel).result(timeout=0.3)
     except grpc.FutureTimeoutError:
         pass
 
 def blocks_sigint(tid):
-    for line in open(f"/proc/self/task/{tid}/status"):
-        if line.startswith("SigBlk:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    try:
+        with open(f"/proc/self/task/{tid}/status") as status:
+            for line in status:
+                if line.startswith("SigBlk:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except (FileNotFoundError, ProcessLookupError):  # a gRPC thread that ended since the listing
+        return None
 
-print(json.dumps([[tid == str(os.getpid()), blocks_sigint(tid)] for tid in os.listdir("/proc/self/task")]))
+threads = [[tid == str(os.getpid()), blocks_sigint(tid)] for tid in os.listdir("/proc/self/task")]  # channel open
+channel.close()
+print(json.dumps([thread for thread in threads if thread[1] is not None]))
 """
 
 

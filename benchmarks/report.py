@@ -32,10 +32,17 @@ def level(row: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
     return None
 
 
+def model_cpu_key(workload: str, engine: str, frontends: int = 1) -> str:
+    """Which of the limits' ``model_cpu`` entries a kubeinfer row's model CPU comes from: its model, engine and
+    (through the thread budget) frontends."""
+    key = f"detector:{engine}" if workload == "detector" else workload
+    return key if frontends == 1 else f"{key} behind {frontends} frontends"
+
+
 def model_cpu_ms(limits: dict[str, Any], row: dict[str, Any], mean_batch: float | None) -> float | None:
     """The model's own CPU ms per image (measured alone, in the configuration the kubeinfer server runs it:
     instances and threads) at the batch size nearest the mean one formed."""
-    key = f"detector:{row.get('backend', '')}" if row["workload"] == "detector" else row["workload"]
+    key = model_cpu_key(row["workload"], row.get("backend", ""), row.get("frontends", 1))
     sizes = limits.get("model_cpu", {}).get(key)
     if not sizes or not mean_batch or "cpu_ms_per_image" not in sizes[0]:
         return None
@@ -58,8 +65,8 @@ def _kubeinfer_config(limits: dict[str, Any]) -> str:
     configs = limits.get("kubeinfer_model_config")
     if not configs:
         return "kubeinfer at the same thread count"
-    return "kubeinfer at its own defaults: " + ", ".join(
-        f"{model} {c['instances']} batch{'es' if c['instances'] > 1 else ''} at once x {c['threads']} "
+    return "kubeinfer at its own defaults: " + "; ".join(
+        f"{model}: {c['instances']} batch{'es' if c['instances'] > 1 else ''} at once x {c['threads']} "
         f"thread{'s' if c['threads'] > 1 else ''}" for model, c in configs.items())
 
 
@@ -105,7 +112,9 @@ def evaluate_targets(limits: dict[str, Any], rows: list[dict[str, Any]], batch: 
     classifier_peers = [r for r in rows if r["workload"] == "classifier" and not r["is_kubeinfer"]
                         and r["status"] == "ok" and level(r, c)]
     best_peer = max(classifier_peers, key=lambda r: level(r, c)["throughput_rps"], default=None)  # type: ignore[index]
-    for key in (headline_key("classifier", batch), f"kubeinfer-oip-b{batch}"):
+    behind_frontends = [r["key"] for r in rows if r["workload"] == "classifier" and r["is_kubeinfer"]
+                        and r.get("frontends", 1) > 1 and r["key"].endswith(f"-b{batch}")]
+    for key in (headline_key("classifier", batch), f"kubeinfer-oip-b{batch}", *behind_frontends):
         row = find_row(rows, key)
         ours = level(row, c) if row else None
         theirs = level(best_peer, c) if best_peer else None

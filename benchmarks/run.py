@@ -36,8 +36,9 @@ from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXPORTS = models.CACHE / "exports"  # ONNX exports made by --backend auto, shared with the tests' runtimes
-ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kserve", "mlserver", "litserve", "kubeinfer-detect",
-               "kubeinfer-detect-frontends", "kubeinfer-detect-torch", "grpc-floor")
+ALL_SYSTEMS = ("kubeinfer-classify", "kubeinfer-oip", "kubeinfer-classify-frontends", "kserve", "mlserver", "litserve",
+               "kubeinfer-detect", "kubeinfer-detect-frontends", "kubeinfer-detect-torch", "grpc-floor")
+FRONTENDS = 2  # the --frontends rows
 PEERS = ("kserve", "mlserver", "litserve")
 
 
@@ -102,12 +103,21 @@ def server_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def kubeinfer_model_config(task: str, engine: str = "onnx") -> tuple[int, int]:
+def kubeinfer_model_config(task: str, engine: str = "onnx", frontends: int = 1) -> tuple[int, int]:
     """(instances, intra-op threads per instance) a kubeinfer server of ``task`` runs its model with here, on
-    ``engine``: the runtime's own defaults, which the benchmark does not override."""
+    ``engine`` behind ``frontends``: the runtime's own defaults, which the benchmark does not override."""
     cpus = usable_cpus()
     instances = default_instances(task, "cpu", cpus, engine)
-    return instances, thread_budget(cpus, instances).model_threads
+    return instances, thread_budget(cpus, instances, frontends).model_threads
+
+
+# what each kubeinfer system serves: (workload, engine, frontends, task)
+SERVED_MODELS = {"kubeinfer-classify": ("classifier", "torch", 1, "classify"),
+                 "kubeinfer-oip": ("classifier", "torch", 1, "classify"),
+                 "kubeinfer-classify-frontends": ("classifier", "torch", FRONTENDS, "classify"),
+                 "kubeinfer-detect": ("detector", "onnx", 1, "detect"),
+                 "kubeinfer-detect-frontends": ("detector", "onnx", FRONTENDS, "detect"),
+                 "kubeinfer-detect-torch": ("detector", "torch", 1, "detect")}
 
 
 def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
@@ -117,11 +127,11 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
     plus whatever a kubeinfer server of that model runs. The limit is each model's fastest configuration, and
     its batch-1 forward (the C=1 targets' base) the fastest lone one of any; the model's CPU per image,
     subtracted from a kubeinfer server's, is taken at that server's configuration."""
-    servers = {"classifier": kubeinfer_model_config("classify", "torch"),
-               "detector": kubeinfer_model_config("detect", "onnx"),
-               "detector on torch": kubeinfer_model_config("detect", "torch")}
+    served = {report.model_cpu_key(workload, engine, frontends): (workload, engine,
+                                                                   kubeinfer_model_config(task, engine, frontends))
+              for system, (workload, engine, frontends, task) in SERVED_MODELS.items() if system in args.chosen}
     configs = list(dict.fromkeys([(1, args.torch_threads), (1, args.limit_threads), (usable_cpus(), 1),
-                                  *servers.values()]))
+                                  *(config for _, _, config in served.values())]))
     runs = {config: _limits_at(args, files, detector, payloads, threads=config[1], instances=config[0],
                                ultralytics=config == (1, args.torch_threads)) for config in configs}
 
@@ -139,15 +149,14 @@ def measure_limits(args: argparse.Namespace, files: models.ClassifierFiles | Non
     if "detector_by_backend" in best:
         best["detector_by_backend"] = {backend: fastest([run["detector_by_backend"][backend] for run in runs.values()])
                                        for backend in best["detector_by_backend"]}
-    model_cpu: dict[str, Any] = {}  # per model (and detector engine): CPU ms per image by batch size
-    if "classifier" in runs[servers["classifier"]]:
-        model_cpu["classifier"] = runs[servers["classifier"]]["classifier"]["by_batch_size"]
-    for backend, config in (("onnx", servers["detector"]), ("torch", servers["detector on torch"])):
-        measured = runs[config].get("detector_by_backend", {}).get(backend)
+    model_cpu: dict[str, Any] = {}  # per served model (report.model_cpu_key): CPU ms per image by batch size
+    for key, (workload, engine, config) in served.items():
+        run = runs[config]
+        measured = run.get("classifier") if workload == "classifier" else run.get("detector_by_backend", {}).get(engine)
         if measured:
-            model_cpu[f"detector:{backend}"] = measured["by_batch_size"]
+            model_cpu[key] = measured["by_batch_size"]
     return {**best, "model_cpu": model_cpu, "kubeinfer_model_config": {
-        key: {"instances": instances, "threads": threads} for key, (instances, threads) in servers.items()}}
+        key: {"instances": instances, "threads": threads} for key, (_, _, (instances, threads)) in served.items()}}
 
 
 def _limits_at(args: argparse.Namespace, files: models.ClassifierFiles | None, detector: Path | None,
@@ -181,9 +190,7 @@ def run_load(plan: systems.LoadPlan, args: argparse.Namespace, payloads: Path,
             *plan.extra_args]
     if server is not None:
         argv += ["--server-pid", str(server.process.pid), *(["--metrics-url", metrics_url] if metrics_url else [])]
-    row: dict[str, Any] = {"key": plan.key, "system": plan.system, "workload": plan.workload,
-                           "protocol": plan.protocol, "batching": plan.batching, "is_kubeinfer": plan.is_kubeinfer,
-                           "backend": plan.backend, "status": "ok", "reason": "", "levels": []}
+    row = plan.row()
     bound = len(args.levels) * (args.warmup + args.duration + 30) + 60
     proc = ManagedProcess(f"load-{plan.key}", argv, args.work / "logs" / f"load-{plan.key}.log",
                           server_env(1, {}), args.work, capture_stdout=True)
@@ -261,9 +268,7 @@ def run_server(plan: systems.ServerPlan, args: argparse.Namespace, payloads: Pat
         for load in plan.loads:
             if any(r["key"] == load.key for r in rows):
                 continue
-            rows.append({"key": load.key, "system": load.system, "workload": load.workload,
-                         "protocol": load.protocol, "batching": load.batching, "is_kubeinfer": load.is_kubeinfer,
-                         "status": status, "reason": f"{reason[0]} ({detail.strip()[:200]})", "levels": []})
+            rows.append(load.row(status, f"{reason[0]} ({detail.strip()[:200]})"))
     finally:
         server.stop()
         time.sleep(1.0)  # let the machine settle before the next system
@@ -294,6 +299,9 @@ def plan_servers(args: argparse.Namespace, files: models.ClassifierFiles | None,
                  settings: systems.Settings) -> list[systems.ServerPlan]:
     chosen, batch = args.chosen, args.max_batch_size
     plans = []
+    if files and "kubeinfer-classify-frontends" in chosen:  # --frontends 2: native and (when chosen) OIP rows
+        plans.append(systems.kubeinfer_classifier(files.model, files.labels, settings, batch,
+                                                  with_oip="kubeinfer-oip" in chosen, frontends=FRONTENDS))
     if files and ("kubeinfer-classify" in chosen or "kubeinfer-oip" in chosen):
         plans.append(systems.kubeinfer_classifier(files.model, files.labels, settings, batch,
                                                   with_oip="kubeinfer-oip" in chosen))
@@ -308,7 +316,7 @@ def plan_servers(args: argparse.Namespace, files: models.ClassifierFiles | None,
         plans.append(systems.kubeinfer_detector(detector, settings, batch))
         plans.append(systems.kubeinfer_detector(detector, settings, 1))
     if detector and "kubeinfer-detect-frontends" in chosen:  # --frontends 2 beside the one-process rows
-        plans.append(systems.kubeinfer_detector(detector, settings, batch, frontends=2))
+        plans.append(systems.kubeinfer_detector(detector, settings, batch, frontends=FRONTENDS))
     if detector and "kubeinfer-detect-torch" in chosen:
         plans.append(systems.kubeinfer_detector(detector, settings, batch, backend="torch"))
     if "grpc-floor" in chosen:
@@ -368,10 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = [v for v in (plan.venv, "client" if any(
                 load.python == venvs.SPECS["client"].python for load in plan.loads) else None) if v in install_failures]
             if missing:
-                rows += [{"key": load.key, "system": load.system, "workload": load.workload,
-                          "protocol": load.protocol, "batching": load.batching, "is_kubeinfer": load.is_kubeinfer,
-                          "status": "failed", "reason": install_failures[missing[0]], "levels": []}
-                         for load in plan.loads]
+                rows += [load.row("failed", install_failures[missing[0]]) for load in plan.loads]
                 continue
             references = {"classifier": limits.get("classifier", {}).get("top1"),
                           "detector": limits.get("detector_ultralytics", {}).get("answers")}

@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .processes import free_port
 from .venvs import SPECS
@@ -47,6 +48,13 @@ class LoadPlan:
     is_kubeinfer: bool = False
     optional: bool = False  # skipped (not failed) when the server does not offer this API yet
     one_process: bool = False  # not kubeinfer, yet its CPU time is its own process's (peers may fork workers)
+    frontends: int = 1  # kubeinfer's --frontends: the model's CPU per image is taken at that process's defaults
+
+    def row(self, status: str = "ok", reason: str = "") -> dict[str, Any]:
+        """The row of the results this plan measures, before its levels."""
+        return {"key": self.key, "system": self.system, "workload": self.workload, "protocol": self.protocol,
+                "batching": self.batching, "is_kubeinfer": self.is_kubeinfer, "backend": self.backend,
+                "frontends": self.frontends, "status": status, "reason": reason, "levels": []}
 
 
 @dataclass
@@ -62,19 +70,24 @@ class ServerPlan:
     venv: str | None = None  # the bench venv it needs (None: the project's)
 
 
-def kubeinfer_classifier(model: Path, labels: Path, s: Settings, batch: int, with_oip: bool) -> ServerPlan:
+def kubeinfer_classifier(model: Path, labels: Path, s: Settings, batch: int, with_oip: bool,
+                         frontends: int = 1) -> ServerPlan:
+    """The classifier served by ``frontends`` frontend processes; rows of one process keep the plain keys."""
     grpc, http = free_port(), free_port()
     batching = _batching(batch, s)
-    key = f"kubeinfer-classify-b{batch}"
-    loads = [LoadPlan(key, "kubeinfer", "classifier", "kubeinfer gRPC Classify (raw pixels)", batching,
-                      "kubeinfer-classify", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True)]
+    variant = f"-f{frontends}" if frontends > 1 else ""
+    system = "kubeinfer" if frontends == 1 else f"kubeinfer, {frontends} frontends"
+    key = f"kubeinfer-classify{variant}-b{batch}"
+    loads = [LoadPlan(key, system, "classifier", "kubeinfer gRPC Classify (raw pixels)", batching,
+                      "kubeinfer-classify", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True,
+                      frontends=frontends)]
     if with_oip:
-        loads.append(LoadPlan(f"kubeinfer-oip-b{batch}", "kubeinfer (OIP)", "classifier",
+        loads.append(LoadPlan(f"kubeinfer-oip{variant}-b{batch}", f"{system} (OIP)", "classifier",
                               "OIP v2 gRPC (tritonclient)", batching, "oip-grpc", f"127.0.0.1:{grpc}",
                               SPECS["client"].python, ["--model-name", MODEL_NAME], is_kubeinfer=True,
-                              optional=True))
+                              optional=True, frontends=frontends))
     argv = [str(KUBEINFER), "serve", "--task", "classify", "--model", str(model), "--labels", str(labels),
-            *_kubeinfer_common(grpc, http, batch, s)]
+            "--frontends", str(frontends), *_kubeinfer_common(grpc, http, batch, s)]
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", loads)
 
 
@@ -86,7 +99,8 @@ def kubeinfer_detector(model: Path, s: Settings, batch: int, backend: str = "aut
     key += f"-f{frontends}-b{batch}" if frontends > 1 else f"-b{batch}"
     system = "kubeinfer" if frontends == 1 else f"kubeinfer, {frontends} frontends"
     load = LoadPlan(key, system, "detector", "kubeinfer gRPC Detect (JPEG)", _batching(batch, s),
-                    "kubeinfer-detect", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True)
+                    "kubeinfer-detect", f"127.0.0.1:{grpc}", Path(sys.executable), is_kubeinfer=True,
+                    frontends=frontends)
     argv = [str(KUBEINFER), "serve", "--task", "detect", "--model", str(model), "--backend", backend,
             "--frontends", str(frontends), *_kubeinfer_common(grpc, http, batch, s, name="detector")]
     return ServerPlan(key, argv, f"http://127.0.0.1:{http}/readyz", [load])

@@ -198,8 +198,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     if replicas_given and autoscaling is not None:
         raise SpecError("set spec.replicas or spec.autoscaling, not both")
     frontends = reader.integer("grpc.frontends", 1, 1, 64)
-    if frontends > 1 and task != "detect":
-        raise SpecError("spec.grpc.frontends above 1 is only used by task detect")
+    if frontends > 1 and task not in ("detect", "classify"):
+        raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")
     for role, uri in (("model", model), ("labels", labels), ("embeddings", embeddings)):
         if uri is not None and uri.scheme == "http" and not uri.basename:
             raise SpecError(f"spec.{role}.uri: {uri.raw!r} does not end in a file name")

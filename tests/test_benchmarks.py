@@ -85,6 +85,25 @@ def test_latency_target_compares_with_the_engine_the_row_serves() -> None:
     assert "raw batch-1 forward 5.40 ms (8.10 ms when it follows 5 ms of idle" in target["detail"]
 
 
+def test_classifier_behind_frontends_is_judged_at_its_own_model_configuration() -> None:
+    """The --frontends rows are held to the best peer too, and the model CPU subtracted from theirs is the one
+    measured at the model process's thread budget, not the one-process runtime's."""
+    def row(key: str, frontends: int, rps: float, p99: float, kubeinfer: bool = True) -> dict:
+        return {"key": key, "status": "ok", "workload": "classifier", "backend": "", "is_kubeinfer": kubeinfer,
+                "frontends": frontends, "system": key, "levels": [
+                    {"concurrency": 16, "requests": 1000, "p50_ms": 10.0, "p99_ms": p99, "throughput_rps": rps}]}
+
+    one, behind = row("kubeinfer-classify-b16", 1, 800.0, 40.0), row("kubeinfer-classify-f2-b16", 2, 1000.0, 28.0)
+    rows = [one, behind, row("kserve", 1, 600.0, 50.0, kubeinfer=False)]
+    targets = {t["id"]: t for t in report.evaluate_targets({}, rows, 16)}
+    assert targets["kubeinfer-classify-f2-b16-vs-best-peer"]["measured"] == pytest.approx(1000 / 600)
+    assert targets["kubeinfer-classify-f2-b16-vs-best-peer"]["met"] is True
+    assert targets["kubeinfer-classify-b16-vs-best-peer"]["met"] is False
+    limits = {"model_cpu": {"classifier": [{"batch_size": 8, "cpu_ms_per_image": 0.9}],
+                            "classifier behind 2 frontends": [{"batch_size": 8, "cpu_ms_per_image": 0.6}]}}
+    assert report.model_cpu_ms(limits, one, 7.0) == 0.9 and report.model_cpu_ms(limits, behind, 7.0) == 0.6
+
+
 def test_load_generator_refuses_non_loopback_targets(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         load.parse_args(["--target", "kubeinfer-detect", "--address", "10.0.0.1:8001",
@@ -180,8 +199,8 @@ def test_run_measures_a_served_detector_and_writes_results(detector_model: Path,
     assert limit["best_batch_size"] in [r["batch_size"] for r in limit["by_batch_size"]]
     assert "classifier" not in results["limits"]
     instances = default_instances("detect", "cpu", usable_cpus())
-    assert results["limits"]["kubeinfer_model_config"]["detector"] == {
-        "instances": instances, "threads": thread_budget(usable_cpus(), instances).model_threads}
+    assert results["limits"]["kubeinfer_model_config"] == {"detector:onnx": {  # only what the chosen rows serve
+        "instances": instances, "threads": thread_budget(usable_cpus(), instances).model_threads}}
     assert [r["batch_size"] for r in results["limits"]["model_cpu"]["detector:onnx"]] == [1, 2, 4, 8, 16, 32]
 
     rows = {r["key"]: r for r in results["rows"]}

@@ -74,6 +74,15 @@ def test_thread_budget_split() -> None:
         == (8, 1, 1)
 
 
+def test_frontends_keep_a_cpu_each_from_the_model() -> None:
+    """With the model in a process of its own, each frontend's event loop keeps a CPU; at least 1 thread each."""
+    assert thread_budget(2, 1, frontends=1).model_threads == 2  # one process: the model's threads take every CPU
+    assert thread_budget(2, 1, frontends=2).model_threads == 1
+    assert (thread_budget(16, 1, frontends=4).model_threads, thread_budget(16, 2, frontends=4).model_threads) == (12, 6)
+    assert thread_budget(4, 2, frontends=8).model_threads == 1
+    assert thread_budget(16, 1, frontends=4).workers == thread_budget(16).workers
+
+
 def test_default_instances_two_for_a_cpu_detector_on_onnx_runtime_only() -> None:
     assert [default_instances("detect", "cpu", cpus) for cpus in (1, 2, 64)] == [1, 2, 2]
     assert default_instances("detect", "cuda:0", 8) == 1
@@ -110,6 +119,12 @@ def test_thread_flags_default_from_the_budget_and_override(tmp_path: Path) -> No
     assert (on_torch.model_instances, on_torch.model_threads) == (1, usable_cpus())
     assert parse("--model-instances", "4").model_threads == max(1, usable_cpus() // 4)
     assert (parse("--model-instances", "3", "--model-threads", "2").model_threads) == 2
+    classifier = tmp_path / "c.pt"
+    classifier.touch()
+    behind_frontends = parse("--task", "classify", "--model", str(classifier), "--frontends", "2", "--grpc-port", "1",
+                             "--http-port", "2")
+    assert (behind_frontends.model_instances, behind_frontends.model_threads) == (
+        1, thread_budget(usable_cpus(), 1, frontends=2).model_threads)
     chosen = parse("--model-threads", "3", "--workers", "5", "--model-spinning", "always", "--backend", "torch")
     assert (chosen.model_threads, chosen.workers, chosen.model_spinning, chosen.backend) == (3, 5, "always", "torch")
     assert [parse("--model-spinning", given).model_spinning for given in ("true", "false", "OFF")] == [

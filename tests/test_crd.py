@@ -174,6 +174,9 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                             {"baseData": {"uri": "https://x.org/a.zip",
                                           "batchSize": spec_module.DEFAULT_GALLERY_BATCH_SIZE}}),
     "video": ({"task": "video"}, {}),
+    "classify-frontends": ({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"},
+                            "grpc": {"frontends": 2}},  # accepted for classify, as for detect
+                           {"grpc": {**COMMON_DEFAULTS["grpc"], "frontends": 2}}),
     "autoscaled": ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"maxReplicas": 3}},
                    {"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
                                     "metric": spec_module.DEFAULT_METRIC, "engine": spec_module.DEFAULT_ENGINE}}),
@@ -273,7 +276,7 @@ BAD_SPECS: list[Case] = [
     Case("window on detect", with_(DETECT, window=3), "spec.window", "spec.window is only used by task stream-classify",
          "rule:window", True),
     Case("frontends on stream-classify", with_(STREAM, grpc={"frontends": 2}), "spec.grpc.frontends",
-         "spec.grpc.frontends above 1 is only used by task detect", "rule:frontends", True),
+         "spec.grpc.frontends above 1 is only used by tasks detect and classify", "rule:frontends", True),
     Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec",
          "set spec.replicas or spec.autoscaling, not both", "rule:replicas", True),
     Case("min above max", with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}), "spec.autoscaling",

@@ -1,7 +1,8 @@
 """--frontends 2: two frontend processes on the same ports feed one model process through shared memory.
 
 Real processes throughout: `kubeinfer serve --frontends 2` with the trained demo detector, compared with the
-one-process runtime serving the same model, over gRPC and REST.
+one-process runtime serving the same model, over gRPC and REST; and with the colour classifier, whose answers
+are known by construction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+from classify_support import COLOURS, colour_models, expected_probabilities, noisy, scores, write_labels
 from conftest import fresh_images, jpeg_bytes, png_bytes
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_support import RuntimeProcess, wait_for
@@ -255,11 +257,57 @@ def serve_config(*args: str) -> ServeConfig:
     return ServeConfig.from_args(parser.parse_args(list(args)))
 
 
-def test_frontends_serve_detect_only_on_fixed_ports(detector_model: Path, tmp_path: Path) -> None:
+def test_classify_behind_frontends_answers_as_its_model_does(runtime_factory: Callable[..., RuntimeProcess],
+                                                             tmp_path: Path) -> None:
+    """The frontends decode and resize, the model process runs the classifier: the probabilities the model's own
+    preprocessing gives, for encoded images and raw pixels, in one request or a clip; bad input is the client's
+    error and the frontends keep serving; SIGHUP reloads the labels in every frontend; only the model process
+    loads torch."""
+    labels = write_labels(tmp_path, "txt")
+    runtime = both_ready(runtime_factory("--task", "classify", "--model", str(colour_models().torchscript),
+                                         "--labels", str(labels), "--top-k", "3", "--max-batch-delay-ms", "5",
+                                         *FRONTENDS))
+    pictures = [noisy(colour, seed) for seed, colour in enumerate(COLOURS * 3, start=60)]
+    with Client(runtime.grpc_target, retries=False) as client:
+        info = client.model_info()
+        assert (info.task, info.labels, info.model_format) == ("classify", COLOURS, "torchscript")
+        for images in ([png_bytes(p) for p in pictures], pictures, pictures[:1]):  # encoded, raw; batched, alone
+            got = client.classify(images)
+            assert len(got) == len(images)
+            for result, picture, colour in zip(got, pictures, COLOURS * 3, strict=False):
+                assert result.label == colour
+                np.testing.assert_allclose(scores(result), expected_probabilities(picture), atol=1e-5)
+        clip = client.classify_clip(iter([png_bytes(p) for p in pictures[:4]]))
+        assert clip.frames == 4
+        np.testing.assert_allclose(scores(clip.result), np.mean([expected_probabilities(p) for p in pictures[:4]],
+                                                                axis=0), atol=1e-5)
+        with pytest.raises(grpc.RpcError) as corrupt:
+            client.classify([png_bytes(pictures[0]), b"\x89PNG not really"])
+        assert corrupt.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image 1" in corrupt.value.details()
+        with pytest.raises(grpc.RpcError) as top_k:
+            client.classify(pictures[:1], top_k=0)
+        assert top_k.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [r.label for r in client.classify(pictures[:3])] == COLOURS
+    by_rest, status = RestClient(runtime.http_url).classify(pictures[:2])
+    assert status == 200 and isinstance(by_rest, list) and [r.label for r in by_rest] == COLOURS[:2]
+    write_labels(tmp_path, "txt", ["rouge", "vert", "bleu"])
+    runtime.process.send_signal(signal.SIGHUP)  # the model process passes it on: each frontend reloads its labels
+    wait_for(lambda: runtime.logs().count("reloaded 3 labels") == 2, "both frontends to reload their labels")
+    with Client(runtime.grpc_target) as client:
+        assert [r.label for r in client.classify(pictures[:3])] == ["rouge", "vert", "bleu"]
+    frontends = frontend_processes(runtime)
+    assert len(frontends) == 2 and not any(
+        "libtorch" in Path(m.path).name for p in frontends for m in p.memory_maps())
+    assert runtime.terminate() == 0
+
+
+def test_frontends_serve_detect_and_classify_only_on_fixed_ports(detector_model: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     model.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="--frontends 2: several frontend processes serve task detect only"):
-        serve_config("--task", "classify", "--model", str(model), "--frontends", "2")
+    with pytest.raises(ConfigError, match="--frontends 2: several frontend processes serve tasks detect and "
+                                          "classify only; 'stream-classify' keeps state"):
+        serve_config("--task", "stream-classify", "--model", str(model), "--frontends", "2")
+    assert serve_config("--task", "classify", "--model", str(model), "--frontends", "2").frontends == 2
     with pytest.raises(ConfigError, match="fixed --grpc-port and --http-port"):
         serve_config("--model", str(detector_model), "--frontends", "2", "--grpc-port", "0")
     with pytest.raises(ConfigError, match="--frontend-queue-size must be >= --max-batch-size"):
@@ -300,7 +348,8 @@ def test_link_messages_cross_a_socket_whole() -> None:
         await asyncio.gather(*(link.send(writer, link.BatchRequest(i, [link.LinkItem(i, None, 0, 480, 640, selection)]))
                                for i in range(50)))
         await link.send(writer, link.BatchReply(7, [[BoxResult(1.0, 2.0, 3.0, 4.0, 0.9, 0, [])],
-                                                    link.LinkError.of(Overloaded("full"))]))
+                                                    link.LinkError.of(Overloaded("full")),
+                                                    np.array([0.25, 0.75], np.float32)]))
         writer.close()
         await done.wait()
         server.close()
@@ -317,11 +366,14 @@ def test_link_messages_cross_a_socket_whole() -> None:
     assert isinstance(reply, link.BatchReply) and reply.results[0][0].score == 0.9  # type: ignore[index]
     error = reply.results[1].error()  # type: ignore[union-attr]
     assert error.code == Code.RESOURCE_EXHAUSTED and error.http_status == 429 and error.retry_after_s is not None
+    probabilities = reply.results[2]
+    assert isinstance(probabilities, np.ndarray) and probabilities.dtype == np.float32
+    assert probabilities.tolist() == [0.25, 0.75]
 
 
 def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -> None:
     """The model process may still be reading a cancelled request's slots: they return with its answer only."""
-    from kubeinfer.runtime.frontends.remote import RemoteBatcher
+    from kubeinfer.runtime.frontends.remote import DETECT_ITEMS, RemoteBatcher
     from kubeinfer.runtime.models.yolo_io import Letterboxed
 
     async def scenario(path: str) -> list[int]:
@@ -337,7 +389,7 @@ def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -
         reader, writer = await asyncio.open_unix_connection(path)
         ring = SlotRing.create(4, (8, 8, 3))
         lost: list[bool] = []
-        batcher = RemoteBatcher(ring, reader, writer, on_lost=lambda: lost.append(True))
+        batcher = RemoteBatcher(ring, reader, writer, on_lost=lambda: lost.append(True), codec=DETECT_ITEMS)
         batcher.start()
         free = [ring.free]
         image = Letterboxed(np.full((8, 8, 3), 9, np.uint8), 8, 8, Selection(0.25, 0.45, 10))

@@ -261,6 +261,9 @@ def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     one = runtime(children({"task": "detect", "model": {"uri": "/m.pt"}}))
     assert "--frontends" not in one["args"] and all(m["name"] != "shm" for m in one["volumeMounts"])
+    classifier = runtime(children({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"},
+                                   "grpc": {"frontends": 2}}))
+    assert serve_args(classifier["args"]).frontends == 2
 
 
 def test_default_image_is_used_when_the_spec_has_none() -> None:
@@ -288,7 +291,8 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
     ({"task": "detect", "model": {"uri": "/m.pt"}, "window": 4}, "spec.window is only used by task 'stream-classify'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
      "set spec.replicas or spec.autoscaling, not both"),
-    ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by task detect"),
+    ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by tasks detect and "
+                                                  "classify"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
      "minReplicas (4) must not exceed maxReplicas (3)"),
     ({"task": "detect", "model": {"uri": "s3://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),

@@ -1,5 +1,6 @@
-"""One frontend process (``--frontends N``): today's transports, interceptor, data plane and detect task, with
-the model reached over the link to the model process instead of loaded here.
+"""One frontend process (``--frontends N``): the transports, interceptor, data plane and the detect or classify
+task of the one-process runtime, with the model reached over the link to the model process instead of loaded
+here.
 
 It listens on the shared ports at once (health NOT_SERVING, /readyz 503 while the model process loads), is
 ready once the model process says hello, drains on SIGTERM like the one-process runtime, and stops with
@@ -17,11 +18,18 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.detection import Detector
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.frontends import link
-from kubeinfer.runtime.frontends.remote import RemoteBatcher, RemoteDetector
+from kubeinfer.runtime.frontends.remote import (
+    CLASSIFY_ITEMS,
+    DETECT_ITEMS,
+    RemoteBatcher,
+    RemoteClassifier,
+    RemoteDetector,
+)
 from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.server import Runtime, configure_logging, exit_at_once
 from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.classify import ClassifyTask
 from kubeinfer.runtime.tasks.detect import DetectTask
 
 log = logging.getLogger("kubeinfer.runtime.frontend")
@@ -39,7 +47,7 @@ def main(config: ServeConfig, index: int, link_path: str) -> None:
 
 
 async def connect(runtime: Runtime, index: int, link_path: str) -> Task:
-    """The detect task over the link: waits for the model process to load its model and say hello."""
+    """The task over the link: waits for the model process to load its model and say hello."""
     try:
         reader, writer = await asyncio.open_unix_connection(link_path)
         await link.send(writer, link.FrontendHello(index, os.getpid()))
@@ -50,8 +58,13 @@ async def connect(runtime: Runtime, index: int, link_path: str) -> Task:
         raise StartupError("the model process closed the link before its model was ready")
     register_gpu_collector(runtime.metrics, runtime.config.device, hello.facts.gpu_uuid)
     ring = SlotRing.attach(hello.ring_name, hello.slots, hello.slot_shape)
-    batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail)
-    detector = Detector(runtime.config, RemoteDetector(hello.facts), batcher)
+    config, facts = runtime.config, hello.facts
     log.info("frontend %d (pid %d): the model process serves %s; %d image slots", index, os.getpid(),
-             hello.facts.engine, hello.slots)
-    return DetectTask(runtime.config, runtime.metrics, runtime.pool, detector)
+             facts.engine if isinstance(facts, link.DetectorFacts) else facts.format, hello.slots)
+    if isinstance(facts, link.DetectorFacts):
+        detector = Detector(config, RemoteDetector(facts),
+                            RemoteBatcher(ring, reader, writer, on_lost=runtime.fail, codec=DETECT_ITEMS))
+        return DetectTask(config, runtime.metrics, runtime.pool, detector)
+    assert config.model is not None  # ServeConfig.validate requires it for classify
+    batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail, codec=CLASSIFY_ITEMS)
+    return ClassifyTask(config, runtime.metrics, runtime.pool, (RemoteClassifier(facts, config.model), batcher))

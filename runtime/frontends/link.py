@@ -1,9 +1,10 @@
 """The messages between a frontend and the model process, over one Unix socket per frontend.
 
 Each message is a 4-byte big-endian length and a pickle. Only small things cross it: the model's facts once,
-then per request the slot numbers, original sizes and box selections, and back the selected boxes (a few
-hundred bytes per image). Pixels travel through the ``ring``; a JPEG left encoded for the model's device
-(``--decode-device model``) travels here, as the compressed bytes it arrived as.
+then per request the slot numbers (with, for detect, original sizes and box selections), and back per image
+the selected boxes or the class probabilities (a few hundred bytes). Pixels travel through the ``ring``; a
+JPEG left encoded for the model's device (``--decode-device model``) travels here, as the compressed bytes it
+arrived as.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import pickle
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from kubeinfer.runtime.errors import Code, InferenceError
+from kubeinfer.runtime.models.image_model import Preprocessing
 from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
 
 HEADER = struct.Struct("!I")
@@ -34,6 +38,21 @@ class DetectorFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassifierFacts:
+    """What a frontend needs of the loaded classifier to resize images and name its classes."""
+
+    preprocessing: Preprocessing
+    output_size: int
+    class_names: list[str]  # the model's own (ultralytics classifiers), else empty
+    format: str
+    device: str
+    gpu_uuid: str
+
+
+ModelFacts = DetectorFacts | ClassifierFacts
+
+
+@dataclass(frozen=True, slots=True)
 class FrontendHello:
     """A frontend's first message on its link: which frontend it is (its ring)."""
 
@@ -45,7 +64,7 @@ class FrontendHello:
 class Hello:
     """The model process's answer, once the model is loaded and warmed: the model, and the frontend's ring."""
 
-    facts: DetectorFacts
+    facts: ModelFacts
     ring_name: str
     slots: int
     slot_shape: tuple[int, ...]
@@ -53,14 +72,15 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class LinkItem:
-    """One image of a request: in ring slot ``slot`` (letterboxed), or an encoded ``jpeg`` for the device."""
+    """One image of a request: in ring slot ``slot`` (letterboxed, or resized for a classifier), or an encoded
+    ``jpeg`` for the device; ``selection``: a detector's box selection (None for a classifier)."""
 
     slot: int | None
     jpeg: bytes | None
     index: int
     original_height: int
     original_width: int
-    selection: Selection
+    selection: Selection | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +109,11 @@ class LinkError:
 
 @dataclass(frozen=True, slots=True)
 class BatchReply:
-    """Per image its boxes (original pixels, polygons when asked for) or its error; ``error``: the request's."""
+    """Per image its boxes (original pixels, polygons when asked for) or class probabilities, or its error;
+    ``error``: the request's."""
 
     id: int
-    results: list[list[BoxResult] | LinkError]
+    results: list[list[BoxResult] | np.ndarray | LinkError]
     error: LinkError | None = None
 
 

@@ -3,10 +3,12 @@
 It listens on no port: the frontends do (``SO_REUSEPORT``; the kernel spreads connections across them). Each
 frontend connects to a Unix socket here; once the model is loaded and warmed it gets a hello with the model's
 facts and its own ring of image slots in shared memory, then sends requests (slot numbers and box selections)
-that go through the one dynamic batcher, answered with the selected boxes.
+that go through the one dynamic batcher, answered with the selected boxes or class probabilities (``served``
+says how, per task).
 
 SIGTERM or SIGINT: passed on to the frontends, which drain as the one-process runtime does; once they are gone
-the batcher stops and the process exits 0. A frontend that dies on its own stops the others and the process
+the batcher stops and the process exits 0. SIGHUP: passed on, so each frontend reloads what it holds (a
+classifier's labels). A frontend that dies on its own stops the others and the process
 exits 1, so the pod restarts whole.
 """
 
@@ -30,12 +32,13 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError
 from kubeinfer.runtime.frontends import frontend, link
 from kubeinfer.runtime.frontends.ring import SlotRing
+from kubeinfer.runtime.frontends.served import ServedModel, served
 from kubeinfer.runtime.gpu_metrics import device_uuid
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.models import threads
-from kubeinfer.runtime.models.yolo_io import BatchItem, BoxResult, EncodedJpeg, Letterboxed
 from kubeinfer.runtime.server import STOP_SECONDS, configure_logging
-from kubeinfer.runtime.tasks.detect import DetectTask
+from kubeinfer.runtime.tasks import build_task
+from kubeinfer.runtime.tasks.base import Task
 
 log = logging.getLogger("kubeinfer.runtime.model-process")
 SHARED_MEMORY = Path("/dev/shm")
@@ -60,7 +63,7 @@ class ModelProcess:
         self.stopping = asyncio.Event()
         self.loaded = asyncio.Event()
         self.exit_code = 0
-        self.task: DetectTask | None = None
+        self.model: ServedModel | None = None
         self.gpu_uuid = ""
         self.rings: list[SlotRing] = []
         self.frontends: list[BaseProcess] = []
@@ -91,9 +94,9 @@ class ModelProcess:
             self._kill_frontends()
             server.close()
             self._close_links()
-            if self.task is not None:
+            if self.model is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.to_thread(self.task.stop), STOP_SECONDS * 4)
+                    await asyncio.wait_for(asyncio.to_thread(self.model.task.stop), STOP_SECONDS * 4)
             for ring in self.rings:
                 ring.close()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -103,10 +106,9 @@ class ModelProcess:
 
     async def _load(self) -> None:
         task = await threads.in_passing_thread(self._build_task)
-        self.task = task
+        self.model = served(task, self.pool)
         self.gpu_uuid = device_uuid(self.config.device)
-        model = task.detector.model
-        shape = (model.image_size, model.image_size, 3)
+        shape = self.model.slot_shape()
         self._check_shared_memory(shape)
         self.rings = [SlotRing.create(self.config.frontend_queue_size, shape) for _ in range(self.config.frontends)]
         task.start()
@@ -116,13 +118,13 @@ class ModelProcess:
             raise StartupError(f"{self.config.model}: the warm-up request failed: {exc}") from exc
         freeze_loaded_objects()
         self.loaded.set()
-        log.info("serving %s (%s, %s) on %s to %d frontends", self.config.model_name, self.config.task, model.engine,
+        log.info("serving %s (%s) on %s to %d frontends", self.config.model_name, self.config.task,
                  self.config.device, self.config.frontends)
 
-    def _build_task(self) -> DetectTask:
+    def _build_task(self) -> Task:
         threads.configure(self.config.model_threads, spinning=self.config.model_spinning,
                           instances=self.config.model_instances)
-        return DetectTask(self.config, self.metrics, self.pool)
+        return build_task(self.config, self.metrics, self.pool)
 
     def _check_shared_memory(self, shape: tuple[int, ...]) -> None:
         """The rings fit in /dev/shm (a container's is often 64 MiB): a page touched past its size is a SIGBUS."""
@@ -191,6 +193,7 @@ class ModelProcess:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self._signal_frontends, signal.SIGHUP)  # each reloads (labels)
 
     def _shutdown(self) -> None:
         self._signal_frontends(signal.SIGTERM)
@@ -205,11 +208,9 @@ class ModelProcess:
             if not isinstance(hello, link.FrontendHello) or not 0 <= hello.index < self.config.frontends:
                 return
             await self.loaded.wait()
-            assert self.task is not None
+            assert self.model is not None
             ring = self.rings[hello.index]
-            model = self.task.detector.model
-            facts = link.DetectorFacts(dict(model.names), model.image_size, model.segmentation, str(model.device),
-                                       model.format, model.engine, self.gpu_uuid)
+            facts = self.model.facts(self.config.device, self.gpu_uuid)
             await link.send(writer, link.Hello(facts, ring.name, ring.slots, ring.shape))
             while (request := await link.receive(reader)) is not None:
                 assert isinstance(request, link.BatchRequest)
@@ -221,30 +222,13 @@ class ModelProcess:
             writer.close()
 
     async def _answer(self, request: link.BatchRequest, ring: SlotRing, writer: asyncio.StreamWriter) -> None:
-        assert self.task is not None
-        detector = self.task.detector
-        items: list[BatchItem] = [
-            Letterboxed(ring.images[i.slot], i.original_height, i.original_width, i.selection) if i.slot is not None
-            else EncodedJpeg(i.jpeg or b"", i.index, i.original_height, i.original_width, i.selection)
-            for i in request.items]
+        assert self.model is not None
         try:
-            with detector.batcher.reserve(len(items)) as reservation:
-                raws = await detector.batcher.submit_many(items, reservation)
-            results: list[list[BoxResult] | link.LinkError] = [
-                link.LinkError.of(raw.error) if raw.error is not None else raw.boxes or [] for raw in raws]
-            loop = asyncio.get_running_loop()
-            drawing = {i: loop.run_in_executor(  # polygons: real work, in the pool
-                self.pool, detector.model.postprocess, raw, (item.original_height, item.original_width),
-                item.selection.confidence, item.selection.iou, item.selection.max_detections, item.selection.classes,
-                True) for i, (raw, item) in enumerate(zip(raws, items, strict=True))
-                if raw.error is None and item.selection is not None and item.selection.masks}
-            for i, boxes in zip(drawing, await asyncio.gather(*drawing.values()), strict=True):
-                results[i] = boxes
-            reply = link.BatchReply(request.id, results)
+            reply = link.BatchReply(request.id, await self.model.answer(request.items, ring))
         except InferenceError as exc:
             reply = link.BatchReply(request.id, [], link.LinkError.of(exc))
         except Exception:
-            log.exception("a frontend's request of %d images failed", len(items))
+            log.exception("a frontend's request of %d images failed", len(request.items))
             failed = InferenceError(Code.INTERNAL, "internal error: the model process failed on this request")
             reply = link.BatchReply(request.id, [], link.LinkError.of(failed))
         with contextlib.suppress(ConnectionError, RuntimeError):

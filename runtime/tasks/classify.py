@@ -14,7 +14,10 @@ import itertools
 import logging
 from collections.abc import AsyncIterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,25 +69,61 @@ class ClipResult:
     frames: int
 
 
+class ClassifierModel(Protocol):
+    """What the classify task needs of a classifier: ``ImageModel`` in this process, or a frontend's view of the
+    model process's (``frontends.remote``)."""
+
+    path: Path
+    preprocessing: Preprocessing
+    output_size: int
+    class_names: list[str]
+    format: str
+
+    @property
+    def input_order(self) -> str: ...
+
+    def preprocess(self, pixels: np.ndarray, order: str = "bgr") -> np.ndarray: ...
+
+
+class ClassifyBatcher(Protocol):
+    """The classify task's batcher: ``DynamicBatcher`` in this process, or a frontend's link to the model
+    process."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+    def reserve(self, count: int) -> AbstractContextManager[Any]: ...
+
+    async def submit_many(self, items: Sequence[np.ndarray], reservation: Any = None) -> list[np.ndarray]: ...
+
+
 class ClassifyTask(Task):
     """Classify: decode + preprocess in the pool, one batched forward for all callers, top-k per image."""
 
     name = "classify"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor,
+                 served: tuple[ClassifierModel, ClassifyBatcher] | None = None) -> None:
+        """``served``: a model and batcher made elsewhere (a frontend's, whose model runs in the model process);
+        by default --model is loaded here with a dynamic batcher of its own."""
         super().__init__(config, metrics, pool)
         assert config.model is not None  # ServeConfig.validate requires it for this task
         given = load_labels(config.labels) if config.labels is not None else None  # a bad file fails before loading
-        preprocessing = Preprocessing.resolve(config.model, input_size=config.image_size, mean=config.mean,
-                                              std=config.std, channel_order=config.channel_order,
-                                              resize_mode=config.resize_mode)
-        self.model = ImageModel(config.model, config.device, preprocessing, optimize=config.torchscript_optimize)
+        self.model: ClassifierModel
+        self.batcher: ClassifyBatcher
+        if served is None:
+            preprocessing = Preprocessing.resolve(config.model, input_size=config.image_size, mean=config.mean,
+                                                  std=config.std, channel_order=config.channel_order,
+                                                  resize_mode=config.resize_mode)
+            model = ImageModel(config.model, config.device, preprocessing, optimize=config.torchscript_optimize)
+            self.model, self.batcher = model, DynamicBatcher.from_config(self.name, model.forward, config, metrics)
+        else:
+            self.model, self.batcher = served
         if self.model.preprocessing.output == "embeddings":
             raise StartupError(f"model {config.model} is declared to output embeddings (sidecar \"output\"); "
                                "classification needs \"logits\" or \"probabilities\"")
         self.labels = self._resolve_labels(given)
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher.from_config(
-            self.name, self.model.forward, config, metrics)
         # frames of one clip or stream call in flight at once: enough to fill a batch, bounded against floods
         self.pipeline_depth = max(2, 2 * config.max_batch_size)
 

@@ -59,12 +59,17 @@ async def connect(runtime: Runtime, index: int, link_path: str) -> Task:
     register_gpu_collector(runtime.metrics, runtime.config.device, hello.facts.gpu_uuid)
     ring = SlotRing.attach(hello.ring_name, hello.slots, hello.slot_shape)
     config, facts = runtime.config, hello.facts
-    log.info("frontend %d (pid %d): the model process serves %s; %d image slots", index, os.getpid(),
-             facts.engine if isinstance(facts, link.DetectorFacts) else facts.format, hello.slots)
+    task: Task
     if isinstance(facts, link.DetectorFacts):
+        serves = facts.engine
         detector = Detector(config, RemoteDetector(facts),
                             RemoteBatcher(ring, reader, writer, on_lost=runtime.fail, codec=DETECT_ITEMS))
-        return DetectTask(config, runtime.metrics, runtime.pool, detector)
-    assert config.model is not None  # ServeConfig.validate requires it for classify
-    batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail, codec=CLASSIFY_ITEMS)
-    return ClassifyTask(config, runtime.metrics, runtime.pool, (RemoteClassifier(facts, config.model), batcher))
+        task = DetectTask(config, runtime.metrics, runtime.pool, detector)
+    else:
+        assert config.model is not None  # ServeConfig.validate requires it for classify
+        serves = facts.format
+        batcher = RemoteBatcher(ring, reader, writer, on_lost=runtime.fail, codec=CLASSIFY_ITEMS)
+        task = ClassifyTask(config, runtime.metrics, runtime.pool, (RemoteClassifier(facts, config.model), batcher))
+    log.info("frontend %d (pid %d): the model process serves %s; %d image slots", index, os.getpid(), serves,
+             hello.slots)
+    return task

@@ -45,7 +45,6 @@ class ClassifierFacts:
     output_size: int
     class_names: list[str]  # the model's own (ultralytics classifiers), else empty
     format: str
-    device: str
     gpu_uuid: str
 
 

@@ -196,9 +196,6 @@ class RemoteBatcher(Generic[In, Out]):
                              "retry later")
         return SlotReservation(self._ring, slots)
 
-    async def submit(self, item: In) -> Out:
-        return (await self.submit_many([item]))[0]
-
     async def submit_many(self, items: Sequence[In], reservation: SlotReservation | None = None) -> list[Out]:
         """Send the items (pixels into the reservation's slots) and await the model process's answers, in order."""
         if reservation is None:

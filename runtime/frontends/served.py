@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.models.yolo_io import BatchItem, BoxResult, EncodedJpeg, Letterboxed
@@ -30,7 +31,7 @@ class ServedModel(Protocol):
         """One ring slot: one image as the frontend prepares it for this model."""
         ...
 
-    def facts(self, device: str, gpu_uuid: str) -> link.ModelFacts: ...
+    def facts(self, gpu_uuid: str) -> link.ModelFacts: ...
 
     async def answer(self, items: list[link.LinkItem], ring: SlotRing) -> list[Answer]:
         """Per item its output or error; raises InferenceError when the whole request fails."""
@@ -54,7 +55,7 @@ class ServedDetector:
         size = self.task.detector.model.image_size
         return (size, size, 3)
 
-    def facts(self, device: str, gpu_uuid: str) -> link.DetectorFacts:
+    def facts(self, gpu_uuid: str) -> link.DetectorFacts:
         model = self.task.detector.model
         return link.DetectorFacts(dict(model.names), model.image_size, model.segmentation, str(model.device),
                                   model.format, model.engine, gpu_uuid)
@@ -88,12 +89,15 @@ class ServedClassifier:
         size = self.task.model.preprocessing.input_size
         return (size, size, 3)
 
-    def facts(self, device: str, gpu_uuid: str) -> link.ClassifierFacts:
+    def facts(self, gpu_uuid: str) -> link.ClassifierFacts:
         model = self.task.model
         return link.ClassifierFacts(model.preprocessing, model.output_size, list(model.class_names), model.format,
-                                    device, gpu_uuid)
+                                    gpu_uuid)
 
     async def answer(self, items: list[link.LinkItem], ring: SlotRing) -> list[Answer]:
-        images = [ring.images[i.slot] for i in items if i.slot is not None]
+        slots = [i.slot for i in items]
+        if None in slots:  # a frontend's classifier writes every image into a slot: anything else is a bug
+            raise InferenceError(Code.INTERNAL, "internal error: a classifier's image came without a ring slot")
+        images = [ring.images[slot] for slot in slots]
         with self.task.batcher.reserve(len(images)) as reservation:
             return list(await self.task.batcher.submit_many(images, reservation))

@@ -210,7 +210,7 @@ class ModelProcess:
             await self.loaded.wait()
             assert self.model is not None
             ring = self.rings[hello.index]
-            facts = self.model.facts(self.config.device, self.gpu_uuid)
+            facts = self.model.facts(self.gpu_uuid)
             await link.send(writer, link.Hello(facts, ring.name, ring.slots, ring.shape))
             while (request := await link.receive(reader)) is not None:
                 assert isinstance(request, link.BatchRequest)

@@ -10,7 +10,8 @@ import torch
 from conftest import fresh_images
 from ultralytics.utils import nms
 
-from kubeinfer.runtime.models.yolo import YoloDetector, select_boxes
+from kubeinfer.runtime.models.box_selection import select_boxes
+from kubeinfer.runtime.models.yolo import YoloDetector
 
 
 @pytest.mark.parametrize("which", ["detector_model", "segmentation_model"])

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument
+from kubeinfer.runtime.models.box_selection import select_boxes, select_boxes_batch
 from kubeinfer.runtime.models.device_images import decode_jpegs, letterbox_into
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
 from kubeinfer.runtime.models.stacking import stack_holding_gil
@@ -288,90 +289,6 @@ def boxes_in_originals(kept: Sequence[torch.Tensor], originals: Sequence[tuple[i
                           class_ids[start:start + count], strict=True)])
         start += count
     return found
-
-
-MAX_NMS_CANDIDATES = 30_000
-
-
-def select_boxes(predictions: torch.Tensor, classes_count: int, confidence: float, iou: float,
-                 classes: Sequence[int], max_detections: int) -> torch.Tensor:
-    """Class-aware NMS for one image of an NMS-based YOLO head.
-
-    ``predictions`` is [4 + classes_count + extra, anchors] (xywh, class scores, mask coefficients);
-    the result is [k, 6 + extra]: x1, y1, x2, y2, score, class, extra. The same selection as ultralytics'
-    non_max_suppression (best class per anchor) without its per-call generality: about a quarter cheaper
-    per image, and it runs once per image in the worker pool.
-    """
-    import torchvision
-
-    rows = predictions.T
-    scores, class_ids = predictions[4:4 + classes_count].max(dim=0)  # over contiguous rows: ~4x cheaper
-    keep = scores > confidence
-    if classes:
-        keep &= torch.isin(class_ids, torch.tensor(list(classes), device=class_ids.device))
-    rows, scores, class_ids = rows[keep], scores[keep], class_ids[keep]
-    if rows.shape[0] > MAX_NMS_CANDIDATES:
-        top = scores.topk(MAX_NMS_CANDIDATES).indices
-        rows, scores, class_ids = rows[top], scores[top], class_ids[top]
-    xy, half = rows[:, :2], rows[:, 2:4] / 2
-    boxes = torch.cat((xy - half, xy + half), dim=1)
-    kept = torchvision.ops.batched_nms(boxes, scores, class_ids, iou)[:max_detections]
-    return torch.cat((boxes[kept], scores[kept, None], class_ids[kept, None].float(), rows[kept, 4 + classes_count:]),
-                     dim=1)
-
-
-def select_boxes_batch(predictions: torch.Tensor, classes_count: int,
-                       selections: Sequence[Selection]) -> list[torch.Tensor]:
-    """``select_boxes`` for a batch ([B, 4 + classes + extra, anchors]) in one vectorised step: thresholds and
-    class filters per image, one NMS call per distinct IoU threshold (usually one) over every image at once,
-    boxes kept apart by an offset per (image, class), in float64 so the offsets cost no precision; the
-    result equals per-image ``select_boxes``. An image with more than ``MAX_NMS_CANDIDATES`` candidates sends
-    the batch through the per-image path (which caps them)."""
-    import torchvision
-
-    count = predictions.shape[0]
-    if count == 1:  # one image: the per-image path is leaner
-        s = selections[0]
-        return [select_boxes(predictions[0], classes_count, s.confidence, s.iou, s.classes, s.max_detections)]
-    rows = predictions.transpose(1, 2)  # [B, anchors, channels]: a view, gathered only for the candidates
-    scores, class_ids = predictions[:, 4:4 + classes_count].max(dim=1)  # over contiguous rows: ~4x cheaper
-    device = predictions.device
-    keep = scores > torch.tensor([s.confidence for s in selections], dtype=scores.dtype, device=device)[:, None]
-    if any(s.classes for s in selections):
-        allowed = torch.ones(count, classes_count, dtype=torch.bool, device=device)
-        for i, s in enumerate(selections):
-            if s.classes:
-                allowed[i] = False
-                allowed[i, list(s.classes)] = True
-        keep &= allowed.gather(1, class_ids)
-    if int(keep.sum(dim=1).max()) > MAX_NMS_CANDIDATES:
-        return [select_boxes(predictions[i], classes_count, s.confidence, s.iou, s.classes, s.max_detections)
-                for i, s in enumerate(selections)]
-    image, anchor = keep.nonzero(as_tuple=True)
-    picked, picked_scores, picked_classes = rows[image, anchor], scores[image, anchor], class_ids[image, anchor]
-    xy, half = picked[:, :2], picked[:, 2:4] / 2
-    boxes = torch.cat((xy - half, xy + half), dim=1)
-    spaced = boxes.double()
-    if spaced.shape[0]:
-        group = image * classes_count + picked_classes
-        spaced = spaced + (group.double() * (float(spaced.max()) + 1.0))[:, None]
-    ious = torch.tensor([s.iou for s in selections], device=device)[image]
-    survivors = []
-    for threshold in sorted({s.iou for s in selections}):
-        members = (ious == threshold).nonzero(as_tuple=True)[0]
-        found = torchvision.ops.nms(spaced[members], picked_scores[members].double(), threshold)
-        survivors.append(members[found])
-    kept = torch.cat(survivors) if survivors else torch.zeros(0, dtype=torch.long, device=device)
-    if len(survivors) > 1:  # NMS returns by descending score; merge the groups the same way
-        kept = kept[picked_scores[kept].argsort(descending=True, stable=True)]
-    kept = kept[image[kept].argsort(stable=True)]  # by image, each image's rows still by descending score
-    per_image = torch.bincount(image[kept], minlength=count).tolist()
-    rows_out = torch.cat((boxes, picked_scores[:, None], picked_classes[:, None].float(),
-                          picked[:, 4 + classes_count:]), dim=1)
-    result = []
-    for i, part in enumerate(kept.split(per_image)):
-        result.append(rows_out[part[:selections[i].max_detections]])
-    return result
 
 
 def _rows_on_host(tensor: torch.Tensor, indices: list[int]) -> dict[int, torch.Tensor]:

@@ -22,6 +22,9 @@ WORKLOADS = {
 HEADLINE = {"classifier": "kubeinfer-classify", "detector": "kubeinfer-detect"}
 FLOOR = "grpc-floor"  # the bare transport's row: a reference, neither a peer nor plotted against the model
 TARGET_CONCURRENCY = 16
+# served throughput at TARGET_CONCURRENCY over the raw forward limit: the benchmark issue's 90 %, and the
+# performance issue's 80 % for the detector (its limit leaves out the box selection every request needs)
+VS_LIMIT_GOAL = {"classifier": 0.9, "detector": 0.8}
 README_START, README_END = "<!-- latest-results:start -->", "<!-- latest-results:end -->"
 
 
@@ -102,13 +105,16 @@ def evaluate_targets(limits: dict[str, Any], rows: list[dict[str, Any]], batch: 
         row = find_row(rows, headline_key(workload, batch))
         served = level(row, c) if row else None
         value = served["throughput_rps"] / limit["images_per_s"] if served and limit else None
+        goal = VS_LIMIT_GOAL[workload]
+        selected = limit.get("selected_images_per_s") if limit else None
+        step = f"; the batch step with box selection alone {selected:.1f} img/s" if selected else ""
         targets.append({
             "id": f"{workload}-vs-limit", "workload": workload,
-            "target": f"{headline_key(workload, batch)}: served throughput >= 90% of the raw model's at "
+            "target": f"{headline_key(workload, batch)}: served throughput >= {goal:.0%} of the raw model's at "
                       f"concurrency {c}",
-            "measured": value, "goal": 0.9, "met": None if value is None else value >= 0.9,
+            "measured": value, "goal": goal, "met": None if value is None else value >= goal,
             "detail": (f"{served['throughput_rps']:.1f} req/s served vs {limit['images_per_s']:.1f} img/s raw "
-                       f"(best batch {limit['best_batch_size']})") if value is not None else "not measured"})
+                       f"(best batch {limit['best_batch_size']}){step}") if value is not None else "not measured"})
     classifier_peers = [r for r in rows if r["workload"] == "classifier" and not r["is_kubeinfer"]
                         and r["status"] == "ok" and level(r, c)]
     best_peer = max(classifier_peers, key=lambda r: level(r, c)["throughput_rps"], default=None)  # type: ignore[index]
@@ -212,9 +218,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
 
     lines += ["## The limit: the raw model in-process, no serving", "",
-              "| model | best batch (batches at once) | img/s at best batch | fastest lone batch-1 forward p50 ms "
-              f"| the same after {IDLE_GAP_MS} ms idle | preprocess ms/img | img/s by batch size |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | best batch (batches at once) | img/s at best batch | the same with box selection "
+              f"| fastest lone batch-1 forward p50 ms | the same after {IDLE_GAP_MS} ms idle | preprocess ms/img "
+              "| img/s by batch size |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     measured = [(workload, limits.get(workload)) for workload in WORKLOADS if workload != "detector"]
     measured += [(f"detector ({backend})", lim) for backend, lim in limits.get("detector_by_backend", {}).items()]
     if "detector_by_backend" not in limits:
@@ -225,12 +232,13 @@ def markdown(results: dict[str, Any]) -> str:
         by = ", ".join(f"{r['batch_size']}: {r['images_per_s']:.0f}" for r in lim["by_batch_size"])
         idle = lim.get("latency_ms_batch1_after_idle")
         lines.append(f"| {name} | {lim['best_batch_size']} ({lim.get('instances', 1)}) | {lim['images_per_s']:.1f} | "
+                     f"{_f(lim.get('selected_images_per_s'))} | "
                      f"{lim['latency_ms_batch1']:.2f} | {'—' if idle is None else f'{idle:.2f}'} | "
                      f"{lim['preprocess_ms_per_image']:.2f} | {by} |")
     predict = limits.get("detector_ultralytics")
     if predict:
         lines.append(f"| detector: ultralytics `predict` in-process, JPEG decoding and NMS included "
-                     f"| {predict['best_batch_size']} (1) | {predict['images_per_s']:.1f} | — | — | — | — |")
+                     f"| {predict['best_batch_size']} (1) | {predict['images_per_s']:.1f} | — | — | — | — | — |")
     lines.append("")
 
     for workload, title in WORKLOADS.items():

@@ -31,7 +31,7 @@ def select_boxes(predictions: torch.Tensor, classes_count: int, confidence: floa
     ``predictions`` is [4 + classes_count + extra, anchors] (xywh, class scores, mask coefficients);
     the result is [k, 6 + extra]: x1, y1, x2, y2, score, class, extra. The same selection as ultralytics'
     non_max_suppression (best class per anchor) without its per-call generality: about a quarter cheaper
-    per image, and it runs once per image in the worker pool.
+    per image. Used where no batch step selected: video frames, end-to-end heads, too many candidates.
     """
     import torchvision
 

@@ -4,7 +4,7 @@ The work is split the way the batcher needs it: ``preprocess`` (one image, worke
 pool), ``forward`` (one batch, inference thread), ``postprocess`` (one image, with that
 request's own thresholds). Images that carry their request's ``Selection`` get their
 boxes selected in ``forward`` right after the model, for the whole batch in one vectorised
-step (one NMS call over every image and class, each image's thresholds still its own), so
+step (``box_selection``: one NMS call over every image and class, each image's thresholds still its own), so
 the common request needs no second trip through the worker pool; images without one (video
 frames) are selected per image in ``postprocess`` as before.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,46 @@ class ServerError(RuntimeError):
     """A server did not start, did not get ready, or listened beyond loopback; the message has its log tail."""
 
 
+_HANDED_OUT: set[int] = set()
+_LOWEST_PORT = 10_000
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 now that this process never handed out before, below the kernel's ephemeral
+    range when there is room: ``bind(("", 0))`` and every outgoing connection take their ports from that range,
+    so a port picked there may be taken again before its server binds it (a second pick here, or a client's
+    connection), which failed a test starting eight servers at once with "Address already in use"."""
+    low = _ephemeral_range()[0]
+    candidates = list(range(_LOWEST_PORT, low)) if low - _LOWEST_PORT >= 1_000 else []
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    while True:  # no room below the ephemeral range: the kernel's pick, never the same one twice
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class ManagedProcess:

@@ -10,6 +10,7 @@ listen on loopback addresses only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -38,14 +39,14 @@ def free_port() -> int:
     range when there is room: ``bind(("", 0))`` and every outgoing connection take their ports from that range,
     so a port picked there may be taken again before its server binds it (a second pick here, or a client's
     connection), which failed a test starting eight servers at once with "Address already in use"."""
-    low = _ephemeral_range()[0]
-    candidates = list(range(_LOWEST_PORT, low)) if low - _LOWEST_PORT >= 1_000 else []
-    random.shuffle(candidates)
-    for port in candidates[:200]:
-        if port not in _HANDED_OUT and _bindable(port):
-            _HANDED_OUT.add(port)
-            return port
-    while True:  # no room below the ephemeral range: the kernel's pick, never the same one twice
+    low = _ephemeral_low()
+    if low - _LOWEST_PORT >= 1_000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, low)
+            if port not in _HANDED_OUT and _bindable(port):
+                _HANDED_OUT.add(port)
+                return port
+    while True:  # no free port found below the ephemeral range: the kernel's pick, never the same one twice
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
@@ -54,12 +55,13 @@ def free_port() -> int:
             return port
 
 
-def _ephemeral_range() -> tuple[int, int]:
+@functools.cache
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32_768, 60_999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def _bindable(port: int) -> bool:

@@ -32,6 +32,9 @@ import numpy as np
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 ANSWERS = 8
 IDLE_GAP_S = 0.005  # between the batch-1 forwards timed "after idle": about a lone request's round trip
+# the detector's box selection wherever it is timed or compared: `kubeinfer serve`'s defaults
+# (--confidence, --iou, --max-detections)
+CONFIDENCE, IOU, MAX_DETECTIONS = 0.25, 0.45, 300
 
 
 def sweep(forward: Callable[[int], object], seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES,
@@ -172,7 +175,7 @@ def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend
     result = sweep(forward, seconds, batch_sizes=(1, 2, 4, 8, 16, 32), instances=instances)
     # the same batch step as a served request makes it, its boxes selected at the default thresholds: the
     # most the served detector can reach in this configuration, with no transport or decoding at all
-    selected = [detector.preprocess(d, Selection(0.25, 0.45, 300)) for d in decoded]
+    selected = [detector.preprocess(d, Selection(CONFIDENCE, IOU, MAX_DETECTIONS)) for d in decoded]
     best = result["best_batch_size"]
     result["selected_images_per_s"] = sweep(
         lambda n: detector.forward([selected[i % len(selected)] for i in range(n)]), seconds,
@@ -185,7 +188,7 @@ def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend
 
     result["preprocess_ms_per_image"] = median_ms(pre, seconds / 4)
     result["postprocess_ms_per_image"] = median_ms(
-        lambda: detector.postprocess(raw, shape, 0.25, 0.45, 300, (), False), seconds / 4)
+        lambda: detector.postprocess(raw, shape, CONFIDENCE, IOU, MAX_DETECTIONS, (), False), seconds / 4)
     result["input_size"] = detector.image_size
     result["model"] = str(model_path)
     result["backend"] = choice.backend
@@ -210,7 +213,7 @@ def ultralytics_predict(model_path: Path, jpegs: list[bytes], seconds: float, ba
     result["model"] = str(model_path)
     # the in-process answers the served boxes are checked against, at kubeinfer's default thresholds
     images = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in jpegs[:ANSWERS]]
-    predictions = model.predict(images, imgsz=size, conf=0.25, iou=0.45, max_det=300, verbose=False)
+    predictions = model.predict(images, imgsz=size, conf=CONFIDENCE, iou=IOU, max_det=MAX_DETECTIONS, verbose=False)
     result["answers"] = [[[int(c), *map(float, xyxy), float(score)] for xyxy, score, c in
                           zip(p.boxes.xyxy.tolist(), p.boxes.conf.tolist(), p.boxes.cls.tolist(), strict=True)]
                          for p in predictions]

@@ -92,8 +92,8 @@ class ServeConfig:
         values["model_name"] = values["model_name"] or values["task"]
         cpus = usable_cpus()
         if values["model_instances"] is None:
-            values["model_instances"] = default_instances(values["task"], values["device"], cpus,
-                                                          expected_engine(values["model"], values["backend"]))
+            engine = expected_engine(values["model"], detector_backend(values["backend"], values["decode_device"]))
+            values["model_instances"] = default_instances(values["task"], values["device"], cpus, engine)
         if values["model_threads"] is None:  # the usable CPUs (less the frontends') shared between the instances
             values["model_threads"] = thread_budget(cpus, values["model_instances"], values["frontends"]).model_threads
         config = cls(**values)
@@ -127,6 +127,10 @@ class ServeConfig:
             (self.model_threads >= 1, "--model-threads must be at least 1"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES, f"--decode-device must be one of {', '.join(DECODE_DEVICES)}"),
+            (self.task != "detect" or self.decode_device != "model"
+             or expected_engine(self.model, detector_backend(self.backend, self.decode_device)) == "torch",
+             "--decode-device model decodes JPEGs with torch on the model's device, but this model runs on ONNX "
+             "Runtime (an .onnx file, or --backend onnx): use --decode-device cpu, or --backend torch for a .pt"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (self.http_keepalive_timeout > 0 and self.http_body_timeout > 0,
              "--http-keepalive-timeout and --http-body-timeout must be positive"),
@@ -184,6 +188,12 @@ def _boolean(text: str) -> bool:
 
 
 SPINNING = ("off", "run", "always")
+
+
+def detector_backend(backend: str, decode_device: str) -> str:
+    """The --backend a detector loads with: JPEGs decoded in the batch step (--decode-device model) need torch on
+    the model's device, so ``auto`` means torch then."""
+    return "torch" if backend == "auto" and decode_device == "model" else backend
 
 
 def expected_engine(model: Path | None, backend: str) -> str:

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from kubeinfer.runtime.batching import DynamicBatcher
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import ServeConfig, detector_backend
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, check_encoded, decode, decode_checked
 from kubeinfer.runtime.metrics import RuntimeMetrics
@@ -31,6 +31,10 @@ from kubeinfer.runtime.models.yolo_io import (
     Selection,
 )
 from kubeinfer.runtime.parameters import Parameters, check_range
+
+if TYPE_CHECKING:
+    from kubeinfer.runtime.models.yolo import YoloDetector
+    from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +142,27 @@ class Detector:
 
     @classmethod
     def load(cls, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> Detector:
-        """Load ``path`` (the backend --backend chooses) with a dynamic batcher of its own."""
-        from kubeinfer.runtime.models.backend import choose_backend  # torch and the model libraries: only here
-        from kubeinfer.runtime.models.yolo import YoloDetector
+        """Load ``path`` on the engine --backend chooses (ONNX Runtime with numpy alone, or torch) with a dynamic
+        batcher of its own."""
+        from kubeinfer.runtime.models.backend import choose_backend  # the model libraries: only here
 
-        choice = choose_backend(path, config.backend, config.device, config.cache_dir, config.image_size)
-        model = YoloDetector(choice.path, config.device, config.image_size,
-                             exported_from=path if choice.path != path else None)
-        if model.engine == "torch" and config.model_instances > 1 and config.device == "cpu":
-            log.warning("the detector runs on torch with %d batches at once at %d thread%s each; torch's threads "
-                        "are process-wide, so a lone request cannot take them all: --model-instances 1 serves "
-                        "it faster below high concurrency", config.model_instances, config.model_threads,
-                        "" if config.model_threads == 1 else "s")
+        backend = detector_backend(config.backend, config.decode_device)
+        choice = choose_backend(path, backend, config.device, config.cache_dir, config.image_size)
+        model: YoloOnnxDetector | YoloDetector
+        if choice.backend == "onnx":
+            from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
+
+            model = YoloOnnxDetector(choice.path, config.device, config.image_size,
+                                     exported_from=path if choice.path != path else None)
+        else:
+            from kubeinfer.runtime.models.yolo import YoloDetector
+
+            model = YoloDetector(choice.path, config.device, config.image_size)
+            if config.model_instances > 1 and config.device == "cpu":
+                log.warning("the detector runs on torch with %d batches at once at %d thread%s each; torch's "
+                            "threads are process-wide, so a lone request cannot take them all: --model-instances 1 "
+                            "serves it faster below high concurrency", config.model_instances, config.model_threads,
+                            "" if config.model_threads == 1 else "s")
         batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher.from_config(
             "detect", model.forward, config, metrics)
         return cls(config, model, batcher)

@@ -17,13 +17,14 @@ from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo import YoloDetector
+from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
 EXPORTS = CACHE / "exports"  # the tests' runtimes use the same cache (runtime_support.runtime_env)
 
 
-def detect_all(model: YoloDetector, count: int) -> list[list[tuple[float, ...]]]:
+def detect_all(model: YoloDetector | YoloOnnxDetector, count: int) -> list[list[tuple[float, ...]]]:
     """Boxes (x1, y1, x2, y2, score, class) for ``count`` fresh images, in one batch."""
     samples = fresh_images(seed=21, count=count)
     prepared = [model.preprocess(cv2.cvtColor(s.pixels, cv2.COLOR_RGB2BGR)) for s in samples]
@@ -37,7 +38,7 @@ def test_onnx_export_answers_like_torch(detector_model: Path) -> None:
     choice = choose_backend(detector_model, "auto", "cpu", EXPORTS, None)
     assert choice.backend == "onnx" and choice.path.suffix == ".onnx"
     torch_model = YoloDetector(detector_model, "cpu", None)
-    onnx_model = YoloDetector(choice.path, "cpu", None, exported_from=detector_model)
+    onnx_model = YoloOnnxDetector(choice.path, "cpu", None, exported_from=detector_model)
     assert (torch_model.engine, onnx_model.engine) == ("torch", "onnx")
     assert onnx_model.format == torch_model.format == "pytorch"  # the file the user gave
     assert (onnx_model.image_size, onnx_model.names) == (torch_model.image_size, torch_model.names)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ultralytics.utils import ops
 
-from kubeinfer.runtime.models.yolo import boxes_in_originals
+from kubeinfer.runtime.models.yolo_io import boxes_in_originals
 
 SIZE = 640
 
@@ -23,18 +23,18 @@ def test_a_batch_is_scaled_as_scale_boxes_scales_each_image(seed: int) -> None:
         wh = rng.uniform(0, 300, (count, 2)).astype(np.float32)
         rows = np.concatenate([xy, xy + wh, rng.uniform(0, 1, (count, 1)), rng.integers(0, 80, (count, 1)),
                                rng.normal(size=(count, 3))], axis=1).astype(np.float32)  # + mask coefficients
-        kept.append(torch.from_numpy(rows))
+        kept.append(rows)
     found = boxes_in_originals(kept, originals, SIZE)
     assert [len(f) for f in found] == [k.shape[0] for k in kept]
     for rows, original, boxes in zip(kept, originals, found, strict=True):
-        want = ops.scale_boxes((SIZE, SIZE), rows[:, :4].clone(), original).tolist()
+        want = ops.scale_boxes((SIZE, SIZE), torch.from_numpy(rows[:, :4].copy()), original).tolist()
         got = [[b.x1, b.y1, b.x2, b.y2] for b in boxes]
         np.testing.assert_allclose(np.asarray(got).reshape(-1, 4), np.asarray(want).reshape(-1, 4), rtol=0,
                                    atol=1e-3)
         assert [b.score for b in boxes] == rows[:, 4].tolist()
-        assert [b.class_id for b in boxes] == rows[:, 5].int().tolist()
+        assert [b.class_id for b in boxes] == rows[:, 5].astype(int).tolist()
         assert all(b.polygons == [] and 0 <= b.x1 <= original[1] and 0 <= b.y2 <= original[0] for b in boxes)
 
 
 def test_no_rows_anywhere_is_no_boxes() -> None:
-    assert boxes_in_originals([torch.zeros(0, 6), torch.zeros(0, 6)], [(10, 10), (20, 5)], SIZE) == [[], []]
+    assert boxes_in_originals([np.zeros((0, 6)), np.zeros((0, 6))], [(10, 10), (20, 5)], SIZE) == [[], []]

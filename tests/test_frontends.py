@@ -21,7 +21,7 @@ import pytest
 from classify_support import COLOURS, colour_models, expected_probabilities, noisy, scores, write_labels
 from conftest import fresh_images, jpeg_bytes, png_bytes
 from prometheus_client.parser import text_string_to_metric_families
-from runtime_support import RuntimeProcess, wait_for
+from runtime_support import CACHE, RuntimeProcess, wait_for
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.rest import RestClient
@@ -30,7 +30,8 @@ from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
 from kubeinfer.runtime.errors import Code, Overloaded
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.ring import SlotRing
-from kubeinfer.runtime.models.yolo import BoxResult, Selection
+from kubeinfer.runtime.models.backend import choose_backend
+from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
@@ -39,6 +40,7 @@ FRONTENDS = ("--frontends", "2", "--shutdown-delay", "0", "--grace-period", "5")
 
 @pytest.fixture(scope="module")
 def frontends_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> RuntimeProcess:
+    choose_backend(detector_model, "onnx", "cpu", CACHE / "exports", None)  # exported (with torch) here, not there
     return both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", "rects",
                                       "--max-batch-delay-ms", "5", *FRONTENDS))
 
@@ -92,12 +94,13 @@ def test_two_frontends_listen_on_the_shared_ports(frontends_runtime: RuntimeProc
     assert frontends_runtime.grpc_port not in model_ports  # the model process listens on no port
 
 
-def test_only_the_model_process_loads_torch(frontends_runtime: RuntimeProcess) -> None:
-    """A frontend maps no libtorch (the CUDA build's torch is ~800 MB a process); the model process does."""
+def test_no_process_loads_torch_for_a_model_onnx_runtime_runs(frontends_runtime: RuntimeProcess) -> None:
+    """No frontend maps libtorch (the CUDA build's torch is ~800 MB a process), and neither does the model process
+    while ONNX Runtime runs the model (the .pt's export was made once and cached)."""
     def maps_torch(process: psutil.Process) -> bool:
         return any("libtorch" in Path(m.path).name for m in process.memory_maps())
 
-    assert maps_torch(psutil.Process(frontends_runtime.pid))
+    assert not maps_torch(psutil.Process(frontends_runtime.pid))
     frontends = frontend_processes(frontends_runtime)
     assert len(frontends) == 2 and not any(maps_torch(p) for p in frontends)
 

@@ -18,11 +18,11 @@ TWO_INSTANCES = textwrap.dedent("""
     import json, pathlib, sys
     import numpy as np
     from kubeinfer.runtime.models import threads
-    from kubeinfer.runtime.models.yolo import YoloDetector
+    from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
     from kubeinfer.runtime.models.yolo_io import Letterboxed
 
     threads.configure(1, instances=2)  # as `kubeinfer serve --model-instances 2 --model-threads 1` does
-    detector = YoloDetector(pathlib.Path(sys.argv[1]), "cpu", None)
+    detector = YoloOnnxDetector(pathlib.Path(sys.argv[1]), "cpu", None)
     rng = np.random.default_rng(3)
     size = detector.image_size
     batch = [Letterboxed(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), size, size) for _ in range(4)]
@@ -38,7 +38,7 @@ TWO_INSTANCES = textwrap.dedent("""
         "used": used,
         "threads": [detector._session.get_session_options().intra_op_num_threads,
                     detector._lone_session.get_session_options().intra_op_num_threads],
-        "max_difference": max(float(np.abs(a.predictions.numpy() - b.predictions.numpy()).max())
+        "max_difference": max(float(np.abs(a.predictions - b.predictions).max())
                               for a, b in zip(alone, overlapped)),
     }))
 """)

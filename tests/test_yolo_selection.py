@@ -1,10 +1,11 @@
-"""The runtime's per-image NMS selects exactly what ultralytics' non_max_suppression selects."""
+"""The runtime's per-image NMS (numpy) selects exactly what ultralytics' non_max_suppression (torch) selects."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from conftest import fresh_images
@@ -12,6 +13,7 @@ from ultralytics.utils import nms
 
 from kubeinfer.runtime.models.box_selection import select_boxes
 from kubeinfer.runtime.models.yolo import YoloDetector
+from kubeinfer.runtime.models.yolo_io import Selection
 
 
 @pytest.mark.parametrize("which", ["detector_model", "segmentation_model"])
@@ -25,10 +27,11 @@ def test_selection_matches_ultralytics(request: pytest.FixtureRequest, which: st
     selected_any = False
     for raw in detector.forward(items):
         extra = classes_count if raw.prototypes is not None else 0
-        want = nms.non_max_suppression(raw.predictions[None], confidence, iou, list(classes) or None,
-                                       max_det=max_detections, nc=extra)[0]
-        got = select_boxes(raw.predictions, classes_count, confidence, iou, classes, max_detections)
+        assert raw.predictions is not None
+        want = nms.non_max_suppression(torch.from_numpy(raw.predictions)[None], confidence, iou,
+                                       list(classes) or None, max_det=max_detections, nc=extra)[0].numpy()
+        got = select_boxes(raw.predictions, classes_count, Selection(confidence, iou, max_detections, classes))
         assert got.shape == want.shape
-        assert torch.allclose(got, want, atol=1e-4)
+        assert np.allclose(got, want, atol=1e-4)
         selected_any |= got.shape[0] > 0
     assert selected_any or confidence >= 0.9

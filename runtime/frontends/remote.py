@@ -30,6 +30,7 @@ from kubeinfer.runtime.models.yolo_io import (
     BoxResult,
     EncodedJpeg,
     Letterboxed,
+    NamedDevice,
     RawDetections,
     Selection,
     letterboxed,
@@ -40,20 +41,6 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteDevice:
-    """The model process's device as the detect task reads it (``detection.Device``), without torch."""
-
-    name: str  # cpu, cuda:0
-
-    @property
-    def type(self) -> str:
-        return self.name.split(":", 1)[0]
-
-    def __str__(self) -> str:
-        return self.name
-
-
 class RemoteDetector:
     """The model process's detector as the detect task uses it (``detection.DetectorModel``)."""
 
@@ -61,7 +48,7 @@ class RemoteDetector:
         self.names = facts.names
         self.image_size = facts.image_size
         self.segmentation = facts.segmentation
-        self.device = RemoteDevice(facts.device)
+        self.device = NamedDevice(facts.device)
         self.format = facts.format
         self.engine = facts.engine
 

@@ -12,7 +12,6 @@ beside its source, which may be read-only) and the result moved into place atomi
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -20,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubeinfer.runtime.digests import sha256_of
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
 
@@ -35,12 +35,27 @@ class BackendChoice:
     backend: str
 
 
+def torch_available() -> bool:
+    """Whether this runtime has torch: the gpu image and a development install do, the lean cpu image does not."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def require_torch(model: Path) -> None:
+    """Fail the start with one line where a model needs torch and this runtime has none."""
+    if not torch_available():
+        raise StartupError(f"{model.name} needs torch, which this runtime does not have (the cpu image serves ONNX "
+                           "models): serve it with the gpu image, or export it first with `kubeinfer export`")
+
+
 def choose_backend(model: Path, requested: str, device: str, cache_dir: Path, image_size: int | None) -> BackendChoice:
     """The model file and engine for ``--backend requested``; ``onnx`` fails the start when no export is possible,
     ``auto`` falls back to torch."""
     native = "onnx" if model.suffix.lower() == ".onnx" else "torch"
     if requested == "torch" or model.suffix.lower() not in EXPORTABLE_SUFFIXES:
+        if native == "torch":
+            require_torch(model)
         return BackendChoice(model, native)
+    require_torch(model)  # the export needs it too
     if requested == "auto" and device != "cpu":
         return BackendChoice(model, "torch")
     try:
@@ -59,7 +74,7 @@ def onnx_export(model: Path, cache_dir: Path, image_size: int | None) -> Path:
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:  # ultralytics would try to pip-install them: never at run time
         raise RuntimeError(f"{' and '.join(missing)} not installed")
-    target = cache_dir / "onnx" / f"{_sha256(model)}-{image_size or 'trained'}.onnx"
+    target = cache_dir / "onnx" / f"{sha256_of(model)}-{image_size or 'trained'}.onnx"
     if target.is_file():
         log.info("ONNX export of %s from the cache: %s", model.name, target)
         return target
@@ -79,12 +94,6 @@ def onnx_export(model: Path, cache_dir: Path, image_size: int | None) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _as_list(value: object) -> list[int]:

@@ -29,7 +29,6 @@ import numpy as np
 
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.stacking import stack_holding_gil
-from kubeinfer.runtime.models.threads import ort_session_options
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -173,29 +172,45 @@ class ImageModel:
             raise
         except Exception as exc:
             raise StartupError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
-        self._normalizer = BatchNormalizer(self.preprocessing, self._torch_device)
+        self._normalizer: Any = (HostNormalizer(self.preprocessing) if self.format == "onnx"
+                                 else BatchNormalizer(self.preprocessing, self._torch_device))
         self.output_size = self._probe_output_size()
 
     # -- loading
 
     def _load_onnx(self) -> None:
-        import onnxruntime as ort
+        from kubeinfer.runtime.models.onnx_session import open_session, read_metadata
 
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise StartupError(f"--device {self.device}: ONNX Runtime here has no CUDA provider")
-            index = int(self.device.split(":")[1]) if ":" in self.device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(self.path), ort_session_options(), providers=providers)
+        self._session = open_session(self.path, self.device)
         self._input_name = self._session.get_inputs()[0].name
         self.format = "onnx"
         self._torch_device = None
         self._run = self._run_onnx
+        metadata = read_metadata(self._session, self.path)
+        if "task" in metadata:  # exported by ultralytics
+            self._take_ultralytics_classifier(metadata["task"], metadata.get("names") or {}, metadata.get("imgsz"))
+
+    def _take_ultralytics_classifier(self, task: str | None, names: dict[Any, Any], size: Any) -> None:
+        """An ultralytics classifier's own preprocessing (resize + center crop, pixels in [0, 1], softmax already
+        applied) and class names; any other ultralytics task is refused."""
+        if task not in (None, "classify"):
+            raise StartupError(f"{self.path} is an ultralytics {task} model; this task needs a classifier")
+        self.class_names = [str(names[i]) for i in sorted(names)]
+        if isinstance(size, list | tuple):
+            size = max(size)
+        self.preprocessing = replace(self.preprocessing, input_size=int(size or self.preprocessing.input_size),
+                                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="rgb",
+                                     resize_mode="center-crop", output="probabilities")
 
     def _load_torch(self) -> None:
+        from kubeinfer.runtime.models.backend import require_torch
+
+        require_torch(self.path)
         import torch
 
+        from kubeinfer.runtime.models.threads import apply_to_torch
+
+        apply_to_torch()
         self._torch_device = torch.device(self.device)
         try:
             module = torch.jit.load(str(self.path), map_location=self._torch_device)
@@ -220,16 +235,9 @@ class ImageModel:
         from ultralytics.nn.autobackend import AutoBackend
 
         backend = AutoBackend(str(self.path), device=self._torch_device, fuse=True, verbose=False)
-        task = getattr(getattr(backend, "model", None), "task", None)
-        if task not in (None, "classify"):
-            raise StartupError(f"{self.path} is an ultralytics {task} model; this task needs a classifier")
         self.format = "pytorch"
-        self.class_names = [str(backend.names[i]) for i in sorted(backend.names)]
-        size = getattr(backend.model, "args", {}).get("imgsz", self.preprocessing.input_size)
-        # ultralytics classifiers: resize + center crop, pixels in [0, 1], softmax already applied
-        self.preprocessing = replace(self.preprocessing, input_size=int(size), mean=(0.0, 0.0, 0.0),
-                                     std=(1.0, 1.0, 1.0), channel_order="rgb", resize_mode="center-crop",
-                                     output="probabilities")
+        self._take_ultralytics_classifier(getattr(getattr(backend, "model", None), "task", None), backend.names,
+                                          getattr(backend.model, "args", {}).get("imgsz"))
 
         class _Probabilities(torch.nn.Module):
             def __init__(self, inner: Any) -> None:
@@ -276,13 +284,12 @@ class ImageModel:
 
     def _run_uint8(self, batch: np.ndarray) -> np.ndarray:
         """Normalise and run, dropping the GIL once for each (``stacking`` says why that count matters)."""
+        if self.format == "onnx":
+            return self._run_onnx(self._normalizer(batch))
         import torch
 
         with torch.inference_mode():
-            images = self._normalizer(torch.from_numpy(batch))
-            if self.format == "onnx":
-                return self._run_onnx(images.numpy())
-            return self._forward_torch(images)
+            return self._forward_torch(self._normalizer(torch.from_numpy(batch)))
 
     def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._input_name: batch})[0])
@@ -305,6 +312,19 @@ class ImageModel:
         if out.device.type != "cpu":
             out = out.cpu()
         return out.numpy()
+
+
+class HostNormalizer:
+    """uint8 NHWC batch -> normalised float32 NCHW on the host, in numpy (what ONNX Runtime takes): the same
+    float32 subtraction and division as ``BatchNormalizer``, so both give the same bits."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        shift, scale = preprocessing.shift_scale()
+        self._shift, self._scale = shift[None, :, None, None], scale[None, :, None, None]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = np.subtract(images.transpose(0, 3, 1, 2), self._shift, dtype=np.float32, order="C")
+        return np.divide(out, self._scale, out=out)
 
 
 class BatchNormalizer:

@@ -37,32 +37,26 @@ _spinning = "off"
 
 
 def configure(threads: int, spinning: str = "off", instances: int = 1) -> None:
-    """Give torch ``threads`` intra-op threads (one inter-op thread) and remember both for ORT sessions;
-    ``instances``: batches run at once, each with ``threads`` of its own (``lone_batch_threads``)."""
-    import torch
-
+    """Remember the budget: ``threads`` intra-op threads per model instance (ONNX Runtime sessions and torch
+    alike), ``instances`` batches at once (``lone_batch_threads``). Torch gets it when a torch model loads
+    (``apply_to_torch``): a model ONNX Runtime runs never imports torch."""
     global _threads, _spinning, _instances
     _threads, _spinning, _instances = max(1, threads), spinning, max(1, instances)
-    torch.set_num_threads(_threads)
-    # each batcher thread runs its batch on its own: no inter-op parallelism; RuntimeError: already set, or
-    # inter-op work already ran in this process
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
     log.info("model: %d instance%s x %d intra-op thread%s (ONNX Runtime spinning: %s)", instances,
              "" if instances == 1 else "s", _threads, "" if _threads == 1 else "s", spinning)
 
 
-def torch_for_small_work() -> None:
-    """One torch thread, where ONNX Runtime runs the model and torch only prepares and selects around it: a
-    torch thread team would spin on the cores ORT's threads need (the detector's CPU per image at concurrency 1
-    went from 12 to 24 ms once nothing throttled that spinning). Only once ``configure`` set the budget: code
-    that builds models directly (tests, tools) keeps torch's own setting."""
+def apply_to_torch() -> None:
+    """Give torch the budget ``configure`` set (one inter-op thread: each batcher thread runs its batch on its
+    own); torch models call this as they load. Without ``configure`` (tests, tools) torch keeps its own."""
     if not _threads:
         return
     import torch
 
-    torch.set_num_threads(1)
-    log.info("torch threads: 1 (ONNX Runtime runs the model with %d)", _threads)
+    torch.set_num_threads(_threads)
+    # RuntimeError: already set, or inter-op work already ran in this process
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
 
 
 def configured_threads() -> int:

@@ -1,24 +1,35 @@
-"""The detector's batch items, results and letterbox: plain numpy and OpenCV, no torch.
+"""The detector's batch items, results, letterbox and its undoing: plain numpy and OpenCV, no torch.
 
 What crosses between the detect task, the batcher and the model, and what a frontend process
-(``--frontends``) needs to prepare images and read answers without loading torch (about 800 MB per
-process for the CUDA build).
+(``--frontends``) or the lean runtime needs to prepare images and read answers without loading torch
+(about 800 MB per process for the CUDA build).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from kubeinfer.runtime.errors import InferenceError
 
-if TYPE_CHECKING:
-    import torch
-
 LETTERBOX_FILL = 114
+
+
+@dataclass(frozen=True, slots=True)
+class NamedDevice:
+    """A model's device by name (``detection.Device``: ``type`` is cpu or cuda), without torch."""
+
+    name: str  # cpu, cuda:0
+
+    @property
+    def type(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +72,15 @@ BatchItem = Letterboxed | EncodedJpeg
 
 @dataclass(frozen=True, slots=True)
 class RawDetections:
-    """One image's slice of the model output: predictions and, for segmentation models, mask prototypes;
-    ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra], on the CPU) when the image had one.
-    Predictions and prototypes are on the CPU where a later step reads them (no selection yet; prototypes
-    for masks) and stay on the model's device otherwise. ``error``: this image failed in the batch step
-    (an ``EncodedJpeg`` no decoder took) and has no detections; the other images are unaffected."""
+    """One image's slice of the model output, on the host: predictions and, for segmentation models, mask
+    prototypes; ``kept`` holds the rows its ``Selection`` kept ([k, 6 + extra]) when the image had one.
+    Predictions and prototypes are there where a later step reads them (no selection yet; prototypes for
+    masks); a model on a GPU leaves the others on the device (None here). ``error``: this image failed in the
+    batch step (an ``EncodedJpeg`` no decoder took) and has no detections; the other images are unaffected."""
 
-    predictions: torch.Tensor | None  # None: the boxes came from a model process (``frontends``)
-    prototypes: torch.Tensor | None
-    kept: torch.Tensor | None = None
+    predictions: np.ndarray | None  # None: selected in the batch step on a GPU, or by a model process (frontends)
+    prototypes: np.ndarray | None
+    kept: np.ndarray | None = None
     boxes: list[BoxResult] | None = None  # the final boxes, when the selection asked for no masks
     error: InferenceError | None = None
 
@@ -124,3 +135,32 @@ def letterboxed(bgr: np.ndarray, size: int, selection: Selection | None = None) 
     """``bgr`` letterboxed for a model of input ``size``, with its original shape (and ``selection``)."""
     height, width = bgr.shape[:2]
     return Letterboxed(letterbox(bgr, size), height, width, selection)
+
+
+def boxes_in_originals(kept: Sequence[np.ndarray], originals: Sequence[tuple[int, int]],
+                       size: int) -> list[list[BoxResult]]:
+    """Each image's selected rows ([k, 6+]) as boxes in its original pixels: the letterbox undone (padding off,
+    then divided by the scale, in float32 as ultralytics' ``scale_boxes`` does it) and clipped to the image, for
+    every image of a batch in one vectorised step rather than one ``scale_boxes`` call each (~60 us)."""
+    counts = [int(rows.shape[0]) for rows in kept]
+    if not sum(counts):
+        return [[] for _ in kept]
+    rows = np.concatenate([r[:, :6] for r in kept]).astype(np.float32, copy=False)
+    shape = np.empty((len(kept), 6), np.float32)  # pad x, pad y, gain x, gain y, width, height
+    for i, (height, width) in enumerate(originals):
+        g = letterbox_geometry(height, width, size)
+        shape[i] = (g.left, g.top, g.new_width / width, g.new_height / height, width, height)
+    per_row = np.repeat(shape, counts, axis=0)
+    xy = rows[:, :4] - per_row[:, [0, 1, 0, 1]]
+    xy /= per_row[:, [2, 3, 2, 3]]
+    np.clip(xy, 0, per_row[:, [4, 5, 4, 5]], out=xy)
+    coordinates, scores = xy.tolist(), rows[:, 4].tolist()
+    class_ids = rows[:, 5].astype(np.int32).tolist()
+    found: list[list[BoxResult]] = []
+    start = 0
+    for count in counts:
+        found.append([BoxResult(b[0], b[1], b[2], b[3], s, c, []) for b, s, c in
+                      zip(coordinates[start:start + count], scores[start:start + count],
+                          class_ids[start:start + count], strict=True)])
+        start += count
+    return found

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from kubeinfer.runtime.digests import sha256_of
+
 CHUNK = 1024 * 1024
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 MARKER = ".kubeinfer-fetched"
@@ -133,15 +135,9 @@ def _present(item: Item, target: Path) -> bool:
         return marker.is_file() and marker.read_text().strip() == item.url
     if not target.is_file():
         return False
-    return item.sha256 is None or _sha256_file(target) == item.sha256
+    return item.sha256 is None or sha256_of(target) == item.sha256
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch_once(item: Item, target: Path, timeout: float) -> str:

@@ -8,11 +8,14 @@ buildah/podman's default storage with the vfs driver:
 
     localhost/kubeinfer-operator:dev   runs `kubeinfer operator --help` as the chart's pod does: its uid,
                                        read-only root filesystem, /tmp the only writable mount
-    localhost/kubeinfer-runtime:dev    runs the operator's rendered runtime pod for a detect InferenceService
-                                       whose model is a URL: the `kubeinfer fetch` init container downloads the
-                                       demo detector into the pod's emptyDir, then `kubeinfer serve` serves it
-                                       (mounted read-only) and answers /readyz, gRPC health and a Detect, and
-                                       stops cleanly on SIGTERM
+    localhost/kubeinfer-runtime:cpu    (Dockerfile.runtime --target cpu: no torch) and
+    localhost/kubeinfer-runtime:gpu    (--target gpu) each run the operator's rendered runtime pod for a detect
+                                       InferenceService whose model is a URL (the demo detector's ONNX export
+                                       for the cpu image, its .pt for the gpu image): the `kubeinfer fetch` init
+                                       container downloads it into the pod's emptyDir, then `kubeinfer serve`
+                                       serves it (mounted read-only) and answers /readyz, gRPC health and a
+                                       Detect, and stops cleanly on SIGTERM; the time from the container's start
+                                       to /readyz is reported
 
 Where the local control plane is built (make cluster-build), the operator image also runs against it as the
 chart runs it and reconciles an InferenceService: its Deployment appears with the runtime image (--no-cluster
@@ -62,16 +65,26 @@ STORAGE = ["--storage-driver", "vfs"]
 PODMAN = ["podman", *STORAGE, "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 # podman cannot raise these limits here without the flags (setrlimit refused); a pod gets the node's defaults.
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-BASE_TAG = "localhost/kubeinfer-base:bookworm-python3.11"
+BASE_TAG = "localhost/kubeinfer-base:bookworm-slim-python3.11"
+# What debian:bookworm-slim (the base of python:3.11-slim-bookworm) leaves out: documentation, manuals and
+# translations (copyright files stay), also for what a Dockerfile installs later with apt.
+SLIM_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*",
+                 "/usr/share/groff/*", "/usr/share/linda/*", "/usr/share/lintian/*")
+SLIM_KEEPS = ("/usr/share/doc/*/copyright",)
 BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
 MIRROR = "http://deb.debian.org/debian"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-IMAGES = {"operator": "localhost/kubeinfer-operator:dev", "runtime": "localhost/kubeinfer-runtime:dev"}
+IMAGES = {"operator": "localhost/kubeinfer-operator:dev", "runtime-cpu": "localhost/kubeinfer-runtime:cpu",
+          "runtime-gpu": "localhost/kubeinfer-runtime:gpu"}
+# Each image's Dockerfile and target (None: the last stage).
+BUILDS = {"operator": ("Dockerfile.operator", None), "runtime-cpu": ("Dockerfile.runtime", "cpu"),
+          "runtime-gpu": ("Dockerfile.runtime", "gpu")}
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 # The one line `kubeinfer serve`/`fetch`/`operator` prints before exiting 1 (its cause may span more lines).
 KUBEINFER_ERROR = r"^kubeinfer [\w-]+: "
-# vfs copies every layer in full: a first runtime build peaked at ~48 GB, a rebuild ~20 GB; an operator build ~1.5 GB.
-MIN_FREE_GB = {"operator": 3, "runtime": 25}
+# vfs copies every layer in full: a first gpu runtime build peaked at ~48 GB, a rebuild ~20 GB; an operator build
+# ~1.5 GB.
+MIN_FREE_GB = {"operator": 3, "runtime-cpu": 4, "runtime-gpu": 25}
 STORAGE_DIR = Path("/var/lib/containers")
 
 
@@ -154,8 +167,28 @@ def check_tools() -> None:
 # --- the base -------------------------------------------------------------------------------------------------
 
 
+def slim(rootfs: Path) -> None:
+    """Make ``rootfs`` as slim as debian:bookworm-slim: dpkg told to leave out documentation, manuals and
+    translations (``SLIM_EXCLUDES``) from now on, and those already installed removed, copyright files kept."""
+    rules = [f"path-exclude {pattern}" for pattern in SLIM_EXCLUDES] + [f"path-include {p}" for p in SLIM_KEEPS]
+    (rootfs / "etc" / "dpkg" / "dpkg.cfg.d" / "slim").write_text("\n".join(rules) + "\n")
+    for pattern in SLIM_EXCLUDES:
+        for path in rootfs.glob(pattern.lstrip("/")):
+            if path.is_dir() and not path.is_symlink():
+                for inner in sorted(path.rglob("*"), reverse=True):
+                    if inner.name != "copyright" and (inner.is_file() or inner.is_symlink()):
+                        inner.unlink()
+                    elif inner.is_dir() and not any(inner.iterdir()):
+                        inner.rmdir()
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif path.name != "copyright":
+                path.unlink()
+
+
 def ensure_base() -> str:
-    """The stand-in for python:3.11-slim-bookworm: Debian bookworm minbase with Python 3.11, built once."""
+    """The stand-in for python:3.11-slim-bookworm: Debian bookworm minbase with Python 3.11, as slim as
+    debian:bookworm-slim, built once."""
     if image_id(BASE_TAG):
         say(f"base {BASE_TAG} (cached)")
         return BASE_TAG
@@ -169,6 +202,7 @@ def ensure_base() -> str:
         for path in (rootfs / leftover).glob("*"):
             if path.is_file() and path.name != "lock":
                 path.unlink()
+    slim(rootfs)
     container = run_logged("base", "buildah from scratch", ["buildah", *STORAGE, "from", "scratch"],
                            "base-from").strip().splitlines()[-1]
     try:
@@ -207,6 +241,7 @@ def build_reason(text: str) -> str:
 
 def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
     tag = IMAGES[name]
+    target = BUILDS[name][1]
     if base.startswith("localhost/") and image_id(base) is None:
         raise Failure(f"{name}: FROM ${{BASE_IMAGE}} of {rel(dockerfile)}: base image {base} not found")
     before = image_id(tag)
@@ -215,7 +250,7 @@ def build(name: str, dockerfile: Path, base: str, pip_cache: Path) -> None:
     command = ["buildah", *STORAGE, "bud", "--layers", "--force-rm", "--format", "docker", "--isolation", "chroot",
                "--network", "host", "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
                "--volume", f"{pip_cache}:/root/.cache/pip", "--build-arg", f"BASE_IMAGE={base}",
-               "--file", str(dockerfile), "--tag", tag, str(REPO)]
+               *(["--target", target] if target else []), "--file", str(dockerfile), "--tag", tag, str(REPO)]
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{name}-build.log"
     with log.open("w") as out:
@@ -257,7 +292,7 @@ def disk_note() -> str:
 def check_free_space(name: str) -> None:
     free = free_bytes()
     if free < MIN_FREE_GB[name] * 1e9:
-        first = " (~50 GB the first time)" if name == "runtime" else ""
+        first = " (~50 GB the first time)" if name == "runtime-gpu" else ""
         raise Failure(f"{name}: build needs at least {MIN_FREE_GB[name]} GB free for {STORAGE_DIR}{first}, "
                       f"{free / 1e9:.1f} GB left")
 
@@ -296,17 +331,26 @@ def drop_stale_layers(name: str, text: str) -> int:
     return removed
 
 
+# The cpu image's promise: none of these can be imported there.
+NOT_IN_CPU_IMAGE = ("torch", "torchvision", "ultralytics", "onnx")
+
+
 def check_contents(name: str) -> None:
-    """No compiler, no pip in the venv, no pip cache or build leftovers in the final image."""
+    """No compiler, no pip in the venv, no pip cache or build leftovers in the final image; in the cpu image, no
+    torch."""
     script = ("for tool in gcc cc make /opt/kubeinfer/bin/pip; do command -v $tool && exit 1; done; "
               "for path in /root/.cache /src /out; do test -e $path && echo $path && exit 1; done; "
               "test -z \"$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)\" || exit 1; "
               "kubeinfer --help >/dev/null")
+    if name == "runtime-cpu":
+        script += ("; python -c 'import importlib.util, sys; found = [m for m in sys.argv[1:] if "
+                   "importlib.util.find_spec(m)]; print(*found); sys.exit(bool(found))' " + " ".join(NOT_IN_CPU_IMAGE))
     proc = capture([*PODMAN, "run", "--rm", "--network", "host", *ULIMITS, "--entrypoint", "sh", IMAGES[name], "-c",
                     script])
     if proc.returncode != 0:
         raise Failure(f"{name}: contents check failed: found {last_line(proc.stdout + proc.stderr)} in the image")
-    say(f"{name}: no compiler, pip, pip cache, apt lists or sources in the image; `kubeinfer --help` runs")
+    no_torch = f"; none of {', '.join(NOT_IN_CPU_IMAGE)}" if name == "runtime-cpu" else ""
+    say(f"{name}: no compiler, pip, pip cache, apt lists or sources in the image{no_torch}; `kubeinfer --help` runs")
 
 
 # --- running as the pods do -----------------------------------------------------------------------------------
@@ -396,7 +440,7 @@ def reconcile_with_cluster() -> None:
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:rw,mode=1777",
                    *ULIMITS, "--volume", f"{mounted}:/etc/kubeinfer/kubeconfig:ro",
                    "--env", "KUBECONFIG=/etc/kubeinfer/kubeconfig", IMAGES["operator"], "--namespace", "default",
-                   f"--runtime-image={IMAGES['runtime']}", "--log-format=plain", f"--metrics-port={free_port()}",
+                   f"--runtime-image={IMAGES['runtime-gpu']}", "--log-format=plain", f"--metrics-port={free_port()}",
                    f"--liveness-port={free_port()}"]
         proc = capture(command)
         if proc.returncode != 0:
@@ -427,8 +471,8 @@ def reconcile_with_cluster() -> None:
                                   f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
                 time.sleep(1)
             image = deployment.spec.template.spec.containers[0].image
-            if image != IMAGES["runtime"]:
-                raise Failure(f"operator: the Deployment runs {image}, not --runtime-image {IMAGES['runtime']}")
+            if image != IMAGES["runtime-gpu"]:
+                raise Failure(f"operator: the Deployment runs {image}, not --runtime-image {IMAGES['runtime-gpu']}")
             phase = "?"
             for _ in range(30):
                 status = client.CustomObjectsApi(api).get_namespaced_custom_object(
@@ -461,12 +505,12 @@ def serve_directory(directory: Path) -> Iterator[int]:
         server.server_close()
 
 
-def rendered_pod(model_url: str, frontends: int = 1) -> dict[str, Any]:
+def rendered_pod(model_url: str, image: str, frontends: int = 1) -> dict[str, Any]:
     from kubeinfer.operator.render import Owner, render_deployment
     from kubeinfer.operator.spec import parse_spec
 
     spec = parse_spec({"task": "detect", "model": {"uri": model_url}, "grpc": {"frontends": frontends}})
-    deployment = render_deployment(Owner("demo", "default", "0"), spec, IMAGES["runtime"])
+    deployment = render_deployment(Owner("demo", "default", "0"), spec, image)
     return deployment["spec"]["template"]["spec"]
 
 
@@ -495,20 +539,35 @@ def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-def run_runtime() -> None:
-    """The runtime image run as the operator renders its pod: one process, then with 2 frontend processes."""
+def demo_model_for(name: str) -> Path:
+    """What the image serves: the demo detector's .pt for the gpu image, its ONNX export for the cpu image (made
+    here, with the project's venv, as `kubeinfer export` makes it)."""
     if not DEMO_MODEL.is_file():
-        raise Failure(f"runtime: no demo model at {rel(DEMO_MODEL)} "
+        raise Failure(f"{name}: no demo model at {rel(DEMO_MODEL)} "
                       f"(.venv/bin/kubeinfer demo --out {rel(DEMO_MODEL)} makes it; make images does)")
+    if name == "runtime-gpu":
+        return DEMO_MODEL
+    from kubeinfer.runtime.models.backend import onnx_export
+
+    exported = WORK / "models" / "detector.onnx"
+    if not exported.is_file():
+        exported.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_export(DEMO_MODEL, WORK / "exports", None), exported)
+    return exported
+
+
+def run_runtime(name: str) -> None:
+    """The runtime image run as the operator renders its pod: one process, then with 2 frontend processes."""
+    model = demo_model_for(name)
     for frontends in (1, 2):
-        run_runtime_pod(frontends)
+        run_runtime_pod(name, model, frontends)
 
 
-def run_runtime_pod(frontends: int) -> None:
+def run_runtime_pod(name: str, model: Path, frontends: int) -> None:
     pods = WORK / "pod"
     shutil.rmtree(pods, ignore_errors=True)
-    with serve_directory(DEMO_MODEL.parent) as port:
-        pod = rendered_pod(f"http://127.0.0.1:{port}/{DEMO_MODEL.name}", frontends)
+    with serve_directory(model.parent) as port:
+        pod = rendered_pod(f"http://127.0.0.1:{port}/{model.name}", IMAGES[name], frontends)
         security = pod["securityContext"]
         volumes: dict[str, Path] = {}
         for volume in pod["volumes"]:
@@ -522,57 +581,71 @@ def run_runtime_pod(frontends: int) -> None:
             proc = capture(command)
             described = shlex.join(init["command"] + init["args"])
             if proc.returncode != 0:
-                raise Failure(f"runtime: init container '{init['name']}' ({shorten(described, 80)}) exited with "
+                raise Failure(f"{name}: init container '{init['name']}' ({shorten(described, 80)}) exited with "
                               f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout, KUBEINFER_ERROR))}")
             if frontends == 1:
-                say(f"runtime: init container '{init['name']}' ran: {shorten(described, 110)}")
+                say(f"{name}: init container '{init['name']}' ran: {shorten(described, 110)}")
     (container,) = pod["containers"]
     grpc_port, http_port = free_port(), free_port()
     args = replace_flag(container["args"], "--host", "127.0.0.1")
     args = replace_flag(replace_flag(args, "--grpc-port", str(grpc_port)), "--http-port", str(http_port))
-    name = f"kubeinfer-images-runtime-{os.getpid()}"
-    capture([*PODMAN, "rm", "--force", name])
-    proc = capture([*PODMAN, "run", "--detach", "--name", name, *podman_run_args(pod, container, volumes), *args])
+    container_name = f"kubeinfer-images-{name}-{os.getpid()}"
+    capture([*PODMAN, "rm", "--force", container_name])
+    proc = capture([*PODMAN, "create", "--name", container_name, *podman_run_args(pod, container, volumes), *args])
     if proc.returncode != 0:
-        raise Failure(f"runtime: container 'runtime' could not start: {shorten_middle(last_line(proc.stderr))}")
+        raise Failure(f"{name}: container 'runtime' could not be created: {shorten_middle(last_line(proc.stderr))}")
     try:
-        start = time.monotonic()
-        wait_ready(name, http_port, start)
-        say(f"runtime: `kubeinfer serve {shorten(shlex.join(args), 100)}` ready in {time.monotonic() - start:.0f} s")
+        proc = capture([*PODMAN, "start", container_name])
+        if proc.returncode != 0:
+            raise Failure(f"{name}: container 'runtime' could not start: {shorten_middle(last_line(proc.stderr))}")
+        wait_ready(name, container_name, http_port)
+        ready = time.time()
+        started = capture([*PODMAN, "inspect", "--format", "{{.State.StartedAt.Unix}}.{{.State.StartedAt.Nanosecond}}",
+                           container_name]).stdout.strip()
+        since_start = ready - float(started.split(".")[0]) - int(started.split(".")[1]) / 1e9
+        say(f"{name}: `kubeinfer serve {shorten(shlex.join(args), 100)}` ready {since_start:.2f} s after the "
+            "container started")
         if frontends > 1:  # /readyz answers from one frontend: give the others their hello too
             time.sleep(2)
-        found = [exercise(grpc_port) for _ in range(1 if frontends == 1 else 8)]  # the kernel spreads connections
+        found = [exercise(name, grpc_port) for _ in range(1 if frontends == 1 else 8)]  # the kernel spreads them
         if frontends == 1:
             say(found[0])
-        stop = capture([*PODMAN, "stop", "--time", "60", name])
-        code = capture([*PODMAN, "inspect", "--format", "{{.State.ExitCode}}", name]).stdout.strip()
+        stop = capture([*PODMAN, "stop", "--time", "60", container_name])
+        code = capture([*PODMAN, "inspect", "--format", "{{.State.ExitCode}}", container_name]).stdout.strip()
         if stop.returncode != 0 or code != "0":
-            logs = capture([*PODMAN, "logs", name])
-            raise Failure(f"runtime: container 'runtime' exited with {code} on SIGTERM (expected 0): "
+            logs = capture([*PODMAN, "logs", container_name])
+            raise Failure(f"{name}: container 'runtime' exited with {code} on SIGTERM (expected 0): "
                           f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
-        say("runtime: SIGTERM drained and exited 0" if frontends == 1
-            else f"runtime: with {frontends} frontends (in-memory /dev/shm mounted): served, drained, exited 0")
+        say(f"{name}: SIGTERM drained and exited 0" if frontends == 1
+            else f"{name}: with {frontends} frontends (in-memory /dev/shm mounted): served, drained, exited 0")
     finally:
-        capture([*PODMAN, "rm", "--force", name])
+        capture([*PODMAN, "rm", "--force", container_name])
         shutil.rmtree(pods, ignore_errors=True)
 
 
-def wait_ready(name: str, http_port: int, start: float, timeout: float = 300) -> None:
+def wait_ready(name: str, container_name: str, http_port: int, timeout: float = 300) -> None:
+    """Until /readyz answers 200 (polled every 10 ms, so the start time is measured to that); a container that
+    exits first fails with its last line."""
+    start = time.monotonic()
+    checked = 0.0
     while time.monotonic() - start < timeout:
-        state = capture([*PODMAN, "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name]).stdout
-        if state.split()[:1] == ["false"]:
-            logs = capture([*PODMAN, "logs", name])
-            raise Failure(f"runtime: container 'runtime' (kubeinfer serve) exited with {state.split()[-1]} at start: "
-                          f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
         with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
                 f"http://127.0.0.1:{http_port}/readyz", timeout=2) as response:
             if response.status == 200:
                 return
-        time.sleep(1)
-    raise Failure(f"runtime: container 'runtime' not ready (/readyz) within {timeout:.0f} s")
+        if time.monotonic() - checked > 1:
+            checked = time.monotonic()
+            state = capture([*PODMAN, "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}",
+                             container_name]).stdout
+            if state.split()[:1] == ["false"]:
+                logs = capture([*PODMAN, "logs", container_name])
+                raise Failure(f"{name}: container 'runtime' (kubeinfer serve) exited with {state.split()[-1]} at "
+                              f"start: {shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
+        time.sleep(0.01)
+    raise Failure(f"{name}: container 'runtime' not ready (/readyz) within {timeout:.0f} s")
 
 
-def exercise(grpc_port: int) -> str:
+def exercise(name: str, grpc_port: int) -> str:
     """One connection of its own: health, then Detect on a synthetic image; what was found."""
     import numpy as np
 
@@ -583,11 +656,11 @@ def exercise(grpc_port: int) -> str:
     with Client(f"127.0.0.1:{grpc_port}", timeout=60, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
         health = client.health()
         if health != "SERVING":
-            raise Failure(f"runtime: gRPC health is {health}, not SERVING, after /readyz answered 200")
+            raise Failure(f"{name}: gRPC health is {health}, not SERVING, after /readyz answered 200")
         (result,) = client.detect([image.pixels])
     if not result.detections:
-        raise Failure(f"runtime: Detect found nothing on an image with {len(image.boxes)} rectangles")
-    return f"runtime: gRPC health SERVING; Detect found {len(result.detections)} of {len(image.boxes)} rectangles"
+        raise Failure(f"{name}: Detect found nothing on an image with {len(image.boxes)} rectangles")
+    return f"{name}: gRPC health SERVING; Detect found {len(result.detections)} of {len(image.boxes)} rectangles"
 
 
 # --- main -----------------------------------------------------------------------------------------------------
@@ -603,8 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cluster", action="store_true",
                         help="skip running the operator image against the local control plane (make cluster)")
     args = parser.parse_args(argv)
-    names = [name for name in ("operator", "runtime") if name in (args.only or IMAGES)]
-    dockerfiles = {name: REPO / f"Dockerfile.{name}" for name in IMAGES}
+    names = [name for name in IMAGES if name in (args.only or IMAGES)]
+    dockerfiles = {name: REPO / dockerfile for name, (dockerfile, _) in BUILDS.items()}
     for item in args.dockerfile:
         name, _, path = item.partition("=")
         dockerfiles[name] = Path(path).resolve()
@@ -619,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build(name, dockerfiles[name], base, pip_cache)
             if not args.no_run:
                 check_contents(name)
-                run_operator() if name == "operator" else run_runtime()
+                run_operator() if name == "operator" else run_runtime(name)
             if name == "operator" and not args.no_run and not args.no_cluster:
                 if cluster_built():
                     reconcile_with_cluster()

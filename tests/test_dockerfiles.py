@@ -95,9 +95,30 @@ def dockerignored(path: str) -> bool:
     return ignored
 
 
-@pytest.fixture(params=["runtime", "operator"])
-def image(request: pytest.FixtureRequest) -> tuple[str, Dockerfile]:
-    return request.param, parse(REPO / f"Dockerfile.{request.param}")
+def target(dockerfile: Dockerfile, name: str | None) -> Stage:
+    """The image a target builds (the last stage when ``name`` is None), with the instructions of the stages it
+    is built FROM before its own, as a builder applies them."""
+    stages = {stage.name: stage for stage in dockerfile.stages if stage.name}
+    stage = stages[name] if name else dockerfile.stages[-1]
+    chain = [stage]
+    while chain[0].base in stages:
+        chain.insert(0, stages[chain[0].base])
+    return Stage(chain[0].base, stage.name, [i for link in chain for i in link.instructions])
+
+
+RUNTIME = parse(REPO / "Dockerfile.runtime")
+OPERATOR = parse(REPO / "Dockerfile.operator")
+# Each image a Dockerfile builds: (Dockerfile name, target, the deps stage the image takes its venv from).
+IMAGES = {"runtime-cpu": ("runtime", "cpu", "deps-cpu"), "runtime-gpu": ("runtime", "gpu", "deps-gpu"),
+          "operator": ("operator", None, "deps")}
+
+
+@pytest.fixture(params=sorted(IMAGES))
+def image(request: pytest.FixtureRequest) -> tuple[str, Dockerfile, Stage, str]:
+    """(Dockerfile name, the parsed Dockerfile, the image's stage with what it inherits, its deps stage)."""
+    name, target_name, deps = IMAGES[request.param]
+    dockerfile = parse(REPO / f"Dockerfile.{name}")
+    return name, dockerfile, target(dockerfile, target_name), deps
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -107,30 +128,45 @@ def test_dockerignore_keeps_the_context_small() -> None:
         assert not dockerignored(needed), f"{needed} is needed by `pip install .` in the build"
 
 
-def test_the_default_base_is_the_tested_python_and_every_stage_uses_it(image: tuple[str, Dockerfile]) -> None:
+def test_the_default_base_is_the_tested_python_and_every_stage_uses_it(
+        image: tuple[str, Dockerfile, Stage, str]) -> None:
     """A user's `docker build` pulls the default; the builds here replace it, so only this test reads it."""
-    _, dockerfile = image
+    _, dockerfile, final, _ = image
     floor = re.fullmatch(r">=(\d+\.\d+)", PYPROJECT["project"]["requires-python"])
     assert floor
     assert dockerfile.args.get("BASE_IMAGE") == f"python:{floor.group(1)}-slim-bookworm"
-    assert {stage.base for stage in dockerfile.stages} == {"${BASE_IMAGE}"}
+    names = {stage.name for stage in dockerfile.stages}
+    assert {stage.base for stage in dockerfile.stages} - names == {"${BASE_IMAGE}"}
+    assert final.base == "${BASE_IMAGE}"
 
 
-def test_dependencies_are_layered_before_the_code(image: tuple[str, Dockerfile]) -> None:
+def test_dependencies_are_layered_before_the_code(image: tuple[str, Dockerfile, Stage, str]) -> None:
     """A code change rebuilds only the last layer: the dependency layer sees only the pins."""
-    _, dockerfile = image
+    _, dockerfile, final, deps = image
     stages = {stage.name: stage for stage in dockerfile.stages}
     assert stages["requirements"].all("COPY") == ["pyproject.toml /src/pyproject.toml"]
-    assert stages["deps"].all("COPY") == ["--from=requirements /requirements.txt /src/requirements.txt"]
-    final = dockerfile.stages[-1]
-    assert final.instructions[-2:] == [("COPY", "--from=deps /opt/kubeinfer /opt/kubeinfer"),
+    (copied,) = stages[deps].all("COPY")
+    assert re.fullmatch(r"--from=requirements /requirements(-\w+)?\.txt /src/requirements\.txt", copied)
+    assert final.instructions[-2:] == [("COPY", f"--from={deps} /opt/kubeinfer /opt/kubeinfer"),
                                        ("COPY", "--from=project /out/ /opt/kubeinfer/")]
     assert not final.all("ADD") and len(final.all("COPY")) == 2
 
 
-def test_entrypoint_is_a_real_subcommand(image: tuple[str, Dockerfile]) -> None:
-    name, dockerfile = image
-    entrypoints = dockerfile.stages[-1].all("ENTRYPOINT")
+def test_the_cpu_image_installs_no_torch() -> None:
+    """The cpu image's pins are the base dependencies and the runtime extra: nothing of torch, CUDA or
+    ultralytics, and OpenCV only headless (no GUI libraries to install)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    lean = {re.split(r"[=<>\[]", pin)[0].lower() for pin in PYPROJECT["project"]["dependencies"] + extras["runtime"]}
+    assert not lean & {"torch", "torchvision", "ultralytics", "opencv-python", "onnx", "onnxslim"}
+    assert not any(name.startswith("nvidia-") and name != "nvidia-ml-py" for name in lean)
+    assert {"onnxruntime", "opencv-python-headless", "numpy", "grpcio"} <= lean
+    deps_cpu = {stage.name: stage for stage in RUNTIME.stages}["deps-cpu"]
+    assert "find_spec('torch') is not None" in " ".join(deps_cpu.all("RUN"))  # the build fails if torch creeps in
+
+
+def test_entrypoint_is_a_real_subcommand(image: tuple[str, Dockerfile, Stage, str]) -> None:
+    name, _, final, _ = image
+    entrypoints = final.all("ENTRYPOINT")
     assert len(entrypoints) == 1
     command = json.loads(entrypoints[0])  # exec form, so signals reach Python directly
     assert command[0] in PYPROJECT["project"]["scripts"]
@@ -139,9 +175,8 @@ def test_entrypoint_is_a_real_subcommand(image: tuple[str, Dockerfile]) -> None:
     assert expected in COMMANDS, f"`kubeinfer {expected}` is not a sub-command (kubeinfer/cli.py COMMANDS)"
 
 
-def test_final_user_is_not_root(image: tuple[str, Dockerfile]) -> None:
-    _, dockerfile = image
-    final = dockerfile.stages[-1]
+def test_final_user_is_not_root(image: tuple[str, Dockerfile, Stage, str]) -> None:
+    _, _, final, _ = image
     users = final.all("USER")
     assert users, "the final stage sets no USER"
     uid, _, gid = users[-1].partition(":")
@@ -151,8 +186,9 @@ def test_final_user_is_not_root(image: tuple[str, Dockerfile]) -> None:
     assert f"--uid {uid}" in created, f"uid {uid} is not created by useradd"
 
 
-def test_runtime_ports_and_offline_settings() -> None:
-    final = parse(REPO / "Dockerfile.runtime").stages[-1]
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_runtime_ports_and_offline_settings(variant: str) -> None:
+    final = target(RUNTIME, variant)
     defaults = build_parser().parse_args(["serve"])
     assert sorted(int(p) for a in final.all("EXPOSE") for p in a.split()) == sorted(
         [defaults.grpc_port, defaults.http_port]) == [8001, 8080]
@@ -167,23 +203,34 @@ def test_runtime_ports_and_offline_settings() -> None:
     assert "/opt/kubeinfer/bin" in env["PATH"].split(":")[0]
 
 
-def test_runtime_asks_the_nvidia_toolkit_for_the_cuda_torch_is_built_for() -> None:
-    """The NVIDIA_* settings NVIDIA's images carry, and the CUDA of torch's wheels (nvidia-cuda-runtime)."""
-    env = env_of(parse(REPO / "Dockerfile.runtime").stages[-1])
+def test_the_gpu_image_asks_the_nvidia_toolkit_for_the_cuda_torch_is_built_for() -> None:
+    """The NVIDIA_* settings NVIDIA's images carry, and the CUDA of torch's wheels (nvidia-cuda-runtime); the
+    default target (a plain `docker build`) is the gpu image, the cpu image asks for no GPU."""
+    env = env_of(target(RUNTIME, "gpu"))
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert set(env["NVIDIA_DRIVER_CAPABILITIES"].split(",")) >= {"compute", "utility"}
     major, minor = version("nvidia-cuda-runtime").split(".")[:2]
     assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={major}.{minor}"
+    assert RUNTIME.stages[-1].name == "gpu"
+    assert not any(key.startswith("NVIDIA_") for key in env_of(target(RUNTIME, "cpu")))
 
 
 def test_image_users_match_the_pods_that_run_them() -> None:
-    """The runtime image's user is the one the operator's pods run as; the operator's, the chart's runAsUser."""
+    """The runtime images' user is the one the operator's pods run as; the operator's, the chart's runAsUser."""
     import yaml
 
     from kubeinfer.operator.render import RUN_AS
 
-    runtime_user = parse(REPO / "Dockerfile.runtime").stages[-1].all("USER")[-1]
-    assert runtime_user == f"{RUN_AS}:{RUN_AS}"
-    operator_user = parse(REPO / "Dockerfile.operator").stages[-1].all("USER")[-1]
+    for variant in ("cpu", "gpu"):
+        assert target(RUNTIME, variant).all("USER")[-1] == f"{RUN_AS}:{RUN_AS}"
+    operator_user = OPERATOR.stages[-1].all("USER")[-1]
     values = yaml.safe_load((REPO / "charts" / "kubeinfer" / "values.yaml").read_text())["operator"]
     assert operator_user == f"{values['runAsUser']}:{values['runAsGroup']}"
+
+
+def test_the_cpu_image_keeps_the_face_detector_the_video_task_loads() -> None:
+    """The cpu image drops OpenCV's other Haar cascades; the one `faces` loads must stay."""
+    from kubeinfer.runtime.tasks.video.ops import FACE_CASCADE
+
+    deps_cpu = " ".join({stage.name: stage for stage in RUNTIME.stages}["deps-cpu"].all("RUN"))
+    assert f"! -name {FACE_CASCADE} -delete" in deps_cpu

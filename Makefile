@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build images
+.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build images gpu-check gpu-check-wheels
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch/torchvision first, pinned: these exact builds lie on this machine's disk (no multi-GB download)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[runtime,export,operator,dev]'
+	$(BIN)/pip install -q -e '.[runtime,torch,operator,dev]'
 	touch $@
 
 setup: $(SETUP_STAMP)
@@ -50,6 +50,19 @@ protos: $(SETUP_STAMP)
 # Benchmark: kubeinfer vs the raw model and KServe/MLServer/LitServe (installs peers on first use; ~7-10 min on 2 cores)
 bench: $(SETUP_STAMP) $(DEMO_MODEL)
 	$(BIN)/python benchmarks/run.py
+
+# The CUDA path proved and measured in one run of a few minutes (benchmarks/gpu_check.py); on a machine without
+# a GPU the same pipeline runs on the CPU and says so. Figures go to benchmarks/results/gpu-check-*.json.
+gpu-check: $(SETUP_STAMP) $(DEMO_MODEL)
+	$(BIN)/python benchmarks/gpu_check.py --model $(DEMO_MODEL)
+
+# What a bare GPU machine (Python 3.12, torch, no network) lacks to run gpu_check.py from this source tree:
+# wheels into .whl/, to carry there and install with `pip install --no-index --no-deps --target DIR .whl/*.whl`.
+gpu-check-wheels: $(SETUP_STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl ultralytics==8.4.190 ultralytics-thop grpcio==1.85.1 grpcio-health-checking==1.85.1 \
+		grpcio-reflection==1.85.1 protobuf==7.36.2
 
 # Both container images built from the Dockerfiles with buildah (local Debian base, cached) and run with podman
 # as their pods run them (README: Container images; root, ~50 GB free disk, ~20-25 min the first time)

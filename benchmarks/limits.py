@@ -157,15 +157,21 @@ def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float, insta
 
 def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend: str = "torch",
                    cache_dir: Path | None = None, instances: int = 1) -> dict:
-    """``YoloDetector.forward`` alone, on the engine ``backend`` picks for the file (as ``--backend`` would)."""
+    """The detector's ``forward`` alone, on the engine ``backend`` picks for the file (as ``--backend`` would): ONNX
+    Runtime with numpy (``YoloOnnxDetector``) or torch (``YoloDetector``)."""
     import cv2
 
     from kubeinfer.runtime.models.backend import choose_backend
     from kubeinfer.runtime.models.yolo import YoloDetector
     from kubeinfer.runtime.models.yolo_io import Selection
+    from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 
     choice = choose_backend(model_path, backend, "cpu", cache_dir or model_path.parent / ".exports", None)
-    detector = YoloDetector(choice.path, "cpu", None)
+    detector: YoloDetector | YoloOnnxDetector
+    if choice.backend == "onnx":
+        detector = YoloOnnxDetector(choice.path, "cpu", None)
+    else:
+        detector = YoloDetector(choice.path, "cpu", None)
     decoded = [cv2.imdecode(np.frombuffer(j, dtype=np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
     boxed = [detector.preprocess(d) for d in decoded]
 

@@ -274,9 +274,10 @@ def create_network(kwok_pod_cidr: str, service_cidr: str) -> None:
 
 
 def route_of(address: str) -> str:
-    """`ip route get` for an address as the host sends to it, e.g. 'blackhole' or 'dev kubeinfer0'."""
-    return run("ip", "route", "get", address, check=False).stdout.strip() or run(
-        "ip", "route", "get", address, check=False).stderr.strip()
+    """`ip route get` for an address as the host sends to it: its route, or the kernel's refusal
+    ('RTNETLINK answers: Invalid argument' for a blackhole)."""
+    done = run("ip", "route", "get", address, check=False)
+    return (done.stdout or done.stderr).strip()
 
 
 def route_from_bridge(address: str, source: str) -> str:

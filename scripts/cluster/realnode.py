@@ -75,6 +75,13 @@ def node_binaries(build: bool = True) -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+def kwok_pod_cidr() -> str:
+    """The CIDR kwok's fake pods get their IPs from: routed nowhere on a machine with a real node."""
+    from localcluster import POD_CIDR
+
+    return POD_CIDR
+
+
 def missing_tools() -> list[str]:
     missing = [tool for tool in NODE_TOOLS if shutil.which(tool) is None]
     missing += [f"{CNI_BIN}/{p}" for p in ("bridge", "host-local", "loopback") if not (CNI_BIN / p).exists()]
@@ -377,6 +384,8 @@ class RealNode:
         self.coredns_image = f"localhost/kubeinfer-coredns:{_version_of(bin_dir, 'coredns')}"
         self.metrics_server_image = f"localhost/kubeinfer-metrics-server:{_version_of(bin_dir, 'metrics-server')}"
         self.ledger: Ledger | None = None
+        # nodehost.machine_state() before the node changed anything (after a killed node's leftovers were undone)
+        self.machine_before: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.loaded: list[dict[str, Any]] = []
         self._lock = contextlib.ExitStack()
@@ -395,14 +404,15 @@ class RealNode:
                                 "(bash scripts/install-test-tools.sh real_node)")
         self._lock.enter_context(nodehost.node_lock())
         leftover = Ledger.load()
-        if leftover is not None:
-            nodehost.cleanup(leftover, self._kwok_cidr(), log=self._log)
+        if leftover is not None:  # a killed node's
+            nodehost.cleanup(leftover, kwok_pod_cidr(), log=self._log)
+        self.machine_before = nodehost.machine_state()
         from localcluster import SERVICE_CIDR
 
-        nodehost.check_network_free(self._kwok_cidr(), SERVICE_CIDR)
+        nodehost.check_network_free(kwok_pod_cidr(), SERVICE_CIDR)
         nodehost.remove_tree(self.dir)
         self.ledger = Ledger.begin(self.dir, self.bin)
-        nodehost.create_network(self._kwok_cidr(), SERVICE_CIDR)
+        nodehost.create_network(kwok_pod_cidr(), SERVICE_CIDR)
 
     def certificates(self, issue: Any) -> None:
         node_certificates(self.cluster.pki, issue)
@@ -518,15 +528,10 @@ class RealNode:
             if self.ledger is not None:
                 for name in ("kubelet", "kube-proxy", "containerd"):
                     self.cluster.stop_component(name)
-                nodehost.cleanup(self.ledger, self._kwok_cidr(), log=self._log)
+                nodehost.cleanup(self.ledger, kwok_pod_cidr(), log=self._log)
                 self.ledger = None
         finally:
             self._lock.close()
-
-    def _kwok_cidr(self) -> str:
-        from localcluster import POD_CIDR
-
-        return POD_CIDR
 
     @staticmethod
     def _log(message: str) -> None:
@@ -551,12 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(nodehost.machine_state(), indent=1))
         return 0
     if nodehost.lock_held():
-        print("realnode: a real node runs (its lock is held); `make cluster-down` stops it", file=sys.stderr)
-        return 1
-    from localcluster import POD_CIDR
-
+        print("realnode: a real node runs (its lock is held): left alone; its own teardown cleans up", file=sys.stderr)
+        return 0
     ledger = Ledger.load()
-    nodehost.cleanup(ledger, POD_CIDR, log=RealNode._log)
+    nodehost.cleanup(ledger, kwok_pod_cidr(), log=RealNode._log)
     print("realnode: clean" if ledger is None else f"realnode: cleaned up after {ledger.node_dir}", file=sys.stderr)
     return 0
 

@@ -36,8 +36,8 @@ from nodeimages import BUILDAH
 from realnode import DNS_SERVICE_IP, NODE_NAME, REAL_NODE_LABEL
 
 __all__ = ["DNS_SERVICE_IP", "NODE_NAME", "REAL_NODE_LABEL", "build_test_image", "condition", "events",
-           "image_with_top_layer", "nodehost", "pod_exec", "pods", "ready_pods", "remove_image", "start_real_cluster",
-           "wait_until"]
+           "image_with_top_layer", "nodehost", "pod_exec", "pods", "ready_pods", "remove_image", "require_real_node",
+           "start_real_cluster", "wait_until"]
 
 STATE = ROOT / ".cache" / "real-node-tests"
 TEST_IMAGE_REPOSITORY = "localhost/kubeinfer-node-test"
@@ -58,8 +58,9 @@ def need(reason: str) -> None:
     pytest.skip(message)
 
 
-def start_real_cluster(state: Path = STATE, load_project_images: bool = False) -> LocalCluster:
-    """Build (once, cached) and start a cluster with a real node; its ``machine_before`` is the state to restore."""
+def require_real_node() -> tuple[Path, Path]:
+    """What a real node needs here (root, the Debian tools, no other real node, the binaries, built once and
+    cached): the control plane's and the node's binary folders."""
     if os.geteuid() != 0:
         need("the kubelet and containerd run as root")
     missing = realnode.missing_tools() + [t for t in ("buildah",) if shutil.which(t) is None]
@@ -68,9 +69,15 @@ def start_real_cluster(state: Path = STATE, load_project_images: bool = False) -
     if nodehost.lock_held():
         need("another real node runs on this machine (make cluster-down stops one of make cluster REAL_NODE=1)")
     try:
-        bin_dir, node_bin = binaries(build=True), realnode.node_binaries(build=True)
+        return binaries(build=True), realnode.node_binaries(build=True)
     except (ClusterError, nodehost.NodeHostError) as exc:
         need(str(exc))
+        raise
+
+
+def start_real_cluster(state: Path = STATE, load_project_images: bool = False) -> LocalCluster:
+    """Build (once, cached) and start a cluster with a real node."""
+    bin_dir, node_bin = require_real_node()
     state.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(state, bin_dir, real_node=True, node_bin=node_bin,
                            load_project_images=load_project_images)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from real_node_support import (
     pods,
     ready_pods,
     remove_image,
+    require_real_node,
     wait_until,
 )
 
@@ -364,5 +367,37 @@ def test_the_teardown_leaves_the_machine_as_it_was(real_cluster: Any) -> None:
     real_cluster.stop()
     print(f"\nreal node: teardown {time.monotonic() - began:.1f}s")
     assert nodehost.differences(before, nodehost.machine_state()) == []
-    assert nodehost.processes_mentioning(str(node_dir)) == []
-    assert not node_dir.exists() and not nodehost.LEDGER.exists() and not nodehost.lock_held()
+    assert nodehost.node_processes(node_dir) == []
+    assert not node_dir.exists() and not nodehost.LEDGER.exists() and not nodehost.LOCK.exists()
+
+
+@pytest.mark.last
+def test_a_killed_run_is_cleaned_up_afterwards(real_cluster: Any, tmp_path: Path) -> None:
+    """A run killed with its node up leaves the kubelet, containerd, pods, the bridge and the control plane
+    behind; `realnode.py cleanup` (and the next node's start) undoes all of it, from the ledger."""
+    real_cluster.stop()  # (already stopped by the test before, where it ran)
+    require_real_node()
+    before = nodehost.machine_state()
+    state = tmp_path / "killed"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cluster"
+    with (tmp_path / "up.log").open("w+") as log:
+        up = subprocess.Popen([sys.executable, str(script / "localcluster.py"), "up", "--real-node", "--state",
+                               str(state)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: "export KUBECONFIG" in (tmp_path / "up.log").read_text() or up.poll() is not None,
+                       "the cluster up", 180)
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+        finally:
+            up.kill()
+            up.wait()
+    left = nodehost.processes_mentioning(str(state))
+    assert len(left) >= 8 and nodehost.LEDGER.exists()  # control plane, containerd, shims, kubelet, kube-proxy
+    assert nodehost.differences(before, nodehost.machine_state())
+    began = time.monotonic()
+    cleanup = subprocess.run([sys.executable, str(script / "realnode.py"), "cleanup"], capture_output=True,
+                             text=True, timeout=180)
+    assert cleanup.returncode == 0, cleanup.stderr
+    print(f"\nreal node: cleanup after a kill {time.monotonic() - began:.1f}s")
+    assert nodehost.differences(before, nodehost.machine_state()) == []
+    assert nodehost.processes_mentioning(str(state)) == []
+    assert not (state / "node").exists() and not nodehost.LEDGER.exists()

@@ -486,6 +486,8 @@ class LocalCluster:
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         component = Component(name, process, log)
         self.components.append(component)
+        if self.node:
+            self.node.record(name, process.pid)
         return component
 
     def stop_component(self, name: str, timeout: float = 15) -> None:

@@ -41,9 +41,11 @@ LOCK = Path("/run/kubeinfer-real-node.lock")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
 NETNS_DIR = Path("/run/netns")
-# Directories the kubelet, containerd and the CNI plugins use whatever their configuration says.
+# containerd's sockets (a unix socket path must be short; see realnode.SOCKET_DIR)
+SOCKET_DIR = Path("/run/kubeinfer-node")
+# Directories the kubelet, containerd and the CNI plugins use whatever their configuration says, and the sockets'.
 FIXED_DIRS = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"), Path("/var/log/pods"),
-              Path("/var/lib/kubelet"), NETNS_DIR)
+              Path("/var/lib/kubelet"), NETNS_DIR, SOCKET_DIR)
 # Kernel settings the kubelet (setupKernelTunables), kube-proxy and the CNI bridge plugin may change.
 SYSCTL_DIRS = ("net/ipv4/conf/all", "net/ipv4/conf/default", "net/ipv6/conf/all", "net/ipv6/conf/default",
                "net/bridge", "net/netfilter", "vm", "kernel/keys")
@@ -189,6 +191,7 @@ class Ledger:
     dirs: dict[str, bool] = field(default_factory=dict)
     netns: list[str] = field(default_factory=list)
     nft_tables: list[str] = field(default_factory=list)
+    # every process of the cluster (control plane and node), so that a killed run's can be stopped
     processes: dict[str, int] = field(default_factory=dict)
     kube_proxy_config: str = ""
 
@@ -218,22 +221,34 @@ class Ledger:
 
 @contextlib.contextmanager
 def node_lock() -> Iterator[None]:
-    """One real node per machine: the bridge, cgroups and iptables chains have fixed names."""
-    handle = LOCK.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise NodeHostError(f"another real node runs on this machine (lock {LOCK} is held)") from None
+    """One real node per machine (the bridge, cgroups and iptables chains have fixed names). The lock file exists
+    only while held: it is removed before it is unlocked, and a taker checks that it locked the file that is
+    still there, so that nothing is left on the machine."""
+    while True:
+        handle = LOCK.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise NodeHostError(f"another real node runs on this machine (lock {LOCK} is held)") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(LOCK).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        handle.close()  # locked a file its holder removed meanwhile: take the new one
     try:
         yield
     finally:
+        LOCK.unlink(missing_ok=True)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
 
 def lock_held() -> bool:
-    with LOCK.open("a+") as handle:
+    try:
+        handle = LOCK.open("r")
+    except FileNotFoundError:
+        return False
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -345,6 +360,11 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def node_processes(node_dir: Path) -> list[int]:
+    """containerd and its shims (whose command lines name containerd's socket), the kubelet, kube-proxy."""
+    return sorted(set(processes_mentioning(str(node_dir))) | set(processes_mentioning(str(SOCKET_DIR))))
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -488,13 +508,18 @@ def restore_sysctls(before: dict[str, str]) -> list[str]:
 
 
 # -- the whole cleanup ------------------------------------------------------------------------------------------
-def cleanup(ledger: Ledger | None, kwok_pod_cidr: str, log: Any = print) -> None:
-    """Undo everything a real node did to the machine; idempotent, with or without a ledger."""
+def cleanup(ledger: Ledger | None, kwok_pod_cidr: str, log: Any = print, whole_cluster: bool = True) -> None:
+    """Undo everything a real node did to the machine; idempotent, with or without a ledger. ``whole_cluster``:
+    also stop the cluster's other recorded processes (a killed run's control plane); a running cluster's own
+    teardown stops those itself, after the node."""
     node_dir = Path(ledger.node_dir) if ledger else None
-    _stop_node_processes(ledger, node_dir)
-    _remove_node_iptables(ledger)
-    kill_pods()
-    busy = remove_cgroups()
+    with _timed("stopping processes", log):
+        _stop_node_processes(ledger, node_dir, whole_cluster)
+    with _timed("iptables", log):
+        _remove_node_iptables(ledger)
+    with _timed("cgroups", log):
+        kill_pods()
+        busy = remove_cgroups()
     if busy:
         log(f"cleanup: cgroups still busy: {busy}")
     _remove_netns(ledger)
@@ -514,18 +539,36 @@ def cleanup(ledger: Ledger | None, kwok_pod_cidr: str, log: Any = print) -> None
     LEDGER.unlink(missing_ok=True)
 
 
-def _stop_node_processes(ledger: Ledger | None, node_dir: Path | None) -> None:
-    """The kubelet first (it would restart containers), kube-proxy, then the containers, shims and containerd,
-    each found by its recorded id or by its command line naming the node's folder."""
+@contextlib.contextmanager
+def _timed(what: str, log: Any, slow: float = 5.0) -> Iterator[None]:
+    """Say so when a step of the cleanup is slow (a process that ignores SIGTERM, a busy cgroup)."""
+    began = time.monotonic()
+    yield
+    if time.monotonic() - began > slow:
+        log(f"cleanup: {what} took {time.monotonic() - began:.1f}s")
+
+
+def _stop_node_processes(ledger: Ledger | None, node_dir: Path | None, whole_cluster: bool) -> None:
+    """The kubelet first (it would restart containers), kube-proxy, the containers, then containerd and its shims
+    (found by their command line naming the node's folder) and the cluster's other recorded processes (a killed
+    run's control plane), each recorded one only while its command line still names the cluster's folder."""
     if ledger is None or node_dir is None:
         kill_pods()
         return
+    cluster_dir = str(node_dir.parent)
+    recorded = {name: pid for name, pid in ledger.processes.items() if cluster_dir in _cmdline(pid)}
     for name in ("kubelet", "kube-proxy"):
-        pid = ledger.processes.get(name)
-        if pid is not None and str(node_dir) in _cmdline(pid):
-            stop_processes([pid])
+        if name in recorded:
+            stop_processes([recorded.pop(name)])
     kill_pods()
-    stop_processes(processes_mentioning(str(node_dir)))
+    left = node_processes(node_dir)
+    # a shim outlives SIGTERM (containerd would shut it down over its socket); its containers are gone by now
+    shims = [pid for pid in left if "containerd-shim" in _cmdline(pid)]
+    signal_all(shims, signal.SIGKILL)
+    stop_processes([pid for pid in left if pid not in shims])
+    wait_gone(shims, 5)
+    if whole_cluster:
+        stop_processes(recorded.values())
 
 
 def _remove_node_iptables(ledger: Ledger | None) -> None:

@@ -40,6 +40,7 @@ import nodehost
 from nodehost import BRIDGE, BRIDGE_CIDR, NODE_IP, Ledger, NodeHostError
 from nodeimages import (
     Containerd,
+    ImageError,
     ImageLoader,
     buildah_images,
     project_images,
@@ -58,6 +59,9 @@ DNS_SERVICE_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN = Path("/usr/lib/cni")
 CONTAINERD = "/usr/bin/containerd"
+# containerd's sockets: a unix socket's path must stay under 104 bytes, which a state folder in pytest's temporary
+# folders exceeds; one node per machine, so a fixed place (removed by the cleanup, see nodehost.FIXED_DIRS)
+SOCKET_DIR = nodehost.SOCKET_DIR
 # What a real node needs on the machine (Debian packages: containerd, runc, containernetworking-plugins, iptables,
 # nftables, skopeo; scripts/install-test-tools.sh real_node installs them).
 NODE_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip6tables", "nft", "ip",
@@ -144,10 +148,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
-  address = "{base / 'containerd.sock'}"
+  address = "{SOCKET_DIR / 'containerd.sock'}"
 
 [ttrpc]
-  address = "{base / 'containerd.sock.ttrpc'}"
+  address = "{SOCKET_DIR / 'containerd.sock.ttrpc'}"
 
 [{cri}]
   sandbox_image = "{sandbox_image}"
@@ -197,7 +201,7 @@ def kubelet_config(node_dir: Path, pki: Path, healthz_port: int) -> dict[str, An
                            "x509": {"clientCAFile": str(pki / "ca.crt")}},
         "authorization": {"mode": "Webhook",
                           "webhook": {"cacheAuthorizedTTL": "10s", "cacheUnauthorizedTTL": "5s"}},
-        "containerRuntimeEndpoint": f"unix://{node_dir / 'containerd' / 'containerd.sock'}",
+        "containerRuntimeEndpoint": f"unix://{SOCKET_DIR / 'containerd.sock'}",
         # cgroup v1 here: the kubelet refuses it unless told, and swap may be on
         "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
         "clusterDNS": [DNS_SERVICE_IP], "clusterDomain": CLUSTER_DOMAIN,
@@ -377,7 +381,7 @@ class RealNode:
         self.cluster = cluster
         self.bin = bin_dir
         self.dir = cluster.state / "node"
-        self.socket = self.dir / "containerd" / "containerd.sock"
+        self.socket = SOCKET_DIR / "containerd.sock"
         self.containerd = Containerd(self.socket)
         self.images = ImageLoader(self.containerd, work=self.dir)
         self.pause_image = f"localhost/kubeinfer-pause:{_version_of(bin_dir, 'node')}"
@@ -413,6 +417,7 @@ class RealNode:
         nodehost.remove_tree(self.dir)
         self.ledger = Ledger.begin(self.dir, self.bin)
         nodehost.create_network(kwok_pod_cidr(), SERVICE_CIDR)
+        SOCKET_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def certificates(self, issue: Any) -> None:
         node_certificates(self.cluster.pki, issue)
@@ -457,13 +462,22 @@ class RealNode:
         self.ledger.save()
 
     def _started(self, name: str, args: list[str], executable: str | None = None) -> None:
-        component = self.cluster.start_component(name, args, executable)
-        assert self.ledger is not None
-        self.ledger.started(name, component.process.pid)
+        self.cluster.start_component(name, args, executable)
+
+    def record(self, name: str, pid: int) -> None:
+        """Note a process of the cluster in the ledger: a later cleanup stops it should this run be killed."""
+        if self.ledger is not None:
+            self.ledger.started(name, pid)
 
     def _start_containerd(self) -> None:
         self._started("containerd", ["--config", str(self.dir / "containerd.toml")], CONTAINERD)
-        self.cluster.wait_for(lambda: self.containerd.ctr("version", timeout=5) != "", "containerd", "its socket")
+        self.cluster.wait_for(self._containerd_serves, "containerd", "its socket")
+
+    def _containerd_serves(self) -> bool:
+        try:
+            return self.containerd.ctr("version", timeout=10) != ""
+        except (ImageError, subprocess.TimeoutExpired):
+            return False
 
     def _import_system_images(self) -> None:
         """pause, CoreDNS and metrics-server images FROM scratch, each a static binary."""
@@ -526,9 +540,12 @@ class RealNode:
         """Stop the node's processes and undo everything it did to the machine (also what a start left half-done)."""
         try:
             if self.ledger is not None:
+                began = time.monotonic()
                 for name in ("kubelet", "kube-proxy", "containerd"):
-                    self.cluster.stop_component(name)
-                nodehost.cleanup(self.ledger, kwok_pod_cidr(), log=self._log)
+                    self.cluster.stop_component(name, timeout=5)
+                if time.monotonic() - began > 5:
+                    self._log(f"stopping kubelet, kube-proxy and containerd took {time.monotonic() - began:.1f}s")
+                nodehost.cleanup(self.ledger, kwok_pod_cidr(), log=self._log, whole_cluster=False)
                 self.ledger = None
         finally:
             self._lock.close()

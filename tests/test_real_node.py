@@ -338,6 +338,11 @@ def test_kwok_pod_ips_and_the_outside_are_unreachable_from_the_node(scene: Scene
         assert "Invalid argument" in nodehost.route_from_bridge(outside, client_ip)
     failed = pod_exec(scene.kubectl, scene.namespace, "client", "nc", "-z", "-w", "2", "ghost", "80", check=False)
     assert failed.returncode != 0
+    # and the machine forwards nothing that comes in elsewhere than the bridge (pods need forwarding on)
+    mangle = nodehost.run("iptables-save", "-t", "mangle").stdout.splitlines()
+    first = next(line for line in mangle if line.startswith("-A PREROUTING"))
+    assert first == f"-A PREROUTING -j {nodehost.INGRESS_CHAIN}"
+    assert f"-A {nodehost.INGRESS_CHAIN} -j DROP" in mangle
 
 
 def test_metrics_server_serves_kubectl_top_and_a_cpu_hpa(scene: Scene) -> None:

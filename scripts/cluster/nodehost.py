@@ -54,8 +54,12 @@ SYSCTL_FILES = ("net/ipv4/ip_forward", "kernel/panic", "kernel/panic_on_oops")
 SYSCTL_VOLATILE = ("nf_conntrack_count", "stat_refresh", "drop_caches", "compact_memory", "stat_interval")
 IPTABLES_FAMILIES = (("iptables", "iptables-save"), ("ip6tables", "ip6tables-save"),
                      ("iptables-legacy", "iptables-legacy-save"), ("ip6tables-legacy", "ip6tables-legacy-save"))
-# Chains of the kubelet, kube-proxy and CNI plugins.
-NODE_CHAIN_PREFIXES = ("KUBE-", "CNI-")
+# Chains of the kubelet, kube-proxy, CNI plugins and the node's own (INGRESS_CHAIN).
+NODE_CHAIN_PREFIXES = ("KUBE-", "CNI-", "KUBEINFER-")
+# mangle/PREROUTING: a packet that comes in anywhere but the bridge or loopback, for an address not this machine's,
+# is dropped. Pods need IP forwarding on (the CNI bridge plugin turns it on), which would also let this machine
+# forward for anyone who sent it packets; with this chain it forwards only what pods send.
+INGRESS_CHAIN = "KUBEINFER-INGRESS"
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 # podman's and buildah's own mounts and cgroups come and go with their containers (the image tests, other sessions
 # on a shared machine): machine_state leaves them out.
@@ -286,6 +290,18 @@ def create_network(kwok_pod_cidr: str, service_cidr: str) -> None:
     run("ip", "route", "add", BRIDGE_CIDR, "dev", BRIDGE, "table", str(BRIDGE_TABLE))
     run("ip", "route", "add", "blackhole", "default", "table", str(BRIDGE_TABLE))
     run("ip", "rule", "add", "iif", BRIDGE, "lookup", str(BRIDGE_TABLE), "priority", str(BRIDGE_RULE_PRIORITY))
+    forward_only_from_the_bridge()
+
+
+def forward_only_from_the_bridge() -> None:
+    """INGRESS_CHAIN, jumped to first in mangle/PREROUTING (before kube-proxy's DNAT)."""
+    iptables = ("iptables", "-w", "-t", "mangle")
+    run(*iptables, "-N", INGRESS_CHAIN)
+    for match in (["-i", BRIDGE], ["-i", "lo"], ["-m", "addrtype", "--dst-type", "LOCAL"],
+                  ["-m", "addrtype", "--dst-type", "BROADCAST"], ["-m", "addrtype", "--dst-type", "MULTICAST"]):
+        run(*iptables, "-A", INGRESS_CHAIN, *match, "-j", "RETURN")
+    run(*iptables, "-A", INGRESS_CHAIN, "-j", "DROP")
+    run(*iptables, "-I", "PREROUTING", "1", "-j", INGRESS_CHAIN)
 
 
 def route_of(address: str) -> str:
@@ -567,8 +583,9 @@ def _stop_node_processes(ledger: Ledger | None, node_dir: Path | None, whole_clu
     signal_all(shims, signal.SIGKILL)
     stop_processes([pid for pid in left if pid not in shims])
     wait_gone(shims, 5)
-    if whole_cluster:
-        stop_processes(recorded.values())
+    if whole_cluster:  # in reverse order of their start: the API server before etcd (it writes its lease on exit)
+        for pid in reversed(list(recorded.values())):
+            stop_processes([pid])
 
 
 def _remove_node_iptables(ledger: Ledger | None) -> None:

@@ -41,6 +41,10 @@ LOCK = Path("/run/kubeinfer-real-node.lock")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
 NETNS_DIR = Path("/run/netns")
+# libcni's cache of ADD results (containerd's CRI cannot move it); the node's entries are named after its CNI
+# networks: NETWORK-CONTAINERID-IFNAME
+CNI_RESULTS = Path("/var/lib/cni/results")
+CNI_NETWORKS = ("kubeinfer-", "cni-loopback-")
 # containerd's sockets (a unix socket path must be short; see realnode.SOCKET_DIR)
 SOCKET_DIR = Path("/run/kubeinfer-node")
 # Directories the kubelet, containerd and the CNI plugins use whatever their configuration says, and the sockets'.
@@ -65,6 +69,7 @@ IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 # on a shared machine): machine_state leaves them out.
 OTHER_TOOLS_PATHS = ("/var/lib/containers/", "/run/containers/", "/run/libpod/")
 OTHER_TOOLS_CGROUPS = {"libpod_parent", "machine.slice"}
+OTHER_TOOLS_ENTRIES = ("podman", "netavark")
 
 
 class NodeHostError(RuntimeError):
@@ -137,6 +142,14 @@ def _cgroups() -> list[str]:
     return found
 
 
+def _entries(folder: Path) -> list[str]:
+    """A folder's entries, without podman's (its CNI results and network namespaces come and go on their own)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(OTHER_TOOLS_ENTRIES))
+    except OSError:
+        return []
+
+
 def machine_state() -> dict[str, Any]:
     """What the tests compare before and after a real node: links, addresses, routes, rules, iptables and nftables,
     mounts, cgroups, kernel settings and the directories the node's programs use (podman's and buildah's own mounts
@@ -157,6 +170,7 @@ def machine_state() -> dict[str, Any]:
         "cgroups": [c for c in _cgroups() if _ours_to_compare(c)],
         "sysctls": read_sysctls(),
         "dirs": {str(d): d.exists() for d in FIXED_DIRS},
+        "dir_entries": {str(d): _entries(d) for d in (*FIXED_DIRS, CNI_RESULTS)},
     }
 
 
@@ -194,6 +208,7 @@ class Ledger:
     sysctls: dict[str, str] = field(default_factory=dict)
     dirs: dict[str, bool] = field(default_factory=dict)
     netns: list[str] = field(default_factory=list)
+    cni_results: list[str] = field(default_factory=list)
     nft_tables: list[str] = field(default_factory=list)
     # every process of the cluster (control plane and node), so that a killed run's can be stopped
     processes: dict[str, int] = field(default_factory=dict)
@@ -203,7 +218,7 @@ class Ledger:
     def begin(cls, node_dir: Path, binaries: Path) -> Ledger:
         ledger = cls(node_dir=str(node_dir), binaries=str(binaries), sysctls=read_sysctls(),
                      dirs={str(d): d.exists() for d in FIXED_DIRS},
-                     netns=sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else [],
+                     netns=_entries(NETNS_DIR), cni_results=_entries(CNI_RESULTS),
                      nft_tables=nft_tables())
         ledger.save()
         return ledger
@@ -539,12 +554,13 @@ def cleanup(ledger: Ledger | None, kwok_pod_cidr: str, log: Any = print, whole_c
     if busy:
         log(f"cleanup: cgroups still busy: {busy}")
     _remove_netns(ledger)
+    _remove_cni_results(ledger)
     if node_dir is not None:
         left = unmount_all(node_dir)
         if left:
             log(f"cleanup: still mounted: {left}")
     remove_network(kwok_pod_cidr)
-    _remove_fixed_dirs(ledger, log)
+    _remove_fixed_dirs(ledger)
     if ledger is not None:
         restored = restore_sysctls(ledger.sysctls)
         if restored:
@@ -597,23 +613,44 @@ def _remove_node_iptables(ledger: Ledger | None) -> None:
 
 
 def _remove_netns(ledger: Ledger | None) -> None:
-    """The pods' network namespaces (containerd's CRI mounts them under /run/netns)."""
+    """The pods' network namespaces (containerd's CRI mounts them as /run/netns/cni-UUID): those made since the
+    ledger and that no process is in any more (podman names its own the same way)."""
     if not NETNS_DIR.exists():
         return
     before = set(ledger.netns) if ledger else set()
+    in_use = _netns_in_use()
     for entry in NETNS_DIR.iterdir():
         if entry.name in before or not entry.name.startswith("cni-"):
             continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_ino in in_use:
+                continue
         unmount_all(entry)
         entry.unlink(missing_ok=True)
 
 
-def _remove_fixed_dirs(ledger: Ledger | None, log: Any) -> None:
-    """The fixed folders that did not exist before the node; without a ledger nothing says which, so none."""
+def _netns_in_use() -> set[int]:
+    """The inodes of the network namespaces that processes are in."""
+    used = set()
+    for process in Path("/proc").iterdir():
+        if process.name.isdigit():
+            with contextlib.suppress(OSError):
+                used.add(os.stat(process / "ns" / "net").st_ino)
+    return used
+
+
+def _remove_cni_results(ledger: Ledger | None) -> None:
+    """libcni's cached results of the node's pods (killed without a CNI DEL), made since the ledger."""
+    before = set(ledger.cni_results) if ledger else set()
+    with contextlib.suppress(OSError):
+        for entry in CNI_RESULTS.iterdir():
+            if entry.name.startswith(CNI_NETWORKS) and entry.name not in before:
+                entry.unlink(missing_ok=True)
+
+
+def _remove_fixed_dirs(ledger: Ledger | None) -> None:
+    """The fixed folders that did not exist before the node (without a ledger nothing says which: none)."""
     if ledger is None:
-        present = [str(folder) for folder in FIXED_DIRS if folder.exists()]
-        if present:
-            log(f"cleanup: no ledger; left alone: {present}")
         return
     for folder in FIXED_DIRS:
         if not ledger.dirs.get(str(folder), False):

@@ -181,7 +181,8 @@ def test_the_node_is_a_real_kubelet_and_the_only_place_for_cpu_pods(scene: Scene
     nodes = {n["metadata"]["name"]: n for n in scene.kubectl.json("get", "nodes")["items"]}
     node = nodes[NODE_NAME]
     info = node["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v1.35.4" and info["containerRuntimeVersion"].startswith("containerd://")
+    built = scene.node.bin.name.split("-node-")[0]  # the folder build.sh named after the Kubernetes version
+    assert info["kubeletVersion"] == built and info["containerRuntimeVersion"].startswith("containerd://")
     assert condition(node, "Ready") == "True"
     assert {"type": "InternalIP", "address": scene.node.address} in node["status"]["addresses"]
     assert node["metadata"]["labels"][REAL_NODE_LABEL] == "true"

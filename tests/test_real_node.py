@@ -406,4 +406,4 @@ def test_a_killed_run_is_cleaned_up_afterwards(real_cluster: Any, tmp_path: Path
     print(f"\nreal node: cleanup after a kill {time.monotonic() - began:.1f}s")
     assert nodehost.differences(before, nodehost.machine_state()) == []
     assert nodehost.processes_mentioning(str(state)) == []
-    assert not (state / "node").exists() and not nodehost.LEDGER.exists()
+    assert not (state / "node").exists() and not nodehost.LEDGER.exists() and not nodehost.LOCK.exists()

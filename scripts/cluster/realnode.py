@@ -572,11 +572,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "state":
         print(json.dumps(nodehost.machine_state(), indent=1))
         return 0
-    if nodehost.lock_held():
-        print("realnode: a real node runs (its lock is held): left alone; its own teardown cleans up", file=sys.stderr)
-        return 0
-    ledger = Ledger.load()
-    nodehost.cleanup(ledger, kwok_pod_cidr(), log=RealNode._log)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(nodehost.node_lock())  # a killed node's lock file goes when this releases it
+        except NodeHostError:
+            print("realnode: a real node runs (its lock is held): left alone; its own teardown cleans up",
+                  file=sys.stderr)
+            return 0
+        ledger = Ledger.load()
+        nodehost.cleanup(ledger, kwok_pod_cidr(), log=RealNode._log)
     print("realnode: clean" if ledger is None else f"realnode: cleaned up after {ledger.node_dir}", file=sys.stderr)
     return 0
 

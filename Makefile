@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build images gpu-check gpu-check-wheels
+.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build cluster-load-images images \
+	gpu-check gpu-check-wheels
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,19 +28,33 @@ serve: $(SETUP_STAMP) $(DEMO_MODEL)
 test: $(SETUP_STAMP)
 	bash scripts/install-test-tools.sh
 	bash scripts/cluster/build.sh >/dev/null
+	bash scripts/cluster/build.sh node >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # A real control plane on 127.0.0.1 (kube-apiserver, controller-manager, scheduler, etcd, kwok fake nodes), built
 # from the Kubernetes Go module on first use (cached under .cache/cluster/bin). Runs until Ctrl-C or cluster-down.
+# REAL_NODE=1 adds a real node real-0 (containerd, kubelet, kube-proxy, CoreDNS, metrics-server; root; the API
+# server then on 10.85.0.1) where CPU pods run for real; kubeinfer's images in buildah's storage are loaded into it.
 cluster:
-	$(PYTHON) scripts/cluster/localcluster.py up
+ifeq ($(REAL_NODE),1)
+	bash scripts/install-test-tools.sh real_node
+endif
+	$(PYTHON) scripts/cluster/localcluster.py up $(if $(filter 1,$(REAL_NODE)),--real-node)
 
+# Stops the cluster; a real node's teardown restores the machine (also after a killed run: realnode.py cleanup).
 cluster-down:
 	$(PYTHON) scripts/cluster/localcluster.py down
+	$(PYTHON) scripts/cluster/realnode.py cleanup
 
 cluster-build:
 	bash scripts/cluster/build.sh
+	bash scripts/cluster/build.sh node
+
+# localhost/kubeinfer-operator:dev and localhost/kubeinfer-runtime:* from buildah's storage into the real node's
+# containerd (only the layers it lacks; pods use imagePullPolicy IfNotPresent/Never). IMAGES="a b" picks others.
+cluster-load-images:
+	$(PYTHON) scripts/cluster/localcluster.py load-images $(IMAGES)
 
 lint: $(SETUP_STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the real tools the chart, image and dashboard tests run: helm, prometheus, checkov, and buildah, podman,
-# runc and debootstrap (the image builds).
+# runc and debootstrap (the image builds), and what a real node runs on (containerd, CNI plugins, iptables, ...).
 #
 # Idempotent: each tool is installed only when missing (or at the wrong version), so CI and
 # developers can call it before every test run. Only package registries are used:
@@ -129,6 +129,28 @@ install_image_tools() {
     require_commands "${tools[@]}"
 }
 
+install_real_node() {
+    # A real node (scripts/cluster/realnode.py, tests/test_real_node.py): containerd and runc run its pods, the CNI
+    # plugins (bridge, host-local, loopback) give them addresses, iptables/nftables carry kube-proxy's Services,
+    # skopeo reads buildah's images; gcc/libc6-dev build the static pause binary, busybox-static is the test image's
+    # userland. Debian's packages, checked one by one (dpkg), so a partly installed machine gets the rest.
+    local packages=(containerd runc containernetworking-plugins iptables nftables conntrack skopeo buildah gcc
+                    libc6-dev busybox-static) missing=() package
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "real node tools already installed: ${packages[*]}"
+        return
+    fi
+    log "installing ${missing[*]} with apt-get"
+    # No init system starts the packaged containerd here; the node runs its own, with its own configuration.
+    apt_install "${missing[@]}"
+    require_commands containerd ctr runc iptables nft skopeo buildah gcc busybox
+    [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
+        || { log "CNI plugins missing from /usr/lib/cni"; exit 1; }
+}
+
 install_keda_crds() {
     log "KEDA ScaledObject CRD at $(bash "$ROOT/scripts/keda-crds.sh")"
 }
@@ -157,5 +179,6 @@ install_prometheus
 install_checkov
 install_monitoring_models
 install_image_tools
+install_real_node
 install_keda_crds
 install_h2load

@@ -105,6 +105,17 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[Any]:
+    """A cluster with a real node real-0 (kubelet, containerd, kube-proxy, CoreDNS, metrics-server) for the tests
+    that run pods for real; started only when such a test runs. Its teardown restores the machine."""
+    from real_node_support import start_real_cluster
+
+    cluster = start_real_cluster()
+    yield cluster
+    cluster.stop()
+
+
 # Tests whose own code or fixtures train, export or install something (cached after the first run) are `slow`,
 # found from the source of the test and of every fixture it uses: `pytest -m "not slow"` runs only fast ones.
 HEAVY = re.compile(r"\b(train_detector|train_colour_cls|colour_models|logo_encoders|export_model|ensure_client_venv|"
@@ -132,3 +143,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             functions += [d.func for d in defs]
         if HEAVY.search(" ".join(names)) or any(_heavy(f) for f in functions):
             item.add_marker(pytest.mark.slow)
+    # `last` tests (the real node's teardown check) stop session fixtures: after everything else (a stable sort)
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

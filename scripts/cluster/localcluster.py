@@ -78,6 +78,9 @@ DEFAULT_NODES: tuple[NodeShape, ...] = (
     NodeShape(LOCAL_NODE, labels={LOCAL_NODE_LABEL: "true"},
               taints=({"key": LOCAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"},)),
 )
+# Beside a real node, kwok plays only the GPU nodes: a CPU pod then has one place to go, the real node, and runs
+# there for real without any toleration; GPU pods still find (fake) GPUs.
+REAL_NODE_KWOK_NODES: tuple[NodeShape, ...] = tuple(shape for shape in DEFAULT_NODES if shape.gpus)
 
 
 def free_port() -> int:
@@ -102,26 +105,40 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {args[0]} failed: {done.stderr.strip()}")
 
 
-def make_certificates(pki: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate and the service-account keys."""
-    if (pki / "admin.crt").exists():
+def make_ca(pki: Path, name: str = "ca", common_name: str = "kubeinfer-local-ca") -> None:
+    """A self-signed CA, once (its certificates stay valid as long as it is kept)."""
+    if (pki / f"{name}.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days",
-             "3650", "-subj", "/CN=kubeinfer-local-ca", cwd=pki)
-    sans = ("subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt",
+             "-days", "3650", "-subj", f"/CN={common_name}", cwd=pki)
+
+
+def issue_certificate(pki: Path, name: str, subject: str, extension: str, ca: str = "ca") -> None:
+    """NAME.crt/.key signed by the CA, with the extension lines given; made again when those lines changed."""
+    ext = pki / f"{name}.ext"
+    if (pki / f"{name}.crt").exists() and ext.exists() and ext.read_text() == extension + "\n":
+        return
+    make_ca(pki, ca, f"kubeinfer-local-{ca}")
+    ext.write_text(extension + "\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
+             subject, cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "3650", "-extfile", ext.name, cwd=pki)
+
+
+def make_certificates(pki: Path, apiserver_ips: Sequence[str] = ()) -> None:
+    """A CA, the API server's serving certificate (for 127.0.0.1, the `kubernetes` Service's IP and
+    ``apiserver_ips``), an admin client certificate and the service-account keys; only what is missing."""
+    make_ca(pki)
+    ips = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", "10.96.0.1", *apiserver_ips))
+    sans = (f"subjectAltName={ips},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
-    for name, subject, extension in (
-        ("apiserver", "/CN=kube-apiserver", sans),
-        ("admin", "/O=system:masters/CN=kubernetes-admin", "extendedKeyUsage=clientAuth"),
-    ):
-        (pki / f"{name}.ext").write_text(extension + "\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
-                 subject, cwd=pki)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext", cwd=pki)
-    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
-    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    issue_certificate(pki, "apiserver", "/CN=kube-apiserver", sans)
+    issue_certificate(pki, "admin", "/O=system:masters/CN=kubernetes-admin", "extendedKeyUsage=clientAuth")
+    if not (pki / "sa.pub").exists():
+        _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
 def _b64(path: Path) -> str:
@@ -129,10 +146,11 @@ def _b64(path: Path) -> str:
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path, *, user: dict[str, str] | None = None,
-                     namespace: str = "default") -> Path:
-    """A kubeconfig with the CA embedded; the admin's client certificate unless ``user`` is given (a token)."""
-    credentials = user or {"client-certificate-data": _b64(pki / "admin.crt"),
-                           "client-key-data": _b64(pki / "admin.key")}
+                     namespace: str = "default", certificate: str = "admin") -> Path:
+    """A kubeconfig with the CA embedded; a client certificate of the pki (the admin's) unless ``user`` is given
+    (a token)."""
+    credentials = user or {"client-certificate-data": _b64(pki / f"{certificate}.crt"),
+                           "client-key-data": _b64(pki / f"{certificate}.key")}
     config = {
         "apiVersion": "v1", "kind": "Config", "current-context": "kubeinfer-local",
         "clusters": [{"name": "kubeinfer-local",
@@ -362,18 +380,31 @@ class Component:
 
 
 class LocalCluster:
-    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1, in one state folder."""
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1, in one state folder.
 
-    def __init__(self, state: Path, bin_dir: Path, nodes: Sequence[NodeShape] = DEFAULT_NODES) -> None:
+    With ``real_node=True`` (and ``node_bin``, the folder ``build.sh node`` makes) also a real node, ``real-0``
+    (scripts/cluster/realnode.py): the API server then listens on the node's bridge address, where pods reach it,
+    and kwok plays only the GPU nodes unless ``nodes`` says otherwise. ``self.node`` is the RealNode."""
+
+    free_port = staticmethod(free_port)
+
+    def __init__(self, state: Path, bin_dir: Path, nodes: Sequence[NodeShape] | None = None, *,
+                 real_node: bool = False, node_bin: Path | None = None, load_project_images: bool = True) -> None:
         self.state = state
         self.bin = bin_dir
-        self.nodes = tuple(nodes)
+        self.nodes = tuple(nodes if nodes is not None else REAL_NODE_KWOK_NODES if real_node else DEFAULT_NODES)
         self.pki = state / "pki"
         self.logs = state / "logs"
         self.kubeconfig = state / "kubeconfig"
         self.audit_log = self.logs / "audit.log"
         self.components: list[Component] = []
         self.server = ""
+        self.node: Any = None
+        self.load_project_images = load_project_images
+        if real_node:
+            from realnode import RealNode, node_binaries
+
+            self.node = RealNode(self, node_bin or node_binaries())
 
     # The API for tests and tools -------------------------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
@@ -418,8 +449,11 @@ class LocalCluster:
         for sub in ("logs", "etcd"):
             shutil.rmtree(self.state / sub, ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        make_certificates(self.pki)
         try:
+            make_certificates(self.pki, apiserver_ips=[self.node.address] if self.node else [])
+            if self.node:
+                self.node.certificates(lambda *args, **kwargs: issue_certificate(self.pki, *args, **kwargs))
+                self.node.prepare()
             self._start_etcd()
             self._start_apiserver()
             write_kubeconfig(self.kubeconfig, self.server, self.pki)
@@ -432,6 +466,8 @@ class LocalCluster:
             self._add_nodes()
             self._wait_ready()
             self.add_models_claim("default")
+            if self.node:
+                self.node.start(load_project_images=self.load_project_images)
         except BaseException:
             self.stop()
             raise
@@ -439,13 +475,29 @@ class LocalCluster:
         return self
 
     def _start(self, name: str, args: list[str]) -> Component:
+        return self.start_component(name, args)
+
+    def start_component(self, name: str, args: list[str], executable: str | None = None) -> Component:
+        """Run one of the cluster's processes (the binary NAME of the bin folder unless given), logging to
+        logs/NAME.log; it is watched by ``alive`` and ``wait_for`` and stopped by ``stop``."""
         log = self.logs / f"{name}.log"
         with log.open("wb") as sink:
-            process = subprocess.Popen([str(self.bin / name), *args], stdout=sink, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen([executable or str(self.bin / name), *args], stdout=sink,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         component = Component(name, process, log)
         self.components.append(component)
+        if self.node:
+            self.node.record(name, process.pid)
         return component
+
+    def stop_component(self, name: str, timeout: float = 15) -> None:
+        for component in [c for c in self.components if c.name == name]:
+            _terminate(component, timeout)
+            self.components.remove(component)
+
+    def kubeconfig_for(self, path: Path, server: str, certificate: str) -> Path:
+        """A kubeconfig authenticating with one of the pki's client certificates (a node's kubelet, kube-proxy)."""
+        return write_kubeconfig(path, server, self.pki, certificate=certificate)
 
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
@@ -460,10 +512,12 @@ class LocalCluster:
 
     def _start_apiserver(self) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        # With a real node, on its bridge address: pods reach it there through the `kubernetes` Service.
+        address = self.node.address if self.node else "127.0.0.1"
+        self.server = f"https://{address}:{port}"
         pki = self.pki
         self._start("kube-apiserver", [
-            f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--etcd-servers={self.etcd_url}", f"--bind-address={address}", f"--advertise-address={address}",
             f"--secure-port={port}", f"--cert-dir={self.state / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
@@ -471,9 +525,9 @@ class LocalCluster:
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true", "--profiling=false",
-            # The apiserver cannot publish a loopback address as the `kubernetes` Service's endpoint; nothing here
-            # reaches it through that Service anyway.
-            "--endpoint-reconciler-type=none",
+            # Without a real node the apiserver cannot publish its loopback address as the `kubernetes` Service's
+            # endpoint, and nothing reaches it through that Service anyway; with one, pods do.
+            *(self.node.apiserver_args() if self.node else ["--endpoint-reconciler-type=none"]),
             "--event-ttl=30m", f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
             "--audit-log-maxsize=100", "--audit-log-maxbackup=1", "--audit-log-format=json", "-v=1"])
         self._wait(lambda: self.api("GET", "/readyz")[0] == 200, "kube-apiserver", "/readyz")
@@ -555,6 +609,11 @@ class LocalCluster:
         self._wait(lambda: self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
                    "kube-controller-manager", "the default ServiceAccount")
 
+    def wait_for(self, check: Any, component: str, what: str, timeout: float = START_TIMEOUT) -> None:
+        """Poll ``check`` until true; a cluster process that exits meanwhile, or the timeout, raises ClusterError
+        with the last lines of ``component``'s log."""
+        self._wait(check, component, what, timeout)
+
     def _wait(self, check: Any, component: str, what: str, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -572,19 +631,30 @@ class LocalCluster:
         return bool(self.components) and all(c.process.poll() is None for c in self.components)
 
     def stop(self) -> None:
-        for component in reversed(self.components):
-            if component.process.poll() is None:
-                component.process.terminate()
-        for component in reversed(self.components):
-            try:
-                component.process.wait(15)
-            except subprocess.TimeoutExpired:
-                component.process.kill()
-                component.process.wait(5)
-        self.components.clear()
+        """Stop every process; a real node first, which also undoes what it did to the machine."""
+        try:
+            if self.node:
+                self.node.stop()
+        finally:
+            for component in reversed(self.components):
+                if component.process.poll() is None:
+                    component.process.terminate()
+            for component in reversed(self.components):
+                _terminate(component, 15)
+            self.components.clear()
 
     def pids(self) -> dict[str, int]:
         return {c.name: c.process.pid for c in self.components}
+
+
+def _terminate(component: Component, timeout: float) -> None:
+    if component.process.poll() is None:
+        component.process.terminate()
+    try:
+        component.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        component.process.kill()
+        component.process.wait(5)
 
 
 def _http_ok(url: str) -> bool:
@@ -615,26 +685,33 @@ def _signals_stop() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def up(state: Path) -> int:
+def up(state: Path, real_node: bool = False) -> int:
     info = _running(state)
     if info is not None:
         print(f"localcluster: a cluster already runs (pid {info['pid']}, {info['server']}); "
               f"`make cluster-down` stops it.\nexport KUBECONFIG={state / 'kubeconfig'}", file=sys.stderr)
         return 1
     bin_dir = binaries()
-    cluster = LocalCluster(state, bin_dir)
     with _signals_stop():
         try:
+            cluster = LocalCluster(state, bin_dir, real_node=real_node)
             cluster.start()
-        except ClusterError as exc:
+        except (ClusterError, RuntimeError) as exc:  # the real node's NodeHostError and ImageError too
             print(f"localcluster: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130
-        (state / "running.json").write_text(json.dumps({"pid": os.getpid(), "server": cluster.server,
-                                                        "components": cluster.pids()}))
+        (state / "running.json").write_text(json.dumps({
+            "pid": os.getpid(), "server": cluster.server, "components": cluster.pids(),
+            "real_node": cluster.node.info() if cluster.node else None}))
+        nodes = [n.name for n in cluster.nodes] + ([f"{cluster.node.name} (real)"] if cluster.node else [])
         print(f"localcluster: kube-apiserver {cluster.server} ready in {cluster.started_in:.1f}s; nodes: "
-              + ", ".join(n.name for n in cluster.nodes), flush=True)
+              + ", ".join(nodes), flush=True)
+        if cluster.node:
+            print(f"localcluster: real node {cluster.node.name} at {cluster.node.address}: "
+                  + ", ".join(f"{k} {v}" for k, v in cluster.node.timings.items())
+                  + "".join(f"\nlocalcluster: loaded {i['image']} ({i['bytes_sent'] >> 20} MiB new, "
+                            f"{i['seconds']:.1f}s)" for i in cluster.node.loaded), flush=True)
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         try:
             while cluster.alive():
@@ -656,23 +733,49 @@ def down(state: Path) -> int:
         print("localcluster: no cluster is running", file=sys.stderr)
         return 0
     os.kill(int(info["pid"]), signal.SIGTERM)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a real node's teardown included
     while time.monotonic() < deadline and _running(state) is not None:
         time.sleep(0.2)
     print("localcluster: stopped", file=sys.stderr)
     return 0
 
 
+def load_images(state: Path, names: Sequence[str]) -> int:
+    """Images from buildah's storage into the running cluster's real node (all of kubeinfer's when none named)."""
+    from nodeimages import buildah_images, project_images
+    from realnode import loader_from_info
+
+    info = _running(state)
+    if info is None or not info.get("real_node"):
+        print("localcluster: no cluster with a real node is running (make cluster REAL_NODE=1)", file=sys.stderr)
+        return 1
+    loader = loader_from_info(info["real_node"])
+    chosen = list(names) or project_images(buildah_images())
+    if not chosen:
+        print("localcluster: buildah's storage has no localhost/kubeinfer-operator:dev or "
+              "localhost/kubeinfer-runtime:* image (make images)", file=sys.stderr)
+        return 1
+    for name in chosen:
+        result = loader.load(name)
+        print(f"localcluster: loaded {name}: {result['layers_sent']} of {result['layers']} layers new, "
+              f"{result['bytes_sent'] >> 20} MiB, {result['seconds']}s ({result['how']})", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "down", "build"))
+    parser.add_argument("command", choices=("up", "down", "build", "load-images"))
+    parser.add_argument("images", nargs="*", help="load-images: the images (default: kubeinfer's in buildah)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default .cache/cluster)")
+    parser.add_argument("--real-node", action="store_true", help="up: also a real node (kubelet, containerd)")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(binaries())
         return 0
     args.state.mkdir(parents=True, exist_ok=True)
-    return up(args.state) if args.command == "up" else down(args.state)
+    if args.command == "load-images":
+        return load_images(args.state, args.images)
+    return up(args.state, args.real_node) if args.command == "up" else down(args.state)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,9 @@ def _phase(obs: Observation) -> tuple[str, str, str]:
     total = int(state.get("replicas") or 0)
     if current and updated >= desired and total <= desired and ready >= desired and available >= desired:
         return "Ready", "AllReplicasReady", f"{ready}/{desired} replicas ready"
+    if current and (deployment.get("spec") or {}).get("paused"):
+        return "Progressing", "DeploymentPaused", (f"Deployment {obs.name} is paused: {updated}/{desired} replicas "
+                                                   f"updated, {ready} ready")
     if not current or updated < desired or total > desired:
         return "Progressing", "RollingOut", f"{updated}/{desired} replicas updated, {ready} ready"
     return "Progressing", "ReplicasStarting", f"{ready}/{desired} replicas ready"

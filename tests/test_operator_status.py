@@ -89,6 +89,18 @@ def test_a_rollout_is_not_ready_until_the_new_generation_is_out() -> None:
     assert status["conditions"][0]["reason"] == "RollingOut"
 
 
+def test_a_paused_rollout_says_so() -> None:
+    paused = deployment(2, 4, observedGeneration=4, replicas=2, updatedReplicas=0, readyReplicas=2,
+                        availableReplicas=2)
+    paused["spec"]["paused"] = True
+    status = observe(paused)
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Progressing", "DeploymentPaused")
+    assert status["conditions"][0]["message"] == "Deployment svc is paused: 0/2 replicas updated, 2 ready"
+    done = rolled_out()
+    done["spec"]["paused"] = True
+    assert observe(done)["phase"] == "Ready"  # paused after its rollout: it serves all the same
+
+
 def test_crash_loop_with_nothing_ready_is_failed_with_the_runtime_error() -> None:
     dep = deployment(observedGeneration=3, replicas=2, updatedReplicas=2, readyReplicas=0)
     status = observe(dep, [crashing("svc-a"), crashing("svc-b")])

@@ -1,0 +1,99 @@
+"""Children changed behind the operator's back, against the real control plane: it must notice and repair them.
+
+One operator for the module, authenticated as a ServiceAccount of its own holding exactly
+``kubeinfer.operator.kube`` RBAC_RULES (the chart's rules), as in tests/test_operator_modes.py. Each test works in
+a fresh namespace and edits children as a person with kubectl would (the admin's JSON merge patches).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cluster_operator_support import Operator, bind_cluster_role, wait
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
+from operator_support import CRD_PATH, deployment_path, is_path, pod_path
+
+from kubeinfer.operator.kube import RBAC_RULES
+
+IMAGE = "registry.example.com/kubeinfer/runtime:drift"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def api(kube_cluster: LocalCluster) -> Api:
+    return Api(kube_cluster)
+
+
+@pytest.fixture(scope="module")
+def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+    kubectl("apply", "-f", str(CRD_PATH))
+    wait_established(kubectl)
+    return kubectl
+
+
+@pytest.fixture(scope="module")
+def operator(kube_cluster: LocalCluster, api: Api, kubectl: Kubectl,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """One operator, cluster-wide, as a ServiceAccount with exactly the chart's rules."""
+    home = new_namespace(api, "drift")
+    tmp = tmp_path_factory.mktemp("drift")
+    bind_cluster_role(api, f"{home}-operator", RBAC_RULES, home, "operator")
+    kubeconfig = service_account_kubeconfig(kube_cluster, home, "operator", tmp / "kubeconfig")
+    running = Operator(kubeconfig, tmp / "operator.log", "--runtime-image", IMAGE)
+    yield running
+    assert running.stop() == 0, running.logs()
+    kubectl("delete", "namespace", home, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def ns(api: Api, kubectl: Kubectl) -> Iterator[str]:
+    name = new_namespace(api, "drift")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def create(api: Api, ns: str, **spec: Any) -> str:
+    name = f"s{next(_names)}"
+    api.create(is_path(ns), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
+                             "metadata": {"name": name},
+                             "spec": {"task": "detect", "model": {"uri": "/models/m.pt"},
+                                      "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}, **spec}})
+    return name
+
+
+def status(api: Api, ns: str, name: str) -> dict[str, Any]:
+    return ((api.get(is_path(ns, name)) or {}).get("status")) or {}
+
+
+def ready(api: Api, ns: str, name: str, generation: int = 1) -> Any:
+    current = status(api, ns, name)
+    return current if current.get("phase") == "Ready" and current.get("observedGeneration") == generation else None
+
+
+def pods(api: Api, ns: str, name: str) -> list[dict[str, Any]]:
+    found = api.get(pod_path(ns) + f"?labelSelector=kubeinfer.io/inferenceservice%3D{name}")
+    return (found or {}).get("items") or []
+
+
+def owners(obj: dict[str, Any] | None) -> list[str]:
+    return [ref["name"] for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+            if ref.get("controller") and ref.get("kind") == "InferenceService"]
+
+
+# -- #4: a Deployment paused by hand -----------------------------------------------------------------------------
+def test_a_deployment_paused_by_hand_is_resumed(operator: Operator, api: Api, kubectl: Kubectl, ns: str) -> None:
+    name = create(api, ns, replicas=1)
+    wait(operator, lambda: ready(api, ns, name), f"{name} Ready")
+    kubectl("patch", "-n", ns, "deployment", name, "-p", '{"spec":{"paused":true}}')
+    wait(operator, lambda: not (api.get(deployment_path(ns, name)) or {}).get("spec", {}).get("paused"),
+         "the Deployment resumed", timeout=20)
+    api.patch(is_path(ns, name), {"spec": {"thresholds": {"iou": 0.6}}})
+    final = wait(operator, lambda: ready(api, ns, name, generation=2), "the new spec rolled out and Ready")
+    assert final["conditions"][0]["reason"] == "AllReplicasReady", final
+    deployment = api.get(deployment_path(ns, name))
+    assert deployment is not None and "paused" not in deployment["spec"]
+    assert "--iou 0.6" in " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["args"])

@@ -8,6 +8,9 @@ a fresh namespace and edits children as a person with kubectl would (the admin's
 from __future__ import annotations
 
 import itertools
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,3 +100,57 @@ def test_a_deployment_paused_by_hand_is_resumed(operator: Operator, api: Api, ku
     deployment = api.get(deployment_path(ns, name))
     assert deployment is not None and "paused" not in deployment["spec"]
     assert "--iou 0.6" in " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+# -- #7: rollout counts of the Deployment's previous generation ------------------------------------------------
+class StatusWatch:
+    """Every status the InferenceService shows, as `kubectl get -w` streams them (none is missed)."""
+
+    TEMPLATE = ('{.status.observedGeneration}|{.status.phase}|{.status.conditions[0].reason}|'
+                '{.status.conditions[0].message}{"\\n"}')
+
+    def __init__(self, kubectl: Kubectl, ns: str, name: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            ["kubectl", "get", "-n", ns, "inferenceservice", name, "--watch", "-o", f"jsonpath={self.TEMPLATE}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=kubectl.env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def statuses(self) -> list[list[str]]:
+        """[observedGeneration, phase, reason, message] of each status seen."""
+        return [line.split("|", 3) for line in list(self.lines) if line.count("|") >= 3]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self._reader.join(5)
+
+
+def test_rollout_counts_are_reported_only_once_the_deployment_controller_saw_the_change(
+        operator: Operator, api: Api, kubectl: Kubectl, ns: str) -> None:
+    name = create(api, ns, replicas=2)
+    wait(operator, lambda: ready(api, ns, name), f"{name} Ready")
+    watch = StatusWatch(kubectl, ns, name)
+    try:
+        wait(operator, lambda: watch.statuses(), "the watch's first line")
+        api.patch(is_path(ns, name), {"spec": {"thresholds": {"iou": 0.6}}})
+        wait(operator, lambda: ready(api, ns, name, generation=2), "the new spec rolled out and Ready")
+        time.sleep(1)
+    finally:
+        watch.stop()
+    after = [s for s in watch.statuses() if s[0] == "2"]
+    assert after, watch.lines
+    _, phase, reason, message = after[0]
+    # The first status of generation 2 is written right after the Deployment patch: nothing of the new pod
+    # template exists yet, whatever the previous generation's counts say.
+    assert (phase, reason) == ("Progressing", "RollingOut"), after
+    assert "2/2 replicas updated" not in message, after
+    assert "Deployment controller" in message, after
+    assert after[-1][1] == "Ready", after
+

@@ -81,7 +81,11 @@ def test_pending_then_progressing_then_ready() -> None:
 def test_a_rollout_is_not_ready_until_the_new_generation_is_out() -> None:
     old_ready = deployment(2, 4, observedGeneration=3, replicas=2, updatedReplicas=2, readyReplicas=2,
                            availableReplicas=2)
-    assert observe(old_ready)["phase"] == "Progressing"
+    unobserved = observe(old_ready)
+    assert (unobserved["phase"], unobserved["conditions"][0]["reason"]) == ("Progressing", "RollingOut")
+    # The previous generation's "2 updated" says nothing about the new template: no count of it is reported.
+    assert unobserved["conditions"][0]["message"] == ("Deployment svc generation 4 not yet picked up by the "
+                                                      "Deployment controller; 2 ready")
     surging = deployment(2, 4, observedGeneration=4, replicas=3, updatedReplicas=1, readyReplicas=2,
                          availableReplicas=2)
     status = observe(surging)

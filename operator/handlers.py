@@ -5,13 +5,15 @@ changed or deleted; one of its pods changed) runs the same idempotent reconcilia
 No finalizer is added: children carry owner references, so the cluster's garbage collector deletes them with
 their InferenceService, even while the operator is down.
 
-Children are watched by owner reference, not by label, so a child whose labels were edited by hand is still seen
-(and its labels put back). What the watches saw is kept in kopf indices (the operator's cache, as controller-runtime
-keeps one): a reconciliation compares the rendered children with the cached ones and sends only the writes that
-change something, and an event whose object still holds everything last applied (most often the echo of the
-operator's own write, or a rollout's status update) costs no reconciliation, only a status refresh from the cache,
-and the refreshes a burst of pod and Deployment events asks for are done once, STATUS_DELAY after its first event.
-Stale cache entries are harmless: a write based on one is idempotent, and the next watch event corrects it.
+Children are watched by owner reference, and by label where owner references are gone: a child whose labels were
+edited by hand is still seen (and its labels put back), and so is one whose owner references were removed (and they
+are put back, so the garbage collector still deletes it with its InferenceService). What the watches saw is kept in
+kopf indices (the operator's cache, as controller-runtime keeps one): a reconciliation compares the rendered
+children with the cached ones and sends only the writes that change something, and an event whose object still holds
+everything last applied (most often the echo of the operator's own write, or a rollout's status update) costs no
+reconciliation, only a status refresh from the cache, and the refreshes a burst of pod and Deployment events asks
+for are done once, STATUS_DELAY after its first event. Stale cache entries are harmless: a write based on one is
+idempotent, and the next watch event corrects it.
 """
 
 from __future__ import annotations
@@ -92,10 +94,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 def _controller_owner(body: Mapping[str, Any]) -> str | None:
-    """The InferenceService that controls this object, from its owner references (labels can be edited)."""
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+    """The InferenceService this object belongs to: its controller owner reference names it; without any
+    controller reference (removed by hand), the operator's labels do, so the child is still seen and adopted again.
+
+    Owner references come first because labels can be edited; an object controlled by anything else is never ours.
+    """
+    meta = body.get("metadata") or {}
+    controllers = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+    for ref in controllers:
+        if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
             return str(ref.get("name"))
+    labels = meta.get("labels") or {}
+    if not controllers and labels.get(MANAGED_BY_LABEL) == MANAGER and labels.get(OWNER_LABEL):
+        return str(labels[OWNER_LABEL])
     return None
 
 

@@ -8,6 +8,7 @@ a fresh namespace and edits children as a person with kubectl would (the admin's
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from cluster_operator_support import Operator, bind_cluster_role, wait
 from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
-from operator_support import CRD_PATH, deployment_path, is_path, pod_path
+from operator_support import CRD_PATH, deployment_path, is_path, pod_path, service_path
 
 from kubeinfer.operator.kube import RBAC_RULES
 
@@ -85,6 +86,40 @@ def pods(api: Api, ns: str, name: str) -> list[dict[str, Any]]:
 def owners(obj: dict[str, Any] | None) -> list[str]:
     return [ref["name"] for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
             if ref.get("controller") and ref.get("kind") == "InferenceService"]
+
+
+# -- #2: ownerReferences removed by hand ------------------------------------------------------------------------
+def test_owner_references_removed_from_a_service_are_put_back(operator: Operator, api: Api, kubectl: Kubectl,
+                                                              ns: str) -> None:
+    name = create(api, ns)
+    wait(operator, lambda: ready(api, ns, name), f"{name} Ready")
+    patched = kubectl("patch", "-n", ns, "service", name, "--type=merge", "-p",
+                      '{"metadata":{"ownerReferences":null}}', "-o", "json")
+    assert owners(json.loads(patched.stdout)) == []
+    wait(operator, lambda: owners(api.get(service_path(ns, name))) == [name], "the owner reference put back",
+         timeout=20)
+    # ...so the garbage collector deletes the Service with its InferenceService.
+    assert api.delete(is_path(ns, name)) == 200
+    wait(operator, lambda: api.get(service_path(ns, name)) is None, "the Service deleted with its owner")
+
+
+def test_owner_references_removed_from_a_deployment_are_put_back_and_status_stays(
+        operator: Operator, api: Api, kubectl: Kubectl, ns: str) -> None:
+    name = create(api, ns)
+    wait(operator, lambda: ready(api, ns, name), f"{name} Ready")
+    patched = kubectl("patch", "-n", ns, "deployment", name, "--type=merge", "-p",
+                      '{"metadata":{"ownerReferences":null}}', "-o", "json")
+    assert owners(json.loads(patched.stdout)) == []
+    wait(operator, lambda: owners(api.get(deployment_path(ns, name))) == [name], "the owner reference put back",
+         timeout=20)
+    # A pod replaced by the ReplicaSet: status follows the Deployment, which the operator still knows.
+    (pod,) = pods(api, ns, name)
+    assert api.delete(pod_path(ns, pod["metadata"]["name"])) == 200
+    wait(operator, lambda: [p for p in pods(api, ns, name) if p["metadata"]["name"] != pod["metadata"]["name"]
+                            and p["status"].get("phase") == "Running"], "the replacement pod running")
+    time.sleep(2)  # the operator's status refresh after the pod events
+    final = wait(operator, lambda: ready(api, ns, name), f"{name} Ready again")
+    assert final["endpoint"] == f"{name}.{ns}.svc:8001", final
 
 
 # -- #4: a Deployment paused by hand -----------------------------------------------------------------------------

@@ -180,7 +180,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     embeddings = reader.uri("embeddings")
     base_data = reader.uri("baseData")
     window = reader.integer("window", None, 1, 100_000)
-    replicas_given = "replicas" in spec and spec["replicas"] is not None
+    # The CRD defaults replicas to 1 (the scale subresource needs it), so with autoscaling only another value is wrong.
+    replicas_given = spec.get("replicas") is not None and spec["replicas"] != DEFAULT_REPLICAS
     autoscaling = _autoscaling(reader)
 
     if model is None and task != "video":
@@ -196,7 +197,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     if base_data is not None and base_data.scheme == "http" and not base_data.is_archive:
         raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if replicas_given and autoscaling is not None:
-        raise SpecError("set spec.replicas or spec.autoscaling, not both")
+        raise SpecError("spec.replicas stays at its default 1 when spec.autoscaling is set (the autoscaler sets the "
+                        "replica count): drop spec.replicas or spec.autoscaling")
     frontends = reader.integer("grpc.frontends", 1, 1, 64)
     if frontends > 1 and task not in ("detect", "classify"):
         raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")

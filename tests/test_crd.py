@@ -159,6 +159,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "grpc": {"maxMessageBytes": spec_module.DEFAULT_MAX_MESSAGE_BYTES, "workers": spec_module.DEFAULT_WORKERS,
              "frontends": 1},
     "gpus": 0,
+    "replicas": spec_module.DEFAULT_REPLICAS,  # the scale subresource's specReplicasPath: it must always exist
 }
 
 MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -178,12 +179,14 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                             "grpc": {"frontends": 2}},  # accepted for classify, as for detect
                            {"grpc": {**COMMON_DEFAULTS["grpc"], "frontends": 2}}),
     "autoscaled": ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"maxReplicas": 3}},
-                   {"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
+                   {"autoscaling": {"maxReplicas": 3, "minReplicas": 1,
+                                    "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
                                     "metric": spec_module.DEFAULT_METRIC, "engine": spec_module.DEFAULT_ENGINE}}),
     "autoscaled-keda": ({"task": "detect", "model": {"uri": "/m.pt"},
                          "autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
                                          "prometheus": {"address": "http://prometheus.monitoring:9090"}}},
-                        {"autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
+                        {"autoscaling": {"maxReplicas": 3, "minReplicas": 1, "metric": "queue", "target": 4,
+                                         "engine": "keda",
                                          "prometheus": {"address": "http://prometheus.monitoring:9090"},
                                          "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU}}),
 }
@@ -200,8 +203,8 @@ def test_the_api_server_applies_the_operators_defaults(api: Api, ns: str, case: 
     api.create(is_path(ns), obj(copy.deepcopy(minimal), name))
     stored = api.get(is_path(ns, name))
     assert stored is not None
-    # Read back as stored: exactly the operator's defaults were added, and nothing whose presence CEL rules
-    # depend on (window, replicas, minReplicas).
+    # Read back as stored: exactly the operator's defaults were added (replicas and minReplicas too, as documented),
+    # and nothing whose presence CEL rules depend on (window).
     assert stored["spec"] == {**minimal, **COMMON_DEFAULTS, **extra}
     # ...and the operator reads the defaulted spec exactly as it reads the minimal one.
     assert parse_spec(stored["spec"]) == parse_spec(minimal)
@@ -277,8 +280,8 @@ BAD_SPECS: list[Case] = [
          "rule:window", True),
     Case("frontends on stream-classify", with_(STREAM, grpc={"frontends": 2}), "spec.grpc.frontends",
          "spec.grpc.frontends above 1 is only used by tasks detect and classify", "rule:frontends", True),
-    Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec",
-         "set spec.replicas or spec.autoscaling, not both", "rule:replicas", True),
+    Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec.replicas",
+         "spec.replicas stays at its default 1 when spec.autoscaling is set", "rule:replicas", True),
     Case("min above max", with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}), "spec.autoscaling",
          "autoscaling.minReplicas must not exceed maxReplicas", "rule:autoscaling", True),
     Case("queue without a target", with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue"}),
@@ -359,7 +362,8 @@ BAD_SPECS: list[Case] = [
     # minReplicas above its maximum is also above any valid maxReplicas: the CEL rule says so too.
     *bound(with_(DETECT, autoscaling={"maxReplicas": 1000}), "autoscaling__minReplicas", 1, 1000,
            above_also=("autoscaling.minReplicas must not exceed maxReplicas",)),
-    *bound(DETECT, "autoscaling__maxReplicas", 1, 1000),
+    # maxReplicas below its minimum is also below the defaulted minReplicas 1: the CEL rule says so too.
+    *bound(DETECT, "autoscaling__maxReplicas", 1, 1000, below_also=("autoscaling.minReplicas must not exceed",)),
     *bound(with_(DETECT, autoscaling={"maxReplicas": 2}), "autoscaling__targetCPUUtilization", 1, 100),
     Case("unknown metric", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "gpu", "target": 1}),
          "spec.autoscaling.metric",
@@ -439,7 +443,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
     constraints: set[tuple[str, str]] = set()
     rule_ids = {"spec.model is required": "rule:model", "need spec.labels": "rule:labels",
                 "exactly one gallery": "rule:gallery", "only used by task recognize": "rule:recognize-only",
-                "spec.window is only used": "rule:window", "not both": "rule:replicas",
+                "spec.window is only used": "rule:window", "stays at its default 1": "rule:replicas",
                 "frontends above 1": "rule:frontends",
                 "minReplicas must not exceed": "rule:autoscaling", "downloaded baseData": "rule:baseData",
                 "metadata.name must be": "rule:name", "must not contain '..'": "rule:uri-dotdot",
@@ -550,6 +554,21 @@ def test_the_scale_subresource_reads_spec_and_status(api: Api, kubectl: Kubectl,
     # Through /scale too, the bounds hold.
     code, body = api.call("PATCH", path + "/scale", {"spec": {"replicas": 1001}})
     assert code == 422 and "spec.replicas" in body["message"] and f"{LE} 1000" in body["message"], body
+
+
+@pytest.mark.parametrize("case", ["detect", "autoscaled", "autoscaled-keda"])
+def test_the_scale_subresource_answers_for_specs_without_replicas(api: Api, kubectl: Kubectl, ns: str,
+                                                                   case: str) -> None:
+    """The default spec and every autoscaled one leave spec.replicas out: /scale still reads it (defaulted)."""
+    name = f"unscaled-{case}"
+    api.create(is_path(ns), obj(copy.deepcopy(MINIMAL[case][0]), name))
+    scale = kubectl.json("get", "-n", ns, "kisvc", name, "--subresource=scale")
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 1, scale
+    assert api.get(is_path(ns, name, "scale"))["spec"]["replicas"] == 1
+    if case.startswith("autoscaled"):
+        # The autoscaler owns the count: scaling by hand is refused, with the rule's message.
+        refused = kubectl("scale", "-n", ns, f"kisvc/{name}", "--replicas=3", check=False)
+        assert refused.returncode != 0 and "spec.replicas stays at its default 1" in refused.stderr, refused.stderr
 
 
 # -- kubectl: strict fields, explain, columns ---------------------------------------------------------------------

@@ -290,7 +290,7 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
     ({"task": "detect", "model": {"uri": "/m.pt"}, "embeddings": {"uri": "/e.npz"}}, "only used by task 'recognize'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "window": 4}, "spec.window is only used by task 'stream-classify'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
-     "set spec.replicas or spec.autoscaling, not both"),
+     "spec.replicas stays at its default 1 when spec.autoscaling is set"),
     ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by tasks detect and "
                                                   "classify"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},

@@ -32,7 +32,7 @@ from typing import Any
 
 import kopf
 
-from kubeinfer.operator import bookkeeping, metrics
+from kubeinfer.operator import bookkeeping, metrics, peering
 from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
 from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, RuntimeDefaults, render_children
 from kubeinfer.operator.spec import (
@@ -77,6 +77,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.INFO
     # kopf's own log lines ("Handler ... succeeded", "Creation is processed") are not worth an Event each.
     settings.posting.loggers = False
+    # How long a killed peer counts as alive: how long a standby waits before it takes over (kopf's default 60 s).
+    settings.peering.lifetime = int(memo.get("peering_lifetime") or peering.lifetime_from_environment())
     if not isinstance(memo.get("defaults"), RuntimeDefaults):
         memo["defaults"] = defaults_from_environment()
     if memo.get("kube") is None:

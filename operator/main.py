@@ -5,7 +5,8 @@ KUBEINFER_OPERATOR_RUNTIME_IMAGE=registry.example.com/kubeinfer:0.1.0 or KUBEINF
 a flag given on the command line wins. In a pod it uses its service account, elsewhere $KUBECONFIG.
 
 Several replicas: give them all --peering NAME (a ClusterKopfPeering NAME, or a KopfPeering NAME in each
-watched namespace, must exist); the live replica with the highest --priority works, the others stand by.
+watched namespace, must exist); the live replica with the highest --priority works, the others stand by, and one
+takes over within --peering-lifetime seconds when the active one is killed (at once when it stops cleanly).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from kubeinfer.operator.peering import DEFAULT_LIFETIME, lifetime
 from kubeinfer.operator.spec import DEFAULT_RUNTIME_IMAGE
 
 LOG_FORMATS = ("plain", "json", "full")
@@ -79,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="peering priority: the live replica with the highest one works, the others wait "
                              "(default with --peering: random, so exactly one is active; "
                              "env KUBEINFER_OPERATOR_PRIORITY)")
+    parser.add_argument("--peering-lifetime", type=lifetime, metavar="SECONDS",
+                        default=_env("peering-lifetime", DEFAULT_LIFETIME, lifetime),
+                        help="with --peering: how long a replica that stopped writing keep-alives (killed) still "
+                             "counts as alive, so how long a standby waits before it takes over (default "
+                             f"{DEFAULT_LIFETIME}; env KUBEINFER_OPERATOR_PEERING_LIFETIME)")
     parser.add_argument("--verbose", action="store_true",
                         default=_env("verbose", False, lambda v: v.strip().lower() in ("1", "true", "yes")),
                         help="debug logging (env KUBEINFER_OPERATOR_VERBOSE)")
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
     defaults = RuntimeDefaults(image=args.runtime_image, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
-    memo = kopf.Memo(defaults=defaults)
+    memo = kopf.Memo(defaults=defaults, peering_lifetime=args.peering_lifetime)
     priority = args.priority
     if args.peering is not None and priority is None:
         # kopf runs only the live peer with the highest priority; equal priorities would all run.

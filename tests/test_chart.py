@@ -126,7 +126,8 @@ def test_default_watches_all_namespaces_full_watches_listed(default_objects: lis
     full_args = operator_container(full_objects)["args"]
     assert [a for a in full_args if a.startswith("--namespace")] == ["--namespace=vision",
                                                                      "--namespace=vision-staging"]
-    assert "--peering=kubeinfer" in full_args
+    assert "--peering=kubeinfer" in full_args and "--peering-lifetime=15" in full_args
+    assert not [a for a in operator_container(default_objects)["args"] if a.startswith("--peering")]
     assert "--log-format=plain" in full_args
 
 
@@ -218,6 +219,8 @@ def test_dashboards_can_be_switched_off_and_relabelled() -> None:
     ("operator.unknownKey=1", "unknownKey"),
     ("prometheusAdapter.rules.namespace=Not_A_Namespace", "namespace"),
     ("prometheusAdapter.rules.enabled=maybe", "enabled"),
+    ("operator.peering.lifetime=1", "lifetime"),
+    ("operator.peering=kubeinfer", "peering"),  # the value before peering.enabled
 ])
 def test_schema_rejects_bad_values(setting: str, message: str) -> None:
     result = helm("template", "x", str(CHART), "--set", setting, check=False)

@@ -1,0 +1,128 @@
+"""Several operator replicas with kopf's peering, against the real control plane: how fast a standby takes over
+from a replica that was killed, and what it finds when it does.
+
+Each replica authenticates as a ServiceAccount of its own holding exactly ``kubeinfer.operator.kube`` RBAC_RULES and
+PEERING_RBAC_RULES (the chart's rules with peering), as in tests/test_operator_modes.py. A replica is killed with
+SIGKILL, so it never removes its keep-alive: the standby has to wait for it to lapse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_operator_support import Operator, operator_account, wait
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, wait_established
+from operator_support import CRD_PATH, deployment_path, is_path, service_path
+
+from kubeinfer.operator.kube import PEERING_RBAC_RULES, RBAC_RULES
+from kubeinfer.operator.peering import DEFAULT_LIFETIME
+
+IMAGE = "registry.example.com/kubeinfer/runtime:failover"
+PEERING_CRDS = CRD_PATH.parents[1] / "charts" / "kubeinfer" / "charts" / "kopf-peering" / "crds"
+PAUSED, RESUMED = "Pausing operations in favour of", "Resuming operations after the pause"
+_accounts = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def api(kube_cluster: LocalCluster) -> Api:
+    return Api(kube_cluster)
+
+
+@pytest.fixture(scope="module")
+def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+    kubectl("apply", "-f", str(CRD_PATH), "-f", str(PEERING_CRDS))
+    wait_established(kubectl, "inferenceservices.kubeinfer.io", "clusterkopfpeerings.kopf.dev",
+                     "kopfpeerings.kopf.dev")
+    return kubectl
+
+
+@pytest.fixture(scope="module")
+def home(api: Api, kubectl: Kubectl) -> Iterator[str]:
+    """The namespace of the replicas' ServiceAccounts."""
+    name = new_namespace(api, "failover")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def ns(api: Api, kubectl: Kubectl) -> Iterator[str]:
+    name = new_namespace(api, "failover")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def replicas(kube_cluster: LocalCluster, api: Api, kubectl: Kubectl, home: str,
+             tmp_path: Path) -> Iterator[Callable[..., Operator]]:
+    """Start operator replicas sharing one fresh ClusterKopfPeering; every one still running is stopped after."""
+    peering = f"{home}-{next(_accounts)}"
+    kubectl.apply({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}})
+    started: list[Operator] = []
+
+    def start(*args: str, wait_live: bool = True) -> Operator:
+        name = f"replica-{next(_accounts)}"
+        _, kubeconfig = operator_account(kube_cluster, api, home, name, RBAC_RULES + PEERING_RBAC_RULES,
+                                         tmp_path / f"{name}.kubeconfig")
+        replica = Operator(kubeconfig, tmp_path / f"{name}.log", "--peering", peering, "--runtime-image", IMAGE,
+                           *args, wait_live=wait_live)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        replica.stop()
+    kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
+
+
+def create(api: Api, ns: str, name: str) -> None:
+    api.create(is_path(ns), {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceService",
+                             "metadata": {"name": name},
+                             "spec": {"task": "detect", "model": {"uri": "/models/m.pt"},
+                                      "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}})
+
+
+def ready(api: Api, ns: str, name: str) -> dict[str, Any] | None:
+    status = ((api.get(is_path(ns, name)) or {}).get("status")) or {}
+    return status if status.get("phase") == "Ready" else None
+
+
+def logged(replica: Operator, text: str, after: int = 0) -> bool:
+    return text in replica.logs(10**8)[after:]
+
+
+def kill(replica: Operator) -> float:
+    """SIGKILL: no clean exit, so its keep-alive stays in the peering object until it lapses."""
+    replica.process.process.kill()
+    replica.process.process.wait(10)
+    return time.monotonic()
+
+
+@pytest.mark.slow  # 15-25 s: the standby waits for the killed replica's keep-alive to lapse
+def test_a_standby_takes_over_within_the_peering_lifetime_after_a_sigkill(
+        api: Api, ns: str, replicas: Callable[..., Operator]) -> None:
+    standby = replicas("--priority", "50")
+    active = replicas("--priority", "100")
+    wait(standby, lambda: logged(standby, PAUSED), "the standby to pause")
+    create(api, ns, "before")
+    wait(active, lambda: ready(api, ns, "before"), "Ready by the active replica")
+    seen = len(standby.logs(10**8))
+
+    killed = kill(active)
+    create(api, ns, "after")  # waits for whoever works next
+    wait(standby, lambda: logged(standby, RESUMED, seen), "the standby to resume", timeout=DEFAULT_LIFETIME + 20)
+    resumed = time.monotonic()
+    wait(standby, lambda: ready(api, ns, "after"), "Ready by the standby")
+    served = time.monotonic()
+    failover, until_ready = resumed - killed, served - killed
+    print(f"\nfailover after SIGKILL: resumed after {failover:.1f} s, the new resource Ready after "
+          f"{until_ready:.1f} s (peering lifetime {DEFAULT_LIFETIME} s)")
+    # kopf writes a keep-alive every 1 to 5 s with a 10 s lifetime: the last one lapses 5 to 10 s after the kill.
+    assert failover <= DEFAULT_LIFETIME + 1.5, failover
+    assert until_ready <= 15, until_ready
+    assert api.get(deployment_path(ns, "after")) is not None and api.get(service_path(ns, "after")) is not None

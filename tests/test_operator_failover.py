@@ -126,3 +126,30 @@ def test_a_standby_takes_over_within_the_peering_lifetime_after_a_sigkill(
     assert failover <= DEFAULT_LIFETIME + 1.5, failover
     assert until_ready <= 15, until_ready
     assert api.get(deployment_path(ns, "after")) is not None and api.get(service_path(ns, "after")) is not None
+
+
+@pytest.mark.slow  # 20-30 s: a takeover after a SIGKILL
+def test_children_deleted_while_paused_are_recreated_when_the_standby_resumes(
+        api: Api, ns: str, replicas: Callable[..., Operator]) -> None:
+    """The issue's steps: B works, A takes over (B pauses), A is killed, children are deleted, B resumes."""
+    b = replicas("--priority", "50")
+    create(api, ns, "s1")
+    first = wait(b, lambda: ready(api, ns, "s1"), "s1 Ready by B")
+    old = {path: api.get(path)["metadata"]["uid"] for path in (deployment_path(ns, "s1"), service_path(ns, "s1"))}
+    a = replicas("--priority", "100")
+    wait(b, lambda: logged(b, PAUSED), "B to pause")
+    seen = len(b.logs(10**8))
+    kill(a)
+    for path in old:
+        assert api.delete(path) == 200
+    wait(b, lambda: all(api.get(path) is None for path in old), "the children gone")
+    wait(b, lambda: logged(b, RESUMED, seen), "B to resume", timeout=DEFAULT_LIFETIME + 20)
+    # B's cache still holds both children as they were: it must not trust it.
+    recreated = wait(b, lambda: all(api.get(path) for path in old) and {
+        path: api.get(path)["metadata"]["uid"] for path in old}, "the children re-created", timeout=15)
+    assert all(recreated[path] != old[path] for path in old), (old, recreated)
+    status = wait(b, lambda: ready(api, ns, "s1"), "s1 Ready again with the new Deployment")
+    assert status["endpoint"] == first["endpoint"] and status["readyReplicas"] == 1, status
+    # The new children are watched like the old ones: a hand edit of the new Service is repaired.
+    api.patch(service_path(ns, "s1"), {"spec": {"selector": {"edited": "by-hand"}}})
+    wait(b, lambda: "edited" not in api.get(service_path(ns, "s1"))["spec"]["selector"], "the hand edit repaired")

@@ -105,6 +105,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["verifying"] = set()  # (namespace, name) whose check against the API server is scheduled
 
 
+@kopf.on.startup()
+async def break_priority_ties(memo: kopf.Memo, **_: Any) -> None:
+    """With peering: watch for a live replica of this one's priority while running (operator/peering.py)."""
+    tie = memo.get("tie_break")
+    if tie is not None:
+        memo["tie_break_task"] = asyncio.create_task(tie.watch(memo["stop"]), name="peering tie break")
+
+
+@kopf.on.cleanup()
+async def stop_breaking_ties(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("tie_break_task")
+    if task is not None:
+        task.cancel()
+
+
 def _owned(body: kopf.Body, **_: Any) -> bool:
     return owner_of(body) is not None
 

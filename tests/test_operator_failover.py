@@ -153,3 +153,37 @@ def test_children_deleted_while_paused_are_recreated_when_the_standby_resumes(
     # The new children are watched like the old ones: a hand edit of the new Service is repaired.
     api.patch(service_path(ns, "s1"), {"spec": {"selector": {"edited": "by-hand"}}})
     wait(b, lambda: "edited" not in api.get(service_path(ns, "s1"))["spec"]["selector"], "the hand edit repaired")
+
+
+def exited(replica: Operator) -> int | None:
+    return replica.process.process.poll()
+
+
+@pytest.mark.slow  # 10-20 s: the tie is seen at the next read of the peering object
+def test_of_two_replicas_started_together_with_one_priority_exactly_one_works(
+        api: Api, ns: str, replicas: Callable[..., Operator]) -> None:
+    pair = [replicas("--priority", "7", wait_live=False), replicas("--priority", "7", wait_live=False)]
+    gone = wait(None, lambda: [r for r in pair if exited(r) is not None], "one of the two to exit", timeout=40)
+    (loser,) = gone
+    (winner,) = [r for r in pair if r is not loser]
+    assert exited(loser) == 2, loser.logs()
+    assert "is alive with --priority 7 too" in loser.logs(), loser.logs()
+    create(api, ns, "tied")
+    wait(winner, lambda: ready(api, ns, "tied"), "Ready by the one left")
+    assert exited(winner) is None
+
+
+@pytest.mark.slow  # 5-15 s: the newcomer waits to see the live replica's keep-alive move
+def test_a_replica_does_not_start_while_a_live_one_has_its_priority(
+        api: Api, ns: str, replicas: Callable[..., Operator]) -> None:
+    first = replicas("--priority", "7")
+    create(api, ns, "kept")
+    wait(first, lambda: ready(api, ns, "kept"), "Ready by the first replica")
+    seen = len(first.logs(10**8))
+    second = replicas("--priority", "7", wait_live=False)
+    wait(second, lambda: exited(second) is not None, "the second replica to refuse", timeout=DEFAULT_LIFETIME + 10)
+    assert exited(second) == 2
+    assert "is alive with --priority 7 too" in second.logs() and "does not start" in second.logs(), second.logs()
+    assert not logged(first, "Pausing", seen), first.logs()  # it never joined: the first one never paused
+    api.patch(is_path(ns, "kept"), {"spec": {"thresholds": {"iou": 0.6}}})
+    wait(first, lambda: (s := ready(api, ns, "kept")) and s.get("observedGeneration") == 2, "the change applied")

@@ -5,8 +5,8 @@ keep-alive per replica: its priority, its lifetime and when it last wrote. The l
 priority works; the others pause. A replica that stops cleanly removes its keep-alive at once, and a standby resumes
 at once. A replica that is killed stays "alive" until its last keep-alive is ``lifetime`` seconds old: that is how
 long the standby waits before taking over. kopf's default is 60 s; the operator's is DEFAULT_LIFETIME, and kopf then
-writes a keep-alive every 1 to 5 s (its lifetime less 5 to 10 s, at least 1 s), so a standby takes over 5 to 10 s
-after the active replica was killed.
+writes a keep-alive every 1 to 5 s (its lifetime less 5 to 10 s, at least 1 s), so a standby takes over within
+10 s of the active replica being killed.
 """
 
 from __future__ import annotations

@@ -5,20 +5,25 @@ changed or deleted; one of its pods changed) runs the same idempotent reconcilia
 No finalizer is added: children carry owner references, so the cluster's garbage collector deletes them with
 their InferenceService, even while the operator is down.
 
-Children are watched by owner reference, not by label, so a child whose labels were edited by hand is still seen
-(and its labels put back). What the watches saw is kept in kopf indices (the operator's cache, as controller-runtime
-keeps one): a reconciliation compares the rendered children with the cached ones and sends only the writes that
-change something, and an event whose object still holds everything last applied (most often the echo of the
-operator's own write, or a rollout's status update) costs no reconciliation, only a status refresh from the cache,
-and the refreshes a burst of pod and Deployment events asks for are done once, STATUS_DELAY after its first event.
-Stale cache entries are harmless: a write based on one is idempotent, and the next watch event corrects it.
+Children are watched by owner reference, and by label where owner references are gone: a child whose labels were
+edited by hand is still seen (and its labels put back), and so is one whose owner references were removed (and they
+are put back, so the garbage collector still deletes it with its InferenceService). What the watches saw is kept in
+kopf indices (the operator's cache, as controller-runtime keeps one): a reconciliation compares the rendered
+children with the cached ones and sends only the writes that change something, and an event whose object still holds
+everything last applied (most often the echo of the operator's own write, or a rollout's status update) costs no
+reconciliation, only a status refresh from the cache, and the refreshes a burst of pod and Deployment events asks
+for are done once, STATUS_DELAY after its first event. A cache entry that is merely old is harmless: a write based
+on one is idempotent, and the next watch event corrects it. One whose object was deleted while no watch ran (the
+operator paused by peering, or a watch listing again after a 410) gets no such event: when a watch lists again,
+every InferenceService is reconciled against the API server instead of the cache (its children and pods read, the
+missing ones re-created, the status recomputed from them), and what it no longer has is dropped from the cache
+(operator/cache.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import datetime
 import logging
 import os
@@ -30,11 +35,11 @@ from typing import Any
 
 import kopf
 
-from kubeinfer.operator import bookkeeping, metrics
-from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
+from kubeinfer.operator import bookkeeping, metrics, peering
+from kubeinfer.operator.cache import Cache, Listings, owner_of, pod_snapshot, snapshot
+from kubeinfer.operator.kube import UNKNOWN, ApiError, ChildConflict, Kube, merge_patch_for
 from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, RuntimeDefaults, render_children
 from kubeinfer.operator.spec import (
-    API_VERSION,
     DEFAULT_RUNTIME_IMAGE,
     GROUP,
     KIND,
@@ -55,6 +60,9 @@ REJECTED_STATUSES = frozenset({400, 403, 422})  # the API server refused a child
 # A rollout sends a burst of Deployment and pod events per resource; status is recomputed once per burst, this long
 # after its first event (fewer status writes and Events while 100 resources roll out at once).
 STATUS_DELAY = 0.5
+# A watch that lists again (after a peering pause, or a 410) lists every object within about this long: the check of
+# every InferenceService against the API server starts this long after the first object listed again.
+RESYNC_DELAY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.INFO
     # kopf's own log lines ("Handler ... succeeded", "Creation is processed") are not worth an Event each.
     settings.posting.loggers = False
+    # How long a killed peer counts as alive: how long a standby waits before it takes over (kopf's default 60 s).
+    settings.peering.lifetime = int(memo.get("peering_lifetime") or peering.lifetime_from_environment())
     if not isinstance(memo.get("defaults"), RuntimeDefaults):
         memo["defaults"] = defaults_from_environment()
     if memo.get("kube") is None:
@@ -89,62 +99,50 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 16
     memo["executor"] = settings.execution.executor
     memo["refreshing"] = set()  # (namespace, name) whose status refresh is scheduled
+    memo["gone"] = set()  # uids of cached objects the API server no longer has (operator/cache.py)
+    memo["listings"] = Listings()  # tells a watch's re-listing from its first listing
+    memo["resync_due"] = False  # a check of every InferenceService against the API server is scheduled
+    memo["verifying"] = set()  # (namespace, name) whose check against the API server is scheduled
 
 
-def _controller_owner(body: Mapping[str, Any]) -> str | None:
-    """The InferenceService that controls this object, from its owner references (labels can be edited)."""
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
-            return str(ref.get("name"))
-    return None
+@kopf.on.startup()
+async def break_priority_ties(memo: kopf.Memo, **_: Any) -> None:
+    """With peering: watch for a live replica of this one's priority while running (operator/peering.py)."""
+    tie = memo.get("tie_break")
+    if tie is not None:
+        memo["tie_break_task"] = asyncio.create_task(tie.watch(memo["stop"]), name="peering tie break")
+
+
+@kopf.on.cleanup()
+async def stop_breaking_ties(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("tie_break_task")
+    if task is not None:
+        task.cancel()
 
 
 def _owned(body: kopf.Body, **_: Any) -> bool:
-    return _controller_owner(body) is not None
+    return owner_of(body) is not None
 
 
-_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "deletionTimestamp", "labels",
-                  "annotations", "ownerReferences")
-
-
-def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain copy of a watched object: what reconciliation compares and status reads (no managedFields)."""
-    meta = body.get("metadata") or {}
-    return copy.deepcopy({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                          "metadata": {key: meta[key] for key in _KEPT_METADATA if key in meta},
-                          "spec": body.get("spec") or {}, "status": body.get("status") or {}})
-
-
-# -- the cache: kopf indices fed by the watches -------------------------------------------------------------------
+# -- the cache: kopf indices fed by the watches (operator/cache.py reads them) ------------------------------------
 @kopf.index("v1", "pods", labels=CHILDREN)
 def runtime_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Pods by (namespace, InferenceService), trimmed to what status needs."""
     owner = labels.get(OWNER_LABEL)
-    if not owner:
-        return None
-    status = body.get("status") or {}
-    keep = ("phase", "reason", "message", "conditions", "containerStatuses", "initContainerStatuses")
-    meta = body.get("metadata") or {}
-    return {(namespace, owner): {
-        "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
-        "status": {key: status[key] for key in keep if key in status},
-    }}
+    return {(namespace, owner): pod_snapshot(body)} if owner else None
 
 
 def _children_index(group: str, version: str, plural: str) -> None:
     """Register an index of one kind of child by (namespace, InferenceService)."""
 
     def index(namespace: str, body: kopf.Body, **_: Any) -> Any:
-        owner = _controller_owner(body)
-        return None if owner is None else {(namespace, owner): _snapshot(body)}
+        owner = owner_of(body)
+        return None if owner is None else {(namespace, owner): snapshot(body)}
 
     resource = (group, version, plural) if group else (version, plural)
     kopf.index(*resource, when=_owned, id=f"cached_{plural}")(index)
 
 
-CACHED_CHILDREN = {"Deployment": "deployments", "Service": "services",
-                   "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-                   "PodDisruptionBudget": "poddisruptionbudgets", "ScaledObject": "scaledobjects"}
 # KEDA's ScaledObject (autoscaling.engine keda) is optional: without its CRD kopf watches nothing for it.
 for _group, _version, _plural in (("apps", "v1", "deployments"), ("", "v1", "services"),
                                   ("autoscaling", "v2", "horizontalpodautoscalers"),
@@ -154,32 +152,7 @@ for _group, _version, _plural in (("apps", "v1", "deployments"), ("", "v1", "ser
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def cached_inferenceservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, name): _snapshot(body)}
-
-
-class Cache:
-    """What the watches last saw of an InferenceService, its children and its pods."""
-
-    def __init__(self, indices: Mapping[str, Any]) -> None:
-        self._indices = indices
-
-    def _one(self, index: str, namespace: str, owner: str, name: str | None = None) -> dict[str, Any] | None:
-        for body in self._indices[index].get((namespace, owner), []):
-            if name is None or body["metadata"]["name"] == name:
-                return body
-        return None
-
-    def child(self, kind: str, namespace: str, owner: str, name: str) -> dict[str, Any] | None:
-        return self._one(f"cached_{CACHED_CHILDREN[kind]}", namespace, owner, name)
-
-    def deployment(self, namespace: str, owner: str) -> dict[str, Any] | None:
-        return self.child("Deployment", namespace, owner, owner)
-
-    def inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._one("cached_inferenceservices", namespace, name)
-
-    def pods(self, namespace: str, owner: str) -> list[Mapping[str, Any]]:
-        return list(self._indices["runtime_pods"].get((namespace, owner), []))
+    return {(namespace, name): snapshot(body)}
 
 
 def _service_exists(memo: kopf.Memo, cache: Cache, namespace: str, name: str) -> bool:
@@ -188,8 +161,9 @@ def _service_exists(memo: kopf.Memo, cache: Cache, namespace: str, name: str) ->
             or ("Service", namespace, name) in memo["applied"])
 
 
-def _cache(kwargs: Mapping[str, Any]) -> Cache:
-    return Cache({key: value for key, value in kwargs.items() if key.startswith(("cached_", "runtime_pods"))})
+def _cache(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> Cache:
+    return Cache({key: value for key, value in kwargs.items() if key.startswith(("cached_", "runtime_pods"))},
+                 memo["gone"])
 
 
 # -- triggers -----------------------------------------------------------------------------------------------------
@@ -198,13 +172,16 @@ def _cache(kwargs: Mapping[str, Any]) -> Cache:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def inference_service(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """The resource appeared, changed or was found at start-up: bring its children in line with its spec."""
-    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], memo, _cache(kwargs), _snapshot(body))
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], memo, _cache(memo, kwargs), snapshot(body))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def inference_service_event(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo,
-                                  **_: Any) -> None:
-    """Forget a deleted resource (async: every event of the resource passes here, most of them status echoes)."""
+                                  **kwargs: Any) -> None:
+    """Forget a deleted resource; notice a re-listing (async: every event of the resource passes here, most of them
+    status echoes)."""
+    if memo["listings"].relisted(KIND, event):
+        _resync_soon(memo, _cache(memo, kwargs))
     if event.get("type") == "DELETED":
         uid = str(((event.get("object") or {}).get("metadata") or {}).get("uid", ""))
         for storage in memo["bookkeeping"]:
@@ -228,9 +205,11 @@ async def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str,
 
     Async: the echo check runs on the event loop; only a repair goes to a handler thread.
     """
-    owner = _controller_owner(body)
+    owner = owner_of(body)
     kind, name = body.get("kind"), (body.get("metadata") or {}).get("name")
-    if owner is None or event.get("type") is None:  # None: the initial listing; resume handlers cover it
+    if memo["listings"].relisted(str(kind), event):
+        _resync_soon(memo, _cache(memo, kwargs))
+    if owner is None or event.get("type") is None:  # None: a listing; resume handlers cover the first, a resync others
         return
     if event.get("type") == "DELETED":
         memo["created"].pop((kind, namespace, name), None)
@@ -238,9 +217,9 @@ async def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str,
     if event.get("type") != "DELETED" and applied is not None and merge_patch_for(applied, body) is None:
         # Still what was applied: the echo of the operator's own write, or a status update.
         if kind == "Deployment":
-            _refresh_soon(namespace, owner, memo, _cache(kwargs))
+            _refresh_soon(namespace, owner, memo, _cache(memo, kwargs))
         return
-    await _in_thread(memo, reconcile, namespace, owner, memo, _cache(kwargs))
+    await _in_thread(memo, reconcile, namespace, owner, memo, _cache(memo, kwargs))
 
 
 @kopf.on.event("v1", "pods", labels=CHILDREN)
@@ -248,8 +227,10 @@ async def pod_event(event: Mapping[str, Any], namespace: str, labels: Mapping[st
                     **kwargs: Any) -> None:
     """A runtime pod changed (started, got ready, crashed, was evicted): refresh the owner's status soon."""
     owner = labels.get(OWNER_LABEL)
+    if memo["listings"].relisted("Pod", event):
+        _resync_soon(memo, _cache(memo, kwargs))
     if owner and event.get("type") is not None:
-        _refresh_soon(namespace, owner, memo, _cache(kwargs))
+        _refresh_soon(namespace, owner, memo, _cache(memo, kwargs))
 
 
 def _in_thread(memo: kopf.Memo, fn: Callable[..., None], *args: Any) -> asyncio.Future[None]:
@@ -295,6 +276,59 @@ def refresh_status(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> 
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
+def _resync_soon(memo: kopf.Memo, cache: Cache, delay: float = RESYNC_DELAY) -> None:
+    """A watch listed again, so events (deletions among them) may have been missed: check every InferenceService
+    against the API server ``delay`` seconds from now, once for every re-listed object until then (event loop)."""
+    if memo["resync_due"]:
+        return
+    memo["resync_due"] = True
+
+    def resync() -> None:
+        memo["resync_due"] = False  # a re-listing from now on schedules another check
+        for namespace, name in cache.inference_services():
+            _verify_soon(namespace, name, memo, cache, 0.0)
+
+    asyncio.get_running_loop().call_later(delay, resync)
+
+
+def _verify_soon(namespace: str, name: str, memo: kopf.Memo, cache: Cache, delay: float) -> None:
+    """Reconcile one InferenceService against the API server ``delay`` seconds from now; again while it fails."""
+    key = (namespace, name)
+    if key in memo["verifying"]:
+        return
+    memo["verifying"].add(key)
+    loop = asyncio.get_running_loop()
+
+    def verify() -> None:
+        memo["verifying"].discard(key)
+        try:
+            verify_against_server(namespace, name, memo, cache)
+        except kopf.TemporaryError as exc:
+            retry = float(exc.delay or RETRY_DELAY)
+            log.warning("%s/%s: not checked against the API server (%s); retrying in %.0fs", namespace, name, exc,
+                        retry)
+            loop.call_soon_threadsafe(_verify_soon, namespace, name, memo, cache, retry)
+        except Exception:  # nobody awaits this check: say what went wrong here
+            log.exception("%s/%s: check against the API server failed", namespace, name)
+
+    loop.call_later(delay, _in_thread, memo, verify)
+
+
+def verify_against_server(namespace: str, name: str, memo: kopf.Memo, cache: Cache) -> None:
+    """Read the resource from the API server (forgetting it when gone) and reconcile it with ``verify``: every child
+    and pod read from the API server too, never taken from the cache."""
+    kube: Kube = memo["kube"]
+    cached = cache.inference_service_uids(namespace, name)
+    try:
+        body = kube.get_inference_service(namespace, name)
+    except ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    live = {str(body["metadata"].get("uid"))} if body is not None else set()
+    cache.forget(cached - live)
+    if body is not None:
+        reconcile(namespace, name, memo, cache, snapshot(body), verify=True)
+
+
 def _cached_observation(memo: kopf.Memo, cache: Cache, body: Mapping[str, Any],
                         error: Problem | None) -> Observation:
     """What the cache shows of the resource's children, with the last applied generation kept: for status
@@ -330,10 +364,13 @@ class ChildRejected(Exception):
         self.kind, self.name, self.error = kind, name, error
 
 
-def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: dict[str, Any] | None = None) -> None:
+def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: dict[str, Any] | None = None,
+              verify: bool = False) -> None:
     """Render, apply, report, one at a time per resource. kopf retries TemporaryError.
 
     ``body`` is the resource as kopf just handed it over; a child's event passes none, and the resource is read.
+    With ``verify`` (after a re-listing) nothing is taken from the cache: children and pods are read from the API
+    server, and cache entries of objects it no longer has are forgotten.
     """
     kube: Kube = memo["kube"]
     defaults: RuntimeDefaults = memo["defaults"]
@@ -345,7 +382,9 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, cache: Cache, body: di
                 body = kube.get_inference_service(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return  # gone or going: nothing is re-created
-            _reconcile(body, kube, memo, defaults, cache)
+            if verify:  # another replica may have written status since this one did: the body's status counts
+                memo["statuses"].pop(key, None)
+            _reconcile(body, kube, memo, defaults, cache, verify)
         except SpecError as exc:
             assert body is not None
             _report_problem(kube, memo, body, cache, Problem("InvalidSpec", str(exc)))
@@ -388,7 +427,8 @@ def _report_problem(kube: Kube, memo: kopf.Memo, body: dict[str, Any], cache: Ca
     _write_status(kube, memo, body, _cached_observation(memo, cache, body, problem))
 
 
-def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: RuntimeDefaults, cache: Cache) -> None:
+def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: RuntimeDefaults, cache: Cache,
+               verify: bool = False) -> None:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     validate_name(name)
@@ -400,12 +440,18 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
     done: dict[str, list[str]] = defaultdict(list)  # action -> "Kind name"
     for desired in children.present:
         kind, child = desired["kind"], desired["metadata"]["name"]
+        earlier = cache.child_uids(kind, namespace, name, child)  # read first: each existed before the read below
+        if verify:
+            memo["created"].pop((kind, namespace, child), None)
         try:
-            applied = kube.apply(desired, cached=_cached_child(memo, cache, kind, namespace, name, child))
+            applied = kube.apply(desired, cached=UNKNOWN if verify else
+                                 _cached_child(memo, cache, kind, namespace, name, child))
         except ApiError as exc:
             if exc.status in REJECTED_STATUSES or exc.kind_not_served:
                 raise ChildRejected(kind, child, exc) from exc
             raise
+        if verify:
+            cache.forget(earlier - {_uid(applied.object)})
         applied_children[(kind, namespace, child)] = desired
         if applied.action == "created":
             memo["created"][(kind, namespace, child)] = (time.monotonic(), applied.object)
@@ -415,15 +461,30 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
             deployment = applied.object
     for ref in children.absent:
         applied_children.pop((ref.kind, namespace, ref.name), None)
-        cached = cache.child(ref.kind, namespace, name, ref.name)
-        if cached is not None and kube.remove(ref, namespace, owner.uid):
+        earlier = cache.child_uids(ref.kind, namespace, name, ref.name)
+        if verify and earlier:  # the cache says it exists: does it?
+            cache.forget(earlier - {_uid(kube.get(ref.api_version, ref.kind, namespace, ref.name) or {})})
+        if cache.child(ref.kind, namespace, name, ref.name) is not None and kube.remove(ref, namespace, owner.uid):
             done["deleted"].append(f"{ref.kind} {ref.name}")
     for action, objects in done.items():  # one Event per kind of action, not one per child
         why = ": no longer wanted by the spec" if action == "deleted" else ""
         kopf.info(body, reason=action.capitalize(), message=f"{action} {', '.join(objects)}{why}")
-    _write_status(kube, memo, body, Observation(name, namespace, meta.get("generation"), deployment,
-                                                cache.pods(namespace, name), previous=_last_status(memo, body),
-                                                now=_now()))
+    pods = _live_pods(kube, cache, namespace, name) if verify else cache.pods(namespace, name)
+    _write_status(kube, memo, body, Observation(name, namespace, meta.get("generation"), deployment, pods,
+                                                previous=_last_status(memo, body), now=_now()))
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _live_pods(kube: Kube, cache: Cache, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The runtime pods of an InferenceService as the API server lists them; cached pods it no longer has are
+    forgotten (those cached before the list started: a list without resourceVersion shows every one still there)."""
+    earlier = cache.pod_uids(namespace, name)
+    listed = kube.list("v1", "Pod", namespace, {**CHILDREN, OWNER_LABEL: name})
+    cache.forget(earlier - {_uid(pod) for pod in listed})
+    return [pod_snapshot(pod) for pod in listed]
 
 
 CREATED_TRUST = 30.0  # seconds a child created by this process counts as existing while its watch event is due

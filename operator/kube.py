@@ -59,6 +59,8 @@ PLURALS: dict[str, str] = {
     "ScaledObject": "scaledobjects",
     "Pod": "pods",
     "InferenceService": PLURAL,
+    "ClusterKopfPeering": "clusterkopfpeerings",  # kopf's peering objects, read for the operator's tie rule
+    "KopfPeering": "kopfpeerings",
 }
 TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
 UNKNOWN = object()  # "not looked up": apply() reads the object itself
@@ -170,7 +172,7 @@ class Kube:
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return self.request("GET", resource_path(api_version, kind, namespace, name))
         except ApiError as exc:

@@ -5,18 +5,26 @@ KUBEINFER_OPERATOR_RUNTIME_IMAGE=registry.example.com/kubeinfer:0.1.0 or KUBEINF
 a flag given on the command line wins. In a pod it uses its service account, elsewhere $KUBECONFIG.
 
 Several replicas: give them all --peering NAME (a ClusterKopfPeering NAME, or a KopfPeering NAME in each
-watched namespace, must exist); the live replica with the highest --priority works, the others stand by.
+watched namespace, must exist); the live replica with the highest --priority works, the others stand by, and one
+takes over within --peering-lifetime seconds when the active one is killed (at once when it stops cleanly).
+Priorities must differ (kopf pauses every replica that sees a live peer of its own priority): a replica refuses to
+start while a live one has its priority, and of two started together with one priority the later one exits
+(exit status 2), so exactly one works.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from kubeinfer.operator import peering
 from kubeinfer.operator.spec import DEFAULT_RUNTIME_IMAGE
 
 LOG_FORMATS = ("plain", "json", "full")
@@ -76,9 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kopf peering object for leader election between replicas (default: standalone; "
                              "env KUBEINFER_OPERATOR_PEERING)")
     parser.add_argument("--priority", type=int, default=_env("priority", None, int), metavar="N",
-                        help="peering priority: the live replica with the highest one works, the others wait "
-                             "(default with --peering: random, so exactly one is active; "
+                        help="peering priority: the live replica with the highest one works, the others wait; a "
+                             "replica refuses to start while a live one has its priority, and of two that started "
+                             "together with one priority the later exits (default with --peering: random; "
                              "env KUBEINFER_OPERATOR_PRIORITY)")
+    parser.add_argument("--peering-lifetime", type=peering.lifetime, metavar="SECONDS",
+                        default=_env("peering-lifetime", peering.DEFAULT_LIFETIME, peering.lifetime),
+                        help="with --peering: how long a replica that stopped writing keep-alives (killed) still "
+                             "counts as alive, so how long a standby waits before it takes over (default "
+                             f"{peering.DEFAULT_LIFETIME}; env KUBEINFER_OPERATOR_PEERING_LIFETIME)")
     parser.add_argument("--verbose", action="store_true",
                         default=_env("verbose", False, lambda v: v.strip().lower() in ("1", "true", "yes")),
                         help="debug logging (env KUBEINFER_OPERATOR_VERBOSE)")
@@ -90,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from kubeinfer.operator import handlers  # noqa: F401  (registers the handlers with kopf's registry)
+    from kubeinfer.operator.kube import ApiError, Kube
     from kubeinfer.operator.render import RuntimeDefaults
 
     if args.runtime_image.strip() == "":
@@ -104,18 +119,38 @@ def run(args: argparse.Namespace) -> int:
     liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
     defaults = RuntimeDefaults(image=args.runtime_image, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
-    memo = kopf.Memo(defaults=defaults)
-    priority = args.priority
-    if args.peering is not None and priority is None:
-        # kopf runs only the live peer with the highest priority; equal priorities would all run.
-        priority = secrets.randbelow(2**31 - 2) + 1
+    memo = kopf.Memo(defaults=defaults, peering_lifetime=args.peering_lifetime)
+    # Set by the tie rule, on kopf's event loop: kopf then stops cleanly, handing over at once. An asyncio.Event (it
+    # binds to the loop on first use): kopf would wait for a threading.Event in a thread that never ends.
+    stop = asyncio.Event()
+    priority, identity, tie = args.priority, None, None
+    if args.peering is not None:
+        if priority is None:  # the live replica with the highest priority works: one random priority per replica
+            priority = secrets.randbelow(2**31 - 2) + 1
+        memo["kube"] = kube = Kube.from_environment()
+        identity = peering.new_identity(datetime.datetime.now(datetime.UTC), socket.gethostname(), os.getpid())
+        tie = peering.TieBreak(args.peering, peering.peering_namespaces(namespaces or ()), identity, priority,
+                               interval=max(1.0, args.peering_lifetime / 4), read=peering.reader(kube, args.peering))
+        try:
+            tie.check_at_start()
+        except peering.PriorityTaken as exc:
+            print(f"kubeinfer operator: {exc}", file=sys.stderr)
+            return 2
+        except ApiError as exc:  # kopf reads the same objects and says more if this persists
+            print(f"kubeinfer operator: peering {args.peering} not read ({exc}); starting", file=sys.stderr)
+        memo["tie_break"], memo["stop"] = tie, stop.set
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces or (),
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=priority,
+        identity=identity,
         liveness_endpoint=liveness,
+        stop_flag=stop,
         memo=memo,
     )
+    if tie is not None and tie.refusal is not None:
+        print(f"kubeinfer operator: {tie.refusal}", file=sys.stderr)
+        return 2
     return 0

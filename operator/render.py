@@ -42,10 +42,13 @@ RUNTIME_NAME = "kubeinfer-runtime"
 SCALED_OBJECT_API_VERSION = "keda.sh/v1alpha1"  # KEDA's ScaledObject, for autoscaling.engine keda
 MANAGER = "kubeinfer-operator"
 
-# Fields a spec change can remove. A JSON merge patch keeps what it does not mention, so these are sent as
-# null when the desired object lacks them (lists such as containers are replaced whole by a merge patch).
+# Fields a spec change can remove, or a hand edit can add, that the rendered object never holds. A JSON merge patch
+# keeps what it does not mention, so these are sent as null when the desired object lacks them (lists such as
+# containers are replaced whole by a merge patch). A Deployment is never rendered paused: `paused: true` set by hand
+# would hold every later rollout back, and the API server omits `paused: false`, so it is removed instead.
 PRUNABLE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (
+        ("spec", "paused"),
         ("spec", "template", "spec", "initContainers"),
         ("spec", "template", "spec", "nodeSelector"),
         ("spec", "template", "spec", "tolerations"),

@@ -3,7 +3,9 @@
 On a real cluster the API server applies the CRD's defaults and rejects bad specs (OpenAPI + CEL) before the
 operator sees them. The operator still parses every spec here with the same defaults and rules, because it must
 not trust that (an old CRD, an API server that skipped validation, a test emulator) and because a precise
-``SpecError`` message is what ends up in the resource's status.
+``SpecError`` message is what ends up in the resource's status. Every check made here is made by the CRD as well, so
+`kubectl apply` reports it (tests/test_crd.py walks each ``raise SpecError`` and typed read below against the API
+server).
 """
 
 from __future__ import annotations
@@ -88,16 +90,21 @@ def parse_uri(text: str, field_path: str) -> Uri:
     """Split ``pvc://CLAIM/path``, ``http(s)://...`` or ``/absolute/path`` into a ``Uri``."""
     if not isinstance(text, str) or not URI_PATTERN.match(text):
         raise SpecError(f"{field_path}: {text!r} is not pvc://CLAIM/path, http(s)://... or an absolute path")
+    web = text.startswith(("http://", "https://"))
+    # A '..' segment: in a download's URL before its query and fragment (they may hold anything), else anywhere.
+    if ".." in (text.split("#")[0].split("?")[0] if web else text).split("/"):
+        raise SpecError(f"{field_path}: {text!r} must not contain '..'")
     if text.startswith("pvc://"):
         claim, _, path = text[len("pvc://"):].partition("/")
         path = path.strip("/")
-        if not path or ".." in path.split("/"):
-            raise SpecError(f"{field_path}: {text!r} needs a path inside the claim without '..'")
+        if not path:
+            raise SpecError(f"{field_path}: {text!r} needs a path inside the claim")
         return Uri(raw=text, scheme="pvc", claim=claim, path=path)
-    if text.startswith(("http://", "https://")):
-        return Uri(raw=text, scheme="http")
-    if ".." in text.split("/"):
-        raise SpecError(f"{field_path}: {text!r} must not contain '..'")
+    if web:
+        uri = Uri(raw=text, scheme="http")
+        if not uri.basename:
+            raise SpecError(f"{field_path}: {text!r} does not end in a file name")
+        return uri
     return Uri(raw=text, scheme="path", path=text)
 
 
@@ -180,7 +187,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     embeddings = reader.uri("embeddings")
     base_data = reader.uri("baseData")
     window = reader.integer("window", None, 1, 100_000)
-    replicas_given = "replicas" in spec and spec["replicas"] is not None
+    # The CRD defaults replicas to 1 (the scale subresource needs it), so with autoscaling only another value is wrong.
+    replicas_given = spec.get("replicas") is not None and spec["replicas"] != DEFAULT_REPLICAS
     autoscaling = _autoscaling(reader)
 
     if model is None and task != "video":
@@ -196,13 +204,11 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     if base_data is not None and base_data.scheme == "http" and not base_data.is_archive:
         raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if replicas_given and autoscaling is not None:
-        raise SpecError("set spec.replicas or spec.autoscaling, not both")
+        raise SpecError("spec.replicas stays at its default 1 when spec.autoscaling is set (the autoscaler sets the "
+                        "replica count): drop spec.replicas or spec.autoscaling")
     frontends = reader.integer("grpc.frontends", 1, 1, 64)
     if frontends > 1 and task not in ("detect", "classify"):
         raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")
-    for role, uri in (("model", model), ("labels", labels), ("embeddings", embeddings)):
-        if uri is not None and uri.scheme == "http" and not uri.basename:
-            raise SpecError(f"spec.{role}.uri: {uri.raw!r} does not end in a file name")
 
     return ServiceSpec(
         task=task,

@@ -125,13 +125,19 @@ def _phase(obs: Observation) -> tuple[str, str, str]:
     if observed is None:
         return "Pending", "DeploymentPending", f"Deployment {obs.name} not yet picked up by its controller"
     generation = (deployment.get("metadata") or {}).get("generation")
-    current = generation is None or int(observed) >= int(generation)
+    if generation is not None and int(observed) < int(generation):
+        # The counts still describe the previous generation's pods: none of the new template may exist yet.
+        return "Progressing", "RollingOut", (f"Deployment {obs.name} generation {generation} not yet picked up by "
+                                             f"the Deployment controller; {ready} ready")
     updated = int(state.get("updatedReplicas") or 0)
     available = int(state.get("availableReplicas") or 0)
     total = int(state.get("replicas") or 0)
-    if current and updated >= desired and total <= desired and ready >= desired and available >= desired:
+    if updated >= desired and total <= desired and ready >= desired and available >= desired:
         return "Ready", "AllReplicasReady", f"{ready}/{desired} replicas ready"
-    if not current or updated < desired or total > desired:
+    if (deployment.get("spec") or {}).get("paused"):
+        return "Progressing", "DeploymentPaused", (f"Deployment {obs.name} is paused: {updated}/{desired} replicas "
+                                                   f"updated, {ready} ready")
+    if updated < desired or total > desired:
         return "Progressing", "RollingOut", f"{updated}/{desired} replicas updated, {ready} ready"
     return "Progressing", "ReplicasStarting", f"{ready}/{desired} replicas ready"
 

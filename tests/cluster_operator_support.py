@@ -122,5 +122,14 @@ def bind_cluster_role(api: Api, name: str, rules: Rules, namespace: str, service
         assert code in (201, 409), (path, code, answer)
 
 
+def operator_account(cluster: LocalCluster, api: Api, home: str, name: str, rules: Rules,
+                     kubeconfig: Path) -> tuple[str, Path]:
+    """A ServiceAccount home/name holding ``rules`` cluster-wide: (its user name, a kubeconfig for it)."""
+    from cluster_support import service_account_kubeconfig
+
+    bind_cluster_role(api, f"{home}-{name}", rules, home, name)
+    return username(home, name), service_account_kubeconfig(cluster, home, name, kubeconfig)
+
+
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)

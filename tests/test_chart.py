@@ -126,7 +126,8 @@ def test_default_watches_all_namespaces_full_watches_listed(default_objects: lis
     full_args = operator_container(full_objects)["args"]
     assert [a for a in full_args if a.startswith("--namespace")] == ["--namespace=vision",
                                                                      "--namespace=vision-staging"]
-    assert "--peering=kubeinfer" in full_args
+    assert "--peering=kubeinfer" in full_args and "--peering-lifetime=15" in full_args
+    assert not [a for a in operator_container(default_objects)["args"] if a.startswith("--peering")]
     assert "--log-format=plain" in full_args
 
 
@@ -218,6 +219,8 @@ def test_dashboards_can_be_switched_off_and_relabelled() -> None:
     ("operator.unknownKey=1", "unknownKey"),
     ("prometheusAdapter.rules.namespace=Not_A_Namespace", "namespace"),
     ("prometheusAdapter.rules.enabled=maybe", "enabled"),
+    ("operator.peering.lifetime=1", "lifetime"),
+    ("operator.peering=kubeinfer", "peering"),  # the value before peering.enabled
 ])
 def test_schema_rejects_bad_values(setting: str, message: str) -> None:
     result = helm("template", "x", str(CHART), "--set", setting, check=False)
@@ -227,8 +230,8 @@ def test_schema_rejects_bad_values(setting: str, message: str) -> None:
 
 def test_several_replicas_need_peering() -> None:
     result = helm("template", "x", str(CHART), "--set", "operator.replicas=2", check=False)
-    assert result.returncode != 0 and "operator.peering" in result.stderr, result.stderr
-    objects = render("--set", "operator.replicas=2", "--set", "operator.peering=kubeinfer")
+    assert result.returncode != 0 and "operator.peering.enabled" in result.stderr, result.stderr
+    objects = render("--set", "operator.replicas=2", "--set", "operator.peering.enabled=true")
     assert find(objects, "Deployment")["spec"]["replicas"] == 2
 
 
@@ -247,10 +250,20 @@ def test_chart_crd_is_the_repository_crd() -> None:
     """One source of truth: the chart's copy of every kubeinfer.io CRD is byte-identical to crds/."""
     repository = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
     assert repository, "crds/ holds no CRD"
-    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml") if p.name != "kopf-peering.yaml"}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
     assert chart.keys() == repository.keys(), "copy the CRDs: cp crds/*.yaml charts/kubeinfer/crds/"
     for name, content in repository.items():
         assert chart[name] == content, f"charts/kubeinfer/crds/{name} differs from crds/{name}: copy it again"
+
+
+def test_kopf_peering_crds_come_with_peering_only(default_objects: list[dict[str, Any]]) -> None:
+    """kopf's peering CRDs are a subchart's crds/, installed only with operator.peering.enabled."""
+    def crds(objects: list[dict[str, Any]]) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition")
+
+    assert crds(default_objects) == ["inferenceservices.kubeinfer.io"]
+    assert crds(render("--set", "operator.peering.enabled=true")) == [
+        "clusterkopfpeerings.kopf.dev", "inferenceservices.kubeinfer.io", "kopfpeerings.kopf.dev"]
 
 
 def test_custom_objects_match_the_chart_crds(full_objects: list[dict[str, Any]]) -> None:
@@ -264,7 +277,7 @@ def test_custom_objects_match_the_chart_crds(full_objects: list[dict[str, Any]])
         assert (crd["spec"]["scope"] == "Namespaced") == ("namespace" in obj["metadata"])
         (version,) = crd["spec"]["versions"]
         jsonschema.validate(obj, version["schema"]["openAPIV3Schema"])
-    cluster = render("--set", "operator.peering=kubeinfer", "--set", "operator.replicas=2")
+    cluster = render("--set", "operator.peering.enabled=true", "--set", "operator.replicas=2")
     assert [o["kind"] for o in cluster if o["apiVersion"] == "kopf.dev/v1"] == ["ClusterKopfPeering"]
 
 

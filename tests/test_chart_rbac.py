@@ -51,7 +51,7 @@ def test_default_rules_equal_the_operator_calls() -> None:
 
 
 def test_peering_adds_exactly_the_peering_rules() -> None:
-    objects = render("--set", "operator.peering=kubeinfer", "--set", "operator.replicas=2")
+    objects = render("--set", "operator.peering.enabled=true", "--set", "operator.replicas=2")
     assert granted(objects) == expected(RBAC_RULES) | expected(PEERING_RBAC_RULES)
 
 

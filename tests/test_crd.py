@@ -9,8 +9,10 @@ API server's verdict on every spec it accepts here. Only what the server does no
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -159,6 +161,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "grpc": {"maxMessageBytes": spec_module.DEFAULT_MAX_MESSAGE_BYTES, "workers": spec_module.DEFAULT_WORKERS,
              "frontends": 1},
     "gpus": 0,
+    "replicas": spec_module.DEFAULT_REPLICAS,  # the scale subresource's specReplicasPath: it must always exist
 }
 
 MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -178,12 +181,14 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                             "grpc": {"frontends": 2}},  # accepted for classify, as for detect
                            {"grpc": {**COMMON_DEFAULTS["grpc"], "frontends": 2}}),
     "autoscaled": ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"maxReplicas": 3}},
-                   {"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
+                   {"autoscaling": {"maxReplicas": 3, "minReplicas": 1,
+                                    "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
                                     "metric": spec_module.DEFAULT_METRIC, "engine": spec_module.DEFAULT_ENGINE}}),
     "autoscaled-keda": ({"task": "detect", "model": {"uri": "/m.pt"},
                          "autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
                                          "prometheus": {"address": "http://prometheus.monitoring:9090"}}},
-                        {"autoscaling": {"maxReplicas": 3, "metric": "queue", "target": 4, "engine": "keda",
+                        {"autoscaling": {"maxReplicas": 3, "minReplicas": 1, "metric": "queue", "target": 4,
+                                         "engine": "keda",
                                          "prometheus": {"address": "http://prometheus.monitoring:9090"},
                                          "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU}}),
 }
@@ -200,8 +205,8 @@ def test_the_api_server_applies_the_operators_defaults(api: Api, ns: str, case: 
     api.create(is_path(ns), obj(copy.deepcopy(minimal), name))
     stored = api.get(is_path(ns, name))
     assert stored is not None
-    # Read back as stored: exactly the operator's defaults were added, and nothing whose presence CEL rules
-    # depend on (window, replicas, minReplicas).
+    # Read back as stored: exactly the operator's defaults were added (replicas and minReplicas too, as documented),
+    # and nothing whose presence CEL rules depend on (window).
     assert stored["spec"] == {**minimal, **COMMON_DEFAULTS, **extra}
     # ...and the operator reads the defaulted spec exactly as it reads the minimal one.
     assert parse_spec(stored["spec"]) == parse_spec(minimal)
@@ -277,8 +282,8 @@ BAD_SPECS: list[Case] = [
          "rule:window", True),
     Case("frontends on stream-classify", with_(STREAM, grpc={"frontends": 2}), "spec.grpc.frontends",
          "spec.grpc.frontends above 1 is only used by tasks detect and classify", "rule:frontends", True),
-    Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec",
-         "set spec.replicas or spec.autoscaling, not both", "rule:replicas", True),
+    Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec.replicas",
+         "spec.replicas stays at its default 1 when spec.autoscaling is set", "rule:replicas", True),
     Case("min above max", with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}), "spec.autoscaling",
          "autoscaling.minReplicas must not exceed maxReplicas", "rule:autoscaling", True),
     Case("queue without a target", with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue"}),
@@ -359,7 +364,8 @@ BAD_SPECS: list[Case] = [
     # minReplicas above its maximum is also above any valid maxReplicas: the CEL rule says so too.
     *bound(with_(DETECT, autoscaling={"maxReplicas": 1000}), "autoscaling__minReplicas", 1, 1000,
            above_also=("autoscaling.minReplicas must not exceed maxReplicas",)),
-    *bound(DETECT, "autoscaling__maxReplicas", 1, 1000),
+    # maxReplicas below its minimum is also below the defaulted minReplicas 1: the CEL rule says so too.
+    *bound(DETECT, "autoscaling__maxReplicas", 1, 1000, below_also=("autoscaling.minReplicas must not exceed",)),
     *bound(with_(DETECT, autoscaling={"maxReplicas": 2}), "autoscaling__targetCPUUtilization", 1, 100),
     Case("unknown metric", with_(DETECT, autoscaling={"maxReplicas": 2, "metric": "gpu", "target": 1}),
          "spec.autoscaling.metric",
@@ -439,7 +445,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
     constraints: set[tuple[str, str]] = set()
     rule_ids = {"spec.model is required": "rule:model", "need spec.labels": "rule:labels",
                 "exactly one gallery": "rule:gallery", "only used by task recognize": "rule:recognize-only",
-                "spec.window is only used": "rule:window", "not both": "rule:replicas",
+                "spec.window is only used": "rule:window", "stays at its default 1": "rule:replicas",
                 "frontends above 1": "rule:frontends",
                 "minReplicas must not exceed": "rule:autoscaling", "downloaded baseData": "rule:baseData",
                 "metadata.name must be": "rule:name", "must not contain '..'": "rule:uri-dotdot",
@@ -479,6 +485,148 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
             covered.add((plain, case.keyword))
     missing = constraints - covered
     assert not missing, f"schema constraints without a bad-spec case: {sorted(missing)}"
+
+
+# -- the operator's own checks, walked: each one the API server makes too ----------------------------------------
+# Every `raise SpecError` in operator/spec.py and every typed, bounded read of the spec (reader.integer("topK", 5, 1,
+# 1000), ...) is found in its source. Each read gets an input of the wrong type (and of a wrong parent, for a nested
+# field) and one below and above each bound; the cross-field checks have inputs below. The operator must refuse
+# each input, the API server must refuse it too (`kubectl apply` reports what the operator would), and together the
+# inputs must reach every raise in spec.py: a check added to the operator alone fails here.
+SPEC_TREE = ast.parse(Path(spec_module.__file__).read_text())
+
+
+class ReaderCall(NamedTuple):
+    method: str  # string, integer, number, optional_number, mapping, sequence, uri
+    path: str  # the dotted path below spec
+    low: float | None = None
+    high: float | None = None
+
+
+def spec_error_sites() -> set[int]:
+    """The line of every `raise SpecError(...)` in operator/spec.py."""
+    return {node.lineno for node in ast.walk(SPEC_TREE) if isinstance(node, ast.Raise)
+            and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) == "SpecError"}
+
+
+def reader_calls() -> list[ReaderCall]:
+    """Every `reader.METHOD("path", ...)` in operator/spec.py, with its bounds evaluated in the module."""
+    found = []
+    for node in ast.walk(SPEC_TREE):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "reader"):
+            continue
+        (path, *rest) = node.args
+        assert isinstance(path, ast.Constant) and isinstance(path.value, str), ast.dump(node)
+        bounds = [eval(compile(ast.Expression(arg), "spec.py", "eval"), vars(spec_module)) for arg in rest[1:3]]
+        found.append(ReaderCall(node.func.attr, path.value, *bounds))
+    return sorted(set(found))
+
+
+# Specs in which each field is meaningful, by the longest matching path prefix.
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "": DETECT, "window": STREAM, "labels": STREAM, "embeddings": RECOGNIZE, "baseData": RECOGNIZE_BASE,
+    "autoscaling": with_(DETECT, autoscaling={"maxReplicas": 4}),
+    "autoscaling.target": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue", "target": 4}),
+    "autoscaling.prometheus": with_(DETECT, autoscaling={**KEDA_QUEUE, "prometheus": {"address": "http://p:9090"}}),
+}
+WRONG_TYPE = {"string": 7, "integer": "7", "number": "high", "optional_number": "high", "mapping": ["x"],
+              "sequence": "x", "uri": "/m.pt"}
+
+
+def setting(path: str, value: Any) -> dict[str, Any]:
+    prefix = max((p for p in CONTEXTS if path == p or path.startswith(p + ".") or not p), key=len)
+    return with_(CONTEXTS[prefix], **{path.replace(".", "__"): value})
+
+
+def generated_checks() -> dict[str, dict[str, Any]]:
+    """id -> spec: a wrong type, a wrong parent and each bound broken, for every read parse_spec makes."""
+    checks = {}
+    for call in reader_calls():
+        checks[f"{call.path} of the wrong type"] = setting(call.path, WRONG_TYPE[call.method])
+        if "." in call.path:
+            checks[f"{call.path.rpartition('.')[0]} not an object"] = setting(call.path.rpartition(".")[0], "x")
+        step = 1 if call.method == "integer" else 0.5
+        if call.low is not None:
+            checks[f"{call.path} below {call.low}"] = setting(call.path, call.low - step)
+        if call.high is not None:
+            checks[f"{call.path} above {call.high}"] = setting(call.path, call.high + step)
+    return checks
+
+
+CROSS_FIELD_CHECKS: dict[str, Any] = {
+    "spec not an object": "x",
+    "no task": {"model": {"uri": "/m.pt"}},
+    "unknown task": with_(DETECT, task="segment"),
+    "model missing": {"task": "detect"},
+    "labels missing": with_(STREAM, labels=None),
+    "two galleries": with_(RECOGNIZE, baseData={"uri": "/data"}),
+    "gallery on detect": with_(DETECT, embeddings={"uri": "/e.npz"}),
+    "window on detect": with_(DETECT, window=3),
+    "frontends on video": {"task": "video", "grpc": {"frontends": 2}},
+    "replicas with autoscaling": with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}),
+    "base data download not an archive": with_(RECOGNIZE_BASE, baseData={"uri": "https://x.org/data.bin"}),
+    "uri of no scheme": with_(DETECT, model={"uri": "s3://b/m.pt"}),
+    "uri not a string": with_(DETECT, model={"uri": 7}),
+    "dot-dot in a download": with_(DETECT, model={"uri": "https://x.org/a/../m.pt"}),
+    "dot-dot in a claim, after a question mark": with_(DETECT, model={"uri": "pvc://models/a?/../m.pt"}),
+    "dot-dot in an image path": with_(DETECT, model={"uri": "/opt/../m.pt"}),
+    "claim without a path": with_(DETECT, model={"uri": "pvc://models//"}),
+    "download ending in a slash": with_(DETECT, model={"uri": "https://x.org/models/"}),
+    "download ending in a dot": with_(DETECT, model={"uri": "https://x.org/."}),
+    "labels download ending in a dot": with_(STREAM, labels={"uri": "https://x.org/labels/."}),
+    "max replicas missing": with_(DETECT, autoscaling={"minReplicas": 2}),
+    "min above max": with_(DETECT, autoscaling={"minReplicas": 5, "maxReplicas": 4}),
+    "unknown metric": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "gpu", "target": 1}),
+    "unknown engine": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue", "target": 1,
+                                                 "engine": "knative"}),
+    "target zero": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue", "target": 0}),
+    "target too large": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue", "target": 2e6}),
+    "prometheus not a URL": with_(DETECT, autoscaling={**KEDA_QUEUE, "prometheus": {"address": "p:9090"}}),
+    "cpu with a target": with_(DETECT, autoscaling={"maxReplicas": 4, "target": 3}),
+    "queue without a target": with_(DETECT, autoscaling={"maxReplicas": 4, "metric": "queue"}),
+    "keda on cpu": with_(DETECT, autoscaling={"maxReplicas": 4, "engine": "keda",
+                                              "prometheus": {"address": "http://p:9090"}}),
+    "keda without prometheus": with_(DETECT, autoscaling=KEDA_QUEUE),
+}
+NAME_CHECK = ("9lives", DETECT)  # validate_name, the one check of metadata
+OPERATOR_CHECKS = {**generated_checks(), **CROSS_FIELD_CHECKS}
+
+
+def refusing_line(name: str, spec: Any) -> int:
+    """The line of operator/spec.py whose `raise SpecError` refuses this resource."""
+    try:
+        validate_name(name)
+        parse_spec(spec)
+    except SpecError as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == spec_module.__file__]
+        assert frames[-1].lineno is not None
+        return frames[-1].lineno
+    raise AssertionError(f"the operator accepted {name} {spec}")
+
+
+def test_the_walk_reaches_every_check_of_the_operator() -> None:
+    calls = reader_calls()
+    assert {c.method for c in calls} == set(WRONG_TYPE) and len(calls) >= 30, calls
+    assert ReaderCall("integer", "topK", 1, 1000) in calls  # the bounds are read from the source
+    reached = {refusing_line("svc", spec) for spec in OPERATOR_CHECKS.values()} | {refusing_line(*NAME_CHECK)}
+    missing = spec_error_sites() - reached
+    assert not missing, f"checks of operator/spec.py no input here reaches (lines {sorted(missing)}): add one"
+
+
+@pytest.mark.parametrize("check", sorted(OPERATOR_CHECKS))
+def test_every_check_of_the_operator_is_made_by_the_api_server(api: Api, ns: str, check: str) -> None:
+    spec = OPERATOR_CHECKS[check]
+    refusing_line("svc", spec)  # the operator refuses it...
+    resource = obj(None)
+    resource["spec"] = copy.deepcopy(spec)
+    assert refusals(api, ns, resource), f"...and the API server accepted it: {spec}"  # ...and so does the server
+
+
+def test_the_name_check_of_the_operator_is_made_by_the_api_server(api: Api, ns: str) -> None:
+    name, spec = NAME_CHECK
+    refusing_line(name, spec)
+    assert refusals(api, ns, obj(copy.deepcopy(spec), name))
 
 
 # -- status, through its subresource only -----------------------------------------------------------------------
@@ -550,6 +698,21 @@ def test_the_scale_subresource_reads_spec_and_status(api: Api, kubectl: Kubectl,
     # Through /scale too, the bounds hold.
     code, body = api.call("PATCH", path + "/scale", {"spec": {"replicas": 1001}})
     assert code == 422 and "spec.replicas" in body["message"] and f"{LE} 1000" in body["message"], body
+
+
+@pytest.mark.parametrize("case", ["detect", "autoscaled", "autoscaled-keda"])
+def test_the_scale_subresource_answers_for_specs_without_replicas(api: Api, kubectl: Kubectl, ns: str,
+                                                                   case: str) -> None:
+    """The default spec and every autoscaled one leave spec.replicas out: /scale still reads it (defaulted)."""
+    name = f"unscaled-{case}"
+    api.create(is_path(ns), obj(copy.deepcopy(MINIMAL[case][0]), name))
+    scale = kubectl.json("get", "-n", ns, "kisvc", name, "--subresource=scale")
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 1, scale
+    assert api.get(is_path(ns, name, "scale"))["spec"]["replicas"] == 1
+    if case.startswith("autoscaled"):
+        # The autoscaler owns the count: scaling by hand is refused, with the rule's message.
+        refused = kubectl("scale", "-n", ns, f"kisvc/{name}", "--replicas=3", check=False)
+        assert refused.returncode != 0 and "spec.replicas stays at its default 1" in refused.stderr, refused.stderr
 
 
 # -- kubectl: strict fields, explain, columns ---------------------------------------------------------------------

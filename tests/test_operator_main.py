@@ -23,6 +23,7 @@ def test_defaults() -> None:
     assert args.log_format == "plain" and args.peering is None
     assert args.runtime_image.startswith("ghcr.io/kubeinfer/kubeinfer-runtime:")
     assert args.default_resources is None
+    assert args.peering_lifetime == 10  # seconds a killed replica counts as alive: kopf's own default is 60
 
 
 def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,12 +32,13 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("KUBEINFER_OPERATOR_METRICS_PORT", "9999")
     monkeypatch.setenv("KUBEINFER_OPERATOR_LOG_FORMAT", "json")
     monkeypatch.setenv("KUBEINFER_OPERATOR_PEERING", "kubeinfer")
+    monkeypatch.setenv("KUBEINFER_OPERATOR_PEERING_LIFETIME", "7")
     monkeypatch.setenv("KUBEINFER_OPERATOR_DEFAULT_RESOURCES", '{"requests": {"cpu": "1", "memory": "2Gi"}}')
     from_env = parse()
     assert from_env.default_resources == {"requests": {"cpu": "1", "memory": "2Gi"}}
     assert from_env.env_namespaces == ["a", "b"]
     assert (from_env.runtime_image, from_env.metrics_port, from_env.log_format) == ("env/image:1", 9999, "json")
-    assert from_env.peering == "kubeinfer"
+    assert (from_env.peering, from_env.peering_lifetime) == ("kubeinfer", 7)
     flagged = parse("--namespace", "x", "--namespace", "y", "--runtime-image", "flag/image:2", "--metrics-port", "1")
     assert flagged.namespace == ["x", "y"]
     assert (flagged.runtime_image, flagged.metrics_port) == ("flag/image:2", 1)
@@ -44,6 +46,8 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize(("variable", "value"), [("KUBEINFER_OPERATOR_LIVENESS_PORT", "eighty"),
                                                  ("KUBEINFER_OPERATOR_LOG_FORMAT", "xml"),
+                                                 ("KUBEINFER_OPERATOR_PEERING_LIFETIME", "1"),
+                                                 ("KUBEINFER_OPERATOR_PEERING_LIFETIME", "soon"),
                                                  ("KUBEINFER_OPERATOR_DEFAULT_RESOURCES", '{"cpu": "1"}')])
 def test_a_bad_environment_value_is_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
@@ -58,7 +62,8 @@ def test_help_is_quick_and_loads_neither_torch_nor_kopf() -> None:
     assert done.stdout.strip() == "[]", done.stderr
     shown = subprocess.run([sys.executable, "-m", "kubeinfer", "operator", "--help"], capture_output=True,
                            text=True, timeout=60)
-    for flag in ("--namespace", "--runtime-image", "--log-format", "--metrics-port", "--liveness-port", "--peering"):
+    for flag in ("--namespace", "--runtime-image", "--log-format", "--metrics-port", "--liveness-port", "--peering",
+                 "--peering-lifetime"):
         assert flag in shown.stdout
 
 

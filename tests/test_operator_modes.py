@@ -30,7 +30,7 @@ from operator_support import CRD_PATH, EXAMPLES, deployment_path, is_path, load_
 from kubeinfer.operator.kube import PEERING_RBAC_RULES, RBAC_RULES
 
 IMAGE = "registry.example.com/kubeinfer/runtime:modes"
-PEERING_CRDS = CRD_PATH.parents[1] / "charts" / "kubeinfer" / "crds" / "kopf-peering.yaml"
+PEERING_CRDS = CRD_PATH.parents[1] / "charts" / "kubeinfer" / "charts" / "kopf-peering" / "crds"
 NAMESPACED = {"inferenceservices", "deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets",
               "pods", "events"}
 _accounts = itertools.count()

@@ -81,12 +81,28 @@ def test_pending_then_progressing_then_ready() -> None:
 def test_a_rollout_is_not_ready_until_the_new_generation_is_out() -> None:
     old_ready = deployment(2, 4, observedGeneration=3, replicas=2, updatedReplicas=2, readyReplicas=2,
                            availableReplicas=2)
-    assert observe(old_ready)["phase"] == "Progressing"
+    unobserved = observe(old_ready)
+    assert (unobserved["phase"], unobserved["conditions"][0]["reason"]) == ("Progressing", "RollingOut")
+    # The previous generation's "2 updated" says nothing about the new template: no count of it is reported.
+    assert unobserved["conditions"][0]["message"] == ("Deployment svc generation 4 not yet picked up by the "
+                                                      "Deployment controller; 2 ready")
     surging = deployment(2, 4, observedGeneration=4, replicas=3, updatedReplicas=1, readyReplicas=2,
                          availableReplicas=2)
     status = observe(surging)
     assert status["phase"] == "Progressing"
     assert status["conditions"][0]["reason"] == "RollingOut"
+
+
+def test_a_paused_rollout_says_so() -> None:
+    paused = deployment(2, 4, observedGeneration=4, replicas=2, updatedReplicas=0, readyReplicas=2,
+                        availableReplicas=2)
+    paused["spec"]["paused"] = True
+    status = observe(paused)
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Progressing", "DeploymentPaused")
+    assert status["conditions"][0]["message"] == "Deployment svc is paused: 0/2 replicas updated, 2 ready"
+    done = rolled_out()
+    done["spec"]["paused"] = True
+    assert observe(done)["phase"] == "Ready"  # paused after its rollout: it serves all the same
 
 
 def test_crash_loop_with_nothing_ready_is_failed_with_the_runtime_error() -> None:

@@ -40,6 +40,7 @@ from kubeinfer.operator.cache import Cache, Listings, owner_of, pod_snapshot, sn
 from kubeinfer.operator.kube import UNKNOWN, ApiError, ChildConflict, Kube, merge_patch_for
 from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, RuntimeDefaults, render_children
 from kubeinfer.operator.spec import (
+    DEFAULT_RUNTIME_CPU_IMAGE,
     DEFAULT_RUNTIME_IMAGE,
     GROUP,
     KIND,
@@ -70,7 +71,11 @@ log = logging.getLogger(__name__)
 def defaults_from_environment() -> RuntimeDefaults:
     """Under a bare `kopf run` (no memo from `kubeinfer operator`): the KUBEINFER_OPERATOR_* variables."""
     resources = os.environ.get("KUBEINFER_OPERATOR_DEFAULT_RESOURCES")
-    return RuntimeDefaults(image=os.environ.get("KUBEINFER_OPERATOR_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
+    environ = os.environ.get
+    gpu_image = (environ("KUBEINFER_OPERATOR_RUNTIME_GPU_IMAGE") or environ("KUBEINFER_OPERATOR_RUNTIME_IMAGE")
+                 or DEFAULT_RUNTIME_IMAGE)
+    cpu_image = environ("KUBEINFER_OPERATOR_RUNTIME_CPU_IMAGE") or DEFAULT_RUNTIME_CPU_IMAGE
+    return RuntimeDefaults(image=gpu_image, cpu_image=cpu_image,
                            **({"resources": parse_resources(resources)} if resources else {}))
 
 
@@ -471,7 +476,8 @@ def _reconcile(body: dict[str, Any], kube: Kube, memo: kopf.Memo, defaults: Runt
         kopf.info(body, reason=action.capitalize(), message=f"{action} {', '.join(objects)}{why}")
     pods = _live_pods(kube, cache, namespace, name) if verify else cache.pods(namespace, name)
     _write_status(kube, memo, body, Observation(name, namespace, meta.get("generation"), deployment, pods,
-                                                previous=_last_status(memo, body), now=_now()))
+                                                previous=_last_status(memo, body), now=_now(),
+                                                runtime=defaults.runtime(spec).status()))
 
 
 def _uid(obj: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubeinfer.operator import peering
-from kubeinfer.operator.spec import DEFAULT_RUNTIME_IMAGE
+from kubeinfer.operator.spec import DEFAULT_RUNTIME_CPU_IMAGE, DEFAULT_RUNTIME_IMAGE
 
 LOG_FORMATS = ("plain", "json", "full")
 
@@ -62,9 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="namespace to watch; repeat for several (default: all namespaces; "
                              "env KUBEINFER_OPERATOR_NAMESPACE, comma-separated)")
     parser.set_defaults(env_namespaces=env_namespaces)
-    parser.add_argument("--runtime-image", default=_env("runtime-image", DEFAULT_RUNTIME_IMAGE), metavar="IMAGE",
-                        help=f"runtime image for specs without `image` (default {DEFAULT_RUNTIME_IMAGE}; "
-                             "env KUBEINFER_OPERATOR_RUNTIME_IMAGE)")
+    parser.add_argument("--runtime-gpu-image", "--runtime-image", dest="runtime_image", metavar="IMAGE",
+                        default=_env("runtime-gpu-image", None) or _env("runtime-image", DEFAULT_RUNTIME_IMAGE),
+                        help="the runtime image with torch, for specs without `image` that ask for GPUs or whose "
+                             "model only torch loads, and for exporting a .pt detector to ONNX (default "
+                             f"{DEFAULT_RUNTIME_IMAGE}; env KUBEINFER_OPERATOR_RUNTIME_GPU_IMAGE)")
+    parser.add_argument("--runtime-cpu-image", metavar="IMAGE",
+                        default=_env("runtime-cpu-image", DEFAULT_RUNTIME_CPU_IMAGE),
+                        help="the lean runtime image (no torch) for specs without `image` whose model ONNX Runtime "
+                             "runs on the CPU; give the gpu image's name to serve everything from that one "
+                             f"(default {DEFAULT_RUNTIME_CPU_IMAGE}; env KUBEINFER_OPERATOR_RUNTIME_CPU_IMAGE)")
     parser.add_argument("--default-resources", type=_resources, metavar="JSON",
                         default=_env("default-resources", None, _resources),
                         help='resources of runtime containers whose spec sets none, e.g. {"requests": {"cpu": "1"}} '
@@ -107,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
     from kubeinfer.operator.kube import ApiError, Kube
     from kubeinfer.operator.render import RuntimeDefaults
 
-    if args.runtime_image.strip() == "":
-        print("kubeinfer operator: --runtime-image must not be empty", file=sys.stderr)
-        return 2
+    for flag, value in (("--runtime-gpu-image", args.runtime_image), ("--runtime-cpu-image", args.runtime_cpu_image)):
+        if value.strip() == "":
+            print(f"kubeinfer operator: {flag} must not be empty", file=sys.stderr)
+            return 2
     namespaces = args.namespace if args.namespace else args.env_namespaces
     kopf.configure(debug=args.verbose, verbose=args.verbose, log_format={
         "plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format])
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr=args.listen_host)
     host = f"[{args.listen_host}]" if ":" in args.listen_host else args.listen_host
     liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
-    defaults = RuntimeDefaults(image=args.runtime_image, **(
+    defaults = RuntimeDefaults(image=args.runtime_image, cpu_image=args.runtime_cpu_image, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
     memo = kopf.Memo(defaults=defaults, peering_lifetime=args.peering_lifetime)
     # Set by the tie rule, on kopf's event loop: kopf then stops cleanly, handing over at once. An asyncio.Event (it

@@ -14,15 +14,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeinfer.operator.runtime_choice import RuntimeChoice, choose_runtime
 from kubeinfer.operator.scaling import SCALING_METRICS
-from kubeinfer.operator.spec import API_VERSION, DEFAULT_RESOURCES, DEFAULT_RUNTIME_IMAGE, KIND, ServiceSpec, Uri
+from kubeinfer.operator.spec import (
+    API_VERSION,
+    DEFAULT_RESOURCES,
+    DEFAULT_RUNTIME_CPU_IMAGE,
+    DEFAULT_RUNTIME_IMAGE,
+    KIND,
+    ServiceSpec,
+    Uri,
+)
 
 GRPC_PORT = 8001
 HTTP_PORT = 8080
 RUNTIME_CONTAINER = "runtime"
 FETCH_CONTAINER = "fetch"
+EXPORT_CONTAINER = "export"
 PVC_ROOT = "/kubeinfer/pvc"
 FETCH_ROOT = "/kubeinfer/fetched"
+EXPORT_ROOT = "/kubeinfer/exported"
+EXPORTED_MODEL = f"{EXPORT_ROOT}/model.onnx"
 RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable by it
 # The runtime's drain on SIGTERM: SHUTDOWN_DELAY seconds reporting NOT_SERVING while still serving (endpoints and
 # load balancers stop routing), then GRACE_PERIOD seconds for in-flight calls; it exits within their sum plus a
@@ -65,10 +77,21 @@ EXACT_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 @dataclass(frozen=True)
 class RuntimeDefaults:
-    """What the operator fills in where a spec says nothing (its --runtime-image and --default-resources)."""
+    """What the operator fills in where a spec says nothing: its two runtime images (--runtime-gpu-image, the one
+    with torch, and --runtime-cpu-image; ``runtime_choice`` picks per spec) and --default-resources."""
 
     image: str = DEFAULT_RUNTIME_IMAGE
+    cpu_image: str = DEFAULT_RUNTIME_CPU_IMAGE
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+
+    @classmethod
+    def single(cls, image: str) -> RuntimeDefaults:
+        """One image for every spec (it holds torch and decides at start, as before the cpu image existed)."""
+        return cls(image=image, cpu_image=image)
+
+    def runtime(self, spec: ServiceSpec) -> RuntimeChoice:
+        """The image and engine that serve ``spec``."""
+        return choose_runtime(spec, self.cpu_image, self.image)
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,24 @@ _RUNTIME_ENV = [
 ]
 
 
+def _export_container(image: str, model: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The init container that exports a .pt detector (``model``, where the runtime would read it) to ONNX for the
+    cpu image, from the image that has torch: the runtime's read-only mounts, the export folder writable."""
+    return {
+        "name": EXPORT_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["kubeinfer", "export"],
+        "args": [model, "--out", EXPORTED_MODEL],
+        "env": list(_RUNTIME_ENV),
+        # torch and ultralytics load, then the model is traced once: more than fetching, bounded all the same
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [*(dict(m) for m in mounts), {"name": "exported", "mountPath": EXPORT_ROOT}],
+    }
+
+
 def _probe(period: int, failures: int, timeout: int) -> dict[str, Any]:
     return {"grpc": {"port": GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures,
             "timeoutSeconds": timeout}
@@ -243,13 +284,16 @@ def _tolerations(spec: ServiceSpec) -> list[dict[str, Any]]:
 
 
 def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults | str) -> dict[str, Any]:
-    """The runtime Deployment: hardened pod, gRPC probes, scrape annotations, volumes for every URI.
+    """The runtime Deployment: hardened pod, gRPC probes, scrape annotations, volumes for every URI; the image
+    ``defaults.runtime`` picks, and an init container that exports a .pt detector to ONNX first where the cpu image
+    serves it.
 
-    ``defaults`` may be just the default image (then the built-in default resources apply).
+    ``defaults`` may be just one image for every spec (then the built-in default resources apply).
     """
-    defaults = RuntimeDefaults(image=defaults) if isinstance(defaults, str) else defaults
+    defaults = RuntimeDefaults.single(defaults) if isinstance(defaults, str) else defaults
     files = _plan_files(spec)
-    image = spec.image or defaults.image
+    choice = defaults.runtime(spec)
+    image = choice.image
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if spec.frontends > 1:  # the frontends' image slots: a container's own /dev/shm is often 64 MiB
@@ -274,13 +318,19 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "fetched", "mountPath": FETCH_ROOT}],
         })
+    paths = dict(files.paths)
+    if choice.export_image:
+        init_containers.append(_export_container(choice.export_image, paths["model"], mounts))
+        volumes.append({"name": "exported", "emptyDir": {}})
+        mounts.append({"name": "exported", "mountPath": EXPORT_ROOT, "readOnly": True})
+        paths["model"] = EXPORTED_MODEL
 
     container: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["kubeinfer", "serve"],
-        "args": runtime_args(spec, owner.name, files.paths),
+        "args": runtime_args(spec, owner.name, paths),
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [*_RUNTIME_ENV, *(dict(e) for e in spec.env)],

@@ -27,7 +27,9 @@ PLURAL = "inferenceservices"
 
 TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
 LABELLED_TASKS = ("classify", "stream-classify")
+# The runtime's two images (Dockerfile.runtime): gpu holds torch (.pt, TorchScript, GPUs, exports), cpu does not.
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kubeinfer/kubeinfer-runtime:{__version__}"
+DEFAULT_RUNTIME_CPU_IMAGE = f"ghcr.io/kubeinfer/kubeinfer-runtime:{__version__}-cpu"
 
 # Defaults: the CRD declares the same values (tests/test_crd.py checks that they agree).
 DEFAULT_CONFIDENCE = 0.25
@@ -57,6 +59,8 @@ NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PVC_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 URI_PATTERN = re.compile(rf"^(pvc://{PVC_NAME}/\S+|https?://\S+|/\S*)$")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+# An ONNX model file (the CRD's rule uses the same expression): kubeinfer's images run those on the CPU only.
+ONNX_MODEL = re.compile(r"(?i)[.]onnx([?#].*)?$")
 PROMETHEUS_PATTERN = re.compile(r"^https?://[^/?#\s]+(/\S*)?$")
 
 
@@ -209,6 +213,12 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
     frontends = reader.integer("grpc.frontends", 1, 1, 64)
     if frontends > 1 and task not in ("detect", "classify"):
         raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")
+    gpus = reader.integer("gpus", 0, 0, 16)
+    image = reader.string("image") or None
+    if gpus > 0 and model is not None and ONNX_MODEL.search(model.raw) and image is None:
+        raise SpecError("spec.gpus: kubeinfer's runtime images run ONNX models on the CPU (their ONNX Runtime has no "
+                        "CUDA provider): set gpus 0, serve a .pt or TorchScript model on GPUs, or name an image with "
+                        "onnxruntime-gpu in spec.image")
 
     return ServiceSpec(
         task=task,
@@ -228,10 +238,10 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         max_message_bytes=reader.integer("grpc.maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES, 1024, 2**31 - 1),
         workers=reader.integer("grpc.workers", DEFAULT_WORKERS, 1, 64),
         frontends=frontends,
-        gpus=reader.integer("gpus", 0, 0, 16),
+        gpus=gpus,
         replicas=reader.integer("replicas", DEFAULT_REPLICAS, 0, 1000),
         autoscaling=autoscaling,
-        image=reader.string("image") or None,
+        image=image,
         resources={kind: dict(values) for kind, values in reader.mapping("resources").items() if values},
         node_selector={str(k): str(v) for k, v in reader.mapping("nodeSelector").items()},
         tolerations=[dict(t) for t in reader.sequence("tolerations")],

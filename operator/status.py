@@ -46,6 +46,7 @@ class Observation:
     previous: Mapping[str, Any] | None = None  # the current status, for lastTransitionTime
     service_exists: bool = True  # the ClusterIP Service the endpoint names (it may have been refused)
     now: str = ""  # RFC 3339, given by the caller so this module stays pure
+    runtime: Mapping[str, str] | None = None  # the image and engine the spec is served with (RuntimeChoice.status)
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
@@ -161,6 +162,8 @@ def compute_status(obs: Observation) -> dict[str, Any]:
     if obs.observed_generation is not None:
         condition["observedGeneration"] = obs.observed_generation
         status["observedGeneration"] = obs.observed_generation
+    if obs.runtime is not None:
+        status["runtime"] = dict(obs.runtime)
     # The endpoint is published only while something answers there; None removes it (merge patch).
     serving = status["readyReplicas"] > 0 and obs.service_exists
     status["endpoint"] = endpoint(obs.name, obs.namespace) if serving else None

@@ -440,7 +440,8 @@ def reconcile_with_cluster() -> None:
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:rw,mode=1777",
                    *ULIMITS, "--volume", f"{mounted}:/etc/kubeinfer/kubeconfig:ro",
                    "--env", "KUBECONFIG=/etc/kubeinfer/kubeconfig", IMAGES["operator"], "--namespace", "default",
-                   f"--runtime-image={IMAGES['runtime-gpu']}", "--log-format=plain", f"--metrics-port={free_port()}",
+                   f"--runtime-gpu-image={IMAGES['runtime-gpu']}", f"--runtime-cpu-image={IMAGES['runtime-cpu']}",
+                   "--log-format=plain", f"--metrics-port={free_port()}",
                    f"--liveness-port={free_port()}"]
         proc = capture(command)
         if proc.returncode != 0:
@@ -470,9 +471,13 @@ def reconcile_with_cluster() -> None:
                     raise Failure(f"operator: no Deployment for InferenceService demo within 180 s: "
                                   f"{shorten(last_line(logs.stdout + logs.stderr, KUBEINFER_ERROR))}")
                 time.sleep(1)
-            image = deployment.spec.template.spec.containers[0].image
-            if image != IMAGES["runtime-gpu"]:
-                raise Failure(f"operator: the Deployment runs {image}, not --runtime-image {IMAGES['runtime-gpu']}")
+            # a .pt detector without GPUs: the cpu image serves it once the gpu image's init container exported it
+            pod = deployment.spec.template.spec
+            image = pod.containers[0].image
+            exporter = [c.image for c in pod.init_containers or [] if c.name == "export"]
+            if image != IMAGES["runtime-cpu"] or exporter != [IMAGES["runtime-gpu"]]:
+                raise Failure(f"operator: the Deployment runs {image} exported by {exporter or 'nothing'}, not "
+                              f"--runtime-cpu-image {IMAGES['runtime-cpu']} exported by {IMAGES['runtime-gpu']}")
             phase = "?"
             for _ in range(30):
                 status = client.CustomObjectsApi(api).get_namespaced_custom_object(

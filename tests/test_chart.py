@@ -137,10 +137,13 @@ def test_images_default_to_app_version_and_digest_pins(default_objects: list[dic
     container = operator_container(default_objects)
     assert container["image"] == f"ghcr.io/kubeinfer/kubeinfer-operator:{app_version}"
     assert container["imagePullPolicy"] == "Always"
-    assert f"--runtime-image=ghcr.io/kubeinfer/kubeinfer-runtime:{app_version}" in container["args"]
+    assert f"--runtime-gpu-image=ghcr.io/kubeinfer/kubeinfer-runtime:{app_version}" in container["args"]
+    assert f"--runtime-cpu-image=ghcr.io/kubeinfer/kubeinfer-runtime:{app_version}-cpu" in container["args"]
     full = operator_container(full_objects)
     assert full["image"].startswith("registry.example.com/kubeinfer/kubeinfer-operator@sha256:")
-    assert "--runtime-image=registry.example.com/kubeinfer/kubeinfer-runtime:0.1.0-cuda13" in full["args"]
+    assert "--runtime-gpu-image=registry.example.com/kubeinfer/kubeinfer-runtime:0.1.0-cuda13" in full["args"]
+    assert ("--runtime-cpu-image=registry.example.com/kubeinfer/kubeinfer-runtime@sha256:2b7c1bd8a7f4d2e3c5b6a8d9e0f1"
+            "a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3") in full["args"]
 
 
 def test_default_runtime_resources_reach_the_operator(full_objects: list[dict[str, Any]],

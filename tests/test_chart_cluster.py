@@ -87,8 +87,8 @@ def installed(request: pytest.FixtureRequest, kube_cluster: LocalCluster, api: A
     release = "kubeinfer-cw" if mode == "cluster-wide" else "kubeinfer-ns"
     namespace = f"{release}-system"
     watched = [new_namespace(api, "watched") for _ in range(2)] if mode == "namespaced" else []
-    values = ["--set", f"runtime.image.repository={IMAGE.rsplit(':', 1)[0]}",
-              "--set", f"runtime.image.tag={IMAGE.rsplit(':', 1)[1]}",
+    values = ["--set", f"runtime.images.gpu.repository={IMAGE.rsplit(':', 1)[0]}",
+              "--set", f"runtime.images.gpu.tag={IMAGE.rsplit(':', 1)[1]}",
               "--set", "monitoring.podMonitor.enabled=false", "--set", "monitoring.serviceMonitor.enabled=false"]
     if watched:
         values += ["--set", f"operator.watchNamespaces={{{','.join(watched)}}}"]

@@ -26,8 +26,8 @@ RELEASE, NAMESPACE = "kubeinfer", "kubeinfer-system"  # as in the README
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 IS_CRD = "inferenceservices.kubeinfer.io"
-VALUES = ["--set", "runtime.image.repository=registry.example.com/kubeinfer/runtime", "--set",
-          "runtime.image.tag=uninstall-test"]
+VALUES = ["--set", "runtime.images.gpu.repository=registry.example.com/kubeinfer/runtime", "--set",
+          "runtime.images.gpu.tag=uninstall-test"]
 
 
 @pytest.fixture(scope="module")

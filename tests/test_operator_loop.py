@@ -30,9 +30,12 @@ from operator_support import (
 from runtime_support import free_port
 
 from kubeinfer.operator import metrics
+from kubeinfer.operator.render import RuntimeDefaults
+from kubeinfer.operator.spec import parse_spec
 from kubeinfer.runtime import config as runtime_config
 
-IMAGE = "registry.example.com/kubeinfer/runtime:test"
+IMAGE = "registry.example.com/kubeinfer/runtime:test"  # the gpu image (torch)
+CPU_IMAGE = "registry.example.com/kubeinfer/runtime:test-cpu"
 CRASHING, NOT_PULLABLE = list(FAILING_IMAGES)
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # the operator's two HTTP clients, as the audit log names them
 T = TypeVar("T")
@@ -95,7 +98,8 @@ def api(kube_cluster: LocalCluster) -> Api:
 @pytest.fixture(scope="module")
 def operator(kube_cluster: LocalCluster, kubectl: Kubectl,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    running = Operator(kube_cluster.kubeconfig, tmp_path_factory.mktemp("operator"), "--runtime-image", IMAGE)
+    running = Operator(kube_cluster.kubeconfig, tmp_path_factory.mktemp("operator"), "--runtime-gpu-image", IMAGE,
+                       "--runtime-cpu-image", CPU_IMAGE)
     yield running
     assert running.stop() == 0, running.logs()
 
@@ -194,7 +198,12 @@ def test_every_example_rolls_out_to_ready_pods(api: Api, kubectl: Kubectl, opera
     runtime = container(deployment)
     parsed = serve_args(runtime["args"])
     assert parsed.task == spec["task"] and parsed.model_name == name
-    assert runtime["image"] == IMAGE
+    # The image as the operator chose it (tests/test_operator_render.py holds the choice to its table), in the
+    # Deployment and in the status.
+    choice = RuntimeDefaults(image=IMAGE, cpu_image=CPU_IMAGE).runtime(parse_spec(spec))
+    assert runtime["image"] == choice.image
+    assert choice.image == (IMAGE if spec.get("gpus") or spec["model"]["uri"].endswith(".torchscript") else CPU_IMAGE)
+    assert ready["runtime"] == choice.status()
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8001, "http": 8080}
     assert headless["spec"]["clusterIP"] == "None"
     for child in (deployment, service, headless):
@@ -220,6 +229,9 @@ def test_every_example_rolls_out_to_ready_pods(api: Api, kubectl: Kubectl, opera
     table = kubectl("get", "kisvc", name, "-n", ns).stdout.split("\n")
     assert table[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "AGE"]
     assert table[1].split()[:5] == [name, spec["task"], str(replicas), "Ready", f"{name}.{ns}.svc:8001"]
+    wide = kubectl("get", "kisvc", name, "-n", ns, "-o", "wide").stdout.split("\n")
+    assert wide[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "RUNTIME", "ENGINE", "IMAGE", "AGE"]
+    assert wide[1].split()[5:8] == [choice.variant, choice.engine, choice.image]
     assert {"Created", "Ready"} <= {e["reason"] for e in events_for(kubectl, ns, name)}
 
 

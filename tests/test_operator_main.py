@@ -8,7 +8,7 @@ import sys
 import pytest
 from prometheus_client import REGISTRY
 
-from kubeinfer import cli
+from kubeinfer import __version__, cli
 from kubeinfer.operator import metrics
 
 
@@ -21,7 +21,8 @@ def test_defaults() -> None:
     assert args.namespace is None and args.env_namespaces == []
     assert (args.metrics_port, args.liveness_port, args.listen_host) == (9090, 8081, "0.0.0.0")
     assert args.log_format == "plain" and args.peering is None
-    assert args.runtime_image.startswith("ghcr.io/kubeinfer/kubeinfer-runtime:")
+    assert args.runtime_image == f"ghcr.io/kubeinfer/kubeinfer-runtime:{__version__}"
+    assert args.runtime_cpu_image == f"ghcr.io/kubeinfer/kubeinfer-runtime:{__version__}-cpu"
     assert args.default_resources is None
     assert args.peering_lifetime == 10  # seconds a killed replica counts as alive: kopf's own default is 60
 
@@ -42,6 +43,11 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     flagged = parse("--namespace", "x", "--namespace", "y", "--runtime-image", "flag/image:2", "--metrics-port", "1")
     assert flagged.namespace == ["x", "y"]
     assert (flagged.runtime_image, flagged.metrics_port) == ("flag/image:2", 1)
+    monkeypatch.setenv("KUBEINFER_OPERATOR_RUNTIME_GPU_IMAGE", "env/gpu:3")  # the new name wins over the old one
+    monkeypatch.setenv("KUBEINFER_OPERATOR_RUNTIME_CPU_IMAGE", "env/cpu:3")
+    assert (parse().runtime_image, parse().runtime_cpu_image) == ("env/gpu:3", "env/cpu:3")
+    both = parse("--runtime-gpu-image", "flag/gpu:4", "--runtime-cpu-image", "flag/cpu:4")
+    assert (both.runtime_image, both.runtime_cpu_image) == ("flag/gpu:4", "flag/cpu:4")
 
 
 @pytest.mark.parametrize(("variable", "value"), [("KUBEINFER_OPERATOR_LIVENESS_PORT", "eighty"),
@@ -62,7 +68,8 @@ def test_help_is_quick_and_loads_neither_torch_nor_kopf() -> None:
     assert done.stdout.strip() == "[]", done.stderr
     shown = subprocess.run([sys.executable, "-m", "kubeinfer", "operator", "--help"], capture_output=True,
                            text=True, timeout=60)
-    for flag in ("--namespace", "--runtime-image", "--log-format", "--metrics-port", "--liveness-port", "--peering",
+    for flag in ("--namespace", "--runtime-gpu-image", "--runtime-cpu-image", "--log-format", "--metrics-port",
+                 "--liveness-port", "--peering",
                  "--peering-lifetime"):
         assert flag in shown.stdout
 

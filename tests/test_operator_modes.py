@@ -99,7 +99,7 @@ def test_a_namespaced_operator_sees_only_its_namespaces(kube_cluster: LocalClust
     # Configured through the environment, as a Deployment's env would (a flag would win).
     operator = Operator(kubeconfig, tmp_path / "operator.log", env={
         "KUBEINFER_OPERATOR_NAMESPACE": f"{mine},{also_mine}", "KUBEINFER_OPERATOR_RUNTIME_IMAGE":
-            "example.org/from-env:1"})
+            "example.org/from-env:1", "KUBEINFER_OPERATOR_RUNTIME_CPU_IMAGE": "example.org/from-env:1-cpu"})
     try:
         apply_example(kubectl, theirs, "video-processing.yaml")
         apply_example(kubectl, mine, "video-processing.yaml")
@@ -109,7 +109,11 @@ def test_a_namespaced_operator_sees_only_its_namespaces(kube_cluster: LocalClust
                  f"{ns}/{name} Ready")
         deployment = api.get(deployment_path(mine, "video-processing"))
         assert deployment is not None
-        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/from-env:1"
+        # an ONNX detector: the cpu image, named by the environment
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/from-env:1-cpu"
+        also = api.get(deployment_path(also_mine, "stream-classification"))  # TorchScript: the image with torch
+        assert also is not None
+        assert also["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/from-env:1"
         # Theirs was applied first, and is still untouched.
         assert api.get(deployment_path(theirs, "video-processing")) is None
         assert status(api, theirs, "video-processing") == {}

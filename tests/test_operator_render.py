@@ -17,6 +17,8 @@ import pytest
 from operator_support import EXAMPLE_FILES, load_yaml
 
 from kubeinfer.operator.render import (
+    EXPORT_ROOT,
+    EXPORTED_MODEL,
     FETCH_ROOT,
     GRPC_PORT,
     HTTP_PORT,
@@ -33,8 +35,9 @@ from kubeinfer.runtime import fetch
 
 KUBE_VERSIONS = ("1.28", kubernetes_validate.latest_version())  # the chart's kubeVersion, and the newest
 OWNER = Owner(name="svc", namespace="team-a", uid="6f1c3f5e-0000-4000-8000-000000000001")
-IMAGE = "registry.example.com/kubeinfer:1.2.3"
-DEFAULTS = RuntimeDefaults(image=IMAGE)
+IMAGE = "registry.example.com/kubeinfer:1.2.3"  # the gpu image (torch)
+CPU_IMAGE = "registry.example.com/kubeinfer:1.2.3-cpu"
+DEFAULTS = RuntimeDefaults(image=IMAGE, cpu_image=CPU_IMAGE)
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -102,7 +105,7 @@ def test_cpu_only_has_no_gpu_limit_device_or_toleration() -> None:
     assert "--device" not in container["args"]
     assert "tolerations" not in objs["Deployment/svc"]["spec"]["template"]["spec"]
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}}  # the documented default
-    chart_defaults = RuntimeDefaults(IMAGE, {"requests": {"cpu": "1"}, "limits": {"memory": "4Gi"}})
+    chart_defaults = RuntimeDefaults(IMAGE, resources={"requests": {"cpu": "1"}, "limits": {"memory": "4Gi"}})
     rendered = render_children(OWNER, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "gpus": 1}),
                                chart_defaults).present[0]
     validate(rendered)
@@ -173,7 +176,7 @@ def test_http_uris_are_fetched_by_an_init_container_into_the_paths_the_runtime_r
     })
     pod = objs["Deployment/svc"]["spec"]["template"]["spec"]
     init, container = pod["initContainers"][0], pod["containers"][0]
-    assert init["image"] == container["image"] == IMAGE
+    assert init["image"] == container["image"] == CPU_IMAGE  # an ONNX encoder: the lean image fetches and serves
     assert init["command"] == ["kubeinfer", "fetch"]
     assert init["args"][:2] == ["--into", FETCH_ROOT]
     items = {str(item.dest): item for item in map(fetch.parse_item, init["args"][2:])}
@@ -266,8 +269,76 @@ def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
     assert serve_args(classifier["args"]).frontends == 2
 
 
-def test_default_image_is_used_when_the_spec_has_none() -> None:
-    assert runtime(children({"task": "detect", "model": {"uri": "/m.pt"}}))["image"] == IMAGE
+@pytest.mark.parametrize(("spec", "variant", "engine", "exported"), [
+    ({"task": "detect", "model": {"uri": "/m.onnx"}}, "cpu", "onnx", False),
+    ({"task": "detect", "model": {"uri": "pvc://models/yolo/m.pt"}}, "cpu", "onnx", True),
+    ({"task": "detect", "model": {"uri": "pvc://models/yolo/m.pt"}, "gpus": 1}, "gpu", "torch", False),
+    ({"task": "detect", "model": {"uri": "/m.torchscript"}}, "gpu", "torch", False),
+    ({"task": "video", "model": {"uri": "https://models.example.com/m.PT?sig=1"}}, "cpu", "onnx", True),
+    ({"task": "video"}, "cpu", "none", False),
+    ({"task": "video", "gpus": 1}, "gpu", "none", False),
+    ({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"}}, "gpu", "torch", False),
+    ({"task": "classify", "model": {"uri": "/c.onnx"}, "labels": {"uri": "/l.txt"}}, "cpu", "onnx", False),
+    ({"task": "stream-classify", "model": {"uri": "/c.ts"}, "labels": {"uri": "/l.txt"}}, "gpu", "torch", False),
+    ({"task": "recognize", "model": {"uri": "/e.onnx"}, "embeddings": {"uri": "/g.npz"}}, "cpu", "onnx", False),
+    ({"task": "recognize", "model": {"uri": "/e.jit"}, "embeddings": {"uri": "/g.npz"}}, "gpu", "torch", False),
+])
+def test_the_image_and_engine_follow_the_model_and_the_gpus(spec: dict[str, Any], variant: str, engine: str,
+                                                            exported: bool) -> None:
+    """The cpu image wherever ONNX Runtime runs the model; the gpu image for GPUs and models only torch loads; a
+    .pt detector without GPUs exported by an init container from the gpu image. The status says which."""
+    objs = children(spec)
+    pod = objs["Deployment/svc"]["spec"]["template"]["spec"]
+    image = {"cpu": CPU_IMAGE, "gpu": IMAGE}[variant]
+    assert runtime(objs)["image"] == image
+    choice = DEFAULTS.runtime(parse_spec(spec))
+    assert choice.status() == {"image": image, "variant": variant, "engine": engine,
+                               **({"exportedBy": IMAGE} if exported else {})}
+    inits = [c["name"] for c in pod.get("initContainers", [])]
+    assert ("export" in inits) == exported
+
+
+def test_a_pt_detector_on_the_cpu_image_is_exported_first_from_the_gpu_image() -> None:
+    """Downloaded, then exported next to it (the runtime's read-only mounts, a writable export folder), then served
+    from the export by the image without torch."""
+    objs = children({"task": "detect", "model": {"uri": "https://models.example.com/yolo/best.pt"}})
+    pod = objs["Deployment/svc"]["spec"]["template"]["spec"]
+    fetch_init, export_init = pod["initContainers"]
+    container = pod["containers"][0]
+    assert (fetch_init["name"], fetch_init["image"]) == ("fetch", CPU_IMAGE)
+    assert (export_init["name"], export_init["image"], export_init["command"]) == ("export", IMAGE,
+                                                                                   ["kubeinfer", "export"])
+    assert export_init["args"] == [f"{FETCH_ROOT}/model/best.pt", "--out", EXPORTED_MODEL]
+    assert {"name": "fetched", "mountPath": FETCH_ROOT, "readOnly": True} in export_init["volumeMounts"]
+    assert {"name": "exported", "mountPath": EXPORT_ROOT} in export_init["volumeMounts"]
+    assert export_init["securityContext"]["readOnlyRootFilesystem"] is True
+    assert export_init["terminationMessagePolicy"] == "FallbackToLogsOnError"  # its one line reaches the status
+    assert {"name": "exported", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "exported", "mountPath": EXPORT_ROOT, "readOnly": True} in container["volumeMounts"]
+    assert (container["image"], str(serve_args(container["args"]).model)) == (CPU_IMAGE, EXPORTED_MODEL)
+    on_claim = children({"task": "detect", "model": {"uri": "pvc://models/yolo/best.pt"}})
+    export_init = on_claim["Deployment/svc"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert export_init["args"][0] == f"{PVC_ROOT}/models/yolo/best.pt"
+    assert {"name": "pvc-0", "mountPath": f"{PVC_ROOT}/models", "readOnly": True} in export_init["volumeMounts"]
+
+
+def test_a_spec_image_or_one_image_for_everything_serves_without_an_export_step() -> None:
+    """spec.image is run as given; an operator given one image for both serves every spec from it, and a .pt
+    detector there is exported at start by `kubeinfer serve --backend auto`, as before the cpu image existed."""
+    custom = children({"task": "detect", "model": {"uri": "/m.pt"}, "image": "example.com/mine:1"})
+    assert runtime(custom)["image"] == "example.com/mine:1"
+    assert "initContainers" not in custom["Deployment/svc"]["spec"]["template"]["spec"]
+    assert DEFAULTS.runtime(parse_spec({"task": "detect", "model": {"uri": "/m.pt"}, "image": "x:1"})).status() == {
+        "image": "x:1", "variant": "custom", "engine": "onnx"}
+    single = render_children(OWNER, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}}), IMAGE).present[0]
+    pod = single["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == IMAGE and "initContainers" not in pod
+
+
+def test_an_onnx_model_on_gpus_is_refused_unless_an_image_is_named() -> None:
+    with pytest.raises(SpecError, match=r"^spec.gpus: kubeinfer's runtime images run ONNX models on the CPU"):
+        parse_spec({"task": "detect", "model": {"uri": "https://x.example.com/m.ONNX?v=2"}, "gpus": 1})
+    parse_spec({"task": "detect", "model": {"uri": "/m.onnx"}, "gpus": 1, "image": "example.com/ort-gpu:1"})
 
 
 def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:

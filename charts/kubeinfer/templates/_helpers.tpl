@@ -51,14 +51,17 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* repository@digest when a digest is set, else repository:tag (tag defaults to the appVersion). */}}
+{{/* repository@digest when a digest is set, else repository:tag (tag defaults to the appVersion, followed by the
+     optional third argument: "-cpu" for the cpu runtime image). */}}
 {{- define "kubeinfer.image" -}}
 {{- $image := index . 0 -}}
 {{- $root := index . 1 -}}
+{{- $suffix := "" -}}
+{{- if gt (len .) 2 -}}{{- $suffix = index . 2 -}}{{- end -}}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $image.repository $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%s" $image.repository (default (printf "%s%s" $root.Chart.AppVersion $suffix) $image.tag) -}}
 {{- end -}}
 {{- end -}}
 

@@ -48,9 +48,19 @@ def store_binary(name: str) -> Path:
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(host, 1)[0]
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct free ports: all held open until each is known (one released at a time may come back)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
@@ -90,7 +100,7 @@ class SeaweedS3:
         self.data.mkdir(parents=True, exist_ok=True)
         self.log = state / "weed.log"
         names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
-        self.ports = {name: free_port(host) for name in names}
+        self.ports = dict(zip(names, free_ports(host, len(names)), strict=True))
         self.process: subprocess.Popen[bytes] | None = None
         identities = [
             {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],

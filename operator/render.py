@@ -349,6 +349,9 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
         pod_spec["initContainers"] = init_containers
     if spec.service_account_name:  # its cloud identity (IRSA, workload identity) reads the model's bucket
         pod_spec["serviceAccountName"] = spec.service_account_name
+        # The deprecated alias, which the API server fills in from serviceAccountName: rendered equal, so the live
+        # template matches (a missing one would be pruned on every reconciliation and filled in again).
+        pod_spec["serviceAccount"] = spec.service_account_name
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tolerations = _tolerations(spec)

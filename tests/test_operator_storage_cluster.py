@@ -14,9 +14,12 @@ from typing import Any
 
 from cluster_operator_support import Operator, wait
 from cluster_support import Api, Kubectl, LocalCluster, install_crd, new_namespace
-from operator_support import deployment_path
+from operator_support import deployment_path, is_path
 
+from kubeinfer.operator.kube import merge_patch_for
+from kubeinfer.operator.render import Owner, RuntimeDefaults, render_deployment
 from kubeinfer.operator.render_fetch import is_fetch_container
+from kubeinfer.operator.spec import parse_spec
 
 
 def secret_names(pod: dict[str, Any]) -> set[str]:
@@ -68,6 +71,12 @@ def test_fetch_containers_secrets_and_service_account_on_the_api_server(kube_clu
         assert volume["secret"] == {"secretName": "gcp-sa", "defaultMode": 0o440,
                                     "items": [{"key": "sa.json", "path": "key.json"}]}
         assert pod["serviceAccountName"] == "model-reader" and pod["automountServiceAccountToken"] is False
+        # The live Deployment is what the operator renders: no field the API server fills in is patched away again.
+        resource = api.get(is_path(ns, "stored"))
+        owner = Owner("stored", ns, resource["metadata"]["uid"])
+        defaults = RuntimeDefaults("kubeinfer:gpu", "kubeinfer:cpu")
+        rendered = render_deployment(owner, parse_spec(resource["spec"]), defaults)
+        assert merge_patch_for(rendered, api.get(deployment_path(ns, "stored"))) is None
         assert fetch["args"][2:] == ["model/model.onnx=s3://models/resnet/model.onnx?versionId=7",
                                      "labels/resnet.txt=gs://labels/resnet.txt"]
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from kubeinfer.runtime import fetch_record
 from kubeinfer.runtime.digests import sha256_of
+from kubeinfer.runtime.fetch_cache import NodeCache
 from kubeinfer.runtime.fetch_progress import Progress
 from kubeinfer.runtime.object_storage import SCHEMES, Bucket, ObjectUrl, StorageError, parse_object_url
 
@@ -134,6 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print a download's bytes and rate this often; 0: never "
                              "(default 10; env KUBEINFER_FETCH_PROGRESS_EVERY)")
     parser.add_argument("--force", action="store_true", help="download even when the file is already there")
+    parser.add_argument("--cache", type=Path, metavar="DIR", default=os.environ.get("KUBEINFER_FETCH_CACHE") or None,
+                        help="a node-local cache of s3:// and gs:// objects, keyed by URL, ETag and version "
+                             "(env KUBEINFER_FETCH_CACHE)")
+    parser.add_argument("--cache-max-bytes", type=int, metavar="N",
+                        default=int(os.environ.get("KUBEINFER_FETCH_CACHE_MAX_BYTES", str(20 * 1024**3))),
+                        help="the cache's bound; least recently used objects go past it "
+                             "(default 20 GiB; env KUBEINFER_FETCH_CACHE_MAX_BYTES)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,10 +152,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kubeinfer fetch: {exc}", file=sys.stderr)
         return 2
     args.into.mkdir(parents=True, exist_ok=True)
+    cache = NodeCache(args.cache, args.cache_max_bytes) if args.cache is not None else None
     for item in items:
         try:
             message = fetch(item, args.into, retries=args.retries, timeout=args.timeout, force=args.force,
-                            progress_every=args.progress_every)
+                            progress_every=args.progress_every, cache=cache)
         except FetchError as exc:
             print(f"kubeinfer fetch: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -164,8 +173,9 @@ class _Options:
 
 
 def fetch(item: Item, into: Path, *, retries: int = 4, timeout: float = 60.0, force: bool = False,
-          backoff: float = 1.0, progress_every: float = 10.0) -> str:
-    """Download one item (retrying transient failures); returns a one-line summary."""
+          backoff: float = 1.0, progress_every: float = 10.0, cache: NodeCache | None = None) -> str:
+    """Download one item (retrying transient failures; an s3:// or gs:// object from ``cache`` when it holds the
+    object's current version); returns a one-line summary."""
     options = _Options(retries, timeout, backoff, progress_every)
     target = into / item.dest
     try:
@@ -179,13 +189,45 @@ def fetch(item: Item, into: Path, *, retries: int = 4, timeout: float = 60.0, fo
         os.close(handle)
         part = _Part(Path(temp_name))
         try:
-            _download(_object_source(bucket, item.source) if bucket is not None and item.source is not None
-                      else _http_source(item.url, timeout), item.url, part, options)
+            if bucket is not None and item.source is not None:
+                key = _cache_key(cache, bucket, item, part) if cache is not None else None
+                if cache is not None and key is not None and _from_cache(cache, key, part):
+                    return _place(item, into, target, part) + " from the node cache"
+                pinned = (part.etag, part.version)
+                _download(_object_source(bucket, item.source), item.url, part, options)
+                if cache is not None and key is not None and (part.etag, part.version) == pinned:
+                    cache.store(key, part.path, part.digest.hexdigest())  # not when it changed meanwhile
+            else:
+                _download(_http_source(item.url, timeout), item.url, part, options)
             return _place(item, into, target, part)
         finally:
             part.path.unlink(missing_ok=True)
     except StorageError as exc:
         raise FetchError(str(exc)) from None
+
+
+def _cache_key(cache: NodeCache, bucket: Bucket, item: Item, part: _Part) -> str | None:
+    """The cache key of the object's current version, asked of the store with this pod's credentials (an object
+    it may not read fails here, before the cache is looked at); None when the store cannot say just now. The
+    download that follows is pinned to that version (or ETag), so what is stored under the key is what it names."""
+    assert item.source is not None
+    try:
+        meta = bucket.head(item.source.key, item.source.version)
+    except StorageError as exc:
+        if not exc.retryable:
+            raise
+        return None
+    part.etag, part.version = meta.etag, meta.version
+    return cache.key(item.url, meta.etag, meta.version)
+
+
+def _from_cache(cache: NodeCache, key: str, part: _Part) -> bool:
+    hit = cache.copy_out(key, part.path)
+    if hit is None:
+        part.path.write_bytes(b"")  # the download starts from nothing
+        return False
+    part.size, part.digest = hit.size, hit.digest
+    return True
 
 
 def _present(item: Item, into: Path, target: Path, bucket: Bucket | None) -> bool:

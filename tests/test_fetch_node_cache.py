@@ -1,0 +1,154 @@
+"""`kubeinfer fetch --cache DIR`: a second fetch of an unchanged object copies it from the node's disk.
+
+The bytes between the fetch and the store (SeaweedFS on loopback) pass through a counting TCP relay, so "not
+downloaded again" is measured on the wire, not taken from the command's word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from object_store_support import ADMIN, SeaweedS3
+
+from kubeinfer.runtime.fetch_cache import DATA, NodeCache
+
+MIB = 1024 * 1024
+RATE = 25 * MIB  # bytes a second through the relay
+
+
+class CountingRelay:
+    """A loopback TCP relay to ``target`` that counts the bytes the store sends back, at most ``rate`` bytes a
+    second (a store across a network, not on loopback: what the cache saves shows in the time)."""
+
+    def __init__(self, target: tuple[str, int], rate: float) -> None:
+        self.target, self.rate = target, rate
+        self.received = 0
+        self._lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        try:
+            while block := source.recv(1 << 16):
+                if count:
+                    with self._lock:
+                        self.received += len(block)
+                    time.sleep(len(block) / self.rate)
+                sink.sendall(block)
+        except OSError:
+            return
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture()
+def relay(s3_store: SeaweedS3) -> Iterator[CountingRelay]:
+    counting = CountingRelay(("127.0.0.1", s3_store.ports["s3"]), rate=RATE)
+    yield counting
+    counting.close()
+
+
+def fetch(into: Path, url: str, env: dict[str, str], cache: Path, max_bytes: int = 1 << 40
+          ) -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "kubeinfer", "fetch", "--into", str(into), "--cache", str(cache),
+                           "--cache-max-bytes", str(max_bytes), url], capture_output=True, text=True, timeout=180,
+                          env={"PATH": "/usr/bin:/bin", "KUBEINFER_FETCH_RETRIES": "1", **env})
+    return done, time.monotonic() - began
+
+
+def test_a_second_fetch_of_an_unchanged_object_comes_from_the_node_cache(s3_store: SeaweedS3, relay: CountingRelay,
+                                                                        tmp_path: Path) -> None:
+    key = f"cached-{time.monotonic_ns()}.onnx"
+    data = os.urandom(32 * MIB)
+    s3_store.put("models", key, data)
+    env = {**s3_store.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
+    cache = tmp_path / "node-cache"
+    first, cold = fetch(tmp_path / "pod-1", f"s3://models/{key}", env, cache)
+    assert first.returncode == 0, first.stderr
+    downloaded = relay.received
+    assert downloaded > len(data) and "from the node cache" not in first.stdout
+    second, warm = fetch(tmp_path / "pod-2", f"s3://models/{key}", env, cache)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip().endswith("from the node cache")
+    assert relay.received - downloaded < 64 * 1024  # a HEAD request, not the 32 MiB again
+    assert (tmp_path / "pod-2" / key).read_bytes() == data
+    record = json.loads((tmp_path / "pod-2" / ".kubeinfer-fetched.json").read_text())[key]
+    assert record["etag"] and record["size"] == len(data)
+    print(f"32 MiB object at {RATE / MIB:.0f} MiB/s: fetched in {cold:.2f} s, from the node cache in {warm:.2f} s")
+    assert warm < cold
+
+    # A new version of the object is a new key: downloaded, and cached beside the old one.
+    s3_store.put("models", key, data[::-1])
+    before = relay.received
+    third, _ = fetch(tmp_path / "pod-3", f"s3://models/{key}", env, cache)
+    assert third.returncode == 0 and "from the node cache" not in third.stdout
+    assert relay.received - before > len(data)
+    assert (tmp_path / "pod-3" / key).read_bytes() == data[::-1]
+    assert len(list((cache / "objects").iterdir())) == 2
+
+
+def test_a_pod_that_may_not_read_the_object_gets_nothing_from_the_cache(s3_store: SeaweedS3,
+                                                                       tmp_path: Path) -> None:
+    key = f"private-{time.monotonic_ns()}.onnx"
+    s3_store.put("private", key, b"secret model")
+    cache = tmp_path / "node-cache"
+    allowed, _ = fetch(tmp_path / "admin-pod", f"s3://private/{key}", s3_store.env(ADMIN), cache)
+    assert allowed.returncode == 0, allowed.stderr
+    refused, _ = fetch(tmp_path / "reader-pod", f"s3://private/{key}", s3_store.env(), cache)
+    assert refused.returncode == 1 and "access denied" in refused.stderr
+    assert not (tmp_path / "reader-pod" / key).exists()
+
+
+def test_a_damaged_entry_is_downloaded_again(s3_store: SeaweedS3, tmp_path: Path) -> None:
+    key = f"damaged-{time.monotonic_ns()}.onnx"
+    s3_store.put("models", key, b"the real model" * 1000)
+    cache = tmp_path / "node-cache"
+    assert fetch(tmp_path / "a", f"s3://models/{key}", s3_store.env(), cache)[0].returncode == 0
+    (entry,) = (cache / "objects").iterdir()
+    (entry / DATA).write_bytes(b"tampered" * 1000)
+    again, _ = fetch(tmp_path / "b", f"s3://models/{key}", s3_store.env(), cache)
+    assert again.returncode == 0 and "from the node cache" not in again.stdout
+    assert (tmp_path / "b" / key).read_bytes() == b"the real model" * 1000
+
+
+def test_least_recently_used_entries_go_past_the_bound(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "cache", max_bytes=250)
+    sources = {}
+    for name in ("a", "b", "c"):
+        sources[name] = tmp_path / name
+        sources[name].write_bytes(name.encode() * 100)
+    cache.store("a", sources["a"], "unused")
+    time.sleep(0.02)
+    cache.store("b", sources["b"], "unused")
+    time.sleep(0.02)
+    os.utime(cache.objects / "a")  # a was used after b
+    time.sleep(0.02)
+    cache.store("c", sources["c"], "unused")  # 300 bytes > 250: the least recently used, b, goes
+    assert sorted(p.name for p in cache.objects.iterdir()) == ["a", "c"]

@@ -152,7 +152,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"kubeinfer fetch: {exc}", file=sys.stderr)
         return 2
     args.into.mkdir(parents=True, exist_ok=True)
-    cache = NodeCache(args.cache, args.cache_max_bytes) if args.cache is not None else None
+    cache = None
+    if args.cache is not None:
+        try:
+            cache = NodeCache(args.cache, args.cache_max_bytes)
+        except OSError as exc:  # e.g. a hostPath the pod's user may not write: slower, not broken
+            print(f"kubeinfer fetch: node cache {args.cache} not usable ({exc.strerror}); fetching without it",
+                  file=sys.stderr, flush=True)
     for item in items:
         try:
             message = fetch(item, args.into, retries=args.retries, timeout=args.timeout, force=args.force,
@@ -184,7 +190,7 @@ def fetch(item: Item, into: Path, *, retries: int = 4, timeout: float = 60.0, fo
             return f"{item.url} -> {target}: already present"
         target.parent.mkdir(parents=True, exist_ok=True)
         if bucket is not None and item.is_directory:
-            return _fetch_directory(item, into, target, bucket, options)
+            return _fetch_directory(item, into, target, bucket, options, cache)
         handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         os.close(handle)
         part = _Part(Path(temp_name))
@@ -397,14 +403,15 @@ def _inside(source: ObjectUrl, key: str) -> str:
     return key[len(source.key):]
 
 
-def _fetch_directory(item: Item, into: Path, target: Path, bucket: Bucket, options: _Options) -> str:
+def _fetch_directory(item: Item, into: Path, target: Path, bucket: Bucket, options: _Options,
+                     cache: NodeCache | None = None) -> str:
     """Copy every object under the prefix into a fresh sibling folder, then swap it in whole."""
     assert item.source is not None
     listed = _listing(bucket, item.source, options)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".unpack"))
     try:
         etags: dict[str, str | None] = {}
-        total = 0
+        total = cached = 0
         for meta in listed:
             relative = _inside(item.source, meta.key)
             path = PurePosixPath(relative)
@@ -415,9 +422,17 @@ def _fetch_directory(item: Item, into: Path, target: Path, bucket: Bucket, optio
             part = _Part(destination.with_name(f".{destination.name}.part"))
             part.path.touch()
             label = f"{item.source.scheme}://{item.source.bucket}/{meta.key}"
-            _download(_object_source(bucket, item.source, meta.key, meta.etag), label, part, options)
+            # The listing (made with this pod's credentials) names each object's ETag and version: its cache key.
+            key = cache.key(label, meta.etag, meta.version) if cache is not None else None
+            if cache is None or key is None or not _from_cache(cache, key, part):
+                part.etag = meta.etag
+                _download(_object_source(bucket, item.source, meta.key, meta.etag), label, part, options)
+                if cache is not None and key is not None and part.etag == meta.etag:
+                    cache.store(key, part.path, part.digest.hexdigest())
+            else:
+                cached += 1
             os.replace(part.path, destination)
-            etags[relative] = part.etag
+            etags[relative] = meta.etag
             total += part.size
         (staging / MARKER).write_text(item.url + "\n")
         if target.exists():
@@ -427,7 +442,8 @@ def _fetch_directory(item: Item, into: Path, target: Path, bucket: Bucket, optio
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     fetch_record.save(into, str(item.dest), {"url": item.url, "size": total, "files": len(etags), "etags": etags})
-    return f"{item.url} -> {target}/ ({len(etags)} {'file' if len(etags) == 1 else 'files'}, {total} bytes)"
+    from_cache = f", {cached} from the node cache" if cached else ""
+    return f"{item.url} -> {target}/ ({len(etags)} {'file' if len(etags) == 1 else 'files'}, {total} bytes{from_cache})"
 
 
 def _listing(bucket: Bucket, source: ObjectUrl, options: _Options) -> list[Any]:

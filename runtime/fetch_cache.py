@@ -41,6 +41,8 @@ class NodeCache:
         self.root, self.max_bytes = root, max_bytes
         self.objects = root / "objects"
         self.objects.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.objects, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable by this user", str(self.objects))
 
     @staticmethod
     def key(url: str, etag: str | None, version: str | None) -> str:

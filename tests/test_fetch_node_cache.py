@@ -152,3 +152,31 @@ def test_least_recently_used_entries_go_past_the_bound(tmp_path: Path) -> None:
     time.sleep(0.02)
     cache.store("c", sources["c"], "unused")  # 300 bytes > 250: the least recently used, b, goes
     assert sorted(p.name for p in cache.objects.iterdir()) == ["a", "c"]
+
+
+def test_a_folders_objects_come_from_the_node_cache_too(s3_store: SeaweedS3, relay: CountingRelay,
+                                                        tmp_path: Path) -> None:
+    prefix = f"folder-{time.monotonic_ns()}"
+    files = {"model.onnx": os.urandom(MIB), "model.onnx.data": os.urandom(8 * MIB)}
+    for name, data in files.items():
+        s3_store.put("models", f"{prefix}/{name}", data)
+    env = {**s3_store.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
+    cache = tmp_path / "node-cache"
+    first, _ = fetch(tmp_path / "pod-1", f"model/=s3://models/{prefix}/", env, cache)
+    assert first.returncode == 0 and "from the node cache" not in first.stdout, first.stderr
+    downloaded = relay.received
+    second, _ = fetch(tmp_path / "pod-2", f"model/=s3://models/{prefix}/", env, cache)
+    assert second.returncode == 0 and "2 files, 9437184 bytes, 2 from the node cache" in second.stdout
+    assert relay.received - downloaded < 64 * 1024  # the listing only
+    for name, data in files.items():
+        assert (tmp_path / "pod-2" / "model" / name).read_bytes() == data
+
+
+def test_a_cache_folder_that_cannot_be_made_is_skipped(s3_store: SeaweedS3, tmp_path: Path) -> None:
+    """(A hostPath the pod's user may not write is the case in a cluster; here, as root, a file in the way.)"""
+    key = f"unusable-{time.monotonic_ns()}.onnx"
+    s3_store.put("models", key, b"model")
+    (tmp_path / "not-a-folder").write_text("")
+    done, _ = fetch(tmp_path / "pod", f"s3://models/{key}", s3_store.env(), tmp_path / "not-a-folder" / "cache")
+    assert done.returncode == 0, done.stderr
+    assert "not usable" in done.stderr and (tmp_path / "pod" / key).read_bytes() == b"model"

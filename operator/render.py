@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeinfer.operator.render_fetch import FETCH_ROOT, Download, fetch_containers
+from kubeinfer.operator.render_fetch import FETCH_ROOT, Download, NodeCache, fetch_containers
 from kubeinfer.operator.runtime_choice import RuntimeChoice, choose_runtime
 from kubeinfer.operator.scaling import SCALING_METRICS
 from kubeinfer.operator.spec import (
@@ -84,6 +84,7 @@ class RuntimeDefaults:
     image: str = DEFAULT_RUNTIME_IMAGE
     cpu_image: str = DEFAULT_RUNTIME_CPU_IMAGE
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+    node_cache: NodeCache | None = None  # --node-cache-path: s3:// and gs:// objects cached on each node
 
     @classmethod
     def single(cls, image: str) -> RuntimeDefaults:
@@ -307,7 +308,7 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
     if files.downloads:
         volumes.append({"name": "fetched", "emptyDir": {}})
         mounts.append({"name": "fetched", "mountPath": FETCH_ROOT, "readOnly": True})
-        fetchers, secret_volumes = fetch_containers(files.downloads, image, _security_context())
+        fetchers, secret_volumes = fetch_containers(files.downloads, image, _security_context(), defaults.node_cache)
         init_containers += fetchers
         volumes += secret_volumes  # mounted by the fetch containers alone
     paths = dict(files.paths)

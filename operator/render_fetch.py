@@ -19,10 +19,22 @@ from kubeinfer.operator.spec import DEFAULT_GCS_KEY, Storage, Uri
 
 FETCH_CONTAINER = "fetch"
 FETCH_ROOT = "/kubeinfer/fetched"
+NODE_CACHE_ROOT = "/kubeinfer/node-cache"
+NODE_CACHE_VOLUME = "node-cache"
 GCS_CREDENTIALS_ROOT = "/var/run/secrets/kubeinfer/gcs"
 GCS_CREDENTIALS_FILE = "key.json"
 SECRET_MODE = 0o440  # owner and group (the pod's fsGroup) read; nobody else
 AWS_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+
+
+@dataclass(frozen=True)
+class NodeCache:
+    """A folder on every node (a hostPath) where fetches keep s3:// and gs:// objects for the next pod there, keyed
+    by URL, ETag and version; ``max_bytes`` bounds it (least recently used go). The folder must be writable by the
+    pods' uid 65532, and the namespace's Pod Security level must allow hostPath volumes."""
+
+    path: str
+    max_bytes: int = 20 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -62,9 +74,9 @@ def is_fetch_container(name: str) -> bool:
     return name == FETCH_CONTAINER or (name.startswith(f"{FETCH_CONTAINER}-") and name[6:].isdigit())
 
 
-def fetch_containers(downloads: list[Download], image: str,
-                     security_context: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(init containers, the Secret volumes they mount) for the downloads, in the order given."""
+def fetch_containers(downloads: list[Download], image: str, security_context: dict[str, Any],
+                     node_cache: NodeCache | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(init containers, the volumes only they mount: Secrets, the node cache) for the downloads, in order."""
     groups: list[_Group] = []
     for download in downloads:
         group = next((g for g in groups if g.takes(download.uri)), None)
@@ -90,12 +102,19 @@ def fetch_containers(downloads: list[Download], image: str,
                 mount = f"{GCS_CREDENTIALS_ROOT}-{index + 1}"
                 mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
                 env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{mount}/{GCS_CREDENTIALS_FILE}"})
+        cache_args: list[str] = []
+        if node_cache is not None and (group.s3 is not None or group.gs is not None):
+            if not any(v["name"] == NODE_CACHE_VOLUME for v in volumes):
+                volumes.append({"name": NODE_CACHE_VOLUME,
+                                "hostPath": {"path": node_cache.path, "type": "DirectoryOrCreate"}})
+            mounts.append({"name": NODE_CACHE_VOLUME, "mountPath": NODE_CACHE_ROOT})
+            cache_args = ["--cache", NODE_CACHE_ROOT, "--cache-max-bytes", str(node_cache.max_bytes)]
         containers.append({
             "name": container_name(index),
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": ["kubeinfer", "fetch"],
-            "args": ["--into", FETCH_ROOT, *group.items],
+            "args": ["--into", FETCH_ROOT, *cache_args, *group.items],
             "env": env,
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
             "securityContext": dict(security_context),

@@ -10,11 +10,13 @@ pods reach them. SeaweedFS's telemetry is turned off (and pointed at a closed lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -226,3 +228,44 @@ class FakeGcs:
 
     def env(self) -> dict[str, str]:
         return {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+
+class CountingRelay:
+    """A TCP relay on ``host`` to ``target`` that counts the bytes the store sends back and passes at most
+    ``rate`` bytes a second of them: a store across a network rather than on this machine."""
+
+    def __init__(self, host: str, target: tuple[str, int], rate: float) -> None:
+        self.target, self.rate = target, rate
+        self.received = 0
+        self._lock = threading.Lock()
+        self.server = socket.create_server((host, 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        try:
+            while block := source.recv(1 << 16):
+                if count:
+                    with self._lock:
+                        self.received += len(block)
+                    time.sleep(len(block) / self.rate)
+                sink.sendall(block)
+        except OSError:
+            return
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()

@@ -1,24 +1,22 @@
 """`kubeinfer fetch --cache DIR`: a second fetch of an unchanged object copies it from the node's disk.
 
-The bytes between the fetch and the store (SeaweedFS on loopback) pass through a counting TCP relay, so "not
-downloaded again" is measured on the wire, not taken from the command's word.
+The bytes between the fetch and the store (SeaweedFS on loopback) pass through a counting, throttled TCP relay
+(tests/object_store_support.py), so "not downloaded again" is measured on the wire, not taken from the command's
+word, and the time saved is that of a store across a network rather than on loopback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from object_store_support import ADMIN, SeaweedS3
+from object_store_support import ADMIN, CountingRelay, SeaweedS3
 
 from kubeinfer.runtime.fetch_cache import DATA, NodeCache
 
@@ -26,50 +24,9 @@ MIB = 1024 * 1024
 RATE = 25 * MIB  # bytes a second through the relay
 
 
-class CountingRelay:
-    """A loopback TCP relay to ``target`` that counts the bytes the store sends back, at most ``rate`` bytes a
-    second (a store across a network, not on loopback: what the cache saves shows in the time)."""
-
-    def __init__(self, target: tuple[str, int], rate: float) -> None:
-        self.target, self.rate = target, rate
-        self.received = 0
-        self._lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
-        try:
-            while block := source.recv(1 << 16):
-                if count:
-                    with self._lock:
-                        self.received += len(block)
-                    time.sleep(len(block) / self.rate)
-                sink.sendall(block)
-        except OSError:
-            return
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.server.close()
-
-
 @pytest.fixture()
 def relay(s3_store: SeaweedS3) -> Iterator[CountingRelay]:
-    counting = CountingRelay(("127.0.0.1", s3_store.ports["s3"]), rate=RATE)
+    counting = CountingRelay("127.0.0.1", ("127.0.0.1", s3_store.ports["s3"]), rate=RATE)
     yield counting
     counting.close()
 

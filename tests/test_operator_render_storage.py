@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 
 from kubeinfer.operator.render import FETCH_ROOT, Owner, RuntimeDefaults, render_deployment
-from kubeinfer.operator.render_fetch import GCS_CREDENTIALS_FILE, is_fetch_container
+from kubeinfer.operator.render_fetch import GCS_CREDENTIALS_FILE, NodeCache, is_fetch_container
 from kubeinfer.operator.spec import SpecError, parse_spec
 from kubeinfer.runtime import config as runtime_config
 from kubeinfer.runtime import fetch
@@ -197,3 +197,25 @@ def test_bad_object_storage_specs_are_refused(spec: dict[str, Any], message: str
     with pytest.raises(SpecError) as caught:
         parse_spec(spec)
     assert message in str(caught.value)
+
+
+def test_the_node_cache_is_a_host_folder_only_the_fetch_containers_mount() -> None:
+    defaults = RuntimeDefaults(image=DEFAULTS.image, cpu_image=DEFAULTS.cpu_image,
+                               node_cache=NodeCache("/var/cache/kubeinfer", 5 * 1024**3))
+    spec = parse_spec({"task": "classify", "model": {"uri": "s3://models/m.onnx"},
+                       "labels": {"uri": "https://x.org/labels.txt"}})
+    rendered = render_deployment(OWNER, spec, defaults)
+    kubernetes_validate.validate(rendered, kubernetes_validate.latest_version(), strict=True)
+    pod = rendered["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "hostPath" in v]
+    assert volume["hostPath"] == {"path": "/var/cache/kubeinfer", "type": "DirectoryOrCreate"}
+    (init,) = fetchers(pod)
+    assert init["args"][:6] == ["--into", FETCH_ROOT, "--cache", "/kubeinfer/node-cache", "--cache-max-bytes",
+                                str(5 * 1024**3)]
+    users = [c["name"] for c in [*pod["initContainers"], *pod["containers"]]
+             if any(m["name"] == volume["name"] for m in c.get("volumeMounts") or [])]
+    assert users == ["fetch"]
+    # Only http downloads: no cache (it keys objects by their ETag and version), no host folder.
+    web = parse_spec({"task": "detect", "model": {"uri": "https://x.org/m.onnx"}})
+    assert not [v for v in render_deployment(OWNER, web, defaults)["spec"]["template"]["spec"]["volumes"]
+                if "hostPath" in v]

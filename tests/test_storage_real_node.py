@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cluster_support import Api, Kubectl, install_crd, new_namespace
-from object_store_support import READER, FakeGcs, SeaweedS3, free_port
+from object_store_support import READER, CountingRelay, FakeGcs, SeaweedS3, free_port
 from operator_support import OperatorProcess, eventually, is_path
 from real_node_support import condition, pods
 
@@ -90,10 +90,11 @@ class Flow:
 
 
 def cpu_image() -> str:
-    """The lean runtime image in buildah's storage (built here when missing, as `make images` builds it)."""
-    if CPU_IMAGE not in buildah_images():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "--only", "runtime-cpu", "--no-run"],
-                       check=True, timeout=1800)
+    """The lean runtime image of this tree, in buildah's storage: built as `make images` builds it (cached steps,
+    ~30 s after a code change, less when tests/test_images.py built it already), so the pods run this code."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "--only", "runtime-cpu", "--no-run"],
+                   check=True, timeout=1800, stdout=subprocess.DEVNULL)
+    assert CPU_IMAGE in buildah_images()
     return CPU_IMAGE
 
 
@@ -225,3 +226,66 @@ def test_a_failed_fetch_is_fetch_failed_in_status_and_events_and_the_secret_nowh
     everything = json.dumps(status) + json.dumps(flow.events(name)) + logs + flow.operator.logs() + flow.metrics()
     for secret in (READER[1], WRONG_SECRET):
         assert secret not in everything
+
+
+def fetch_seconds(pod: dict[str, Any]) -> float:
+    """How long the pod's fetch init container ran, as the kubelet recorded it (whole seconds)."""
+    (state,) = [s["state"]["terminated"] for s in pod["status"]["initContainerStatuses"] if s["name"] == "fetch"]
+    started, finished = (time.mktime(time.strptime(state[key], "%Y-%m-%dT%H:%M:%SZ"))
+                         for key in ("startedAt", "finishedAt"))
+    return finished - started
+
+
+def test_a_second_pod_of_a_model_on_the_node_starts_from_the_node_cache(flow: Flow, real_cluster: Any,
+                                                                        tmp_path_factory: pytest.TempPathFactory
+                                                                        ) -> None:
+    """Pod start (apply to Ready) of a 200 MiB model folder from a store at 100 MiB/s: without the cache, then
+    twice with it (a cold cache, then a second pod of the same model on the node). Printed; the second copies
+    from the node's disk, and the bytes on the wire show it."""
+    weights = tmp_path_factory.mktemp("weights") / "model.onnx.data"
+    with weights.open("wb") as out:
+        block = np.random.default_rng(1).bytes(1024 * 1024)
+        for index in range(200):
+            out.write(block[index:] + block[:index])
+    flow.s3.put("models", "big/model.onnx", flow.model)
+    flow.s3.put("models", "big/model.onnx.data", weights)  # a sibling the model would load (ONNX external data)
+    # The pods reach the store through a relay passing 100 MiB/s: a store across a network, not on this machine.
+    relay = CountingRelay(NODE_IP, (NODE_IP, flow.s3.ports["s3"]), rate=100 * 1024 * 1024)
+    model = {"uri": "s3://models/big/", "file": "model.onnx",
+             "storage": {"endpoint": f"http://{NODE_IP}:{relay.port}"}, "credentials": {"secretName": "s3-reader"}}
+
+    def start(name: str, into: Flow) -> tuple[float, dict[str, Any]]:
+        began = time.monotonic()
+        into.apply(name, model)
+        into.ready(name)
+        (pod,) = into.pods(name)
+        detect_through(pod)
+        return time.monotonic() - began, pod
+
+    without, pod = start("uncached", flow)
+    assert "from the node cache" not in flow.kubectl("logs", "-n", flow.namespace, pod["metadata"]["name"],
+                                                     "-c", "fetch").stdout
+    cache = tmp_path_factory.mktemp("node-cache")
+    cache.chmod(0o755)
+    subprocess.run(["chown", "65532:65532", str(cache)], check=True)  # the pods' uid writes it
+    namespace = new_namespace(flow.api, "cached")
+    flow.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-reader", "namespace": namespace},
+                        "stringData": {"AWS_ACCESS_KEY_ID": READER[0], "AWS_SECRET_ACCESS_KEY": READER[1]}})
+    operator = OperatorProcess(["--namespace", namespace, "--listen-host", "127.0.0.1", "--metrics-port", "0",
+                                "--liveness-port", "0", "--runtime-cpu-image", CPU_IMAGE, "--node-cache-path",
+                                str(cache)], real_cluster.kubeconfig, cache.parent / "cached-operator.log")
+    cached = Flow(flow.api, flow.kubectl, namespace, flow.s3, flow.gcs, operator, 0, flow.model)
+    try:
+        cold, cold_pod = start("cache-cold", cached)
+        warm, warm_pod = start("cache-warm", cached)
+        log = flow.kubectl("logs", "-n", namespace, warm_pod["metadata"]["name"], "-c", "fetch").stdout
+        assert "2 from the node cache" in log, log
+        assert len(list((cache / "objects").iterdir())) == 2
+        print(f"200 MiB model folder at 100 MiB/s, pod apply->Ready: without the node cache {without:.1f}s (fetch "
+              f"{fetch_seconds(pod):.0f}s), cold cache {cold:.1f}s (fetch {fetch_seconds(cold_pod):.0f}s), "
+              f"a second pod from the cache {warm:.1f}s (fetch {fetch_seconds(warm_pod):.0f}s)")
+        assert relay.received < 2 * 212 * 1024 * 1024 + 1024 * 1024  # twice (uncached, cold), not three times
+    finally:
+        operator.stop()
+        relay.close()
+        flow.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -138,7 +138,7 @@ class Detector:
         self.config = config
         self.model = model
         self.batcher = batcher
-        self.decode_on_device = decodes_on_device(config.decode_device, model.device.type)
+        self.decode_on_device = decodes_on_device(config.decode_device, model.device.type, model.engine)
 
     @classmethod
     def load(cls, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> Detector:
@@ -214,6 +214,9 @@ class Detector:
         return self.prepare(decode_checked(image.encoded, header, index), params)
 
 
-def decodes_on_device(decode_device: str, model_device: str) -> bool:
-    """--decode-device: "model" always, "auto" when the model is on CUDA (nvJPEG), "cpu" never."""
+def decodes_on_device(decode_device: str, model_device: str, engine: str = "torch") -> bool:
+    """--decode-device: "model" always, "auto" when the model is on CUDA (nvJPEG), "cpu" never; only torch decodes
+    in the batch step (ServeConfig refuses "model" for ONNX Runtime, and "auto" leaves its JPEGs to OpenCV)."""
+    if engine != "torch":
+        return False
     return decode_device == "model" or (decode_device == "auto" and model_device == "cuda")

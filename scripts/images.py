@@ -510,12 +510,16 @@ def serve_directory(directory: Path) -> Iterator[int]:
         server.server_close()
 
 
-def rendered_pod(model_url: str, image: str, frontends: int = 1) -> dict[str, Any]:
-    from kubeinfer.operator.render import Owner, render_deployment
+def rendered_pod(model_url: str, images: str | tuple[str, str], frontends: int = 1) -> dict[str, Any]:
+    """The pod the operator renders for a detect InferenceService of this model URL: with one image, that image
+    for everything; with (cpu image, gpu image), the operator's own choice between them."""
+    from kubeinfer.operator.render import Owner, RuntimeDefaults, render_deployment
     from kubeinfer.operator.spec import parse_spec
 
     spec = parse_spec({"task": "detect", "model": {"uri": model_url}, "grpc": {"frontends": frontends}})
-    deployment = render_deployment(Owner("demo", "default", "0"), spec, image)
+    defaults = RuntimeDefaults.single(images) if isinstance(images, str) else RuntimeDefaults(
+        image=images[1], cpu_image=images[0])
+    deployment = render_deployment(Owner("demo", "default", "0"), spec, defaults)
     return deployment["spec"]["template"]["spec"]
 
 
@@ -565,14 +569,22 @@ def run_runtime(name: str) -> None:
     """The runtime image run as the operator renders its pod: one process, then with 2 frontend processes."""
     model = demo_model_for(name)
     for frontends in (1, 2):
-        run_runtime_pod(name, model, frontends)
+        run_runtime_pod(name, model, IMAGES[name], frontends)
 
 
-def run_runtime_pod(name: str, model: Path, frontends: int) -> None:
+def run_exported_detector() -> None:
+    """Both runtime images as the operator renders a .pt detector without GPUs: fetched by the cpu image, exported to
+    ONNX by the gpu image's `kubeinfer export`, served by the cpu image."""
+    if not DEMO_MODEL.is_file():
+        raise Failure(f"runtime-cpu+gpu: no demo model at {rel(DEMO_MODEL)}")
+    run_runtime_pod("runtime-cpu+gpu", DEMO_MODEL, (IMAGES["runtime-cpu"], IMAGES["runtime-gpu"]), 1)
+
+
+def run_runtime_pod(name: str, model: Path, images: str | tuple[str, str], frontends: int) -> None:
     pods = WORK / "pod"
     shutil.rmtree(pods, ignore_errors=True)
     with serve_directory(model.parent) as port:
-        pod = rendered_pod(f"http://127.0.0.1:{port}/{model.name}", IMAGES[name], frontends)
+        pod = rendered_pod(f"http://127.0.0.1:{port}/{model.name}", images, frontends)
         security = pod["securityContext"]
         volumes: dict[str, Path] = {}
         for volume in pod["volumes"]:
@@ -589,7 +601,7 @@ def run_runtime_pod(name: str, model: Path, frontends: int) -> None:
                 raise Failure(f"{name}: init container '{init['name']}' ({shorten(described, 80)}) exited with "
                               f"{proc.returncode}: {shorten(last_line(proc.stderr + proc.stdout, KUBEINFER_ERROR))}")
             if frontends == 1:
-                say(f"{name}: init container '{init['name']}' ran: {shorten(described, 110)}")
+                say(f"{name}: init container '{init['name']}' ({init['image']}) ran: {shorten(described, 110)}")
     (container,) = pod["containers"]
     grpc_port, http_port = free_port(), free_port()
     args = replace_flag(container["args"], "--host", "127.0.0.1")
@@ -698,6 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.no_run:
                 check_contents(name)
                 run_operator() if name == "operator" else run_runtime(name)
+            if name == "runtime-gpu" and not args.no_run and image_id(IMAGES["runtime-cpu"]):
+                run_exported_detector()
             if name == "operator" and not args.no_run and not args.no_cluster:
                 if cluster_built():
                     reconcile_with_cluster()

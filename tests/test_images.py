@@ -120,7 +120,8 @@ def test_the_cpu_runtime_image_serves_an_onnx_model_without_torch() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in ("runtime-cpu: no compiler, pip, pip cache, apt lists or sources in the image; none of torch, "
                  "torchvision, ultralytics, onnx;",
-                 "runtime-cpu: init container 'fetch' ran: kubeinfer fetch --into /kubeinfer/fetched "
+                 "runtime-cpu: init container 'fetch' (localhost/kubeinfer-runtime:cpu) ran: kubeinfer fetch --into "
+                 "/kubeinfer/fetched "
                  "model/detector.onnx=",
                  "runtime-cpu: gRPC health SERVING; Detect found", "runtime-cpu: SIGTERM drained and exited 0",
                  "runtime-cpu: with 2 frontends (in-memory /dev/shm mounted): served, drained, exited 0"):
@@ -137,11 +138,17 @@ def test_the_cpu_runtime_image_serves_an_onnx_model_without_torch() -> None:
                     reason="the gpu runtime image (~20 min, ~50 GB of disk) is built by `make images`; "
                            "KUBEINFER_TEST_RUNTIME_IMAGE=1 adds it to the suite")
 def test_the_gpu_runtime_image_serves_the_pod_the_operator_renders() -> None:
-    proc = images("--only", "runtime-gpu")
+    proc = images("--only", "runtime-cpu", "--only", "runtime-gpu")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for line in ("runtime-gpu: init container 'fetch' ran: kubeinfer fetch --into /kubeinfer/fetched "
-                 "model/detector.pt=",
+    for line in ("runtime-gpu: init container 'fetch' (localhost/kubeinfer-runtime:gpu) ran: kubeinfer fetch --into "
+                 "/kubeinfer/fetched model/detector.pt=",
                  "runtime-gpu: gRPC health SERVING; Detect found", "runtime-gpu: SIGTERM drained and exited 0",
                  "runtime-gpu: with 2 frontends (in-memory /dev/shm mounted): served, drained, exited 0"):
         assert line in proc.stdout, proc.stdout
     assert proc.stderr == ""
+    # Both images: a .pt detector without GPUs, as the operator renders it, exported by the gpu image's init
+    # container and served by the cpu image.
+    for line in ("runtime-cpu+gpu: init container 'export' (localhost/kubeinfer-runtime:gpu) ran: kubeinfer export "
+                 "/kubeinfer/fetched/model/detector.pt --out /kubeinfer/exported/model.onnx",
+                 "runtime-cpu+gpu: gRPC health SERVING; Detect found"):
+        assert line in proc.stdout, proc.stdout

@@ -258,3 +258,29 @@ def test_an_ultralytics_classifier_is_refused_as_a_detector_and_served_as_a_clas
         64, "center-crop", "probabilities")
     (probabilities,) = model.forward([model.preprocess(noisy("red", seed=1))])
     assert abs(float(probabilities.sum()) - 1.0) < 1e-3  # softmax in the model, not applied twice
+
+
+@pytest.mark.parametrize(("decode_device", "device", "engine", "decodes"), [
+    ("model", "cpu", "torch", True), ("auto", "cuda", "torch", True), ("auto", "cpu", "torch", False),
+    ("cpu", "cuda", "torch", False), ("auto", "cuda", "onnx", False), ("model", "cpu", "onnx", False)])
+def test_only_torch_decodes_jpegs_in_the_batch_step(decode_device: str, device: str, engine: str,
+                                                    decodes: bool) -> None:
+    """ONNX Runtime takes letterboxed pixels only: its JPEGs are decoded by OpenCV in the pool, even on a GPU."""
+    from kubeinfer.runtime.detection import decodes_on_device
+
+    assert decodes_on_device(decode_device, device, engine) is decodes
+
+
+def test_decoding_in_the_batch_step_is_refused_for_an_onnx_model(onnx_models: dict[str, list[str]]) -> None:
+    import argparse
+
+    from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    model = onnx_models["video"][1]  # the detector's ONNX export
+    with pytest.raises(ConfigError, match=r"^--decode-device model decodes JPEGs with torch on the model's device, "
+                                          r"but this model runs on ONNX Runtime"):
+        ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--decode-device", "model"]))
+    auto = ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--device", "cuda"]))
+    assert auto.decode_device == "auto"  # allowed: an ONNX model's JPEGs then stay with OpenCV

@@ -6,7 +6,7 @@ DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
 .PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build cluster-load-images images \
-	gpu-check gpu-check-wheels
+	gpu-check gpu-check-wheels docs
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ lint: $(SETUP_STAMP)
 protos: $(SETUP_STAMP)
 	$(BIN)/python protos/generate.py
 
+# The documentation (docs/, mkdocs.yml; the InferenceService reference generated from the CRD by docs/hooks.py) as a
+# site in .cache/site. --strict: a broken link or anchor, or a page left out of the nav, fails the build.
+docs: $(SETUP_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .cache/site
+
 # Benchmark: kubeinfer vs the raw model and KServe/MLServer/LitServe (installs peers on first use; ~7-10 min on 2 cores)
 bench: $(SETUP_STAMP) $(DEMO_MODEL)
 	$(BIN)/python benchmarks/run.py
@@ -81,7 +86,7 @@ gpu-check-wheels: $(SETUP_STAMP)
 		grpcio-reflection==1.85.1 protobuf==7.36.2
 
 # Both container images built from the Dockerfiles with buildah (local Debian base, cached) and run with podman
-# as their pods run them (README: Container images; root, ~50 GB free disk, ~20-25 min the first time)
+# as their pods run them (docs/images.md; root, ~50 GB free disk, ~20-25 min the first time)
 images: $(SETUP_STAMP) $(DEMO_MODEL)
 	bash scripts/install-test-tools.sh image_tools
 	$(BIN)/python scripts/images.py

@@ -10,7 +10,7 @@ from mkdocs.structure.files import File, Files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from crd_reference import reference  # noqa: E402
+from crd_reference import reference
 
 REFERENCE_PAGE = "reference/inferenceservice.md"
 

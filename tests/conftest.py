@@ -105,6 +105,34 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def api(kube_cluster: Any) -> Any:
+    """The control plane's REST API as the admin (tests/cluster_support.py's Api), one per module."""
+    from cluster_support import Api
+
+    return Api(kube_cluster)
+
+
+@pytest.fixture(scope="module")
+def kubectl(kube_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Real ``kubectl`` against the control plane with a cache of its own; modules that need CRDs apply them
+    in a fixture of theirs (``install_crd``)."""
+    from cluster_support import Kubectl
+
+    return Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+
+
+@pytest.fixture(scope="module")
+def dns(replicas: Any) -> Iterator[Any]:
+    """A DNS server on loopback answering REPLICAS_NAME with the module's ``replicas`` (a ReplicaSet), as
+    cluster DNS answers a headless Service's name; tests change the answer with ``dns.set``."""
+    from dns_support import DnsServer
+    from replica_support import REPLICAS_NAME
+
+    with DnsServer({REPLICAS_NAME: replicas.hosts()}) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[Any]:
     """A cluster with a real node real-0 (kubelet, containerd, kube-proxy, CoreDNS, metrics-server) for the tests

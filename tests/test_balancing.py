@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from classify_support import solid
 from dns_support import DnsServer
-from replica_support import ReplicaSet, replica_set
+from replica_support import REPLICAS_NAME, ReplicaSet, replica_set
 
 from kubeinfer.clients import Client, RestClient
 from kubeinfer.clients.balancing import service_target
 from kubeinfer.operator.render import headless_name
 
-NAME = "colours-pods.vision.svc.cluster.test"
 MAX_AGE = 2.0  # --grpc-max-connection-age: how soon clients re-resolve and find a new replica
 RED = solid("red", 16, 16)
 
@@ -38,15 +37,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSet]:
 
 
 @pytest.fixture(scope="module")
-def dns(replicas: ReplicaSet) -> Iterator[DnsServer]:
-    with DnsServer({NAME: replicas.hosts()}) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client(dns: DnsServer, replicas: ReplicaSet) -> Iterator[Client]:
     # re-resolve as soon as asked (gRPC waits 30 s between resolutions by default)
-    with Client(dns.target(NAME, replicas.port), timeout=30,
+    with Client(dns.target(REPLICAS_NAME, replicas.port), timeout=30,
                 options=[("grpc.dns_min_time_between_resolutions_ms", 200)]) as connection:
         yield connection
 
@@ -69,7 +62,7 @@ def test_for_service_targets_the_headless_service_the_operator_renders() -> None
     assert target == f"dns:///{headless_name('colours')}.vision.svc.cluster.local:8001"
     with Client.for_service("colours", namespace="vision", port=9001, cluster_domain="example.org") as client:
         assert client.target == "dns:///colours-pods.vision.svc.example.org:9001"
-    # REST opens a connection per call: the ClusterIP Service NAME spreads them
+    # REST opens a connection per call: the ClusterIP Service REPLICAS_NAME spreads them
     assert RestClient.for_service("colours", namespace="vision").url == "http://colours.vision.svc.cluster.local:8080"
 
 
@@ -89,7 +82,7 @@ def test_unary_calls_are_split_evenly_over_three_replicas(client: Client, replic
 def test_a_replica_added_to_dns_gets_its_share_within_the_connection_age(client: Client, replicas: ReplicaSet,
                                                                           dns: DnsServer) -> None:
     (fourth,) = replicas.start(1)
-    dns.set(NAME, replicas.hosts())
+    dns.set(REPLICAS_NAME, replicas.hosts())
     added = time.monotonic()
     while fourth.served("Classify") == 0:
         assert time.monotonic() - added < MAX_AGE * 1.1 + 1 + 5, "the new replica got no call"

@@ -30,17 +30,11 @@ VALUES = ["--set", "runtime.images.gpu.repository=registry.example.com/kubeinfer
           "runtime.images.gpu.tag=uninstall-test"]
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def clean_slate(kube_cluster: LocalCluster, kubectl: Kubectl) -> Iterator[None]:
     # A clean slate: kopf's peering CRDs may have been applied by earlier modules (tests/test_operator_modes.py).
     kubectl("delete", "crd", *PEERING_CRDS, "--ignore-not-found")
-    yield kubectl
+    yield
     helm_cluster(kube_cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
     kubectl("apply", "-f", str(CRD_PATH))
     wait_established(kubectl)

@@ -39,7 +39,12 @@ RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable b
 # The runtime's drain on SIGTERM: SHUTDOWN_DELAY seconds reporting NOT_SERVING while still serving (endpoints and
 # load balancers stop routing), then GRACE_PERIOD seconds for in-flight calls; it exits within their sum plus a
 # second. The kubelet's SIGKILL must come later than that: TERMINATION_GRACE adds a margin.
-SHUTDOWN_DELAY = 5
+# The delay outlasts DNS_TTL: a balancing client (Client.for_service) learns the pods of its headless Service from
+# DNS answers that CoreDNS may cache that long, and when a rollout replaces every pod it knows, it must find one of
+# the new pods before the last old one stops taking calls (with 5 s, such a client lost every call for the rest
+# of those 30 s on the real node).
+DNS_TTL = 30  # CoreDNS's usual `ttl 30` and `cache 30` for cluster names
+SHUTDOWN_DELAY = DNS_TTL + 5
 GRACE_PERIOD = 20
 TERMINATION_GRACE = SHUTDOWN_DELAY + GRACE_PERIOD + 5
 # The startup probe: every STARTUP_PERIOD seconds, for up to STARTUP_SECONDS (a gallery built at start may take long).

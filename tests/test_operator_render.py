@@ -151,6 +151,15 @@ def test_the_kubelet_waits_longer_than_the_runtime_drains() -> None:
     assert pod["terminationGracePeriodSeconds"] >= parsed.shutdown_delay + parsed.grace_period + 2
 
 
+def test_a_draining_pod_serves_longer_than_dns_answers_are_cached() -> None:
+    """Balancing clients learn the pods from the headless Service's DNS, which CoreDNS caches for up to 30 s: an old
+    pod of a rollout keeps taking calls until every answer lists its successors (tests/test_real_node_e2e.py)."""
+    deployment = children({"task": "detect", "model": {"uri": "/models/m.pt"}})["Deployment/svc"]
+    parsed = serve_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert parsed.shutdown_delay > 30
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
 def test_connections_age_so_balancing_clients_find_new_pods() -> None:
     deployment = children({"task": "detect", "model": {"uri": "/models/m.pt"}})["Deployment/svc"]
     parsed = serve_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])

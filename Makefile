@@ -29,6 +29,7 @@ test: $(SETUP_STAMP)
 	bash scripts/install-test-tools.sh
 	bash scripts/cluster/build.sh >/dev/null
 	bash scripts/cluster/build.sh node >/dev/null
+	bash scripts/storage/build.sh >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -76,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=_env("default-resources", None, _resources),
                         help='resources of runtime containers whose spec sets none, e.g. {"requests": {"cpu": "1"}} '
                              "(default requests cpu 500m, memory 1Gi; env KUBEINFER_OPERATOR_DEFAULT_RESOURCES)")
+    parser.add_argument("--node-cache-path", metavar="PATH", default=_env("node-cache-path", None) or None,
+                        help="a folder on every node (hostPath, writable by uid 65532) where fetch init containers "
+                             "keep s3:// and gs:// objects, so the next pod of a model on that node copies it "
+                             "instead of downloading it (default: none; env KUBEINFER_OPERATOR_NODE_CACHE_PATH)")
+    parser.add_argument("--node-cache-max-bytes", type=int, metavar="N",
+                        default=_env("node-cache-max-bytes", 20 * 1024**3, int),
+                        help="the node cache's bound; least recently used objects go past it "
+                             "(default 20 GiB; env KUBEINFER_OPERATOR_NODE_CACHE_MAX_BYTES)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("log-format", "plain", _log_format),
                         help="log line format (default plain; env KUBEINFER_OPERATOR_LOG_FORMAT)")
     parser.add_argument("--metrics-port", type=int, default=_env("metrics-port", 9090, int), metavar="PORT",
@@ -113,11 +121,20 @@ def run(args: argparse.Namespace) -> int:
     from kubeinfer.operator import handlers  # noqa: F401  (registers the handlers with kopf's registry)
     from kubeinfer.operator.kube import ApiError, Kube
     from kubeinfer.operator.render import RuntimeDefaults
+    from kubeinfer.operator.render_fetch import NodeCache
+    from kubeinfer.operator.state import OperatorState
 
     for flag, value in (("--runtime-gpu-image", args.runtime_image), ("--runtime-cpu-image", args.runtime_cpu_image)):
         if value.strip() == "":
             print(f"kubeinfer operator: {flag} must not be empty", file=sys.stderr)
             return 2
+    if args.node_cache_path is not None and not args.node_cache_path.startswith("/"):
+        print(f"kubeinfer operator: --node-cache-path {args.node_cache_path!r} must be an absolute path",
+              file=sys.stderr)
+        return 2
+    if args.node_cache_max_bytes < 1:
+        print("kubeinfer operator: --node-cache-max-bytes must be positive", file=sys.stderr)
+        return 2
     namespaces = args.namespace if args.namespace else args.env_namespaces
     kopf.configure(debug=args.verbose, verbose=args.verbose, log_format={
         "plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format])
@@ -125,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr=args.listen_host)
     host = f"[{args.listen_host}]" if ":" in args.listen_host else args.listen_host
     liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
-    defaults = RuntimeDefaults(image=args.runtime_image, cpu_image=args.runtime_cpu_image, **(
+    node_cache = NodeCache(args.node_cache_path, args.node_cache_max_bytes) if args.node_cache_path else None
+    defaults = RuntimeDefaults(image=args.runtime_image, cpu_image=args.runtime_cpu_image, node_cache=node_cache, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
-    memo = kopf.Memo(defaults=defaults, peering_lifetime=args.peering_lifetime)
+    kube = Kube.from_environment()
+    state = OperatorState(defaults, kube, peering_lifetime=args.peering_lifetime)
     # Set by the tie rule, on kopf's event loop: kopf then stops cleanly, handing over at once. An asyncio.Event (it
     # binds to the loop on first use): kopf would wait for a threading.Event in a thread that never ends.
     stop = asyncio.Event()
@@ -135,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if args.peering is not None:
         if priority is None:  # the live replica with the highest priority works: one random priority per replica
             priority = secrets.randbelow(2**31 - 2) + 1
-        memo["kube"] = kube = Kube.from_environment()
         identity = peering.new_identity(datetime.datetime.now(datetime.UTC), socket.gethostname(), os.getpid())
         tie = peering.TieBreak(args.peering, peering.peering_namespaces(namespaces or ()), identity, priority,
                                interval=max(1.0, args.peering_lifetime / 4), read=peering.reader(kube, args.peering))
@@ -146,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except ApiError as exc:  # kopf reads the same objects and says more if this persists
             print(f"kubeinfer operator: peering {args.peering} not read ({exc}); starting", file=sys.stderr)
-        memo["tie_break"], memo["stop"] = tie, stop.set
+        state.tie_break, state.stop = tie, stop.set
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces or (),
@@ -156,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         identity=identity,
         liveness_endpoint=liveness,
         stop_flag=stop,
-        memo=memo,
+        memo=kopf.Memo(state=state),
     )
     if tie is not None and tie.refusal is not None:
         print(f"kubeinfer operator: {tie.refusal}", file=sys.stderr)

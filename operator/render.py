@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeinfer.operator.render_fetch import FETCH_ROOT, Download, NodeCache, fetch_containers
 from kubeinfer.operator.runtime_choice import RuntimeChoice, choose_runtime
 from kubeinfer.operator.scaling import SCALING_METRICS
 from kubeinfer.operator.spec import (
@@ -29,10 +30,8 @@ from kubeinfer.operator.spec import (
 GRPC_PORT = 8001
 HTTP_PORT = 8080
 RUNTIME_CONTAINER = "runtime"
-FETCH_CONTAINER = "fetch"
 EXPORT_CONTAINER = "export"
 PVC_ROOT = "/kubeinfer/pvc"
-FETCH_ROOT = "/kubeinfer/fetched"
 EXPORT_ROOT = "/kubeinfer/exported"
 EXPORTED_MODEL = f"{EXPORT_ROOT}/model.onnx"
 RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable by it
@@ -70,6 +69,8 @@ PRUNABLE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (
         ("spec", "paused"),
         ("spec", "template", "spec", "initContainers"),
+        ("spec", "template", "spec", "serviceAccountName"),
+        ("spec", "template", "spec", "serviceAccount"),  # the deprecated alias the API server fills in
         ("spec", "template", "spec", "nodeSelector"),
         ("spec", "template", "spec", "tolerations"),
     ),
@@ -91,6 +92,7 @@ class RuntimeDefaults:
     image: str = DEFAULT_RUNTIME_IMAGE
     cpu_image: str = DEFAULT_RUNTIME_CPU_IMAGE
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+    node_cache: NodeCache | None = None  # --node-cache-path: s3:// and gs:// objects cached on each node
 
     @classmethod
     def single(cls, image: str) -> RuntimeDefaults:
@@ -173,29 +175,29 @@ class _Files:
 
     paths: dict[str, str]  # role -> path in the container
     claims: list[str]  # claim names in order of first use; volume i is "pvc-i"
-    downloads: list[str]  # "DEST=URL" items for `kubeinfer fetch`
+    downloads: list[Download]  # "DEST=URL" items for `kubeinfer fetch`
 
 
 def _plan_files(spec: ServiceSpec) -> _Files:
     paths: dict[str, str] = {}
     claims: list[str] = []
-    downloads: list[str] = []
+    downloads: list[Download] = []
     for role, uri in spec.uris():
         paths[role] = _place(role, uri, claims, downloads)
     return _Files(paths, claims, downloads)
 
 
-def _place(role: str, uri: Uri, claims: list[str], downloads: list[str]) -> str:
+def _place(role: str, uri: Uri, claims: list[str], downloads: list[Download]) -> str:
     if uri.scheme == "pvc":
         assert uri.claim is not None
         if uri.claim not in claims:
             claims.append(uri.claim)
         return f"{PVC_ROOT}/{uri.claim}/{uri.path}"
-    if uri.scheme == "http":
-        if role == "base-data":  # a directory: the archive is unpacked into it
-            downloads.append(f"{role}/={uri.raw}")
-            return f"{FETCH_ROOT}/{role}"
-        downloads.append(f"{role}/{uri.basename}={uri.raw}")
+    if uri.is_download:
+        if role == "base-data" or uri.is_folder:  # a folder: an archive unpacked, or a prefix's objects, in it
+            downloads.append(Download(f"{role}/={uri.raw}", uri))
+            return f"{FETCH_ROOT}/{role}/{uri.basename}" if uri.file else f"{FETCH_ROOT}/{role}"
+        downloads.append(Download(f"{role}/{uri.basename}={uri.raw}", uri))
         return f"{FETCH_ROOT}/{role}/{uri.basename}"
     return uri.path
 
@@ -314,18 +316,9 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
     if files.downloads:
         volumes.append({"name": "fetched", "emptyDir": {}})
         mounts.append({"name": "fetched", "mountPath": FETCH_ROOT, "readOnly": True})
-        init_containers.append({
-            "name": FETCH_CONTAINER,
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["kubeinfer", "fetch"],
-            "args": ["--into", FETCH_ROOT, *files.downloads],
-            "env": [{"name": "HOME", "value": "/tmp"}],
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-            "securityContext": _security_context(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "fetched", "mountPath": FETCH_ROOT}],
-        })
+        fetchers, secret_volumes = fetch_containers(files.downloads, image, _security_context(), defaults.node_cache)
+        init_containers += fetchers
+        volumes += secret_volumes  # mounted by the fetch containers alone
     paths = dict(files.paths)
     if choice.export_image:
         init_containers.append(_export_container(choice.export_image, paths["model"], mounts))
@@ -366,6 +359,11 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    if spec.service_account_name:  # its cloud identity (IRSA, workload identity) reads the model's bucket
+        pod_spec["serviceAccountName"] = spec.service_account_name
+        # The deprecated alias, which the API server fills in from serviceAccountName: rendered equal, so the live
+        # template matches (a missing one would be pruned on every reconciliation and filled in again).
+        pod_spec["serviceAccount"] = spec.service_account_name
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tolerations = _tolerations(spec)

@@ -54,7 +54,7 @@ def model_suffix(spec: ServiceSpec) -> str:
     """The model file's suffix, lower case ("" for a spec without a model or a file without one)."""
     if spec.model is None:
         return ""
-    name = spec.model.basename if spec.model.scheme == "http" else PurePosixPath(spec.model.path).name
+    name = spec.model.basename if spec.model.is_download else PurePosixPath(spec.model.path).name
     return PurePosixPath(name).suffix.lower()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,7 +57,20 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "500m", "mem
 MAX_NAME_LENGTH = 58  # the headless Service is NAME-pods and a Service name is at most 63 characters
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PVC_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
-URI_PATTERN = re.compile(rf"^(pvc://{PVC_NAME}/\S+|https?://\S+|/\S*)$")
+# s3://BUCKET/KEY[?versionId=V][#sha256=HEX], gs://BUCKET/KEY[?generation=N][#sha256=HEX], or a folder: a key
+# ending in '/' (every object under that prefix). The CRD's pattern is this text.
+S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([^?#\s]*[^/?#\s]([?]versionId=[^&#\s]+)?(#sha256=[0-9a-fA-F]{64})?|([^?#\s]*/)?)"
+GS_URI = r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]/([^?#\s]*[^/?#\s]([?]generation=[0-9]+)?(#sha256=[0-9a-fA-F]{64})?|([^?#\s]*/)?)"
+URI_PATTERN = re.compile(rf"^(pvc://{PVC_NAME}/\S+|https?://\S+|{S3_URI}|{GS_URI}|/\S*)$")
+OBJECT_SCHEMES = ("s3", "gs")
+OBJECT_FOLDER = re.compile(r"^(s3|gs)://[^/]+/([^?#]*/)?$")  # an s3:// or gs:// prefix: a folder of objects
+# What spec.*.storage and spec.*.credentials hold (the CRD's patterns are these texts).
+ENDPOINT_PATTERN = re.compile(r"^https?://[^/?#\s]+/?$")
+REGION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SECRET_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS subdomain: Secrets, accounts
+SECRET_KEY_PATTERN = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+MODEL_FILE_PATTERN = re.compile(r"^[^/\s]([^\s]*[^/\s])?$")  # a relative path inside the folder
+DEFAULT_GCS_KEY = "key.json"  # the Secret's key holding a GCP service-account JSON
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 # An ONNX model file (the CRD's rule uses the same expression): kubeinfer's images run those on the CPU only.
 ONNX_MODEL = re.compile(r"(?i)[.]onnx([?#].*)?$")
@@ -69,18 +82,43 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class Storage:
+    """How the fetch reaches an s3:// or gs:// object: the store's endpoint and region (None: the cloud's own) and
+    the Secret holding credentials (None: the pod's ServiceAccount, IRSA or workload identity, or none at all)."""
+
+    endpoint: str | None = None  # s3: an S3-compatible endpoint; gs: an emulator (STORAGE_EMULATOR_HOST)
+    region: str | None = None  # s3 only
+    secret_name: str | None = None
+    secret_key: str | None = None  # gs: the Secret's key with the service-account JSON (default key.json)
+
+
+@dataclass(frozen=True)
 class Uri:
-    """Where a file comes from: a claim (``pvc``), the web (``http``), or a path inside the image (``path``)."""
+    """Where a file comes from: a claim (``pvc``), the web (``http``), an object store (``s3``, ``gs``), or a path
+    inside the image (``path``)."""
 
     raw: str
-    scheme: str  # "pvc" | "http" | "path"
+    scheme: str  # "pvc" | "http" | "s3" | "gs" | "path"
     claim: str | None = None
     path: str = ""  # pvc: the path inside the claim, no leading slash; path: the absolute path
+    storage: Storage | None = None  # s3 and gs only
+    file: str | None = None  # the model file inside a folder of objects (spec.model.file)
+
+    @property
+    def is_download(self) -> bool:
+        """Fetched by the init container (http(s), s3, gs), not mounted or found in the image."""
+        return self.scheme in ("http", *OBJECT_SCHEMES)
+
+    @property
+    def is_folder(self) -> bool:
+        """An s3:// or gs:// prefix: every object under it, copied into a folder."""
+        return self.scheme in OBJECT_SCHEMES and bool(OBJECT_FOLDER.match(self.raw))
 
     @property
     def basename(self) -> str:
-        """The file name an http(s) download is stored under: the URL path's last segment, made file-safe."""
-        path = urlsplit(self.raw).path
+        """The file name a download is stored under: the URL path's last segment, made file-safe (for a folder of
+        objects, the model file's name)."""
+        path = self.file or urlsplit(self.raw).path
         tail = "" if path.endswith("/") else path.rsplit("/", 1)[-1]
         clean = re.sub(r"[^A-Za-z0-9._-]", "_", tail)
         return "" if clean in ("", ".", "..") else clean
@@ -91,10 +129,12 @@ class Uri:
 
 
 def parse_uri(text: str, field_path: str) -> Uri:
-    """Split ``pvc://CLAIM/path``, ``http(s)://...`` or ``/absolute/path`` into a ``Uri``."""
+    """Split ``pvc://CLAIM/path``, ``http(s)://...``, ``s3://BUCKET/KEY``, ``gs://BUCKET/KEY`` or
+    ``/absolute/path`` into a ``Uri``."""
     if not isinstance(text, str) or not URI_PATTERN.match(text):
-        raise SpecError(f"{field_path}: {text!r} is not pvc://CLAIM/path, http(s)://... or an absolute path")
-    web = text.startswith(("http://", "https://"))
+        raise SpecError(f"{field_path}: {text!r} is not pvc://CLAIM/path, http(s)://..., s3://BUCKET/KEY, "
+                        "gs://BUCKET/KEY or an absolute path")
+    web = text.startswith(("http://", "https://", "s3://", "gs://"))
     # A '..' segment: in a download's URL before its query and fragment (they may hold anything), else anywhere.
     if ".." in (text.split("#")[0].split("?")[0] if web else text).split("/"):
         raise SpecError(f"{field_path}: {text!r} must not contain '..'")
@@ -104,6 +144,8 @@ def parse_uri(text: str, field_path: str) -> Uri:
         if not path:
             raise SpecError(f"{field_path}: {text!r} needs a path inside the claim")
         return Uri(raw=text, scheme="pvc", claim=claim, path=path)
+    if text.startswith(("s3://", "gs://")):
+        return Uri(raw=text, scheme=text[:2])
     if web:
         uri = Uri(raw=text, scheme="http")
         if not uri.basename:
@@ -156,6 +198,7 @@ class ServiceSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: list[dict[str, Any]] = field(default_factory=list)
+    service_account_name: str | None = None  # the pod's ServiceAccount: cloud identity (IRSA, workload identity)
 
     def uris(self) -> list[tuple[str, Uri]]:
         """(role, uri) for every file the runtime needs; the role names the flag and the download folder."""
@@ -205,8 +248,12 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         raise SpecError("spec.embeddings and spec.baseData are only used by task 'recognize'")
     if window is not None and task != "stream-classify":
         raise SpecError("spec.window is only used by task 'stream-classify'")
-    if base_data is not None and base_data.scheme == "http" and not base_data.is_archive:
-        raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    for role, uri in (("labels", labels), ("embeddings", embeddings)):
+        if uri is not None and uri.is_folder:
+            raise SpecError(f"spec.{role}.uri: {uri.raw!r} is a folder (a prefix ending in '/'); name one object")
+    if base_data is not None and base_data.is_download and not (base_data.is_archive or base_data.is_folder):
+        raise SpecError(f"spec.baseData.uri: a download must be an archive ({', '.join(ARCHIVE_SUFFIXES)}) or an "
+                        "s3:// or gs:// folder ending in '/'")
     if replicas_given and autoscaling is not None:
         raise SpecError("spec.replicas stays at its default 1 when spec.autoscaling is set (the autoscaler sets the "
                         "replica count): drop spec.replicas or spec.autoscaling")
@@ -215,7 +262,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")
     gpus = reader.integer("gpus", 0, 0, 16)
     image = reader.string("image") or None
-    if gpus > 0 and model is not None and ONNX_MODEL.search(model.raw) and image is None:
+    if gpus > 0 and model is not None and ONNX_MODEL.search(model.file or model.raw) and image is None:
         raise SpecError("spec.gpus: kubeinfer's runtime images run ONNX models on the CPU (their ONNX Runtime has no "
                         "CUDA provider): set gpus 0, serve a .pt or TorchScript model on GPUs, or name an image with "
                         "onnxruntime-gpu in spec.image")
@@ -246,7 +293,14 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         node_selector={str(k): str(v) for k, v in reader.mapping("nodeSelector").items()},
         tolerations=[dict(t) for t in reader.sequence("tolerations")],
         env=[dict(e) for e in reader.sequence("env")],
+        service_account_name=_service_account(reader.string("serviceAccountName")),
     )
+
+
+def _service_account(name: str) -> str | None:
+    if name and not SECRET_NAME_PATTERN.match(name):
+        raise SpecError(f"spec.serviceAccountName: {name!r} is not a ServiceAccount name (a DNS subdomain)")
+    return name or None
 
 
 def parse_resources(text: str) -> dict[str, dict[str, Any]]:
@@ -299,6 +353,46 @@ def _autoscaling(reader: _Reader) -> Autoscaling | None:
                        metric=metric, target=target, engine=engine, prometheus_address=address)
 
 
+def _text(value: Any, path: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"{path} must be a string")
+    return value
+
+
+def _object(value: Any, path: str) -> Mapping[str, Any]:
+    if value is not None and not isinstance(value, Mapping):
+        raise SpecError(f"{path} must be an object")
+    return value or {}
+
+
+def _storage(holder: Mapping[str, Any], parent: str, uri: Uri) -> Storage | None:
+    """spec.PARENT.storage and .credentials: only for s3:// and gs://, each setting only where that store uses it."""
+    place = _object(holder.get("storage"), f"spec.{parent}.storage")
+    credentials = _object(holder.get("credentials"), f"spec.{parent}.credentials")
+    if "storage" in holder or "credentials" in holder:
+        if uri.scheme not in OBJECT_SCHEMES:
+            raise SpecError(f"spec.{parent}: storage and credentials are for s3:// and gs:// uris")
+        if "credentials" in holder and not credentials.get("secretName"):
+            raise SpecError(f"spec.{parent}.credentials.secretName is required when credentials are set")
+    endpoint = _text(place.get("endpoint"), f"spec.{parent}.storage.endpoint")
+    region = _text(place.get("region"), f"spec.{parent}.storage.region")
+    secret = _text(credentials.get("secretName"), f"spec.{parent}.credentials.secretName")
+    key = _text(credentials.get("key"), f"spec.{parent}.credentials.key")
+    for value, pattern, path in ((endpoint, ENDPOINT_PATTERN, "storage.endpoint"),
+                                 (region, REGION_PATTERN, "storage.region"),
+                                 (secret, SECRET_NAME_PATTERN, "credentials.secretName"),
+                                 (key, SECRET_KEY_PATTERN, "credentials.key")):
+        if value is not None and not pattern.match(value):
+            raise SpecError(f"spec.{parent}.{path}: {value!r} must match {pattern.pattern}")
+    if region is not None and uri.scheme != "s3":
+        raise SpecError(f"spec.{parent}.storage.region is for s3:// uris")
+    if key is not None and uri.scheme != "gs":
+        raise SpecError(f"spec.{parent}.credentials.key (a service-account JSON's key) is for gs:// uris")
+    if uri.scheme not in OBJECT_SCHEMES:
+        return None
+    return Storage(endpoint=endpoint, region=region, secret_name=secret, secret_key=key)
+
+
 class _Reader:
     """Typed, bounds-checked access to dotted paths of the raw spec, with 'spec.' in every error."""
 
@@ -334,7 +428,15 @@ class _Reader:
             return None
         if not isinstance(holder, Mapping) or not holder.get("uri"):
             raise SpecError(f"spec.{parent}.uri is required when spec.{parent} is set")
-        return parse_uri(holder["uri"], f"spec.{parent}.uri")
+        uri = parse_uri(holder["uri"], f"spec.{parent}.uri")
+        storage = _storage(holder, parent, uri)
+        file = _text(holder.get("file"), f"spec.{parent}.file") if parent == "model" else None
+        if parent == "model" and (file is not None) != uri.is_folder:
+            raise SpecError("spec.model.file names the model file inside a folder (an s3:// or gs:// uri ending in "
+                            "'/'): set both or neither")
+        if file is not None and (not MODEL_FILE_PATTERN.match(file) or ".." in file.split("/")):
+            raise SpecError(f"spec.model.file: {file!r} is not a relative path inside the folder")
+        return replace(uri, storage=storage, file=file)
 
     def integer(self, path: str, default: int | None, low: int, high: int) -> Any:
         value = self._get(path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeinfer.operator.render import endpoint, selector_string
+from kubeinfer.operator.render_fetch import is_fetch_container
 
 PHASES = ("Pending", "Progressing", "Ready", "Idle", "Degraded", "Failed")
 
@@ -60,9 +61,12 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
         status = pod.get("status") or {}
         for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
             for container in status.get(key) or []:
+                fetch_failure = _fetch_failure(pod_name, container) if kind == "init container" else None
                 waiting = (container.get("state") or {}).get("waiting") or {}
                 reason = waiting.get("reason", "")
-                if reason in BLOCKING_WAIT_REASONS:
+                if fetch_failure is not None:
+                    found.append(fetch_failure)
+                elif reason in BLOCKING_WAIT_REASONS:
                     found.append(Problem(reason, _container_message(pod_name, kind, container, waiting)))
         if status.get("phase") == "Failed":
             found.append(Problem(status.get("reason") or "PodFailed",
@@ -72,6 +76,22 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
                     and condition.get("reason") == "Unschedulable"):
                 unschedulable.append(Problem("Unschedulable", f"pod {pod_name}: {condition.get('message', '')}"))
     return found + unschedulable
+
+
+def _fetch_failure(pod: str, container: Mapping[str, Any]) -> Problem | None:
+    """A fetch init container that exited non-zero (now, or before the back-off it waits in): FetchFailed, with
+    its one-line error (the termination message) as the message."""
+    if not is_fetch_container(str(container.get("name", ""))):
+        return None
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    if not terminated and (state.get("waiting") or {}).get("reason") in BLOCKING_WAIT_REASONS:
+        terminated = (container.get("lastState") or {}).get("terminated") or {}
+    if not terminated or terminated.get("exitCode") in (0, None):
+        return None
+    lines = str(terminated.get("message") or "").strip().splitlines()
+    why = lines[-1] if lines else f"exit code {terminated.get('exitCode')}"
+    return Problem("FetchFailed", f"pod {pod} init container {container.get('name')}: {why}")
 
 
 def _container_message(pod: str, kind: str, container: Mapping[str, Any], waiting: Mapping[str, Any]) -> str:

@@ -117,6 +117,36 @@ def real_cluster() -> Iterator[Any]:
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """SeaweedFS's S3 gateway on loopback (built once from its Go module), with buckets models and versions
+    (versioned) that the reader identity may read, and private, which it may not."""
+    from object_store_support import SeaweedS3
+
+    store = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        store.create_bucket("models")
+        store.create_bucket("versions", versioned=True)
+        store.create_bucket("private")
+        yield store
+    finally:
+        store.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """fake-gcs-server on loopback (built once from its Go module), with buckets models and versions (versioned)."""
+    from object_store_support import FakeGcs
+
+    store = FakeGcs(tmp_path_factory.mktemp("fake-gcs")).start()
+    try:
+        store.create_bucket("models")
+        store.create_bucket("versions", versioned=True)
+        yield store
+    finally:
+        store.stop()
+
+
 # Tests whose own code or fixtures train, export or install something (cached after the first run) are `slow`,
 # found from the source of the test and of every fixture it uses: `pytest -m "not slow"` runs only fast ones.
 HEAVY = re.compile(r"\b(train_detector|train_colour_cls|colour_models|logo_encoders|export_model|ensure_client_venv|"

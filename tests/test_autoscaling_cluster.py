@@ -21,7 +21,8 @@ from cluster_support import Api, Kubectl, LocalCluster, install_crd, new_namespa
 from cluster_support import wait_established as wait_crds
 from operator_support import is_path
 
-from kubeinfer.operator.kube import RBAC_RULES, merge_patch_for, resource_path
+from kubeinfer.operator.children import merge_patch_for
+from kubeinfer.operator.kube import RBAC_RULES, resource_path
 from kubeinfer.operator.render import Owner, render_hpa, render_scaled_object
 from kubeinfer.operator.spec import parse_spec
 

@@ -131,6 +131,13 @@ def test_default_watches_all_namespaces_full_watches_listed(default_objects: lis
     assert "--log-format=plain" in full_args
 
 
+def test_the_node_cache_is_off_unless_a_path_is_given(default_objects: list[dict[str, Any]],
+                                                      full_objects: list[dict[str, Any]]) -> None:
+    assert not [arg for arg in operator_container(default_objects)["args"] if arg.startswith("--node-cache")]
+    assert {"--node-cache-path=/var/cache/kubeinfer", "--node-cache-max-bytes=10737418240"} <= set(
+        operator_container(full_objects)["args"])
+
+
 def test_images_default_to_app_version_and_digest_pins(default_objects: list[dict[str, Any]],
                                                        full_objects: list[dict[str, Any]]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]

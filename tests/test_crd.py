@@ -258,6 +258,33 @@ def bound(base: dict[str, Any], path: str, low: float, high: float, step: float 
                  above_also)]
 
 
+def object_store_cases() -> list[Case]:
+    """The bounds of spec.*.storage and spec.*.credentials, in each of the four uri fields."""
+    contexts = {"model": (DETECT, "m.pt"), "labels": (STREAM, "l.txt"), "embeddings": (RECOGNIZE, "g.npz"),
+                "baseData": (RECOGNIZE_BASE, "data/")}
+    cases = []
+    for name, (base, key) in contexts.items():
+        s3, gs = {"uri": f"s3://bucket/{key}"}, {"uri": f"gs://bucket/{key}"}
+        if name == "model":
+            s3 = gs = {"uri": "s3://bucket/m.pt"}
+            gs = {"uri": "gs://bucket/m.pt"}
+        field = f"spec.{name}"
+        cases += [
+            Case(f"{name} endpoint not a URL", with_(base, **{name: {**s3, "storage": {"endpoint": "minio:9000"}}}),
+                 f"{field}.storage.endpoint", "should match '^https?://", "pattern", True),
+            Case(f"{name} region", with_(base, **{name: {**s3, "storage": {"region": "EU West"}}}),
+                 f"{field}.storage.region", "should match '^[a-z0-9]", "pattern", True),
+            Case(f"{name} secret name", with_(base, **{name: {**s3, "credentials": {"secretName": "Creds!"}}}),
+                 f"{field}.credentials.secretName", "should match '^[a-z0-9]", "pattern", True),
+            Case(f"{name} secret key", with_(base, **{name: {**gs, "credentials": {"secretName": "c", "key": "a/b"}}}),
+                 f"{field}.credentials.key", "should match '^[-._a-zA-Z0-9]", "pattern", True),
+            Case(f"{name} credentials without a secret", with_(base, **{name: {**s3, "credentials": {}}}),
+                 f"{field}.credentials.secretName", "Required value", "required", True),
+        ]
+    return cases
+
+
+S3_FOLDER = {"uri": "s3://models/yolo/", "file": "model.onnx"}
 TOO_MANY_TOLERATIONS = [{"key": f"k{i}", "operator": "Exists"} for i in range(33)]
 TOO_MANY_ENV = [{"name": f"V{i}", "value": "x"} for i in range(101)]
 URI_PATTERN = "should match '^(pvc://"
@@ -317,6 +344,46 @@ BAD_SPECS: list[Case] = [
     Case("base data not an archive", with_(RECOGNIZE_BASE, baseData={"uri": "https://x.org/data.bin"}),
          "spec.baseData.uri", "a downloaded baseData must be a .tar, .tar.gz, .tgz or .zip archive", "rule:baseData",
          True),
+    # s3:// and gs:// settings: only for those schemes, each only where its store uses it; folders of objects.
+    Case("storage on a download", with_(DETECT, model={"uri": "https://x.org/m.pt", "storage": {}}), "spec.model",
+         "storage and credentials are for s3:// and gs:// uris", "rule:object-settings", True),
+    Case("credentials on a claim", with_(STREAM, labels={"uri": "pvc://c/l.txt", "credentials": {"secretName": "s"}}),
+         "spec.labels", "storage and credentials are for s3:// and gs:// uris", "rule:object-settings", True),
+    Case("region on gs", with_(DETECT, model={"uri": "gs://bucket/m.pt", "storage": {"region": "eu"}}),
+         "spec.model.storage.region", "storage.region is for s3:// uris", "rule:region", True),
+    Case("key on s3", with_(RECOGNIZE, embeddings={"uri": "s3://bucket/g.npz",
+                                                   "credentials": {"secretName": "s", "key": "key.json"}}),
+         "spec.embeddings.credentials.key", "credentials.key (a service-account JSON's key) is for gs:// uris",
+         "rule:gcs-key", True),
+    Case("model folder without a file", with_(DETECT, model={"uri": "s3://models/yolo/"}), "spec.model",
+         "spec.model.file names the model file inside a folder", "rule:model-file", True),
+    Case("model file without a folder", with_(DETECT, model={"uri": "gs://models/m.pt", "file": "m.pt"}),
+         "spec.model", "spec.model.file names the model file inside a folder", "rule:model-file", True),
+    Case("model file dot-dot", with_(DETECT, model={**S3_FOLDER, "file": "a/../m.onnx"}), "spec.model.file",
+         "spec.model.file must not contain '..'", "rule:uri-dotdot", True),
+    Case("labels a folder", with_(STREAM, labels={"uri": "s3://models/labels/"}), "spec.labels.uri",
+         "this uri is a folder (a prefix ending in '/'); name one object", "rule:not-folder", True),
+    Case("embeddings a folder", with_(RECOGNIZE, embeddings={"uri": "gs://models/"}), "spec.embeddings.uri",
+         "this uri is a folder", "rule:not-folder", True),
+    Case("base data object not an archive", with_(RECOGNIZE_BASE, baseData={"uri": "s3://models/data.bin"}),
+         "spec.baseData.uri", "or an s3:// or gs:// folder ending in '/'", "rule:baseData", True),
+    Case("onnx model file on gpus", with_(DETECT, model=S3_FOLDER, gpus=1), "spec.gpus",
+         "run ONNX models on the CPU", "rule:onnx-gpus", True),
+    Case("model file absolute", with_(DETECT, model={**S3_FOLDER, "file": "/m.onnx"}), "spec.model.file",
+         "should match '^[^/", "pattern", True),
+    Case("model file too long", with_(DETECT, model={**S3_FOLDER, "file": "m" * 1025}), "spec.model.file",
+         "may not be more than 1024 bytes", "maxLength", False),
+    Case("service account name", with_(DETECT, serviceAccountName="Model_Reader"), "spec.serviceAccountName",
+         "should match '^[a-z0-9]", "pattern", True),
+    Case("service account name too long", with_(DETECT, serviceAccountName="a" * 254), "spec.serviceAccountName",
+         "may not be more than 253 bytes", "maxLength", False),
+    Case("s3 bucket name", with_(DETECT, model={"uri": "s3://B/m.pt"}), "spec.model.uri", URI_PATTERN, "pattern",
+         True),
+    Case("s3 version of a folder", with_(DETECT, model={"uri": "s3://models/yolo/?versionId=3"}),
+         "spec.model.uri", URI_PATTERN, "pattern", True),
+    Case("gs generation not a number", with_(DETECT, model={"uri": "gs://models/m.pt?generation=x"}),
+         "spec.model.uri", URI_PATTERN, "pattern", True),
+    *object_store_cases(),
     # Required fields of the nested objects.
     Case("model without uri", with_(DETECT, model={}), "spec.model.uri", "Required value", "required", True),
     Case("labels without uri", with_(STREAM, labels={}), "spec.labels.uri", "Required value", "required", True),
@@ -329,7 +396,7 @@ BAD_SPECS: list[Case] = [
     Case("env without name", with_(DETECT, env=[{"value": "x"}]), "spec.env[0].name", "Required value", "required",
          False),
     # URIs: the pattern (every uri field) and the length bound.
-    Case("s3 model", with_(DETECT, model={"uri": "s3://b/m.pt"}), "spec.model.uri", URI_PATTERN, "pattern", True),
+    Case("ftp model", with_(DETECT, model={"uri": "ftp://b/m.pt"}), "spec.model.uri", URI_PATTERN, "pattern", True),
     Case("relative model", with_(DETECT, model={"uri": "models/m.pt"}), "spec.model.uri", URI_PATTERN, "pattern",
          True),
     Case("pvc without path", with_(DETECT, model={"uri": "pvc://claim"}), "spec.model.uri", URI_PATTERN, "pattern",
@@ -456,7 +523,10 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
                 "target is required for metrics": "rule:target-required",
                 "metric cpu uses targetCPUUtilization": "rule:target-cpu",
                 "engine keda scales on a Prometheus metric": "rule:keda-metric",
-                "prometheus.address is required": "rule:keda-prometheus"}
+                "prometheus.address is required": "rule:keda-prometheus",
+                "are for s3:// and gs:// uris": "rule:object-settings", "region is for s3://": "rule:region",
+                "is for gs:// uris": "rule:gcs-key", "names the model file inside a folder": "rule:model-file",
+                "name one object": "rule:not-folder"}
     for path, node in schema_nodes(crd_schema()):
         if path.startswith(("status", "metadata")):
             continue
@@ -470,7 +540,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             (rule_id,) = [v for k, v in rule_ids.items() if k in rule["message"]]
             constraints.add(("", rule_id))
-    assert len([c for c in constraints if c[1].startswith("rule:")]) == 18
+    assert len([c for c in constraints if c[1].startswith("rule:")]) == 23
     assert spec_schema["properties"]["task"]["enum"] == list(spec_module.TASKS)
     autoscaling = spec_schema["properties"]["autoscaling"]["properties"]
     assert autoscaling["metric"]["enum"] == list(spec_module.METRICS)
@@ -569,7 +639,19 @@ CROSS_FIELD_CHECKS: dict[str, Any] = {
     "onnx model on gpus": with_(DETECT, model={"uri": "pvc://models/yolo/m.onnx"}, gpus=2),
     "replicas with autoscaling": with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}),
     "base data download not an archive": with_(RECOGNIZE_BASE, baseData={"uri": "https://x.org/data.bin"}),
-    "uri of no scheme": with_(DETECT, model={"uri": "s3://b/m.pt"}),
+    "uri of no scheme": with_(DETECT, model={"uri": "ftp://b/m.pt"}),
+    "labels a folder": with_(STREAM, labels={"uri": "s3://models/labels/"}),
+    "base data object not an archive": with_(RECOGNIZE_BASE, baseData={"uri": "gs://models/data.bin"}),
+    "service account not a name": with_(DETECT, serviceAccountName="Model_Reader"),
+    "model folder without a file": with_(DETECT, model={"uri": "s3://models/yolo/"}),
+    "model file dot-dot": with_(DETECT, model={**S3_FOLDER, "file": "../m.onnx"}),
+    "model file not a string": with_(DETECT, model={**S3_FOLDER, "file": 7}),
+    "storage not an object": with_(DETECT, model={"uri": "s3://models/m.pt", "storage": "x"}),
+    "storage on a claim": with_(DETECT, model={"uri": "pvc://c/m.pt", "storage": {"endpoint": "http://s:9000"}}),
+    "credentials without a secret name": with_(DETECT, model={"uri": "s3://models/m.pt", "credentials": {}}),
+    "endpoint not a URL": with_(DETECT, model={"uri": "s3://models/m.pt", "storage": {"endpoint": "minio:9000"}}),
+    "region on gs": with_(DETECT, model={"uri": "gs://models/m.pt", "storage": {"region": "eu"}}),
+    "key on s3": with_(DETECT, model={"uri": "s3://models/m.pt", "credentials": {"secretName": "s", "key": "k"}}),
     "uri not a string": with_(DETECT, model={"uri": 7}),
     "dot-dot in a download": with_(DETECT, model={"uri": "https://x.org/a/../m.pt"}),
     "dot-dot in a claim, after a question mark": with_(DETECT, model={"uri": "pvc://models/a?/../m.pt"}),

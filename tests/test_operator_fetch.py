@@ -232,7 +232,13 @@ def test_absolute_tar_members_never_land_outside(native_filter: bool, tmp_path: 
 
 
 @pytest.mark.parametrize(("item", "message"), [
-    ("s3://bucket/m.pt", "only http:// and https:// URLs"),
+    ("ftp://host/m.pt", "only http://, https://, s3:// and gs:// URLs"),
+    ("s3://Bad_Bucket/m.pt", "is not a bucket name"),
+    ("s3://bucket/m.pt?versionId=", "versionId is empty"),
+    ("gs://bucket/m.pt?versionId=1", "unknown query parameter 'versionId' (only generation names a version)"),
+    ("s3://bucket/models/#sha256=" + "0" * 64, "#sha256= verifies one file, not a prefix"),
+    ("model=s3://bucket/models/", "DEST must end in '/'"),
+    ("s3://bucket/models/?versionId=3", "a version names one object, not a prefix"),
     ("../m.pt=http://h/m.pt", "DEST must be a relative path without '..'"),
     ("/abs=http://h/m.pt", "DEST must be a relative path without '..'"),
     ("x/../../m.pt=http://h/m.pt", "DEST must be a relative path without '..'"),

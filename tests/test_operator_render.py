@@ -380,7 +380,7 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
                                                   "classify"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
      "minReplicas (4) must not exceed maxReplicas (3)"),
-    ({"task": "detect", "model": {"uri": "s3://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),
+    ({"task": "detect", "model": {"uri": "ftp://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),
     ({"task": "detect", "model": {"uri": "pvc://claim/../etc/passwd"}}, "must not contain '..'"),
     ({"task": "detect", "model": {"uri": "https://example.com/"}}, "does not end in a file name"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "thresholds": {"confidence": 1.5}},

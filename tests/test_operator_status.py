@@ -133,7 +133,7 @@ def test_crash_loop_beside_ready_replicas_is_degraded_never_ready() -> None:
         "reason": "ImagePullBackOff", "message": "Back-off pulling image \"nope:1\""}}}])], "ImagePullBackOff"),
     ([pod("p", phase="Pending", initContainerStatuses=[{"name": "fetch", "state": {"waiting": {
         "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1, "message":
-        "kubeinfer fetch: https://x/m.pt: HTTP 404 Not Found"}}}])], "CrashLoopBackOff"),
+        "kubeinfer fetch: https://x/m.pt: HTTP 404 Not Found"}}}])], "FetchFailed"),
     ([pod("p", phase="Failed", reason="Evicted", message="The node was low on resource: memory.")], "Evicted"),
 ])
 def test_pods_that_cannot_serve_fail_the_service_with_their_reason(pods: list[dict[str, Any]], reason: str) -> None:
@@ -145,8 +145,32 @@ def test_init_container_failure_names_the_download() -> None:
     pods = [pod("p", initContainerStatuses=[{"name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                                              "lastState": {"terminated": {"exitCode": 1, "message":
                                                  "kubeinfer fetch: https://x/m.pt: HTTP 404 Not Found"}}}])]
-    assert pod_problems(pods)[0].message == ("pod p init container fetch: CrashLoopBackOff (last exit code 1): "
-                                             "kubeinfer fetch: https://x/m.pt: HTTP 404 Not Found")
+    assert pod_problems(pods) == [Problem("FetchFailed", "pod p init container fetch: kubeinfer fetch: https://x/m.pt: "
+                                                         "HTTP 404 Not Found")]
+
+
+@pytest.mark.parametrize("statuses", [
+    # the first failure, before any back-off: terminated now
+    {"name": "fetch-2", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message":
+        "kubeinfer fetch: s3://m/k: retrying in 1s\nkubeinfer fetch: s3://m/k: access denied (AccessDenied)\n"}}},
+    # waiting to run it again: the last run's termination
+    {"name": "fetch-2", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {
+        "exitCode": 1, "message": "kubeinfer fetch: s3://m/k: access denied (AccessDenied)"}}},
+])
+def test_a_failed_fetch_is_fetch_failed_with_its_last_line(statuses: dict[str, Any]) -> None:
+    status = observe(deployment(observedGeneration=3, replicas=1, readyReplicas=0),
+                     [pod("svc-a", initContainerStatuses=[statuses])])
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Failed", "FetchFailed")
+    assert status["conditions"][0]["message"] == ("pod svc-a init container fetch-2: kubeinfer fetch: s3://m/k: "
+                                                  "access denied (AccessDenied)")
+
+
+def test_a_fetch_that_succeeded_or_runs_is_no_problem() -> None:
+    for state in ({"terminated": {"exitCode": 0, "message": "done"}}, {"running": {}},
+                  {"waiting": {"reason": "PodInitializing"}}):
+        assert pod_problems([pod("p", initContainerStatuses=[{"name": "fetch", "state": state}])]) == []
+    exporting = {"name": "export", "state": {"terminated": {"exitCode": 1, "message": "boom"}}}
+    assert pod_problems([pod("p", initContainerStatuses=[exporting])]) == []  # not a fetch: its own reasons
 
 
 def test_a_stuck_rollout_and_refused_pods_are_reported() -> None:

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -134,3 +135,45 @@ def test_a_name_that_resolves_to_nothing_fails_fast_with_unavailable_naming_it(d
         assert time.monotonic() - started < 5
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "nobody.cluster.test:8001" in str(failed.value.details())
+
+
+def test_a_rollout_that_replaces_every_known_replica_costs_no_failed_call(tmp_path: Path) -> None:
+    """As a Deployment's rolling update does: new replicas appear in DNS, the old ones drain (serving through
+    their shutdown delay, then closing their connections). A default balanced client looks the name up again as
+    the first old connection closes; with gRPC's own 30 s between look-ups (the client's default before), it
+    kept only the old, drained replicas and every call failed until then (seen on the real node)."""
+    name = "rollout-pods.vision.svc.cluster.test"
+    with replica_set(tmp_path, "--shutdown-delay", "2", "--grpc-max-connection-age", "300") as pods, \
+            DnsServer({name: []}) as dns:
+        old = pods.start(2)
+        dns.set(name, pods.hosts())
+        errors: list[str] = []
+        calls = [0]
+        stop = threading.Event()
+        with Client(dns.target(name, pods.port), timeout=10) as client:  # the defaults, as for_service has them
+            def traffic() -> None:
+                while not stop.is_set():
+                    try:
+                        classify(client, 1)
+                        calls[0] += 1
+                    except grpc.RpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+                        time.sleep(0.05)
+
+            thread = threading.Thread(target=traffic)
+            thread.start()
+            try:
+                time.sleep(1.0)  # resolved and connected to the old replicas
+                pods.start(2)
+                dns.set(name, [r.host for r in pods.live if r not in old])
+                for replica in old:
+                    os.kill(replica.pid, signal.SIGTERM)
+                for replica in old:
+                    replica.process.wait(30)
+                rolled_at = calls[0]
+                time.sleep(2.0)
+            finally:
+                stop.set()
+                thread.join(30)
+    assert errors == [], errors[:3]
+    assert calls[0] - rolled_at > 20, "calls stopped after the rollout"

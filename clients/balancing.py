@@ -11,9 +11,11 @@ connection closes) makes it look up the new ones at once (the runtimes keep serv
 CoreDNS caches an answer: kubeinfer.operator.render.SHUTDOWN_DELAY).
 
 Retries (gRPC's retryPolicy, in the channel's service config): only UNAVAILABLE (a replica gone, draining,
-unreachable or still loading) is retried, up to ``RETRY_ATTEMPTS`` attempts in all with exponential backoff,
-and only for calls that are safe to repeat: the unary inference calls (Detect, Classify, Recognize), which have
-no side effect, GetModelInfo and the health check. Streams (ClassifyClip, StreamClassify, ProcessVideo,
+unreachable or still loading) and CANCELLED (what gRPC's core answers a call that reaches a replica in the
+instant its drain begins; a call the client itself cancels is over and never retried) are retried, up to
+``RETRY_ATTEMPTS`` attempts in all with exponential backoff, and only for calls that are safe to repeat: the unary
+inference calls (Detect, Classify, Recognize), which have no side effect, GetModelInfo and the health check.
+Streams (ClassifyClip, StreamClassify, ProcessVideo,
 ProcessVideoFile) are never retried: their frames may already have changed state on a replica. Calls do not
 wait for a replica to be ready (wait-for-ready off), so a name that resolves to nothing fails at once with
 UNAVAILABLE naming it.
@@ -26,6 +28,7 @@ import json
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 RETRY_ATTEMPTS = 5
 RERESOLVE_SECONDS = 1.0
+RETRIED_CODES = ("UNAVAILABLE", "CANCELLED")
 RETRIED_METHODS = (("kubeinfer.v1.Inference", "GetModelInfo"), ("kubeinfer.v1.Inference", "Detect"),
                    ("kubeinfer.v1.Inference", "Classify"), ("kubeinfer.v1.Inference", "Recognize"),
                    ("grpc.health.v1.Health", "Check"))
@@ -55,7 +58,7 @@ def service_config(*, round_robin: bool, retries: bool) -> str:
                                  "waitForReady": False}
     if retries:
         method["retryPolicy"] = {"maxAttempts": RETRY_ATTEMPTS, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+                                 "backoffMultiplier": 2, "retryableStatusCodes": list(RETRIED_CODES)}
     config: dict[str, object] = {"methodConfig": [method]}
     if round_robin:
         config["loadBalancingConfig"] = [{"round_robin": {}}]

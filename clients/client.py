@@ -38,7 +38,7 @@ class Client:
     ``target`` is one runtime (``host:port``) or several: ``dns:///name:port`` (every address the name resolves
     to), ``ipv4:a:port,b:port`` or ``ipv6:...``, balanced per call round-robin (see ``for_service`` and
     ``kubeinfer.clients.balancing`` for the retry policy). ``retries`` (default: on for balanced targets, off
-    for one runtime) retries the safe unary calls on UNAVAILABLE.
+    for one runtime) retries the safe unary calls on UNAVAILABLE and on a drain's CANCELLED.
     """
 
     def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from kubeinfer.runtime.detection import Detection, DetectOverrides, DetectResult
+from kubeinfer.runtime.detection import DetectResult
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.classify import ClassifyResult, ClipFrameInput, ClipResult, top_k_from_parameters
@@ -41,10 +42,10 @@ def _present(message: Any, *names: str) -> dict[str, Any]:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def detect_parameters_from_proto(params: pb.DetectParameters) -> DetectOverrides:
+def detect_parameters_from_proto(params: pb.DetectParameters) -> Parameters:
     values = _present(params, "confidence", "iou", "max_detections")
     values.update(classes=list(params.classes), return_masks=params.return_masks)
-    return DetectOverrides.from_parameters(Parameters(values))
+    return Parameters(values)
 
 
 def classify_parameters_from_proto(request: pb.ClassifyRequest) -> int | None:

@@ -16,10 +16,11 @@ from kubeinfer.runtime.errors import Overloaded, PayloadTooLarge, Unavailable, W
 from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Batching, ModelInfo
+from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.specs import PipelineSpec
 
 if TYPE_CHECKING:
-    from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+    from kubeinfer.runtime.detection import DetectResult
     from kubeinfer.runtime.tasks.base import Task
     from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask, ClipFrameInput, ClipResult
     from kubeinfer.runtime.tasks.detect import DetectTask
@@ -117,10 +118,10 @@ class DataPlane:
                                            c.model_instances, c.model_threads))
         return self.task.info(info) if self.task is not None else info
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         task = cast("DetectTask", self.served("Detect"))
         self.check_images(images)
-        return await task.detect(images, overrides)
+        return await task.detect(images, params)
 
     async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
         task = cast("ClassifyTask", self.served("Classify"))

@@ -1,8 +1,8 @@
 """Detection primitives shared by the detect task and the video task's ``detect`` operation.
 
-The result types, the per-request overrides (built from request parameters by one builder, the same
-for every transport and the video pipeline) and ``Detector``: a YOLO model plus the dynamic batcher
-feeding it, which fills in defaults, checks ranges and turns raw outputs into labelled boxes.
+The result type, and ``Detector``: a YOLO model plus the dynamic batcher feeding it, which turns request
+parameters into an image's ``Selection`` (one builder, the same for every transport and the video pipeline:
+defaults filled in, ranges checked) and raw outputs into labelled boxes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +24,7 @@ from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
 from kubeinfer.runtime.models.yolo_io import (
     BatchItem,
-    BoxResult,
+    Detection,
     EncodedJpeg,
     Letterboxed,
     RawDetections,
@@ -40,48 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_DETECTIONS_LIMIT = 1000
 PARAMETERS = ("confidence", "iou", "max_detections", "classes", "return_masks")
-
-
-@dataclass(frozen=True, slots=True)
-class DetectOverrides:
-    """Per-request parameters as sent; None keeps the runtime default."""
-
-    confidence: float | None = None
-    iou: float | None = None
-    max_detections: int | None = None
-    classes: tuple[int, ...] = ()
-    return_masks: bool = False
-
-    @classmethod
-    def from_parameters(cls, params: Parameters) -> DetectOverrides:
-        """The one builder of detection overrides: native gRPC and REST, both OIP bindings, video pipelines."""
-        return cls(confidence=params.number("confidence"), iou=params.number("iou"),
-                   max_detections=params.integer("max_detections"), classes=params.integers("classes"),
-                   return_masks=bool(params.boolean("return_masks")))
-
-
-@dataclass(frozen=True, slots=True)
-class DetectParams:
-    confidence: float
-    iou: float
-    max_detections: int
-    classes: tuple[int, ...]
-    return_masks: bool
-
-    def selection(self) -> Selection:
-        return Selection(self.confidence, self.iou, self.max_detections, self.classes, self.return_masks)
-
-
-@dataclass(slots=True)
-class Detection:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    label: str
-    polygons: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -115,8 +73,7 @@ class DetectorModel(Protocol):
 
     def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed: ...
 
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]: ...
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> list[Detection]: ...
 
 
 class DetectBatcher(Protocol):
@@ -170,48 +127,49 @@ class Detector:
     def thresholds(self) -> Thresholds:
         return Thresholds(confidence=self.config.confidence, iou=self.config.iou)
 
-    def resolve(self, overrides: DetectOverrides) -> DetectParams:
-        """Defaults filled in and every value range-checked (INVALID_ARGUMENT otherwise)."""
+    def selection(self, params: Parameters) -> Selection:
+        """A request's box selection from its parameters: defaults filled in, every value range-checked
+        (INVALID_ARGUMENT otherwise)."""
         c = self.config
-        confidence = check_range("confidence", c.confidence if overrides.confidence is None else overrides.confidence,
-                                 0.0, 1.0)
-        iou = check_range("iou", c.iou if overrides.iou is None else overrides.iou, 0.0, 1.0)
-        max_det = c.max_detections if overrides.max_detections is None else overrides.max_detections
+        confidence = params.number("confidence")
+        iou = params.number("iou")
+        max_det = params.integer("max_detections")
+        classes = params.integers("classes")
+        masks = bool(params.boolean("return_masks"))
+        confidence = check_range("confidence", c.confidence if confidence is None else confidence, 0.0, 1.0)
+        iou = check_range("iou", c.iou if iou is None else iou, 0.0, 1.0)
+        max_det = c.max_detections if max_det is None else max_det
         check_range("max_detections", max_det, 1, MAX_DETECTIONS_LIMIT)
-        unknown = sorted(set(overrides.classes) - set(self.model.names))
+        unknown = sorted(set(classes) - set(self.model.names))
         if unknown:
             raise invalid_argument(f"classes {unknown} are not in the model's classes 0..{len(self.model.names) - 1}")
-        if overrides.return_masks and not self.model.segmentation:
+        if masks and not self.model.segmentation:
             raise invalid_argument("return_masks needs a segmentation model; this detector only predicts boxes")
-        return DetectParams(confidence, iou, int(max_det), tuple(overrides.classes), overrides.return_masks)
+        return Selection(confidence, iou, int(max_det), tuple(classes), masks)
 
-    def to_result(self, boxes: list[BoxResult], shape: tuple[int, int]) -> DetectResult:
-        names = self.model.names
-        detections = [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, names.get(b.class_id, str(b.class_id)),
-                                b.polygons) for b in boxes]
-        return DetectResult(detections, sorted({d.label for d in detections}), shape[0], shape[1])
+    @staticmethod
+    def to_result(boxes: list[Detection], shape: tuple[int, int]) -> DetectResult:
+        return DetectResult(boxes, sorted({d.label for d in boxes}), shape[0], shape[1])
 
-    def postprocess(self, raw: RawDetections, item: BatchItem, params: DetectParams) -> DetectResult:
-        shape = (item.original_height, item.original_width)
-        boxes = self.model.postprocess(raw, shape, params.confidence, params.iou, params.max_detections,
-                                       params.classes, params.return_masks)
-        return self.to_result(boxes, shape)
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> DetectResult:
+        """``item``'s labelled boxes (selected in the batch step unless it left them), polygons when asked for."""
+        return self.to_result(self.model.postprocess(raw, item), (item.original_height, item.original_width))
 
-    def prepare(self, bgr: np.ndarray, params: DetectParams | None = None) -> Letterboxed:
-        """Letterboxed; with ``params`` its boxes are selected in the model's batch step (see models.yolo)."""
-        return self.model.preprocess(bgr, None if params is None else params.selection())
+    def prepare(self, bgr: np.ndarray, selection: Selection) -> Letterboxed:
+        """Letterboxed, its boxes selected in the model's batch step (see models.yolo)."""
+        return self.model.preprocess(bgr, selection)
 
-    def prepare_input(self, image: ImageInput, index: int, params: DetectParams) -> BatchItem:
+    def prepare_input(self, image: ImageInput, index: int, selection: Selection) -> BatchItem:
         """One request image for the batcher (worker pool): every size and format guard runs here, so a bad image
         fails alone with its index. With decoding on the device, a plain JPEG stays encoded for the batch step;
         anything else (PNG, WebP, BMP, raw pixels, CMYK or EXIF-rotated JPEGs) is decoded here by OpenCV."""
         max_pixels = self.config.max_image_pixels
         if not (self.decode_on_device and image.encoded is not None):
-            return self.prepare(decode(image, index, max_pixels), params)
+            return self.prepare(decode(image, index, max_pixels), selection)
         header = check_encoded(image.encoded, index, max_pixels, jpeg_layout=True)
         if header.plain_jpeg:
-            return EncodedJpeg(image.encoded, index, header.height, header.width, params.selection())
-        return self.prepare(decode_checked(image.encoded, header, index), params)
+            return EncodedJpeg(image.encoded, index, header.height, header.width, selection)
+        return self.prepare(decode_checked(image.encoded, header, index), selection)
 
 
 def decodes_on_device(decode_device: str, model_device: str, engine: str = "torch") -> bool:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the runtime is imported lazily: the process helpers here run without it
     from kubeinfer.runtime.config import ServeConfig
-    from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+    from kubeinfer.runtime.detection import DetectResult
     from kubeinfer.runtime.images import ImageInput
     from kubeinfer.runtime.model_info import ModelInfo
+    from kubeinfer.runtime.parameters import Parameters
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -170,7 +171,7 @@ class EmptyDetect:
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         from kubeinfer.runtime.detection import DetectResult
 
         return [DetectResult([], [], 1, 1) for _ in images]

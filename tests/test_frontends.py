@@ -31,7 +31,7 @@ from kubeinfer.runtime.errors import Code, Overloaded
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.models.backend import choose_backend
-from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
+from kubeinfer.runtime.models.yolo_io import Detection, Selection
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
@@ -350,7 +350,7 @@ def test_link_messages_cross_a_socket_whole() -> None:
         selection = Selection(0.25, 0.45, 300, (0,), False)
         await asyncio.gather(*(link.send(writer, link.BatchRequest(i, [link.LinkItem(i, None, 0, 480, 640, selection)]))
                                for i in range(50)))
-        await link.send(writer, link.BatchReply(7, [[BoxResult(1.0, 2.0, 3.0, 4.0, 0.9, 0, [])],
+        await link.send(writer, link.BatchReply(7, [[Detection(1.0, 2.0, 3.0, 4.0, 0.9, 0, "rectangle")],
                                                     link.LinkError.of(Overloaded("full")),
                                                     np.array([0.25, 0.75], np.float32)]))
         writer.close()

@@ -24,10 +24,11 @@ from runtime_support import in_process_runtime
 from kubeinfer.oip import grpc_service_pb2 as oip_pb
 from kubeinfer.oip import grpc_service_pb2_grpc as oip_grpc
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectResult
+from kubeinfer.runtime.detection import Detector, DetectResult
 from kubeinfer.runtime.errors import InferenceError
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -77,8 +78,8 @@ class EchoDetect:
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        p = self.detector.resolve(overrides)
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
+        p = self.detector.selection(params)
         label = f"confidence={p.confidence:g} iou={p.iou:g} max={p.max_detections} classes={list(p.classes)}"
         return [DetectResult([Detection(0, 0, 1, 1, 0.5, 0, label)], [label], 1, 1) for _ in images]
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.models.image_model import Preprocessing
-from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
+from kubeinfer.runtime.models.yolo_io import Detection, Selection
 
 HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 1 << 30
@@ -112,7 +112,7 @@ class BatchReply:
     ``error``: the request's."""
 
     id: int
-    results: list[list[BoxResult] | np.ndarray | LinkError]
+    results: list[list[Detection] | np.ndarray | LinkError]
     error: LinkError | None = None
 
 

@@ -27,7 +27,7 @@ from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.models.image_model import Preprocessing
 from kubeinfer.runtime.models.yolo_io import (
     BatchItem,
-    BoxResult,
+    Detection,
     EncodedJpeg,
     Letterboxed,
     NamedDevice,
@@ -59,8 +59,7 @@ class RemoteDetector:
     def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed:
         return letterboxed(bgr, self.image_size, selection)
 
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> list[Detection]:
         """The model process selected the boxes (and drew the polygons) already."""
         return raw.boxes or []
 

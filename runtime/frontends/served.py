@@ -16,12 +16,12 @@ import numpy as np
 from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.frontends import link
 from kubeinfer.runtime.frontends.ring import SlotRing
-from kubeinfer.runtime.models.yolo_io import BatchItem, BoxResult, EncodedJpeg, Letterboxed
+from kubeinfer.runtime.models.yolo_io import BatchItem, Detection, EncodedJpeg, Letterboxed
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.classify import ClassifyTask
 from kubeinfer.runtime.tasks.detect import DetectTask
 
-Answer = list[BoxResult] | np.ndarray | link.LinkError
+Answer = list[Detection] | np.ndarray | link.LinkError
 
 
 class ServedModel(Protocol):
@@ -71,10 +71,8 @@ class ServedDetector:
         results: list[Answer] = [link.LinkError.of(raw.error) if raw.error is not None else raw.boxes or []
                                  for raw in raws]
         loop = asyncio.get_running_loop()
-        drawing = {i: loop.run_in_executor(  # polygons: real work, in the pool
-            self.pool, detector.model.postprocess, raw, (item.original_height, item.original_width),
-            item.selection.confidence, item.selection.iou, item.selection.max_detections, item.selection.classes,
-            True) for i, (raw, item) in enumerate(zip(raws, batch, strict=True))
+        drawing = {i: loop.run_in_executor(self.pool, detector.model.postprocess, raw, item)  # polygons: in the pool
+                   for i, (raw, item) in enumerate(zip(raws, batch, strict=True))
             if raw.error is None and item.selection is not None and item.selection.masks}
         for i, boxes in zip(drawing, await asyncio.gather(*drawing.values()), strict=True):
             results[i] = boxes

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from kubeinfer.runtime.detection import DetectOverrides
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.oip.tensors import Tensor, bytes_tensor
@@ -115,7 +114,7 @@ class DetectMapping(TaskMapping):
                TensorSpec("counts", "INT32", (-1,)))
 
     async def run(self, dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> list[Tensor]:
-        results = await dataplane.detect(images, DetectOverrides.from_parameters(params))
+        results = await dataplane.detect(images, params)
         detections = [r.detections for r in results]
         k = max((len(d) for d in detections), default=0)
         boxes = np.zeros((len(results), k, 4), np.float32)

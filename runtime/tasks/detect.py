@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detector, DetectOverrides, DetectParams, DetectResult
+from kubeinfer.runtime.detection import Detector, DetectResult
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.models.yolo_io import BatchItem
+from kubeinfer.runtime.models.yolo_io import BatchItem, Selection
+from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
 
 log = logging.getLogger(__name__)
@@ -48,27 +49,28 @@ class DetectTask(Task):
                        thresholds=self.detector.thresholds())
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
-        await self.detect(images, DetectOverrides())
+        await self.detect(images, Parameters({}))
 
-    def _prepare(self, image: ImageInput, index: int, params: DetectParams) -> BatchItem:
-        return self.detector.prepare_input(image, index, params)
+    def _prepare(self, image: ImageInput, index: int, selection: Selection) -> BatchItem:
+        return self.detector.prepare_input(image, index, selection)
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         require_images(images)
-        params = self.detector.resolve(overrides)
+        selection = self.detector.selection(params)
         batcher = self.detector.batcher
         with batcher.reserve(len(images)) as reservation:
             if len(images) == 1 and is_thumbnail(images[0]):
-                prepared = [self._prepare(images[0], 0, params)]  # cheaper than the hop to the pool and back
+                prepared = [self._prepare(images[0], 0, selection)]  # cheaper than the hop to the pool and back
             else:
-                prepared = await self.map_in_pool(self._prepare, images, range(len(images)), [params] * len(images))
+                prepared = await self.map_in_pool(self._prepare, images, range(len(images)),
+                                                  [selection] * len(images))
             raws = await batcher.submit_many(prepared, reservation)
         failed = next((raw.error for raw in raws if raw.error is not None), None)
         if failed is not None:  # a JPEG no decoder took in the batch step: this request fails, the batch did not
             raise failed
-        if params.return_masks:  # polygons: real work, in the pool
-            results = await self.map_in_pool(self.detector.postprocess, raws, prepared, [params] * len(raws))
-        else:  # the batch step selected and scaled the boxes: only labels are left to attach
-            results = [self.detector.postprocess(raw, item, params) for raw, item in zip(raws, prepared, strict=True)]
+        if selection.masks:  # polygons: real work, in the pool
+            results = await self.map_in_pool(self.detector.postprocess, raws, prepared)
+        else:  # the batch step selected, scaled and labelled the boxes
+            results = [self.detector.postprocess(raw, item) for raw, item in zip(raws, prepared, strict=True)]
         self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))
         return results

@@ -41,7 +41,6 @@ from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
 from kubeinfer.runtime.detection import PARAMETERS as DETECT_PARAMETERS
-from kubeinfer.runtime.detection import DetectOverrides
 from kubeinfer.runtime.errors import (
     Cancelled,
     Code,
@@ -215,7 +214,7 @@ async def _classify(dataplane: DataPlane, images: list[ImageInput], params: Para
 
 
 async def _detect(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:
-    return codec.detect_response_to_proto(await dataplane.detect(images, DetectOverrides.from_parameters(params)))
+    return codec.detect_response_to_proto(await dataplane.detect(images, params))
 
 
 async def _recognize(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:

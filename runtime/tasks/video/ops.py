@@ -24,9 +24,9 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectParams
+from kubeinfer.runtime.detection import Detector
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument
-from kubeinfer.runtime.models.yolo_io import Letterboxed, RawDetections
+from kubeinfer.runtime.models.yolo_io import Detection, Letterboxed, RawDetections, Selection
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 
@@ -204,15 +204,15 @@ class Detect(Operation):
     PARAMS = {"confidence": Param(None, 0, 1), "iou": Param(None, 0, 1),
               "max_detections": Param(None, 1, 1000, integer=True)}
 
-    def __init__(self, detector: Detector, params: DetectParams) -> None:
+    def __init__(self, detector: Detector, selection: Selection) -> None:
         self.detector = detector
-        self.params = params
+        self.selection = selection
 
     def prepare(self, frame: Frame) -> Letterboxed:
-        return self.detector.prepare(to_bgr(frame.pixels))
+        return self.detector.prepare(to_bgr(frame.pixels), self.selection)
 
     def finish(self, frame: Frame, raw: RawDetections, boxed: Letterboxed) -> None:
-        found = self.detector.postprocess(raw, boxed, self.params).detections
+        found = self.detector.postprocess(raw, boxed).detections
         frame.detections.extend(found)
         frame.pixels = draw(frame.pixels, found, DETECT_COLOUR, with_score=True)
 
@@ -277,8 +277,7 @@ def _build(op: OpSpec, position: int, detector: Detector | None, faces: FaceCasc
         raise InferenceError(Code.FAILED_PRECONDITION,
                              f"operation {position}: detect needs a runtime started with --model DETECTOR; "
                              "this one only offers the OpenCV operations")
-    overrides = DetectOverrides.from_parameters(Parameters(values))
-    return Detect(detector, detector.resolve(overrides))
+    return Detect(detector, detector.selection(Parameters(values)))
 
 
 def _check_params(kind: type[Operation], given: dict[str, float], position: int) -> dict[str, float | None]:

@@ -29,11 +29,12 @@ import numpy as np
 
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detection, Detector
+from kubeinfer.runtime.detection import Detector
 from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argument, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.video.ops import (

@@ -130,7 +130,7 @@ def median_ms(fn: Callable[[], object], seconds: float) -> float:
 def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float, instances: int = 1) -> dict:
     import torch
 
-    from kubeinfer.runtime.models.image_model import Preprocessing
+    from kubeinfer.runtime.models.preprocessing import Preprocessing
     from kubeinfer.runtime.models.torchscript import optimized_for_inference
 
     prep = Preprocessing.resolve(model_path)

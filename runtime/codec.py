@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from kubeinfer.runtime.detection import DetectResult
+from kubeinfer.runtime.gallery import Recognition
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.classify import ClassifyResult, ClipFrameInput, ClipResult, top_k_from_parameters
-from kubeinfer.runtime.tasks.recognize import Recognition, RecognizeOverrides
 from kubeinfer.runtime.tasks.stream import StreamFrameInput, StreamPrediction
 from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary
 from kubeinfer.v1 import inference_pb2 as pb
@@ -52,8 +52,8 @@ def classify_parameters_from_proto(request: pb.ClassifyRequest) -> int | None:
     return top_k_from_parameters(Parameters(_present(request, "top_k")))
 
 
-def recognize_parameters_from_proto(request: pb.RecognizeRequest) -> RecognizeOverrides:
-    return RecognizeOverrides.from_parameters(Parameters(_present(request, "threshold", "top_k")))
+def recognize_parameters_from_proto(request: pb.RecognizeRequest) -> Parameters:
+    return Parameters(_present(request, "threshold", "top_k"))
 
 
 def detection_to_proto(d: Detection) -> pb.Detection:

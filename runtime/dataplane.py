@@ -21,10 +21,11 @@ from kubeinfer.runtime.specs import PipelineSpec
 
 if TYPE_CHECKING:
     from kubeinfer.runtime.detection import DetectResult
+    from kubeinfer.runtime.gallery import Recognition
     from kubeinfer.runtime.tasks.base import Task
     from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask, ClipFrameInput, ClipResult
     from kubeinfer.runtime.tasks.detect import DetectTask
-    from kubeinfer.runtime.tasks.recognize import Recognition, RecognizeOverrides, RecognizeTask
+    from kubeinfer.runtime.tasks.recognize import RecognizeTask
     from kubeinfer.runtime.tasks.stream import StreamClassifyTask, StreamFrameInput, StreamPrediction
     from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary, VideoTask
 
@@ -135,10 +136,10 @@ class DataPlane:
         """Predictions of one StreamClassify call, in frame order (an async generator: close it when done)."""
         return cast("StreamClassifyTask", self.served("StreamClassify")).stream(frames)
 
-    async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
+    async def recognize(self, images: Sequence[ImageInput], params: Parameters) -> list[Recognition]:
         task = cast("RecognizeTask", self.served("Recognize"))
         self.check_images(images)
-        return await task.recognize(images, overrides)
+        return await task.recognize(images, params)
 
     def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
         """Processed frames of one ProcessVideo call, in order (an async generator: close it when done)."""

@@ -30,14 +30,15 @@ def run(args: argparse.Namespace) -> int:
         # every process's metrics go to files merged at each scrape; set before prometheus_client is imported
         multiprocess_dir = tempfile.mkdtemp(prefix="kubeinfer-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
-        from kubeinfer.runtime.frontends.supervisor import serve as serve_frontends
-
-        code = serve_frontends(config)
-        shutil.rmtree(multiprocess_dir, ignore_errors=True)
-    else:
+        from kubeinfer.runtime.frontends.supervisor import ModelProcess
         from kubeinfer.runtime.server import serve
 
-        code = serve(config)
+        code = serve(config, ModelProcess(config), "model-process")
+        shutil.rmtree(multiprocess_dir, ignore_errors=True)
+    else:
+        from kubeinfer.runtime.server import Runtime, serve
+
+        code = serve(config, Runtime(config))
     from kubeinfer.runtime.server import exit_at_once
 
     exit_at_once(code)

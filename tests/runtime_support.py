@@ -161,12 +161,18 @@ class BackgroundTraffic:
 
 
 class EmptyDetect:
-    """A detect task that finds nothing, instantly: for transport tests that need a serving runtime, not a model."""
+    """A detect task that finds nothing, instantly, after reading its parameters as the real one does (one class,
+    no masks): for transport tests that need a serving runtime, not a model."""
 
     name = "detect"
 
     def __init__(self, config: ServeConfig) -> None:
-        pass
+        from kubeinfer.runtime.detection import DetectionRequests
+        from kubeinfer.runtime.engine.detector import DetectorFacts
+
+        facts = DetectorFacts({0: "thing"}, 64, segmentation=False, device="cpu", format="onnx", backend="onnx",
+                              decodes_jpegs=False)
+        self.requests = DetectionRequests(config, facts)
 
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
@@ -174,4 +180,5 @@ class EmptyDetect:
     async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         from kubeinfer.runtime.detection import DetectResult
 
+        self.requests.selection(params)
         return [DetectResult([], [], 1, 1) for _ in images]

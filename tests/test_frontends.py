@@ -27,9 +27,9 @@ from kubeinfer.clients import Client
 from kubeinfer.clients.rest import RestClient
 from kubeinfer.clients.types import DetectResult
 from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.runtime.engine import link
+from kubeinfer.runtime.engine.ring import SlotRing
 from kubeinfer.runtime.errors import Code, Overloaded
-from kubeinfer.runtime.frontends import link
-from kubeinfer.runtime.frontends.ring import SlotRing
 from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo_io import Detection, Selection
 from kubeinfer.v1 import inference_pb2 as pb
@@ -376,7 +376,8 @@ def test_link_messages_cross_a_socket_whole() -> None:
 
 def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -> None:
     """The model process may still be reading a cancelled request's slots: they return with its answer only."""
-    from kubeinfer.runtime.frontends.remote import DETECT_ITEMS, RemoteBatcher
+    from kubeinfer.runtime.engine.detector import DetectorItems
+    from kubeinfer.runtime.engine.remote import RemoteEngine
     from kubeinfer.runtime.models.yolo_io import Letterboxed
 
     async def scenario(path: str) -> list[int]:
@@ -392,12 +393,12 @@ def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -
         reader, writer = await asyncio.open_unix_connection(path)
         ring = SlotRing.create(4, (8, 8, 3))
         lost: list[bool] = []
-        batcher = RemoteBatcher(ring, reader, writer, on_lost=lambda: lost.append(True), codec=DETECT_ITEMS)
-        batcher.start()
+        engine = RemoteEngine(None, DetectorItems(), ring, reader, writer, on_lost=lambda: lost.append(True))
+        engine.start()
         free = [ring.free]
         image = Letterboxed(np.full((8, 8, 3), 9, np.uint8), 8, 8, Selection(0.25, 0.45, 10))
-        reservation = batcher.reserve(3)
-        call = asyncio.ensure_future(batcher.submit_many([image, image, image], reservation))
+        reservation = engine.reserve(3)
+        call = asyncio.ensure_future(engine.infer([image, image, image], reservation))
         request = await received.get()
         assert [int(ring.images[item.slot].max()) for item in request.items] == [9, 9, 9]  # pixels in the slots
         reservation.__exit__(None, None, None)
@@ -408,11 +409,11 @@ def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -
         await asyncio.sleep(0.05)
         free.append(ring.free)  # answered: back
         with pytest.raises(Overloaded, match="--frontend-queue-size"):
-            batcher.reserve(5)
+            engine.reserve(5)
         links[0].close()
         await asyncio.sleep(0.05)
         free.append(len(lost))  # the link closed under it: the frontend is told, once
-        batcher.stop()
+        engine.stop()
         server.close()
         ring.close()
         return free

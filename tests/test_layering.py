@@ -1,4 +1,5 @@
-"""The runtime's imports point one way: transports -> data plane -> tasks -> models/batcher -> metrics.
+"""The runtime's imports point one way: transports -> data plane -> tasks -> engine -> models/batcher -> metrics,
+and only the engine touches a model or the batcher.
 
 Read from the source (no import runs): every ``import`` of a ``kubeinfer.runtime`` module, at module
 level or inside a function, except those under ``if TYPE_CHECKING:``, which never run.
@@ -112,8 +113,9 @@ def test_layers_point_down() -> None:
     layers = [
         ("transports", [f"{PACKAGE}.transports"]),
         ("data plane", [f"{PACKAGE}.dataplane", f"{PACKAGE}.oip"]),
-        ("tasks", [f"{PACKAGE}.tasks"]),
-        ("primitives", [f"{PACKAGE}.detection", f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images",
+        ("tasks", [f"{PACKAGE}.tasks", f"{PACKAGE}.detection"]),
+        ("engine", [f"{PACKAGE}.engine"]),
+        ("primitives", [f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images", f"{PACKAGE}.gallery",
                         f"{PACKAGE}.parameters", f"{PACKAGE}.specs", f"{PACKAGE}.model_info",
                         f"{PACKAGE}.concurrency", f"{PACKAGE}.config", f"{PACKAGE}.metrics", f"{PACKAGE}.errors"]),
     ]
@@ -124,6 +126,28 @@ def test_layers_point_down() -> None:
             if any(module == m or module.startswith(m + ".") for m in members):
                 upward += [(module, h) for h in higher if depends_on(module, h)]
     assert upward == []
+
+
+# What the request side may import from models/: plain data and geometry (batch items, boxes, letterbox, an image
+# model's preprocessing), no model and no model library.
+MODEL_FREE = {f"{PACKAGE}.models.yolo_io", f"{PACKAGE}.models.preprocessing"}
+# Tools that load a model on purpose, outside the serving path: `kubeinfer export` runs its export once before
+# writing it, `kubeinfer demo` trains one.
+OFFLINE_TOOLS = {f"{PACKAGE}.export_command", f"{PACKAGE}.demo_models"}
+
+
+def test_only_the_engine_touches_a_model_or_the_batcher() -> None:
+    """Tasks, data plane, transports and lifecycles reach a model through an engine (``kubeinfer.runtime.engine``)
+    and never import a model module or the batcher themselves, so the same task code runs over a model here or
+    in the model process."""
+    inside = (f"{PACKAGE}.engine", f"{PACKAGE}.models", f"{PACKAGE}.batching")
+    touching = sorted(
+        (module, imported) for module, targets in GRAPH.items()
+        if not module.startswith(inside) and module not in OFFLINE_TOOLS
+        for imported in targets
+        if imported == f"{PACKAGE}.batching"
+        or (imported.startswith(f"{PACKAGE}.models.") and imported not in MODEL_FREE))
+    assert touching == []
 
 
 def test_settings_and_plain_types_import_no_runtime_machinery() -> None:

@@ -240,8 +240,9 @@ def test_an_ultralytics_classifier_is_refused_as_a_detector_and_served_as_a_clas
     from ultralytics import YOLO
 
     from kubeinfer.runtime.errors import StartupError
-    from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+    from kubeinfer.runtime.models.image_model import ImageModel
     from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+    from kubeinfer.runtime.models.preprocessing import Preprocessing
     from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 
     prepare_offline_ultralytics()
@@ -266,7 +267,7 @@ def test_an_ultralytics_classifier_is_refused_as_a_detector_and_served_as_a_clas
 def test_only_torch_decodes_jpegs_in_the_batch_step(decode_device: str, device: str, engine: str,
                                                     decodes: bool) -> None:
     """ONNX Runtime takes letterboxed pixels only: its JPEGs are decoded by OpenCV in the pool, even on a GPU."""
-    from kubeinfer.runtime.detection import decodes_on_device
+    from kubeinfer.runtime.engine.detector import decodes_on_device
 
     assert decodes_on_device(decode_device, device, engine) is decodes
 

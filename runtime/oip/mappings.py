@@ -30,7 +30,6 @@ from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.oip.tensors import Tensor, bytes_tensor
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks.classify import top_k_from_parameters
-from kubeinfer.runtime.tasks.recognize import RecognizeOverrides
 
 if TYPE_CHECKING:
     from kubeinfer.runtime.dataplane import DataPlane
@@ -151,7 +150,7 @@ class RecognizeMapping(TaskMapping):
                TensorSpec("candidate_similarities", "FP32", (-1, -1)))
 
     async def run(self, dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> list[Tensor]:
-        results = await dataplane.recognize(images, RecognizeOverrides.from_parameters(params))
+        results = await dataplane.recognize(images, params)
         k = max((len(r.candidates) for r in results), default=0)
         return [
             bytes_tensor("label", [r.label.encode() for r in results], (len(results),)),

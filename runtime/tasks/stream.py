@@ -12,6 +12,9 @@ Streams idle for ``--stream-idle-seconds`` are evicted; past ``--max-streams``
 open streams, a frame opening a new one is answered with RESOURCE_EXHAUSTED (as
 that frame's error: the call and its other streams go on). Frames of every
 stream and call go through the one batcher of the model, as Classify requests do.
+Windows live in the process that owns the call: behind ``--frontends N`` each
+frontend holds its own calls' windows (and its resumable ones), and only the
+frames cross to the model process.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.classifier import ClassifierFacts
 from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
@@ -197,8 +202,9 @@ class StreamClassifyTask(ClassifyTask):
 
     name = "stream-classify"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
-        super().__init__(config, metrics, pool)
+    def __init__(self, config: ServeConfig, engine: Engine[np.ndarray, np.ndarray, ClassifierFacts],
+                 metrics: RuntimeMetrics, pool: Executor) -> None:
+        super().__init__(config, engine, metrics, pool)
         gauge = metrics.active_streams.labels(metrics.model, self.name)
         self.registry = StreamRegistry(config.window, config.max_streams, config.stream_idle_seconds,
                                        on_change=gauge.set)
@@ -207,14 +213,12 @@ class StreamClassifyTask(ClassifyTask):
         self._sweeper = threading.Thread(target=self._sweep, name="stream-eviction", daemon=True)
 
     def start(self) -> None:
-        super().start()
         self._sweeper.start()
 
     def stop(self) -> None:
         self._stopping.set()
         if self._sweeper.is_alive():
             self._sweeper.join()
-        super().stop()
 
     def _sweep(self) -> None:
         """Evict idle streams even when no frame arrives, so the gauge and ModelInfo stay true."""

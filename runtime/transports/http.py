@@ -56,7 +56,6 @@ from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks.classify import PARAMETERS as CLASSIFY_PARAMETERS
 from kubeinfer.runtime.tasks.classify import top_k_from_parameters
 from kubeinfer.runtime.tasks.recognize import PARAMETERS as RECOGNIZE_PARAMETERS
-from kubeinfer.runtime.tasks.recognize import RecognizeOverrides
 from kubeinfer.runtime.transports import oip_http
 from kubeinfer.runtime.transports.observe import NATIVE_REST, Call, Route
 
@@ -218,8 +217,7 @@ async def _detect(dataplane: DataPlane, images: list[ImageInput], params: Parame
 
 
 async def _recognize(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:
-    overrides = RecognizeOverrides.from_parameters(params)
-    return codec.recognize_response_to_proto(await dataplane.recognize(images, overrides))
+    return codec.recognize_response_to_proto(await dataplane.recognize(images, params))
 
 
 def add_v1_routes(app: web.Application, config: ServeConfig, dataplane: DataPlane) -> None:

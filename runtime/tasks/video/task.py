@@ -6,7 +6,9 @@ the worker pool. Either way ``concurrency.ordered_map`` keeps at most ``--max-fr
 frames of a stream between reading and sending: it pulls the next frame only after
 an earlier one was sent, so a slow client slows its own reading (gRPC flow control
 does the rest) and nothing is read ahead without bound. Frames of every stream meet
-in the detector's one dynamic batcher. A cancelled call closes its generators at
+in the detector engine's one dynamic batcher. A stream's pipeline (its OpenCV work,
+its decoder) lives in the process that owns the call: behind ``--frontends N`` only
+the ``detect`` operation's letterboxed frames cross to the model process. A cancelled call closes its generators at
 once: pending frames are cancelled (the batcher skips them) and the stream is
 no longer counted.
 """
@@ -20,7 +22,7 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,12 +31,14 @@ import numpy as np
 
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detector
+from kubeinfer.runtime.detection import DetectionRequests
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.detector import DetectorFacts
 from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argument, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.models.yolo_io import Detection
+from kubeinfer.runtime.models.yolo_io import BatchItem, Detection
 from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.video.ops import (
@@ -85,27 +89,21 @@ class VideoSummary:
 
 
 class VideoTask(Task):
-    """The OpenCV operations, plus ``detect`` when the runtime was started with a detector."""
+    """The OpenCV operations, plus ``detect`` when the runtime was started with a detector (its engine)."""
 
     name = "video"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
-        super().__init__(config, metrics, pool)
-        self.detector = Detector.load(config, metrics, config.model) if config.model is not None else None
+    def __init__(self, config: ServeConfig, engine: Engine[BatchItem, list[Detection], DetectorFacts] | None,
+                 metrics: RuntimeMetrics, pool: Executor) -> None:
+        super().__init__(config, engine, metrics, pool)
+        self.engine = engine
+        self.detector = DetectionRequests(config, engine.facts) if engine is not None else None
         self.faces = FaceCascade()
         self.active_streams = 0
         self._streams_gauge = metrics.active_streams.labels(metrics.model, self.name)
         self._frames = metrics.frames.labels(metrics.model, self.name)
         self._images = metrics.images.labels(metrics.model, self.name)
         self._streams_gauge.set(0)
-
-    def start(self) -> None:
-        if self.detector is not None:
-            self.detector.batcher.start()
-
-    def stop(self) -> None:
-        if self.detector is not None:
-            self.detector.batcher.stop()
 
     @property
     def operations(self) -> list[str]:
@@ -116,8 +114,8 @@ class VideoTask(Task):
                        max_streams=self.config.max_streams)
         if self.detector is None:
             return info
-        model = self.detector.model
-        return replace(info, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
+        facts = self.detector.facts
+        return replace(info, model_format=facts.format, labels=tuple(facts.labels), input_size=facts.image_size,
                        thresholds=self.detector.thresholds())
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
@@ -219,14 +217,14 @@ class VideoTask(Task):
     async def _run(self, pipeline: Pipeline, sequence: int, source: ImageInput | np.ndarray) -> EncodedFrame:
         if pipeline.detect is None:
             return await self.in_pool(self._whole, pipeline, sequence, source)
-        assert self.detector is not None
-        batcher = self.detector.batcher
-        with batcher.reserve(1) as reservation:
+        engine = self.engine
+        assert engine is not None
+        with engine.reserve(1) as reservation:
             frame, boxed = await self.in_pool(self._first_half, pipeline, sequence, source)
             assert boxed is not None
-            (raw,) = await batcher.submit_many([boxed], reservation)
+            (found,) = await engine.infer([boxed], reservation)
         self._images.inc()
-        return await self.in_pool(finish_frame, pipeline, frame, raw, boxed)
+        return await self.in_pool(finish_frame, pipeline, frame, found)
 
     def _pixels(self, sequence: int, source: ImageInput | np.ndarray) -> np.ndarray:
         if isinstance(source, np.ndarray):

@@ -17,7 +17,6 @@ from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 BACKENDS = ("auto", "torch", "onnx")
 DECODE_DEVICES = ("auto", "cpu", "model")
 TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
-FRONTEND_TASKS = ("detect", "classify")  # stateless per call: any frontend may serve any request
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
 DEFAULT_MAX_REQUEST_PIXELS = 200_000_000  # 5 of the largest images, or 200 full-HD frames: 600 MB decoded
@@ -116,10 +115,6 @@ class ServeConfig:
             (self.workers >= 1, "--workers must be at least 1"),
             (self.frontends >= 1, "--frontends must be at least 1"),
             (self.frontend_queue_size >= self.max_batch_size, "--frontend-queue-size must be >= --max-batch-size"),
-            (self.frontends == 1 or self.task in FRONTEND_TASKS,
-             f"--frontends {self.frontends}: several frontend processes serve tasks {' and '.join(FRONTEND_TASKS)} "
-             f"only; {self.task!r} keeps state across calls (stream windows, galleries, video pipelines) in one "
-             "process, so it runs with --frontends 1"),
             (self.frontends == 1 or (self.grpc_port > 0 and self.http_port > 0),
              "--frontends > 1 needs fixed --grpc-port and --http-port (the frontends share them; 0 would give "
              "each frontend ports of its own)"),
@@ -269,8 +264,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "threads decoding images and doing pre/post-processing (default: from the usable CPUs, which "
                  "the affinity mask and the cgroup CPU quota give)")
     flag_serving("frontends", int, 1,
-                 "detect, classify: processes doing transport and decoding on the same ports (SO_REUSEPORT), "
-                 "feeding one model process through shared memory; 1 serves everything in one process")
+                 "processes doing transport and each request's own work (decoding, stream windows, video "
+                 "pipelines) on the same ports (SO_REUSEPORT), feeding one model process through shared memory; "
+                 "1 serves everything in one process")
     flag_serving("frontend-queue-size", int, 64,
                  "with --frontends > 1: images each frontend may have waiting for the model (its shared-memory "
                  "slots, --frontends x this x the model's input in /dev/shm) before it refuses requests "

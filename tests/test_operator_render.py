@@ -267,6 +267,8 @@ def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
     classifier = runtime(children({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"},
                                    "grpc": {"frontends": 2}}))
     assert serve_args(classifier["args"]).frontends == 2
+    video = runtime(children({"task": "video", "grpc": {"frontends": 3}}))  # every task: state stays per frontend
+    assert serve_args(video["args"]).frontends == 3
 
 
 @pytest.mark.parametrize(("spec", "variant", "engine", "exported"), [
@@ -362,8 +364,6 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
     ({"task": "detect", "model": {"uri": "/m.pt"}, "window": 4}, "spec.window is only used by task 'stream-classify'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
      "spec.replicas stays at its default 1 when spec.autoscaling is set"),
-    ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by tasks detect and "
-                                                  "classify"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
      "minReplicas (4) must not exceed maxReplicas (3)"),
     ({"task": "detect", "model": {"uri": "ftp://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),

@@ -47,7 +47,7 @@ async def connect(runtime: Runtime, index: int, link_path: str) -> Engine[Any, A
     kind = engine_kind(runtime.config)
     if hello.facts is None or kind is None:
         log.info("frontend %d (pid %d): the model process serves no model", index, os.getpid())
-        _watching.add(asyncio.get_running_loop().create_task(_stop_when_closed(reader, runtime)))
+        _watching.add(asyncio.get_running_loop().create_task(_stop_when_closed(reader, writer, runtime)))
         return None
     ring = SlotRing.attach(hello.ring_name, hello.slots, hello.slot_shape)
     log.info("frontend %d (pid %d): the model process serves its %s; %d image slots", index, os.getpid(), kind.name,
@@ -58,8 +58,10 @@ async def connect(runtime: Runtime, index: int, link_path: str) -> Engine[Any, A
 _watching: set[asyncio.Task[None]] = set()  # the links no engine reads
 
 
-async def _stop_when_closed(reader: asyncio.StreamReader, runtime: Runtime) -> None:
-    """A link with no engine to read it still ends this frontend when the model process goes away."""
+async def _stop_when_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, runtime: Runtime) -> None:
+    """A link with no engine to read it still ends this frontend when the model process goes away (``writer`` is
+    held here: a stream writer that is collected closes its link)."""
     await reader.read()
+    writer.close()
     log.error("the model process closed the link; this frontend stops")
     runtime.fail()

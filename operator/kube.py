@@ -1,9 +1,8 @@
-"""The only module that talks to the Kubernetes API: get, create, JSON-merge-patch, delete, with retries.
+"""The only module that talks to the Kubernetes API: get, create, JSON-merge-patch, delete and list, with retries.
 
-``apply`` is create-or-patch and idempotent: it reads the live object, sends nothing when the live object
-already holds every desired field, tolerates 404/409 races (created or deleted by someone else meanwhile) and
-retries transient API errors (429, 5xx, connection failures) with backoff. It uses JSON merge patches, whose
-lists replace the live lists whole, so a child edited by hand gets exactly the rendered containers back.
+A client and nothing more: it retries transient API errors (429, 5xx, connection failures) with backoff and turns
+the rest into ``ApiError`` with the server's message. What the operator's children should look like and how a live
+one is brought in line (create-or-patch, ownership) is ``children.py``'s.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from kubeinfer.operator.render import EXACT_MAPS, MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, PRUNABLE_PATHS, ChildRef
 from kubeinfer.operator.spec import API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ PLURALS: dict[str, str] = {
     "KopfPeering": "kopfpeerings",
 }
 TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
-UNKNOWN = object()  # "not looked up": apply() reads the object itself
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -94,18 +90,6 @@ class ApiError(Exception):
         """
         return self.status == 404 and ("could not find the requested resource" in self.message
                                        or "404 page not found" in self.message)
-
-
-class ChildConflict(Exception):
-    """A child's name is taken by an object this InferenceService does not manage."""
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What ``apply`` did: 'created', 'patched' or 'unchanged', and the live object afterwards."""
-
-    action: str
-    object: dict[str, Any]
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
@@ -215,48 +199,6 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return self.patch(API_VERSION, "InferenceService", namespace, name, {"status": dict(status)}, "status")
 
-    def apply(self, desired: Mapping[str, Any], cached: Mapping[str, Any] | object | None = UNKNOWN) -> Applied:
-        """Create the object, or patch it until it holds every desired field; no request when it already does.
-
-        ``cached`` is the object as a watch last saw it (None: not seen, so it is created without a read first);
-        the default reads it. A stale cache costs at most one idempotent write or a 409 answered by a fresh read.
-        """
-        api_version, kind = desired["apiVersion"], desired["kind"]
-        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
-        for attempt in range(3):
-            if attempt == 0 and cached is not UNKNOWN:
-                live = None if cached is None else dict(cast(Mapping[str, Any], cached))
-            else:
-                live = self.get(api_version, kind, namespace, name)
-            if live is None:
-                try:
-                    return Applied("created", self.create(desired))
-                except ApiError as exc:
-                    if exc.status != 409:
-                        raise
-                    continue  # created by someone else meanwhile (e.g. a restarted operator): patch it
-            _check_ownership(desired, live)
-            if (live.get("metadata") or {}).get("deletionTimestamp"):
-                raise ApiError(409, "Terminating", f"{kind} {namespace}/{name} is being deleted; retrying later")
-            patch = merge_patch_for(desired, live)
-            if patch is None:
-                return Applied("unchanged", live)
-            try:
-                return Applied("patched", self.patch(api_version, kind, namespace, name, patch))
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                continue  # deleted meanwhile: create it again
-        raise ApiError(409, "Conflict", f"{kind} {namespace}/{name} kept changing while being applied")
-
-    def remove(self, ref: ChildRef, namespace: str, owner_uid: str) -> bool:
-        """Delete an unwanted child (an HPA or PDB the spec dropped), only if this owner controls it."""
-        live = self.get(ref.api_version, ref.kind, namespace, ref.name)
-        if live is None or not _controlled_by(live, owner_uid):
-            return False
-        return self.delete(ref.api_version, ref.kind, namespace, ref.name)
-
-
 def _api_error(status: int, reason: str, data: bytes) -> ApiError:
     message = data.decode("utf-8", "replace").strip()
     try:
@@ -267,76 +209,6 @@ def _api_error(status: int, reason: str, data: bytes) -> ApiError:
     except ValueError:
         pass
     return ApiError(status, reason, message[:500])
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
-
-
-def _check_ownership(desired: Mapping[str, Any], live: Mapping[str, Any]) -> None:
-    """Never take over an object that belongs to something else; adopt only our own (owner refs lost by hand)."""
-    owner = desired["metadata"]["ownerReferences"][0]
-    refs = (live.get("metadata") or {}).get("ownerReferences") or []
-    controllers = [ref for ref in refs if ref.get("controller")]
-    if any(ref.get("uid") == owner["uid"] for ref in controllers):
-        return
-    labels = (live.get("metadata") or {}).get("labels") or {}
-    ours = labels.get(MANAGED_BY_LABEL) == MANAGER and labels.get(OWNER_LABEL) == owner["name"]
-    if controllers:
-        other = controllers[0]
-        if ours and other.get("kind") == owner["kind"] and other.get("name") == owner["name"]:
-            # A previous InferenceService of the same name: the garbage collector is about to remove it.
-            raise ApiError(409, "OwnerReplaced", f"{desired['kind']} {desired['metadata']['name']} still belongs "
-                                                 "to a deleted InferenceService of the same name; retrying later")
-        raise ChildConflict(f"{desired['kind']} {desired['metadata']['name']} exists and is controlled by "
-                            f"{other.get('kind')} {other.get('name')}")
-    if not ours:
-        raise ChildConflict(f"{desired['kind']} {desired['metadata']['name']} exists and is not managed by "
-                            f"InferenceService {owner['name']}; rename one of them")
-
-
-def is_subset(desired: Any, live: Any) -> bool:
-    """True when ``live`` holds every field of ``desired`` (extra live fields are server defaults)."""
-    if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(is_subset(v, live.get(k)) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (isinstance(live, list) and len(live) == len(desired)
-                and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True)))
-    if isinstance(desired, bool) or isinstance(live, bool):
-        return desired is live
-    if isinstance(desired, int | float) and isinstance(live, str):
-        return str(desired) == live  # quantities come back as strings: 1 -> "1"
-    return bool(desired == live)
-
-
-def _dig(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
-    node: Any = obj
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def merge_patch_for(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON merge patch that makes ``live`` match ``desired``, or None when it already does."""
-    kind = desired["kind"]
-    stale = [path for path in PRUNABLE_PATHS.get(kind, ())
-             if _dig(desired, path) is None and _dig(live, path) is not None]
-    for path in EXACT_MAPS.get(kind, ()):
-        wanted, found = _dig(desired, path), _dig(live, path)
-        if isinstance(wanted, Mapping) and isinstance(found, Mapping):
-            stale += [(*path, key) for key in found if key not in wanted]
-    if not stale and is_subset(desired, live):
-        return None
-    patch: dict[str, Any] = json.loads(json.dumps(desired))
-    for path in stale:
-        node = patch
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = None
-    return patch
 
 
 def _kubernetes_transport(api: Any, timeout: float) -> Transport:

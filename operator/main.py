@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from kubeinfer.operator.kube import ApiError, Kube
     from kubeinfer.operator.render import RuntimeDefaults
     from kubeinfer.operator.render_fetch import NodeCache
+    from kubeinfer.operator.state import OperatorState
 
     for flag, value in (("--runtime-gpu-image", args.runtime_image), ("--runtime-cpu-image", args.runtime_cpu_image)):
         if value.strip() == "":
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     node_cache = NodeCache(args.node_cache_path, args.node_cache_max_bytes) if args.node_cache_path else None
     defaults = RuntimeDefaults(image=args.runtime_image, cpu_image=args.runtime_cpu_image, node_cache=node_cache, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
-    memo = kopf.Memo(defaults=defaults, peering_lifetime=args.peering_lifetime)
+    kube = Kube.from_environment()
+    state = OperatorState(defaults, kube, peering_lifetime=args.peering_lifetime)
     # Set by the tie rule, on kopf's event loop: kopf then stops cleanly, handing over at once. An asyncio.Event (it
     # binds to the loop on first use): kopf would wait for a threading.Event in a thread that never ends.
     stop = asyncio.Event()
@@ -152,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if args.peering is not None:
         if priority is None:  # the live replica with the highest priority works: one random priority per replica
             priority = secrets.randbelow(2**31 - 2) + 1
-        memo["kube"] = kube = Kube.from_environment()
         identity = peering.new_identity(datetime.datetime.now(datetime.UTC), socket.gethostname(), os.getpid())
         tie = peering.TieBreak(args.peering, peering.peering_namespaces(namespaces or ()), identity, priority,
                                interval=max(1.0, args.peering_lifetime / 4), read=peering.reader(kube, args.peering))
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except ApiError as exc:  # kopf reads the same objects and says more if this persists
             print(f"kubeinfer operator: peering {args.peering} not read ({exc}); starting", file=sys.stderr)
-        memo["tie_break"], memo["stop"] = tie, stop.set
+        state.tie_break, state.stop = tie, stop.set
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces or (),
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         identity=identity,
         liveness_endpoint=liveness,
         stop_flag=stop,
-        memo=memo,
+        memo=kopf.Memo(state=state),
     )
     if tie is not None and tie.refusal is not None:
         print(f"kubeinfer operator: {tie.refusal}", file=sys.stderr)

@@ -14,6 +14,7 @@ from kubeinfer.operator.status import PHASES
 RECONCILIATIONS_TOTAL = "kubeinfer_operator_reconciliations_total"
 RECONCILE_DURATION_SECONDS = "kubeinfer_operator_reconcile_duration_seconds"
 INFERENCESERVICES = "kubeinfer_operator_inferenceservices"
+TRACKED = "kubeinfer_operator_tracked_inferenceservices"
 
 RESULTS = ("success", "error", "retry")
 
@@ -27,6 +28,9 @@ reconcile_duration = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=REGISTRY)
 inferenceservices = Gauge(
     INFERENCESERVICES, "InferenceServices this operator manages, by status phase", ["phase"], registry=REGISTRY)
+tracked = Gauge(
+    TRACKED, "InferenceServices the operator keeps state for in memory (operator/state.py): those that exist and "
+    "those being handled; one that stays above the first after deletions is a leak", registry=REGISTRY)
 
 for _result in RESULTS:
     reconciliations.labels(result=_result)

@@ -15,7 +15,8 @@ from cluster_support import Api, Kubectl, LocalCluster, install_crd
 from operator_support import deployment_path, is_path, service_path
 from runtime_support import free_port
 
-from kubeinfer.operator.kube import ApiError, ChildConflict, Kube, merge_patch_for
+from kubeinfer.operator.children import ChildConflict, apply, merge_patch_for, remove
+from kubeinfer.operator.kube import ApiError, Kube
 from kubeinfer.operator.render import ChildRef, Owner, RuntimeDefaults, render_deployment, render_pdb, render_service
 from kubeinfer.operator.spec import parse_spec
 
@@ -94,34 +95,34 @@ def test_apply_creates_then_leaves_alone_then_patches(kube: Kube, api: Api, clus
                                                       owner: Owner) -> None:
     desired = render_deployment(owner, SPEC, RuntimeDefaults("img:1"))
     assert kube.get("apps/v1", "Deployment", NS, "svc") is None
-    created = kube.apply(desired)
+    created = apply(kube, desired)
     assert created.action == "created" and created.object["metadata"]["uid"]
     start = len(cluster.audit())
-    again = kube.apply(desired)
+    again = apply(kube, desired)
     assert again.action == "unchanged"
     assert writes(cluster, start) == []  # reconciling twice sends no write at all
     changed = copy.deepcopy(desired)
     changed["spec"]["template"]["spec"]["containers"][0]["args"][1] = "video"
-    patched = kube.apply(changed)
+    patched = apply(kube, changed)
     assert patched.action == "patched"
     assert patched.object["metadata"]["uid"] == created.object["metadata"]["uid"]
     assert patched.object["spec"]["template"]["spec"]["containers"][0]["args"][1] == "video"
 
 
 def test_fields_the_spec_dropped_are_removed(kube: Kube, api: Api, owner: Owner) -> None:
-    kube.apply(render_deployment(owner, SPEC, RuntimeDefaults("img:1")))
+    apply(kube, render_deployment(owner, SPEC, RuntimeDefaults("img:1")))
     without = render_deployment(owner, parse_spec({"task": "detect", "model": {"uri": "/m.pt"}}),
                                 RuntimeDefaults("img:1"))
-    assert kube.apply(without).action == "patched"
+    assert apply(kube, without).action == "patched"
     live = api.get(deployment_path(NS, "svc"))
     assert live is not None and "nodeSelector" not in live["spec"]["template"]["spec"]
     assert merge_patch_for(without, live) is None
 
 
 def test_extra_selector_keys_are_removed(kube: Kube, api: Api, owner: Owner) -> None:
-    kube.apply(render_service(owner))
+    apply(kube, render_service(owner))
     api.patch(service_path(NS, "svc"), {"spec": {"selector": {"tier": "other"}}})
-    assert kube.apply(render_service(owner)).action == "patched"
+    assert apply(kube, render_service(owner)).action == "patched"
     live = api.get(service_path(NS, "svc"))
     assert live is not None and live["spec"]["selector"] == render_service(owner)["spec"]["selector"]
 
@@ -135,13 +136,13 @@ def test_created_by_someone_else_meanwhile_is_patched(kube: Kube, api: Api, owne
             stale["spec"]["ports"] = stale["spec"]["ports"][:1]
             api.create(service_path(NS), stale)  # a restarted operator's older copy
 
-    applied = faulty(kube, race).apply(desired)
+    applied = apply(faulty(kube, race), desired)
     assert applied.action == "patched"
     assert len(applied.object["spec"]["ports"]) == 2
 
 
 def test_deleted_by_someone_else_meanwhile_is_created_again(kube: Kube, api: Api, owner: Owner) -> None:
-    kube.apply(render_service(owner))
+    apply(kube, render_service(owner))
     changed = render_service(owner)
     changed["spec"]["ports"][1]["port"] = 9090
 
@@ -151,7 +152,7 @@ def test_deleted_by_someone_else_meanwhile_is_created_again(kube: Kube, api: Api
         if method == "PATCH" and not deleted:
             deleted.append(api.delete(service_path(NS, "svc")) == 200)
 
-    applied = faulty(kube, race).apply(changed)
+    applied = apply(faulty(kube, race), changed)
     assert deleted == [True] and applied.action == "created"
     assert applied.object["spec"]["ports"][1]["port"] == 9090
 
@@ -180,7 +181,7 @@ def test_transient_errors_are_retried_and_others_are_not(kube: Kube, api: Api, o
         return 422, "Unprocessable Entity", b'{"message": "spec.replicas: Invalid value", "reason": "Invalid"}'
 
     with pytest.raises(ApiError, match=r"spec\.replicas: Invalid value") as refused:
-        faulty(kube, invalid).apply(render_service(owner))
+        apply(faulty(kube, invalid), render_service(owner))
     assert refused.value.status == 422 and not refused.value.transient and rejected == ["GET"]
 
 
@@ -205,7 +206,7 @@ def test_objects_of_others_are_never_taken_over(kube: Kube, api: Api, owner: Own
                                                      uid=some_uid(api, "application-theirs"))
     api.create(service_path(NS), foreign)
     with pytest.raises(ChildConflict, match="controlled by Application theirs"):
-        kube.apply(render_service(owner))
+        apply(kube, render_service(owner))
 
 
 def test_children_of_a_deleted_namesake_wait_for_the_garbage_collector(kube: Kube, api: Api, owner: Owner) -> None:
@@ -218,7 +219,7 @@ def test_children_of_a_deleted_namesake_wait_for_the_garbage_collector(kube: Kub
     api.create(service_path(NS), held)
     try:
         with pytest.raises(ApiError, match="still belongs to a deleted InferenceService") as caught:
-            kube.apply(render_service(owner))
+            apply(kube, render_service(owner))
         assert caught.value.status == 409
     finally:
         api.patch(service_path(NS, "svc"), {"metadata": {"finalizers": None}})
@@ -228,16 +229,16 @@ def test_our_own_orphans_are_adopted(kube: Kube, api: Api, owner: Owner) -> None
     orphan = render_service(owner)
     del orphan["metadata"]["ownerReferences"]
     api.create(service_path(NS), orphan)
-    applied = kube.apply(render_service(owner))
+    applied = apply(kube, render_service(owner))
     assert applied.action == "patched"
     assert applied.object["metadata"]["ownerReferences"][0]["uid"] == owner.uid
 
 
 def test_remove_deletes_only_what_the_owner_controls(kube: Kube, api: Api, owner: Owner) -> None:
     ref = ChildRef("policy/v1", "PodDisruptionBudget", "svc")
-    assert kube.remove(ref, NS, owner.uid) is False  # nothing there
-    kube.apply(render_pdb(owner))
-    assert kube.remove(ref, NS, "someone-else") is False
+    assert remove(kube, ref, NS, owner.uid) is False  # nothing there
+    apply(kube, render_pdb(owner))
+    assert remove(kube, ref, NS, "someone-else") is False
     assert kube.get(ref.api_version, ref.kind, NS, "svc") is not None
-    assert kube.remove(ref, NS, owner.uid) is True
+    assert remove(kube, ref, NS, owner.uid) is True
     assert kube.get(ref.api_version, ref.kind, NS, "svc") is None

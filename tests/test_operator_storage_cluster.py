@@ -16,7 +16,7 @@ from cluster_operator_support import Operator, wait
 from cluster_support import Api, Kubectl, LocalCluster, install_crd, new_namespace
 from operator_support import deployment_path, is_path
 
-from kubeinfer.operator.kube import merge_patch_for
+from kubeinfer.operator.children import merge_patch_for
 from kubeinfer.operator.render import Owner, RuntimeDefaults, render_deployment
 from kubeinfer.operator.render_fetch import is_fetch_container
 from kubeinfer.operator.spec import parse_spec

@@ -1,7 +1,7 @@
 """The runtime's settings: every `kubeinfer serve` flag, its KUBEINFER_<FLAG> environment default, validation.
 
 Imports nothing of the runtime but ``cpus`` (stdlib only, for the thread defaults): the CLI wiring is
-``kubeinfer.runtime.serve_command``.
+``kubeinfer.runtime.commands.serve``.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def test_layers_point_down() -> None:
 MODEL_FREE = {f"{PACKAGE}.models.yolo_io", f"{PACKAGE}.models.preprocessing"}
 # Tools that load a model on purpose, outside the serving path: `kubeinfer export` runs its export once before
 # writing it, `kubeinfer demo` trains one.
-OFFLINE_TOOLS = {f"{PACKAGE}.export_command", f"{PACKAGE}.demo_models"}
+OFFLINE_TOOLS = {f"{PACKAGE}.commands.export", f"{PACKAGE}.demo_models"}
 
 
 def test_only_the_engine_touches_a_model_or_the_batcher() -> None:

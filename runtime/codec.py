@@ -16,10 +16,10 @@ from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.classify import ClassifyResult, ClipFrameInput, ClipResult, top_k_from_parameters
 from kubeinfer.runtime.tasks.stream import StreamFrameInput, StreamPrediction
 from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
 from kubeinfer.v1 import inference_pb2 as pb
 
 

@@ -17,7 +17,7 @@ from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Batching, ModelInfo
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.specs import PipelineSpec
+from kubeinfer.runtime.tasks.video.pipeline_spec import PipelineSpec
 
 if TYPE_CHECKING:
     from kubeinfer.runtime.detection import DetectResult

@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, Protocol
 
-from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.engine.base import Engine
 from kubeinfer.runtime.engine.loading import load_engine
 from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.gc_freeze import freeze_loaded_objects
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.tasks import build_task, engine_kind, task_class

@@ -116,7 +116,7 @@ def test_layers_point_down() -> None:
         ("tasks", [f"{PACKAGE}.tasks", f"{PACKAGE}.detection"]),
         ("engine", [f"{PACKAGE}.engine"]),
         ("primitives", [f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images", f"{PACKAGE}.gallery",
-                        f"{PACKAGE}.parameters", f"{PACKAGE}.specs", f"{PACKAGE}.model_info",
+                        f"{PACKAGE}.parameters", f"{PACKAGE}.model_info",
                         f"{PACKAGE}.concurrency", f"{PACKAGE}.config", f"{PACKAGE}.metrics", f"{PACKAGE}.errors"]),
     ]
     upward = []
@@ -151,8 +151,8 @@ def test_only_the_engine_touches_a_model_or_the_batcher() -> None:
 
 
 def test_settings_and_plain_types_import_no_runtime_machinery() -> None:
-    """config, specs and model_info load without the server, a model library or OpenCV."""
-    for module in ("config", "specs", "model_info", "parameters", "errors", "cpus"):
+    """config, model_info and the video pipeline's spec load without the server, a model library or OpenCV."""
+    for module in ("config", "model_info", "parameters", "errors", "cpus", "tasks.video.pipeline_spec"):
         name = f"{PACKAGE}.{module}"
         assert GRAPH[name] <= {f"{PACKAGE}.errors", f"{PACKAGE}.cpus"}, (name, GRAPH[name])
         source = MODULES[name].read_text()

@@ -26,7 +26,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.engine.link_server import LinkServer
 from kubeinfer.runtime.engine.loading import load_engine
@@ -34,6 +33,7 @@ from kubeinfer.runtime.engine.local import LocalEngine
 from kubeinfer.runtime.engine.ring import SlotRing
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.frontends import frontend
+from kubeinfer.runtime.gc_freeze import freeze_loaded_objects
 from kubeinfer.runtime.gpu_metrics import device_uuid
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.server import STOP_SECONDS

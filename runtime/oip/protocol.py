@@ -1,4 +1,4 @@
-"""The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``Frontend``.
+"""The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``OipOperations``.
 
 Model name = ``--model-name``, one version, "1". Requests go through the same data plane
 (dynamic batcher, limits) as the native RPCs; the transports count every call under protocol
@@ -63,7 +63,7 @@ class ModelMetadata:
     parameters: Mapping[str, str] = field(default_factory=dict)  # REST only: the gRPC message has no such field
 
 
-class Frontend:
+class OipOperations:
     """The protocol's operations over one runtime's data plane."""
 
     def __init__(self, dataplane: DataPlane) -> None:

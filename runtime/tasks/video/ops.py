@@ -29,7 +29,7 @@ from kubeinfer.runtime.detection import DetectionRequests
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument
 from kubeinfer.runtime.models.yolo_io import Detection, Letterboxed, Selection
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
 
 OPERATIONS = ("grayscale", "blur", "edges", "resize", "detect", "faces")
 FACE_CASCADE = "haarcascade_frontalface_default.xml"

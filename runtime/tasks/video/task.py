@@ -39,7 +39,6 @@ from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo_io import BatchItem, Detection
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.tasks.video.ops import (
     OPERATIONS,
@@ -51,6 +50,7 @@ from kubeinfer.runtime.tasks.video.ops import (
     run_pipeline,
     start_frame,
 )
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 ``DetectionRequests`` turns request parameters into an image's ``Selection`` (one builder, the same for every
 transport and the video pipeline: defaults filled in, ranges checked), images into the detector engine's items,
-and the boxes it answers into results. It knows the model only by its engine's facts.
+and the boxes it answers into results. It knows the model only by its engine's facts. The defaults are the
+flags both tasks declare (``FLAGS``).
 """
 
 from __future__ import annotations
@@ -11,16 +12,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig, within
 from kubeinfer.runtime.engine.detector import DetectorFacts
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, check_encoded, decode, decode_checked
 from kubeinfer.runtime.model_info import Thresholds
 from kubeinfer.runtime.models.yolo_io import BatchItem, Detection, EncodedJpeg, Letterboxed, Selection, letterboxed
 from kubeinfer.runtime.parameters import Parameters, check_range
+from kubeinfer.v1 import inference_pb2 as pb
 
 MAX_DETECTIONS_LIMIT = 1000
 PARAMETERS = ("confidence", "iou", "max_detections", "classes", "return_masks")
+GROUP = "detect and video's detect operation"
+CONFIDENCE = Flag("confidence", float, 0.25, "default minimum detection score", GROUP,
+                  within(0.0, 1.0, "confidence"))
+IOU = Flag("iou", float, 0.45, "default NMS IoU threshold", GROUP, within(0.0, 1.0, "iou"))
+MAX_DETECTIONS = Flag("max-detections", int, 300, "default most detections per image", GROUP,
+                      within(1, MAX_DETECTIONS_LIMIT, "max-detections", f"1..{MAX_DETECTIONS_LIMIT}"))
+FLAGS = (CONFIDENCE, IOU, MAX_DETECTIONS)
 
 
 @dataclass(slots=True)
@@ -37,22 +46,23 @@ class DetectionRequests:
     def __init__(self, config: ServeConfig, facts: DetectorFacts) -> None:
         self.config = config
         self.facts = facts
+        self.default = Selection(config.flag(CONFIDENCE), config.flag(IOU), config.flag(MAX_DETECTIONS))
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(confidence=self.config.confidence, iou=self.config.iou)
+        return Thresholds(confidence=self.default.confidence, iou=self.default.iou)
 
     def selection(self, params: Parameters) -> Selection:
         """A request's box selection from its parameters: defaults filled in, every value range-checked
         (INVALID_ARGUMENT otherwise)."""
-        c = self.config
+        default = self.default
         confidence = params.number("confidence")
         iou = params.number("iou")
         max_det = params.integer("max_detections")
         classes = params.integers("classes")
         masks = bool(params.boolean("return_masks"))
-        confidence = check_range("confidence", c.confidence if confidence is None else confidence, 0.0, 1.0)
-        iou = check_range("iou", c.iou if iou is None else iou, 0.0, 1.0)
-        max_det = c.max_detections if max_det is None else max_det
+        confidence = check_range("confidence", default.confidence if confidence is None else confidence, 0.0, 1.0)
+        iou = check_range("iou", default.iou if iou is None else iou, 0.0, 1.0)
+        max_det = default.max_detections if max_det is None else max_det
         check_range("max_detections", max_det, 1, MAX_DETECTIONS_LIMIT)
         names = self.facts.names
         unknown = sorted(set(classes) - set(names))
@@ -82,3 +92,8 @@ class DetectionRequests:
     def result(boxes: list[Detection], item: BatchItem) -> DetectResult:
         """The engine's boxes for ``item`` (labelled, in its original pixels) with the distinct labels found."""
         return DetectResult(boxes, sorted({d.label for d in boxes}), item.original_height, item.original_width)
+
+
+def detection_to_proto(d: Detection) -> pb.Detection:
+    return pb.Detection(box=pb.Box(x1=d.x1, y1=d.y1, x2=d.x2, y2=d.y2), score=d.score, class_id=d.class_id,
+                        label=d.label, mask=[pb.Polygon(xy=p) for p in d.polygons])

@@ -185,7 +185,7 @@ class Runtime:
             self._engine = await self._engine_source(self)
         else:
             self._engine = await load_engine(engine_kind(config), config, self.metrics, self.pool,
-                                             preflight=lambda: task_class(config.task).preflight(config))
+                                             preflight=lambda: task_class(config).preflight(config))
         if self._engine is not None:
             self._engine.start()
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -50,7 +49,7 @@ async def in_process_runtime(folder: Path, *args: str, task: Any = None) -> Asyn
     Without ``task`` no model is attached: what clients see while a model loads. ``args`` are serve flags
     (default ``--task detect``); the model file exists but is never loaded.
     """
-    from kubeinfer.runtime.config import ServeConfig, add_arguments
+    from kubeinfer.runtime.commands.serve import parse
     from kubeinfer.runtime.dataplane import DataPlane
     from kubeinfer.runtime.metrics import RuntimeMetrics
     from kubeinfer.runtime.transports.grpc import GrpcTransport
@@ -58,11 +57,8 @@ async def in_process_runtime(folder: Path, *args: str, task: Any = None) -> Asyn
 
     model = folder / "model.pt"
     model.write_bytes(b"never loaded")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args([
-        "--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
-        *args]))
+    config = parse(["--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port",
+                    str(free_port()), *args])
     metrics = RuntimeMetrics(config.model_name)
     dataplane = DataPlane(config, metrics)
     if task is not None:

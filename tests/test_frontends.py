@@ -29,7 +29,8 @@ from video_support import moving_rectangle_clip
 from kubeinfer.clients import Client
 from kubeinfer.clients.rest import RestClient
 from kubeinfer.clients.types import DetectResult, StreamFrame
-from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.runtime.commands.serve import parse
+from kubeinfer.runtime.config import ConfigError, ServeConfig
 from kubeinfer.runtime.engine import link
 from kubeinfer.runtime.engine.ring import SlotRing
 from kubeinfer.runtime.errors import Code, Overloaded
@@ -257,11 +258,7 @@ def test_a_model_that_cannot_start_stops_the_frontends(runtime_factory: Callable
 
 
 def serve_config(*args: str) -> ServeConfig:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return ServeConfig.from_args(parser.parse_args(list(args)))
+    return parse(args)
 
 
 def test_classify_behind_frontends_answers_as_its_model_does(runtime_factory: Callable[..., RuntimeProcess],

@@ -273,15 +273,12 @@ def test_only_torch_decodes_jpegs_in_the_batch_step(decode_device: str, device: 
 
 
 def test_decoding_in_the_batch_step_is_refused_for_an_onnx_model(onnx_models: dict[str, list[str]]) -> None:
-    import argparse
+    from kubeinfer.runtime.commands.serve import parse
+    from kubeinfer.runtime.config import ConfigError
 
-    from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     model = onnx_models["video"][1]  # the detector's ONNX export
     with pytest.raises(ConfigError, match=r"^--decode-device model decodes JPEGs with torch on the model's device, "
                                           r"but this model runs on ONNX Runtime"):
-        ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--decode-device", "model"]))
-    auto = ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--device", "cuda"]))
+        parse(["--task", "detect", "--model", model, "--decode-device", "model"])
+    auto = parse(["--task", "detect", "--model", model, "--device", "cuda"])
     assert auto.decode_device == "auto"  # allowed: an ONNX model's JPEGs then stay with OpenCV

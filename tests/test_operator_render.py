@@ -30,8 +30,8 @@ from kubeinfer.operator.render import (
     selector_string,
 )
 from kubeinfer.operator.spec import SpecError, parse_spec, parse_uri, validate_name
-from kubeinfer.runtime import config as runtime_config
 from kubeinfer.runtime import fetch
+from kubeinfer.runtime.commands import serve as serve_command
 
 KUBE_VERSIONS = ("1.28", kubernetes_validate.latest_version())  # the chart's kubeVersion, and the newest
 OWNER = Owner(name="svc", namespace="team-a", uid="6f1c3f5e-0000-4000-8000-000000000001")
@@ -59,7 +59,7 @@ def runtime(objs: dict[str, dict[str, Any]], name: str = "svc") -> dict[str, Any
 def serve_args(args: list[str]) -> argparse.Namespace:
     """Parse with `kubeinfer serve`'s own parser: unknown flags or bad values fail here."""
     parser = argparse.ArgumentParser(exit_on_error=False)
-    runtime_config.add_arguments(parser)
+    serve_command.add_arguments(parser)
     return parser.parse_args(args)
 
 

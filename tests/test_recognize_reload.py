@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 import time
@@ -18,8 +17,7 @@ from runtime_support import RuntimeProcess, wait_for
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.types import Recognition
-from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.config import add_arguments as add_serve_arguments
+from kubeinfer.runtime.commands.serve import parse
 from kubeinfer.runtime.engine.encoder import EncoderEngine, EncoderFacts
 from kubeinfer.runtime.gallery import Gallery, save_npz
 from kubeinfer.runtime.metrics import RuntimeMetrics
@@ -156,12 +154,10 @@ def test_rebuild_swaps_a_new_object_and_a_failed_one_keeps_the_old(mode: str, tm
     """The encoder engine's reload path in-process: a rebuild yields an equal gallery as a new object (a swap, not
     a patch) and is reported in the engine's facts; a rebuild that fails leaves the served gallery as it was."""
     base = write_base_data(tmp_path / "base", {"acme": BRANDS["acme"], "star": BRANDS["star"]})
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    args = parser.parse_args(["--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
-                              "--gallery-mode", mode, "--gallery-batch-size", "2"])
+    config = parse(["--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
+                    "--gallery-mode", mode, "--gallery-batch-size", "2"])
     with ThreadPoolExecutor(2) as pool:
-        engine = EncoderEngine.load(ServeConfig.from_args(args), RuntimeMetrics("t"), pool)
+        engine = EncoderEngine.load(config, RuntimeMetrics("t"), pool)
         told: list[EncoderFacts] = []
         engine.listen(told.append)
         engine.start()

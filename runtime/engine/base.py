@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig
 from kubeinfer.runtime.engine.link import LinkItem
 from kubeinfer.runtime.engine.ring import SlotRing
 from kubeinfer.runtime.errors import Code, InferenceError
@@ -80,11 +80,13 @@ class ItemCodec(Protocol[In]):
 
 @dataclass(frozen=True)
 class EngineKind(Generic[In]):
-    """One kind of model: its name, how it loads into a ``LocalEngine``, how its items cross the link."""
+    """One kind of model: its name, how it loads into a ``LocalEngine``, how its items cross the link, and the
+    flags it reads (every task that serves it declares them too)."""
 
     name: str
     load: Callable[[ServeConfig, RuntimeMetrics, Executor], LocalEngine[Any, Any, Any]]
     items: ItemCodec[In]
+    flags: tuple[Flag[Any], ...] = ()
 
 
 class ResizedImages:

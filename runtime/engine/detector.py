@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 
 log = logging.getLogger(__name__)
+WARM_UP_SELECTION = Selection(confidence=0.25, iou=0.45, max_detections=300)  # ultralytics' defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +115,7 @@ class DetectorEngine(LocalEngine[BatchItem, list[Detection], DetectorFacts]):
         return results
 
     def warm_up_request(self) -> tuple[BatchItem, object | None]:
-        c = self.config
-        return letterboxed(warm_up_pixels(), self.facts.image_size,
-                           Selection(c.confidence, c.iou, c.max_detections)), None
+        return letterboxed(warm_up_pixels(), self.facts.image_size, WARM_UP_SELECTION), None
 
 
 class DetectorItems:

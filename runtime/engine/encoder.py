@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least, existing
 from kubeinfer.runtime.engine.base import EngineKind, ResizedImages
 from kubeinfer.runtime.engine.local import LocalEngine
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError
@@ -42,6 +42,16 @@ from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+GROUP = "recognize: the gallery"
+EMBEDDINGS = Flag("embeddings", Path, None,
+                  "gallery: .npz with embeddings [N,D] and labels [N], or .npy beside a labels file", GROUP,
+                  existing("embeddings"))
+BASE_DATA = Flag("base-data", Path, None, "gallery built at start from DIR/<label>/<images>", GROUP,
+                 existing("base-data"))
+GALLERY_BATCH_SIZE = Flag("gallery-batch-size", int, 32, "images per batch while building a gallery from "
+                          "--base-data", GROUP, at_least(1, "gallery-batch-size"))
+GALLERY_MODE = Flag("gallery-mode", str, "centroid", "one vector per label (centroid) or per image (exemplar)",
+                    GROUP, choices=("centroid", "exemplar"))
 POLL_SECONDS = 2.0  # how often the embeddings file's mtime/size/inode are compared
 RELOAD_QUEUE_RETRY_SECONDS = 30.0  # how long a rebuild waits for room in a full batcher queue
 
@@ -105,19 +115,20 @@ class EncoderEngine(LocalEngine[np.ndarray, Recognition, EncoderFacts]):
         super().__init__("recognize", EncoderFacts(encoder.preprocessing, encoder.output_size, encoder.format,
                                                    summary), self._encode_batch, config, metrics, pool)
         self._gallery = self._matching(from_file) if from_file is not None else self._load(executor=pool)
-        self._watcher = GalleryWatcher(self, POLL_SECONDS) if config.embeddings is not None else None
+        self._watcher = GalleryWatcher(self, POLL_SECONDS) if config.flag(EMBEDDINGS) is not None else None
         self._publish(self._gallery)
         log.info("gallery: %s", self._gallery.describe())
 
     @classmethod
     def load(cls, config: ServeConfig, metrics: RuntimeMetrics, pool: Executor) -> EncoderEngine:
         """The gallery's own problems surface first, before a possibly large encoder loads."""
-        if (config.embeddings is None) == (config.base_data is None):
+        embeddings, base_data = config.flag(EMBEDDINGS), config.flag(BASE_DATA)
+        if (embeddings is None) == (base_data is None):
             raise StartupError("--task recognize needs exactly one gallery: --embeddings FILE or --base-data DIR")
         assert config.model is not None
-        from_file = load_file(config.embeddings, config.labels) if config.embeddings is not None else None
-        if config.base_data is not None:
-            scan_base_data(config.base_data)
+        from_file = load_file(embeddings, config.labels) if embeddings is not None else None
+        if base_data is not None:
+            scan_base_data(base_data)
         encoder = load_encoder(config.model, config.device, image_size=config.image_size, mean=config.mean,
                                std=config.std, channel_order=config.channel_order, resize_mode=config.resize_mode,
                                optimize=config.torchscript_optimize)
@@ -159,26 +170,28 @@ class EncoderEngine(LocalEngine[np.ndarray, Recognition, EncoderFacts]):
 
     def warm_up_request(self) -> tuple[np.ndarray, object | None]:
         item = self.facts.preprocessing.resize(warm_up_pixels(), "bgr")
-        return item, Match(self.config.similarity_threshold, self.config.top_k)
+        return item, Match(threshold=1.0, top_k=1)
 
     # -- gallery loading and reloading
 
     @staticmethod
     def _current_signature(config: ServeConfig) -> tuple[Any, ...]:
-        if config.embeddings is None:
+        embeddings = config.flag(EMBEDDINGS)
+        if embeddings is None:
             return ()
-        return file_signature(config.embeddings, labels_path_for(config.embeddings, config.labels))
+        return file_signature(embeddings, labels_path_for(embeddings, config.labels))
 
     def _load(self, executor: Executor | None) -> Gallery:
         """A complete new gallery (never visible to requests until swapped in), checked against the encoder."""
         c = self.config
-        if c.embeddings is not None:
-            gallery = load_file(c.embeddings, c.labels)
+        embeddings, base_data = c.flag(EMBEDDINGS), c.flag(BASE_DATA)
+        if embeddings is not None:
+            gallery = load_file(embeddings, c.labels)
         else:
-            assert c.base_data is not None
+            assert base_data is not None
             gallery = build_from_directory(
-                c.base_data, self.encoder.preprocess, self._encode_for_build, batch_size=c.gallery_batch_size,
-                mode=c.gallery_mode, max_pixels=c.max_image_pixels, executor=executor)
+                base_data, self.encoder.preprocess, self._encode_for_build, batch_size=c.flag(GALLERY_BATCH_SIZE),
+                mode=c.flag(GALLERY_MODE), max_pixels=c.max_image_pixels, executor=executor)
         return self._matching(gallery)
 
     def _matching(self, gallery: Gallery) -> Gallery:
@@ -262,4 +275,5 @@ class GalleryWatcher:
                 log.exception("gallery watch failed")
 
 
-ENCODER: EngineKind[np.ndarray] = EngineKind("encoder", EncoderEngine.load, ResizedImages())
+ENCODER: EngineKind[np.ndarray] = EngineKind("encoder", EncoderEngine.load, ResizedImages(),
+                                              flags=(EMBEDDINGS, BASE_DATA, GALLERY_BATCH_SIZE, GALLERY_MODE))

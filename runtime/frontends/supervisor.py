@@ -97,7 +97,7 @@ class ModelProcess:
         config = self.config
         kind = engine_kind(config)
         self.engine = engine = await load_engine(kind, config, self.metrics, self.pool,
-                                                 preflight=lambda: task_class(config.task).preflight(config))
+                                                 preflight=lambda: task_class(config).preflight(config))
         gpu_uuid = device_uuid(config.device)
         if engine is not None and kind is not None:
             shape = kind.items.slot_shape(engine.facts)

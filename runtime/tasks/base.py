@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least
 from kubeinfer.runtime.engine.base import Engine
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, declared_pixels, decode, warm_up_pixels
@@ -19,6 +19,12 @@ from kubeinfer.runtime.model_info import ModelInfo
 
 T = TypeVar("T")
 
+
+# Flags more than one task reads.
+TOP_K = Flag("top-k", int, 5, "classify: labels returned per image; recognize: gallery candidates per image",
+             "classify, stream-classify and recognize", at_least(1, "top-k"))
+MAX_STREAMS = Flag("max-streams", int, 1024, "open streams before new ones are refused (per frontend with "
+                   "--frontends)", "stream-classify and video", at_least(1, "max-streams"))
 
 # A lone image this small (a 200 x 200 JPEG decodes and letterboxes in about 0.2 ms) is prepared on the event
 # loop: the round trip through the worker pool (two thread hand-offs and a loop wake-up) costs more than that.

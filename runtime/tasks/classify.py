@@ -1,4 +1,5 @@
-"""Image classification: top-k labels per image (Classify) and one averaged prediction per clip (ClassifyClip).
+"""Image classification: top-k labels per image (Classify: native gRPC, ``POST /v1/classify`` and the Open
+Inference Protocol) and one averaged prediction per clip (ClassifyClip).
 
 The model is the classifier engine's (``engine.classifier``): TorchScript, ONNX or ultralytics ``-cls``. Labels
 live here, on the request side: from ``--labels`` (see ``kubeinfer.runtime.labels`` for the formats), else from
@@ -11,32 +12,31 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kubeinfer.runtime import codec
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.engine.base import Engine
-from kubeinfer.runtime.engine.classifier import ClassifierFacts
+from kubeinfer.runtime.engine.classifier import CLASSIFIER, ClassifierFacts
 from kubeinfer.runtime.errors import StartupError, invalid_argument
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.labels import check_count, load_labels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.oip.tensors import Tensor, TensorSpec, labels_tensor, padded
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
+from kubeinfer.runtime.tasks.base import TOP_K, Task, is_thumbnail, require_images
+from kubeinfer.runtime.tasks.registry import ImagesRpc, OipOutputs, StreamingRpc, TaskSpec, register
+from kubeinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("top_k",)
 SORTED_IN_PYTHON = 256  # classes; beyond, numpy's sort is the faster one
-
-
-def top_k_from_parameters(params: Parameters) -> int | None:
-    """The one builder of the classification override (``top_k``), for every transport."""
-    return params.integer("top_k")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ class ClassifyTask(Task):
 
     def info(self, base: ModelInfo) -> ModelInfo:
         return replace(base, model_format=self.facts.format, labels=tuple(self.labels),
-                       input_size=self.facts.preprocessing.input_size, top_k=self.config.top_k)
+                       input_size=self.facts.preprocessing.input_size, top_k=self.config.flag(TOP_K))
 
     # -- shared by every classification RPC
 
@@ -125,7 +125,7 @@ class ClassifyTask(Task):
         """The request's top_k (at least 1), else --top-k; never more than the number of classes."""
         if requested is not None and requested < 1:
             raise invalid_argument(f"top_k must be at least 1, got {requested}")
-        return min(self.config.top_k if requested is None else requested, len(self.labels))
+        return min(self.config.flag(TOP_K) if requested is None else requested, len(self.labels))
 
     def top(self, probabilities: np.ndarray, k: int) -> ClassifyResult:
         """The k most probable classes, best first (ties: lower class id first: both sorts are stable).
@@ -167,13 +167,13 @@ class ClassifyTask(Task):
             return await self.engine.infer(prepared, reservation)
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
-        await self.classify(images, None)
+        await self.classify(images, Parameters({}))
 
     # -- RPCs
 
-    async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
+    async def classify(self, images: Sequence[ImageInput], params: Parameters) -> list[ClassifyResult]:
         require_images(images)
-        k = self.resolve_top_k(top_k)
+        k = self.resolve_top_k(params.integer("top_k"))
         outputs = await self.probabilities(images)
         self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))
         return [self.top(p, k) for p in outputs]
@@ -201,3 +201,49 @@ class ClassifyTask(Task):
             raise invalid_argument("the clip holds no frames")
         self.metrics.frames.labels(self.metrics.model, self.name).inc(count)
         return ClipResult(self.top((total / count).astype(np.float32), top_k[0]), count)
+
+
+# -- the RPCs: their codecs, and Classify's answers as tensors
+
+def classify_result_to_proto(result: ClassifyResult) -> pb.ClassifyResult:
+    return pb.ClassifyResult(top=[pb.Classification(label=c.label, class_id=c.class_id, score=c.score)
+                                  for c in result.top])
+
+
+def classify_response_to_proto(results: list[ClassifyResult]) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(results=[classify_result_to_proto(r) for r in results])
+
+
+def classify_tensors(results: list[ClassifyResult]) -> list[Tensor]:
+    tops = [r.top for r in results]
+    k = max((len(top) for top in tops), default=0)
+    return [
+        labels_tensor("labels", [[c.label for c in top] for top in tops], k),
+        Tensor("scores", "FP32", padded([[c.score for c in top] for top in tops], k, 0.0, np.float32)),
+        Tensor("classes", "INT32", padded([[c.class_id for c in top] for top in tops], k, -1, np.int32)),
+    ]
+
+
+async def clip_frames_from_proto(frames: AsyncIterator[pb.ClipFrame]) -> AsyncIterator[ClipFrameInput]:
+    async for frame in frames:
+        yield ClipFrameInput(codec.image_from_proto(frame.image), frame.top_k if frame.HasField("top_k") else None)
+
+
+async def classify_clip(task: ClassifyTask, frames: AsyncIterator[pb.ClipFrame]) -> pb.ClipResult:
+    result = await task.classify_clip(clip_frames_from_proto(frames))
+    return pb.ClipResult(result=classify_result_to_proto(result.result), frames=result.frames)
+
+
+# Outputs: labels BYTES [N,K], scores FP32 [N,K], classes INT32 [N,K] (top-k, best first; -1 and "" pad).
+CLASSIFY = ImagesRpc(
+    "Classify", pb.ClassifyRequest, pb.ClassifyResponse, PARAMETERS,
+    lambda request: Parameters(codec.present_fields(request, "top_k")),
+    lambda task, images, params: task.classify(images, params),
+    classify_response_to_proto, rest="classify",
+    oip=OipOutputs((TensorSpec("labels", "BYTES", (-1, -1)), TensorSpec("scores", "FP32", (-1, -1)),
+                    TensorSpec("classes", "INT32", (-1, -1))), classify_tensors))
+CLASSIFY_CLIP = StreamingRpc("ClassifyClip", pb.ClipFrame, pb.ClipResult, requests_stream=True,
+                             responses_stream=False, handle=classify_clip)
+FLAGS = (TOP_K,)
+
+register(TaskSpec("classify", ClassifyTask, CLASSIFIER, (CLASSIFY, CLASSIFY_CLIP), oip=CLASSIFY, flags=FLAGS))

@@ -20,7 +20,7 @@ from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import invalid_argument, public_error
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import ParameterValue
+from kubeinfer.runtime.oip.inputs import ParameterValue
 from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, OipOperations, RequestedOutput
 from kubeinfer.runtime.oip.tensors import Tensor
 

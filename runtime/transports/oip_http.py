@@ -24,9 +24,9 @@ from aiohttp import web
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import ParameterValue, TensorSpec
+from kubeinfer.runtime.oip.inputs import ParameterValue
 from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, ModelMetadata, OipOperations, RequestedOutput
-from kubeinfer.runtime.oip.tensors import Tensor
+from kubeinfer.runtime.oip.tensors import Tensor, TensorSpec
 from kubeinfer.runtime.transports.observe import OIP, Route
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -29,17 +29,20 @@ from typing import Any
 import cv2
 import numpy as np
 
+from kubeinfer.runtime import codec
 from kubeinfer.runtime.concurrency import ordered_map
-from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import DetectionRequests
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least, within
+from kubeinfer.runtime.detection import FLAGS as DETECTION_FLAGS
+from kubeinfer.runtime.detection import DetectionRequests, detection_to_proto
 from kubeinfer.runtime.engine.base import Engine
-from kubeinfer.runtime.engine.detector import DetectorFacts
+from kubeinfer.runtime.engine.detector import DETECTOR, DetectorFacts
 from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argument, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 from kubeinfer.runtime.models.yolo_io import BatchItem, Detection
-from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.base import MAX_STREAMS, Task
+from kubeinfer.runtime.tasks.registry import StreamingRpc, TaskSpec, register
 from kubeinfer.runtime.tasks.video.ops import (
     OPERATIONS,
     EncodedFrame,
@@ -51,8 +54,13 @@ from kubeinfer.runtime.tasks.video.ops import (
     start_frame,
 )
 from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
+from kubeinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+MAX_FRAMES_IN_FLIGHT = Flag("max-frames-in-flight", int, 8, "frames of one stream being processed at once (flow "
+                            "control)", "video", at_least(1, "max-frames-in-flight"))
+JPEG_QUALITY = Flag("jpeg-quality", int, 85, "default JPEG quality of processed frames", "video",
+                    within(1, 100, "jpeg-quality", "1..100"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,8 @@ class VideoTask(Task):
         self.engine = engine
         self.detector = DetectionRequests(config, engine.facts) if engine is not None else None
         self.faces = FaceCascade()
+        self.max_streams, self.frames_in_flight = config.flag(MAX_STREAMS), config.flag(MAX_FRAMES_IN_FLIGHT)
+        self.jpeg_quality = config.flag(JPEG_QUALITY)
         self.active_streams = 0
         self._streams_gauge = metrics.active_streams.labels(metrics.model, self.name)
         self._frames = metrics.frames.labels(metrics.model, self.name)
@@ -111,7 +121,7 @@ class VideoTask(Task):
 
     def info(self, base: ModelInfo) -> ModelInfo:
         info = replace(base, operations=tuple(self.operations), active_streams=self.active_streams,
-                       max_streams=self.config.max_streams)
+                       max_streams=self.max_streams)
         if self.detector is None:
             return info
         facts = self.detector.facts
@@ -127,7 +137,7 @@ class VideoTask(Task):
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         return parse_pipeline(spec, detector=self.detector, faces=self.faces,
-                              default_quality=self.config.jpeg_quality, max_pixels=self.config.max_image_pixels)
+                              default_quality=self.jpeg_quality, max_pixels=self.config.max_image_pixels)
 
     async def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
         """Processed frames in the order received; the first message must carry the pipeline."""
@@ -153,7 +163,7 @@ class VideoTask(Task):
             return self._process(pipeline, message.stream_id, message.sequence, image)
 
         with self._stream():
-            async with contextlib.aclosing(ordered_map(frames(), process, self.config.max_frames_in_flight)) as out:
+            async with contextlib.aclosing(ordered_map(frames(), process, self.frames_in_flight)) as out:
                 async for result in out:
                     yield result
 
@@ -172,7 +182,7 @@ class VideoTask(Task):
                 def process(item: tuple[int, np.ndarray]) -> Awaitable[FrameResult]:
                     return self._process(pipeline, "", item[0], item[1])
 
-                limit = self.config.max_frames_in_flight
+                limit = self.frames_in_flight
                 async with contextlib.aclosing(ordered_map(frames(), process, limit)) as out:
                     async for result in out:
                         yield result
@@ -190,9 +200,9 @@ class VideoTask(Task):
     @contextlib.contextmanager
     def _stream(self) -> Any:
         """Count an open stream (ModelInfo and the active-streams gauge); refuse beyond --max-streams."""
-        if self.active_streams >= self.config.max_streams:
+        if self.active_streams >= self.max_streams:
             raise Overloaded(f"{self.active_streams} video streams are open, the limit (--max-streams) is "
-                             f"{self.config.max_streams}; retry later")
+                             f"{self.max_streams}; retry later")
         self.active_streams += 1
         self._streams_gauge.set(self.active_streams)
         try:
@@ -296,3 +306,61 @@ class VideoFileReader:
         with self._lock:
             self._next = None
             self._capture.release()
+
+
+# -- the RPCs: their codecs
+
+def pipeline_from_proto(pipeline: pb.VideoPipeline) -> PipelineSpec:
+    return PipelineSpec(
+        operations=tuple(OpSpec.of(op.name, dict(op.params)) for op in pipeline.operations),
+        jpeg_quality=pipeline.jpeg_quality if pipeline.HasField("jpeg_quality") else None,
+    )
+
+
+async def messages_from_proto(requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[VideoMessage]:
+    async for request in requests:
+        yield VideoMessage(
+            stream_id=request.stream_id, sequence=request.sequence,
+            image=codec.image_from_proto(request.image) if request.HasField("image") else None,
+            pipeline=pipeline_from_proto(request.pipeline) if request.HasField("pipeline") else None,
+        )
+
+
+def frame_to_proto(frame: FrameResult) -> pb.ProcessedFrame:
+    message = pb.ProcessedFrame(stream_id=frame.stream_id, sequence=frame.sequence)
+    if frame.error is not None:
+        message.error.code = frame.error.code.value
+        message.error.message = frame.error.message
+        return message
+    message.jpeg, message.width, message.height = frame.jpeg, frame.width, frame.height
+    message.detections.extend(detection_to_proto(d) for d in frame.detections)
+    return message
+
+
+def file_event_to_proto(event: FrameResult | VideoSummary) -> pb.VideoFileEvent:
+    if isinstance(event, VideoSummary):
+        return pb.VideoFileEvent(summary=pb.VideoSummary(frame_count=event.frame_count, fps=event.fps,
+                                                         width=event.width, height=event.height))
+    return pb.VideoFileEvent(frame=frame_to_proto(event))
+
+
+async def process_video(task: VideoTask, requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[pb.ProcessedFrame]:
+    async with contextlib.aclosing(task.process_video(messages_from_proto(requests))) as frames:
+        async for frame in frames:
+            yield frame_to_proto(frame)
+
+
+async def process_video_file(task: VideoTask, request: pb.VideoFileRequest) -> AsyncIterator[pb.VideoFileEvent]:
+    events = task.process_video_file(request.video, pipeline_from_proto(request.pipeline))
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            yield file_event_to_proto(event)
+
+
+PROCESS_VIDEO = StreamingRpc("ProcessVideo", pb.VideoRequest, pb.ProcessedFrame, requests_stream=True,
+                             responses_stream=True, handle=process_video)
+PROCESS_VIDEO_FILE = StreamingRpc("ProcessVideoFile", pb.VideoFileRequest, pb.VideoFileEvent, requests_stream=False,
+                                  responses_stream=True, handle=process_video_file)
+
+register(TaskSpec("video", VideoTask, DETECTOR, (PROCESS_VIDEO, PROCESS_VIDEO_FILE), model_optional=True,
+                  flags=(MAX_FRAMES_IN_FLIGHT, JPEG_QUALITY, MAX_STREAMS, *DETECTION_FLAGS)))

@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 DEMO_MODEL := .cache/models/detector.pt
 SETUP_STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint protos bench clean cluster cluster-down cluster-build cluster-load-images images \
-	gpu-check gpu-check-wheels
+.PHONY: setup serve test e2e lint protos bench clean cluster cluster-down cluster-build cluster-load-images images \
+	gpu-check gpu-check-wheels docs
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ test: $(SETUP_STAMP)
 	bash scripts/storage/build.sh >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Issue #29's user flows on the real node, all of them (root; ~15 min): the chart's operator pod, every CPU example
+# from the images scripts/images.py builds, clients through the Services and CoreDNS, no request lost during a pod
+# deletion, a rollout, a scale-down and an operator pod deleted mid-rollout, CPU autoscaling 1 -> 3 -> 1, GPU work on
+# kwok. `make test` runs tests/test_real_node_e2e.py; this adds tests/test_real_node_disruptions.py (--e2e) and
+# prints the figures measured at the end.
+e2e: $(SETUP_STAMP)
+	bash scripts/install-test-tools.sh helm image_tools real_node
+	bash scripts/cluster/build.sh >/dev/null
+	bash scripts/cluster/build.sh node >/dev/null
+	$(BIN)/python -m pytest --e2e tests/test_real_node_e2e.py tests/test_real_node_disruptions.py
 
 # A real control plane on 127.0.0.1 (kube-apiserver, controller-manager, scheduler, etcd, kwok fake nodes), built
 # from the Kubernetes Go module on first use (cached under .cache/cluster/bin). Runs until Ctrl-C or cluster-down.
@@ -63,6 +74,11 @@ lint: $(SETUP_STAMP)
 protos: $(SETUP_STAMP)
 	$(BIN)/python protos/generate.py
 
+# The documentation (docs/, mkdocs.yml; the InferenceService reference generated from the CRD by docs/hooks.py) as a
+# site in .cache/site. --strict: a broken link or anchor, or a page left out of the nav, fails the build.
+docs: $(SETUP_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .cache/site
+
 # Benchmark: kubeinfer vs the raw model and KServe/MLServer/LitServe (installs peers on first use; ~7-10 min on 2 cores)
 bench: $(SETUP_STAMP) $(DEMO_MODEL)
 	$(BIN)/python benchmarks/run.py
@@ -81,7 +97,7 @@ gpu-check-wheels: $(SETUP_STAMP)
 		grpcio-reflection==1.85.1 protobuf==7.36.2
 
 # Both container images built from the Dockerfiles with buildah (local Debian base, cached) and run with podman
-# as their pods run them (README: Container images; root, ~50 GB free disk, ~20-25 min the first time)
+# as their pods run them (docs/images.md; root, ~50 GB free disk, ~20-25 min the first time)
 images: $(SETUP_STAMP) $(DEMO_MODEL)
 	bash scripts/install-test-tools.sh image_tools
 	$(BIN)/python scripts/images.py

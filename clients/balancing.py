@@ -5,6 +5,11 @@ A ClusterIP Service pins a gRPC client's one HTTP/2 connection to one pod, so th
 policy. The runtime's ``--grpc-max-connection-age`` closes connections now and then, which makes the client
 re-resolve and so find pods added by a scale-up.
 
+gRPC resolves a name again at most every 30 s by default; a balanced client asks again at most every
+``RERESOLVE_SECONDS`` instead, so that when a rollout replaces the pods it knows, the first one going (its
+connection closes) makes it look up the new ones at once (the runtimes keep serving while draining for longer than
+CoreDNS caches an answer: kubeinfer.operator.render.SHUTDOWN_DELAY).
+
 Retries (gRPC's retryPolicy, in the channel's service config): only UNAVAILABLE (a replica gone, draining,
 unreachable or still loading) is retried, up to ``RETRY_ATTEMPTS`` attempts in all with exponential backoff,
 and only for calls that are safe to repeat: the unary inference calls (Detect, Classify, Recognize), which have
@@ -20,6 +25,7 @@ import json
 
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 RETRY_ATTEMPTS = 5
+RERESOLVE_SECONDS = 1.0
 RETRIED_METHODS = (("kubeinfer.v1.Inference", "GetModelInfo"), ("kubeinfer.v1.Inference", "Detect"),
                    ("kubeinfer.v1.Inference", "Classify"), ("kubeinfer.v1.Inference", "Recognize"),
                    ("grpc.health.v1.Health", "Check"))
@@ -34,6 +40,13 @@ def service_target(name: str, namespace: str = "default", port: int = 8001,
 def balances(target: str) -> bool:
     """Whether ``target`` names several addresses that gRPC balances over (dns:, ipv4:, ipv6: schemes)."""
     return target.startswith(BALANCED_SCHEMES)
+
+
+def channel_options(target: str) -> list[tuple[str, object]]:
+    """Channel arguments for ``target``: for a balanced name, a quick look-up again when a connection closes."""
+    if not target.startswith("dns:"):
+        return []
+    return [("grpc.dns_min_time_between_resolutions_ms", int(RERESOLVE_SECONDS * 1000))]
 
 
 def service_config(*, round_robin: bool, retries: bool) -> str:

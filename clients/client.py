@@ -54,6 +54,7 @@ class Client:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.service_config", balancing.service_config(round_robin=balanced,
                                                              retries=balanced if retries is None else retries)),
+            *balancing.channel_options(target),
             *options,
         ]
         self.channel = (grpc.secure_channel(target, credentials, channel_options) if credentials

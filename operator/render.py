@@ -38,9 +38,17 @@ RUN_AS = 65532  # the distroless "nonroot" uid; the image's files are readable b
 # The runtime's drain on SIGTERM: SHUTDOWN_DELAY seconds reporting NOT_SERVING while still serving (endpoints and
 # load balancers stop routing), then GRACE_PERIOD seconds for in-flight calls; it exits within their sum plus a
 # second. The kubelet's SIGKILL must come later than that: TERMINATION_GRACE adds a margin.
-SHUTDOWN_DELAY = 5
+# The delay outlasts DNS_TTL: a balancing client (Client.for_service) learns the pods of its headless Service from
+# DNS answers that CoreDNS may cache that long, and when a rollout replaces every pod it knows, it must find one of
+# the new pods before the last old one stops taking calls (with 5 s, such a client lost every call for the rest
+# of those 30 s on the real node).
+DNS_TTL = 30  # CoreDNS's usual `ttl 30` and `cache 30` for cluster names
+SHUTDOWN_DELAY = DNS_TTL + 5
 GRACE_PERIOD = 20
 TERMINATION_GRACE = SHUTDOWN_DELAY + GRACE_PERIOD + 5
+# The startup probe: every STARTUP_PERIOD seconds, for up to STARTUP_SECONDS (a gallery built at start may take long).
+STARTUP_PERIOD = 1
+STARTUP_SECONDS = 600
 # Balancing clients (Client.for_service) resolve the headless Service again only when a connection closes: a
 # connection age makes them find the pods a scale-up adds within this many seconds.
 MAX_CONNECTION_AGE = 30
@@ -328,8 +336,11 @@ def render_deployment(owner: Owner, spec: ServiceSpec, defaults: RuntimeDefaults
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [*_RUNTIME_ENV, *(dict(e) for e in spec.env)],
         "resources": _resources(spec, defaults),
-        # Loading a model or building a gallery may take minutes: the startup probe holds liveness back.
-        "startupProbe": _probe(period=5, failures=120, timeout=2),
+        # Loading a model or building a gallery may take minutes: the startup probe holds liveness back. It asks
+        # every second (a health check is cheap), so that a pod is Ready about a second after its model is rather
+        # than at the kubelet's next 5 s tick (the kubelet probes readiness at once when startup succeeds); the
+        # same 10 minutes in all as before.
+        "startupProbe": _probe(period=STARTUP_PERIOD, failures=STARTUP_SECONDS // STARTUP_PERIOD, timeout=1),
         "readinessProbe": _probe(period=5, failures=2, timeout=2),
         "livenessProbe": _probe(period=10, failures=6, timeout=5),
         "securityContext": _security_context(),

@@ -411,8 +411,7 @@ def _unpack(archive: Path, target: Path, url: str) -> int:
             if name.endswith(".zip"):
                 _unzip(archive, staging)
             else:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(staging, filter="data")  # refuses absolute paths, '..', devices, links out
+                _untar(archive, staging)
         except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
             raise FetchError(f"{url}: cannot unpack: {exc}") from None
         entries = list(staging.iterdir())
@@ -426,6 +425,42 @@ def _unpack(archive: Path, target: Path, url: str) -> int:
         return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _untar(archive: Path, into: Path, *, native_filter: bool | None = None) -> None:
+    """Extract as tarfile's "data" filter does (PEP 706): no absolute paths, '..', devices or links leading out;
+    no setuid, setgid or group/other write bits; no owners from the archive. Pythons before 3.11.4 lack the
+    filter (the images' Debian bookworm has 3.11.2), so there the members are checked and tidied here first.
+    ``native_filter`` picks the way (default: the filter where this Python has it)."""
+    native = hasattr(tarfile, "data_filter") if native_filter is None else native_filter
+    with tarfile.open(archive) as tar:
+        if native:
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into, members=_data_members(tar, into, archive.name))
+
+
+def _data_members(tar: tarfile.TarFile, into: Path, name: str) -> list[tarfile.TarInfo]:
+    """The archive's members, checked and tidied like the "data" filter's; FetchError for the first unsafe one."""
+    root = os.path.realpath(into)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(os.path.join(root, path))]) == root
+
+    members = tar.getmembers()
+    for member in members:
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts or not inside(member.name):
+            raise FetchError(f"{name}: unsafe path in archive: {member.name!r}")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise FetchError(f"{name}: {member.name!r} is a device or pipe, which is not unpacked")
+        if member.issym() or member.islnk():
+            base = str(path.parent) if member.issym() else ""
+            if os.path.isabs(member.linkname) or not inside(os.path.join(base, member.linkname)):
+                raise FetchError(f"{name}: {member.name!r} links outside the archive: {member.linkname!r}")
+        member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    return members
 
 
 def _unzip(archive: Path, into: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,34 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def api(kube_cluster: Any) -> Any:
+    """The control plane's REST API as the admin (tests/cluster_support.py's Api), one per module."""
+    from cluster_support import Api
+
+    return Api(kube_cluster)
+
+
+@pytest.fixture(scope="module")
+def kubectl(kube_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Real ``kubectl`` against the control plane with a cache of its own; modules that need CRDs apply them
+    in a fixture of theirs (``install_crd``)."""
+    from cluster_support import Kubectl
+
+    return Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+
+
+@pytest.fixture(scope="module")
+def dns(replicas: Any) -> Iterator[Any]:
+    """A DNS server on loopback answering REPLICAS_NAME with the module's ``replicas`` (a ReplicaSet), as
+    cluster DNS answers a headless Service's name; tests change the answer with ``dns.set``."""
+    from dns_support import DnsServer
+    from replica_support import REPLICAS_NAME
+
+    with DnsServer({REPLICAS_NAME: replicas.hosts()}) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[Any]:
     """A cluster with a real node real-0 (kubelet, containerd, kube-proxy, CoreDNS, metrics-server) for the tests
@@ -159,7 +188,33 @@ def _heavy(function: Any) -> bool:
         return False
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The end-to-end tests' figures (tests/e2e_support.py), where they ran: times, splits, requests and failures."""
+    support = sys.modules.get("e2e_support")
+    figures = getattr(support, "FIGURES", None)
+    if figures:
+        terminalreporter.section("end-to-end figures (real node)")
+        for line in figures:
+            terminalreporter.write_line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: the longer flows on the real node, run only with --e2e (make e2e); "
+                                       "tests/conftest.py deselects them otherwise")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--e2e", action="store_true",
+                     help="also run the tests marked e2e (the rest of issue #29's flows on the real node: make e2e)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `e2e` tests (rollouts, scaling, autoscaling on the real node: minutes each) run only with --e2e (make e2e)
+    if not config.getoption("--e2e"):
+        skipped = [item for item in items if item.get_closest_marker("e2e") is not None]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if item.get_closest_marker("e2e") is None]
     for item in items:
         if item.get_closest_marker("slow") is not None or not isinstance(item, pytest.Function):
             continue

@@ -82,6 +82,10 @@ class ReplicaSet:
                 replica.terminate(timeout=10)
 
 
+# the headless Service name the tests' DNS server (conftest.py ``dns``) answers with the live replicas
+REPLICAS_NAME = "colours-pods.vision.svc.cluster.test"
+
+
 @contextlib.contextmanager
 def replica_set(folder: Path, *extra: str, port: int | None = None) -> Iterator[ReplicaSet]:
     replicas = ReplicaSet(folder, *extra, port=port)

@@ -21,7 +21,8 @@ from cluster_support import Api, Kubectl, LocalCluster, install_crd, new_namespa
 from cluster_support import wait_established as wait_crds
 from operator_support import is_path
 
-from kubeinfer.operator.kube import RBAC_RULES, merge_patch_for, resource_path
+from kubeinfer.operator.children import merge_patch_for
+from kubeinfer.operator.kube import RBAC_RULES, resource_path
 from kubeinfer.operator.render import Owner, render_hpa, render_scaled_object
 from kubeinfer.operator.spec import parse_spec
 
@@ -38,16 +39,10 @@ AUTOSCALINGS = {
 KEDA = {"engine": "keda", "prometheus": {"address": PROMETHEUS}}
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def crds(kubectl: Kubectl) -> None:
+    """The InferenceService CRD, before any fixture of this module uses the API."""
     install_crd(kubectl)
-    return kubectl
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The autoscaling signals, end to end short of the HPA controller: two real runtimes (two replicas of one
 InferenceService) under real load, scraped by a real Prometheus through the chart's PodMonitor rules, and the
 PromQL of the chart's Prometheus Adapter rules and of the KEDA trigger evaluated on it, per pod, as the adapter
-and KEDA send it. (Prometheus Adapter itself is not served by the Go module proxy; see the README.)
+and KEDA send it. (Prometheus Adapter itself is not served by the Go module proxy; see docs/autoscaling.md.)
 
 In flight is held exactly (HTTP requests whose bodies are still arriving are counted from their first byte), so
 its per-pod value is known; queue depth and queue wait come from a gRPC load on one replica while the other

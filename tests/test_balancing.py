@@ -12,19 +12,19 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from classify_support import solid
 from dns_support import DnsServer
-from replica_support import ReplicaSet, replica_set
+from replica_support import REPLICAS_NAME, ReplicaSet, replica_set
 
 from kubeinfer.clients import Client, RestClient
 from kubeinfer.clients.balancing import service_target
 from kubeinfer.operator.render import headless_name
 
-NAME = "colours-pods.vision.svc.cluster.test"
 MAX_AGE = 2.0  # --grpc-max-connection-age: how soon clients re-resolve and find a new replica
 RED = solid("red", 16, 16)
 
@@ -38,15 +38,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSet]:
 
 
 @pytest.fixture(scope="module")
-def dns(replicas: ReplicaSet) -> Iterator[DnsServer]:
-    with DnsServer({NAME: replicas.hosts()}) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client(dns: DnsServer, replicas: ReplicaSet) -> Iterator[Client]:
     # re-resolve as soon as asked (gRPC waits 30 s between resolutions by default)
-    with Client(dns.target(NAME, replicas.port), timeout=30,
+    with Client(dns.target(REPLICAS_NAME, replicas.port), timeout=30,
                 options=[("grpc.dns_min_time_between_resolutions_ms", 200)]) as connection:
         yield connection
 
@@ -69,7 +63,7 @@ def test_for_service_targets_the_headless_service_the_operator_renders() -> None
     assert target == f"dns:///{headless_name('colours')}.vision.svc.cluster.local:8001"
     with Client.for_service("colours", namespace="vision", port=9001, cluster_domain="example.org") as client:
         assert client.target == "dns:///colours-pods.vision.svc.example.org:9001"
-    # REST opens a connection per call: the ClusterIP Service NAME spreads them
+    # REST opens a connection per call: the ClusterIP Service REPLICAS_NAME spreads them
     assert RestClient.for_service("colours", namespace="vision").url == "http://colours.vision.svc.cluster.local:8080"
 
 
@@ -89,7 +83,7 @@ def test_unary_calls_are_split_evenly_over_three_replicas(client: Client, replic
 def test_a_replica_added_to_dns_gets_its_share_within_the_connection_age(client: Client, replicas: ReplicaSet,
                                                                           dns: DnsServer) -> None:
     (fourth,) = replicas.start(1)
-    dns.set(NAME, replicas.hosts())
+    dns.set(REPLICAS_NAME, replicas.hosts())
     added = time.monotonic()
     while fourth.served("Classify") == 0:
         assert time.monotonic() - added < MAX_AGE * 1.1 + 1 + 5, "the new replica got no call"
@@ -141,3 +135,45 @@ def test_a_name_that_resolves_to_nothing_fails_fast_with_unavailable_naming_it(d
         assert time.monotonic() - started < 5
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "nobody.cluster.test:8001" in str(failed.value.details())
+
+
+def test_a_rollout_that_replaces_every_known_replica_costs_no_failed_call(tmp_path: Path) -> None:
+    """As a Deployment's rolling update does: new replicas appear in DNS, the old ones drain (serving through
+    their shutdown delay, then closing their connections). A default balanced client looks the name up again as
+    the first old connection closes; with gRPC's own 30 s between look-ups (the client's default before), it
+    kept only the old, drained replicas and every call failed until then (seen on the real node)."""
+    name = "rollout-pods.vision.svc.cluster.test"
+    with replica_set(tmp_path, "--shutdown-delay", "2", "--grpc-max-connection-age", "300") as pods, \
+            DnsServer({name: []}) as dns:
+        old = pods.start(2)
+        dns.set(name, pods.hosts())
+        errors: list[str] = []
+        calls = [0]
+        stop = threading.Event()
+        with Client(dns.target(name, pods.port), timeout=10) as client:  # the defaults, as for_service has them
+            def traffic() -> None:
+                while not stop.is_set():
+                    try:
+                        classify(client, 1)
+                        calls[0] += 1
+                    except grpc.RpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+                        time.sleep(0.05)
+
+            thread = threading.Thread(target=traffic)
+            thread.start()
+            try:
+                time.sleep(1.0)  # resolved and connected to the old replicas
+                pods.start(2)
+                dns.set(name, [r.host for r in pods.live if r not in old])
+                for replica in old:
+                    os.kill(replica.pid, signal.SIGTERM)
+                for replica in old:
+                    replica.process.wait(30)
+                rolled_at = calls[0]
+                time.sleep(2.0)
+            finally:
+                stop.set()
+                thread.join(30)
+    assert errors == [], errors[:3]
+    assert calls[0] - rolled_at > 20, "calls stopped after the rollout"

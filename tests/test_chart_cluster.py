@@ -59,16 +59,6 @@ class Installed:
         return f"{self.release}-operator"
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    return Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
-
-
 def helm_cluster(kube_cluster: LocalCluster, *args: str, check: bool = True) -> Any:
     return helm(*args, "--kubeconfig", str(kube_cluster.kubeconfig), check=check)
 

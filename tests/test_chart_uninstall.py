@@ -1,7 +1,7 @@
-"""The chart's CRDs on the real control plane: kopf's peering CRDs come with peering only, and the README's uninstall
-recipe removes everything `helm uninstall` leaves behind (Helm never deletes the CRDs it installed from crds/).
+"""The chart's CRDs on the real control plane: kopf's peering CRDs come with peering only, and the uninstall recipe
+of docs/helm.md removes everything `helm uninstall` leaves behind (Helm never deletes the CRDs it installed from crds/).
 
-The release is the README's own (`kubeinfer` in `kubeinfer-system`), so its commands run as written. The operator
+The release is the page's own (`kubeinfer` in `kubeinfer-system`), so its commands run as written. The operator
 runs out of cluster with the chart's flags, as the chart's ServiceAccount (tests/test_chart_cluster.py does the
 same), long enough to give an InferenceService its runtime. This module deletes cluster-wide CRDs: it puts the
 InferenceService CRD back when done (later modules apply what they need themselves, kopf's peering CRDs included).
@@ -22,7 +22,7 @@ from cluster_operator_support import Operator, wait
 from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
 from operator_support import CRD_PATH, deployment_path, is_path, service_path
 
-RELEASE, NAMESPACE = "kubeinfer", "kubeinfer-system"  # as in the README
+RELEASE, NAMESPACE = "kubeinfer", "kubeinfer-system"  # as in docs/helm.md
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 IS_CRD = "inferenceservices.kubeinfer.io"
@@ -30,17 +30,11 @@ VALUES = ["--set", "runtime.images.gpu.repository=registry.example.com/kubeinfer
           "runtime.images.gpu.tag=uninstall-test"]
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def clean_slate(kube_cluster: LocalCluster, kubectl: Kubectl) -> Iterator[None]:
     # A clean slate: kopf's peering CRDs may have been applied by earlier modules (tests/test_operator_modes.py).
     kubectl("delete", "crd", *PEERING_CRDS, "--ignore-not-found")
-    yield kubectl
+    yield
     helm_cluster(kube_cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
     kubectl("apply", "-f", str(CRD_PATH))
     wait_established(kubectl)
@@ -55,12 +49,12 @@ def crd_exists(api: Api, name: str) -> bool:
 
 
 def uninstall_recipe() -> list[str]:
-    """The commands of the README's Uninstall section, in order."""
-    readme = (REPO / "README.md").read_text()
-    section = re.search(r"^### Uninstall\n(.*?)(?=^#)", readme, re.S | re.M)
-    assert section, "the README has no '### Uninstall' section"
+    """The commands of the Uninstall section of docs/helm.md, in order."""
+    page = (REPO / "docs" / "helm.md").read_text()
+    section = re.search(r"^## Uninstall\n(.*?)(?=^#|\Z)", page, re.S | re.M)
+    assert section, "docs/helm.md has no '## Uninstall' section"
     block = re.search(r"```bash\n(.*?)```", section.group(1), re.S)
-    assert block, "the README's Uninstall section has no bash block"
+    assert block, "the Uninstall section of docs/helm.md has no bash block"
     return [line.split("  #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace, wait_established
+from cluster_support import Api, Kubectl, new_namespace, wait_established
 from operator_support import CRD_PATH, EXAMPLE_FILES, is_path, load_crd, load_yaml
 
 from kubeinfer.operator import spec as spec_module
@@ -30,16 +30,6 @@ NOT_CHECKED = "some validation rules were not checked"  # the server's note afte
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    return Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
-
-
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
 @pytest.fixture(scope="module")
 def crd_applied(kubectl: Kubectl) -> str:
     """`kubectl apply -f crds/`, as the README says; its output."""

@@ -5,7 +5,7 @@ Dockerfiles' default base (built once, cached in buildah's storage) and runs wit
 and the cpu runtime image (no torch, ~0.5 GB) are built and run on every run of the suite (~2-6 min each; the
 base adds ~1 min the first time); the operator image also reconciles an InferenceService on the local control
 plane when that is built (~1 min). The gpu runtime image (torch with its CUDA wheels, ~7 GB, ~50 GB of vfs disk
-while building) is left to `make images` (README, "Container images"); KUBEINFER_TEST_RUNTIME_IMAGE=1 adds it
+while building) is left to `make images` (docs/images.md); KUBEINFER_TEST_RUNTIME_IMAGE=1 adds it
 here. Needs root and buildah, podman, runc, debootstrap (scripts/install-test-tools.sh image_tools); where CI is
 set a missing tool fails the test instead of skipping it.
 """

@@ -26,17 +26,11 @@ IMAGE = "registry.example.com/kubeinfer/runtime:drift"
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def crds(kubectl: Kubectl) -> None:
+    """The InferenceService CRD, before any fixture of this module uses the API."""
     kubectl("apply", "-f", str(CRD_PATH))
     wait_established(kubectl)
-    return kubectl
 
 
 @pytest.fixture(scope="module")

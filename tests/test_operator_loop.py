@@ -83,16 +83,10 @@ class Operator:
         return self.get(self.metrics_port, "/metrics") or ""
 
 
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def crds(kubectl: Kubectl) -> None:
+    """The InferenceService CRD, before any fixture of this module uses the API."""
     install_crd(kubectl)
-    return kubectl
-
-
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
 
 
 @pytest.fixture(scope="module")

@@ -36,18 +36,12 @@ NAMESPACED = {"inferenceservices", "deployments", "services", "horizontalpodauto
 _accounts = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def api(kube_cluster: LocalCluster) -> Api:
-    return Api(kube_cluster)
-
-
-@pytest.fixture(scope="module")
-def kubectl(kube_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    kubectl = Kubectl(kube_cluster.kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def crds(kubectl: Kubectl) -> None:
+    """The InferenceService CRD and kopf's peering CRDs."""
     kubectl("apply", "-f", str(CRD_PATH), "-f", str(PEERING_CRDS))
     wait_established(kubectl, "inferenceservices.kubeinfer.io", "clusterkopfpeerings.kopf.dev",
                      "kopfpeerings.kopf.dev")
-    return kubectl
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,11 @@ def test_pod_is_hardened_probed_and_scraped() -> None:
     assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"] == {"port": GRPC_PORT}  # the standard gRPC health service
+    # Ready about a second after the model (the real node measured 6 s from pod created to Ready with a 5 s startup
+    # period, where the model is served 2-3 s after the pod is created), still 10 minutes to load it.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] == 1 and startup["timeoutSeconds"] == 1
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -144,6 +149,15 @@ def test_the_kubelet_waits_longer_than_the_runtime_drains() -> None:
     parsed = serve_args(pod["containers"][0]["args"])
     # The runtime exits within shutdown delay + grace period + 1 s; SIGKILL must not come before.
     assert pod["terminationGracePeriodSeconds"] >= parsed.shutdown_delay + parsed.grace_period + 2
+
+
+def test_a_draining_pod_serves_longer_than_dns_answers_are_cached() -> None:
+    """Balancing clients learn the pods from the headless Service's DNS, which CoreDNS caches for up to 30 s: an old
+    pod of a rollout keeps taking calls until every answer lists its successors (tests/test_real_node_e2e.py)."""
+    deployment = children({"task": "detect", "model": {"uri": "/models/m.pt"}})["Deployment/svc"]
+    parsed = serve_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert parsed.shutdown_delay > 30
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
 def test_connections_age_so_balancing_clients_find_new_pods() -> None:

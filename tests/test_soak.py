@@ -230,7 +230,7 @@ def test_soak_with_bad_requests_then_sigterm_under_load(runtime_factory: Callabl
     for outcome in during:
         allowed = set(DRAIN_OUTCOMES)
         if outcome.protocol == "grpc":
-            # a call that reaches grpc's core as the server stops is cancelled there, not refused (see README)
+            # a call that reaches grpc's core as the server stops is cancelled there, not refused (docs/runtime.md)
             allowed.add("CANCELLED")
         if outcome.kind == "valid":
             allowed.add("OK")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from classify_support import expected_probabilities, scores, solid
 from dns_support import DnsServer
-from replica_support import WINDOW, ReplicaSet, replica_set
+from replica_support import REPLICAS_NAME, WINDOW, ReplicaSet, replica_set
 
 from kubeinfer.clients import Client, NoEndpoints, StreamRouter
 from kubeinfer.clients.affinity import owner
@@ -26,7 +26,6 @@ from kubeinfer.clients.resolve import resolve
 from kubeinfer.clients.types import StreamPrediction
 from kubeinfer.runtime.tasks.stream import StreamRegistry
 
-NAME = "colours-pods.vision.svc.cluster.test"
 # A fixed port (below the ephemeral range, so no other test's free port), so the endpoints and with them the
 # hash's split are known: 98/98/104 of the ids over three replicas, 67 moved by a fourth. Any port gives a split
 # within the bounds asserted below nearly always (binomial, 3 standard deviations); this one always.
@@ -106,14 +105,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSet]:
 
 
 @pytest.fixture(scope="module")
-def dns(replicas: ReplicaSet) -> Iterator[DnsServer]:
-    with DnsServer({NAME: replicas.hosts()}) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def router(dns: DnsServer, replicas: ReplicaSet) -> Iterator[StreamRouter]:
-    with StreamRouter(dns.target(NAME, replicas.port), timeout=30) as routed:
+    with StreamRouter(dns.target(REPLICAS_NAME, replicas.port), timeout=30) as routed:
         yield routed
 
 
@@ -140,7 +133,7 @@ def test_stream_ids_are_spread_over_three_replicas_and_a_fourth_moves_only_its_s
     assert windows == dict(Counter(owners.values()))  # each id is held where the hash sends it
 
     (fourth,) = replicas.start(1)
-    dns.set(NAME, replicas.hosts())
+    dns.set(REPLICAS_NAME, replicas.hosts())
     assert len(router.refresh()) == 4
     new_owners = {s: router.owner(s) for s in STREAMS}
     moved = {s for s in STREAMS if new_owners[s] != owners[s]}
@@ -163,7 +156,7 @@ def test_stream_ids_are_spread_over_three_replicas_and_a_fourth_moves_only_its_s
 
 def test_two_clients_sharing_a_resumable_id_share_its_window_and_other_ids_never_mix(
         router: StreamRouter, dns: DnsServer, replicas: ReplicaSet) -> None:
-    with StreamRouter(dns.target(NAME, replicas.port), timeout=30) as other:
+    with StreamRouter(dns.target(REPLICAS_NAME, replicas.port), timeout=30) as other:
         assert other.owner("shared-camera") == router.owner("shared-camera")
         send(router, "shared-camera", [RED] * WINDOW)
         (joined,) = send(other, "shared-camera", [BLUE])
@@ -199,7 +192,7 @@ def test_when_a_streams_replica_dies_its_next_call_goes_to_the_next_owner_and_re
     assert (other.window_restarted, other.window_fill) == (False, 4)
 
     set_aside = {s: router.owner(s) for s in STREAMS}
-    dns.set(NAME, replicas.hosts())  # the dead replica's address is gone from the name
+    dns.set(REPLICAS_NAME, replicas.hosts())  # the dead replica's address is gone from the name
     router.refresh()
     assert victim.grpc_target not in router.endpoints
     assert {s: router.owner(s) for s in STREAMS} == set_aside  # the fallback was the owner-to-be already

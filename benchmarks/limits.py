@@ -130,7 +130,7 @@ def median_ms(fn: Callable[[], object], seconds: float) -> float:
 def classifier_limit(model_path: Path, pixels: np.ndarray, seconds: float, instances: int = 1) -> dict:
     import torch
 
-    from kubeinfer.runtime.models.image_model import Preprocessing
+    from kubeinfer.runtime.models.preprocessing import Preprocessing
     from kubeinfer.runtime.models.torchscript import optimized_for_inference
 
     prep = Preprocessing.resolve(model_path)
@@ -186,15 +186,15 @@ def detector_limit(model_path: Path, jpegs: list[bytes], seconds: float, backend
     result["selected_images_per_s"] = sweep(
         lambda n: detector.forward([selected[i % len(selected)] for i in range(n)]), seconds,
         batch_sizes=(best,), instances=instances)["images_per_s"]
-    raw = detector.forward([boxed[0]])[0]
-    shape = decoded[0].shape[:2]
+    raw = detector.forward([boxed[0]])[0]  # no selection in the batch step: postprocess selects its boxes
+    item = selected[0]
 
     def pre() -> object:
         return detector.preprocess(cv2.imdecode(np.frombuffer(jpegs[0], dtype=np.uint8), cv2.IMREAD_COLOR))
 
     result["preprocess_ms_per_image"] = median_ms(pre, seconds / 4)
     result["postprocess_ms_per_image"] = median_ms(
-        lambda: detector.postprocess(raw, shape, CONFIDENCE, IOU, MAX_DETECTIONS, (), False), seconds / 4)
+        lambda: detector.postprocess(raw, item), seconds / 4)
     result["input_size"] = detector.image_size
     result["model"] = str(model_path)
     result["backend"] = choice.backend

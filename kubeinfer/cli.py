@@ -1,8 +1,8 @@
 """The `kubeinfer` console script: one entry point, a sub-command per job.
 
-Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``. Only the module of the sub-command being run is imported (and those
-import nothing heavy at module level), so ``kubeinfer serve`` loads no client or operator code,
+Each sub-command lives in its own module, ``commands/NAME.py`` of the package it belongs to, exposing
+``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the sub-command being run is imported
+(and those import nothing heavy at module level), so ``kubeinfer serve`` loads no client or operator code,
 ``kubeinfer operator`` never loads torch, and ``--help`` stays instant.
 """
 
@@ -14,18 +14,22 @@ import os
 import sys
 from collections.abc import Sequence
 
-# sub-command -> (module, one-line help)
+# sub-command -> (module, one-line help): `kubeinfer NAME` runs the module commands/NAME.py of the package it
+# belongs to (runtime, clients or operator)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("kubeinfer.runtime.serve_command", "run the inference runtime (gRPC + HTTP) for one model"),
-    "predict": ("kubeinfer.clients.cli", "send images to a runtime and print the results as JSON"),
-    "video": ("kubeinfer.clients.video_cli", "process a video file through a runtime's video task, write the result"),
-    "operator": ("kubeinfer.operator.main", "run the operator turning InferenceService resources into runtimes"),
-    "fetch": ("kubeinfer.runtime.fetch",
+    "serve": ("kubeinfer.runtime.commands.serve", "run the inference runtime (gRPC + HTTP) for one model"),
+    "predict": ("kubeinfer.clients.commands.predict", "send images to a runtime and print the results as JSON"),
+    "video": ("kubeinfer.clients.commands.video",
+              "process a video file through a runtime's video task, write the result"),
+    "operator": ("kubeinfer.operator.commands.operator",
+                 "run the operator turning InferenceService resources into runtimes"),
+    "fetch": ("kubeinfer.runtime.commands.fetch",
               "download model files (http(s)://, s3://, gs://) into a folder (the init container)"),
-    "export": ("kubeinfer.runtime.export_command",
+    "export": ("kubeinfer.runtime.commands.export",
                "export a YOLO .pt detector to ONNX for the cpu image (the init container)"),
-    "demo": ("kubeinfer.runtime.demo_models", "train the small demo detector (synthetic rectangles, offline)"),
-    "gallery": ("kubeinfer.runtime.gallery_cli", "build recognition galleries (embeddings files) from image folders"),
+    "demo": ("kubeinfer.runtime.commands.demo", "train the small demo detector (synthetic rectangles, offline)"),
+    "gallery": ("kubeinfer.runtime.commands.gallery",
+                "build recognition galleries (embeddings files) from image folders"),
 }
 
 

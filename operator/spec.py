@@ -258,8 +258,6 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         raise SpecError("spec.replicas stays at its default 1 when spec.autoscaling is set (the autoscaler sets the "
                         "replica count): drop spec.replicas or spec.autoscaling")
     frontends = reader.integer("grpc.frontends", 1, 1, 64)
-    if frontends > 1 and task not in ("detect", "classify"):
-        raise SpecError("spec.grpc.frontends above 1 is only used by tasks detect and classify")
     gpus = reader.integer("gpus", 0, 0, 16)
     image = reader.string("image") or None
     if gpus > 0 and model is not None and ONNX_MODEL.search(model.file or model.raw) and image is None:

@@ -1,23 +1,26 @@
 """The runtime's settings: every `kubeinfer serve` flag, its KUBEINFER_<FLAG> environment default, validation.
 
-Imports nothing of the runtime but ``cpus`` (stdlib only, for the thread defaults): the CLI wiring is
-``kubeinfer.runtime.serve_command``.
+The flags every runtime has are declared here; a task (or the kind of model it serves) declares its own as
+``Flag``s in its module, and ``ServeConfig.flag`` reads them. Imports nothing of the runtime but ``cpus``
+(stdlib only, for the thread defaults): the CLI wiring, with every registered task's flags, is
+``kubeinfer.runtime.commands.serve``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 
+T = TypeVar("T")
 BACKENDS = ("auto", "torch", "onnx")
 DECODE_DEVICES = ("auto", "cpu", "model")
-TASKS = ("detect", "classify", "stream-classify", "recognize", "video")
-FRONTEND_TASKS = ("detect", "classify")  # stateless per call: any frontend may serve any request
+DEFAULT_TASK = "detect"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300: well above any camera, well below a decompression bomb
 DEFAULT_MAX_REQUEST_PIXELS = 200_000_000  # 5 of the largest images, or 200 full-HD frames: 600 MB decoded
@@ -25,6 +28,44 @@ DEFAULT_MAX_REQUEST_PIXELS = 200_000_000  # 5 of the largest images, or 200 full
 
 class ConfigError(ValueError):
     """A start-up setting is wrong; the runtime prints the message as one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class Flag(Generic[T]):
+    """A serve flag declared by the module that reads it (a task, or a kind of model): ``--NAME``, its
+    KUBEINFER_NAME environment default, its type, and ``check``, which says what is wrong with a value (None: it
+    is fine). The same flag declared by two tasks is one ``Flag`` object both list."""
+
+    name: str
+    kind: Callable[[str], T]
+    default: T | None
+    help: str
+    group: str  # its section of --help
+    check: Callable[[T], str | None] | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def attribute(self) -> str:
+        return self.name.replace("-", "_")
+
+    def problem(self, value: Any) -> str | None:
+        return None if self.check is None or value is None else self.check(value)
+
+
+def at_least(low: float, flag: str) -> Callable[[float], str | None]:
+    """A check: ``--flag`` must be ``low`` or more."""
+    return lambda value: None if value >= low else f"--{flag} must be at least {low:g}"
+
+
+def within(low: float, high: float, flag: str, span: str = "") -> Callable[[float], str | None]:
+    """A check: ``--flag`` must be in [low, high] (``span``: how the message writes the range)."""
+    span = span or f"[{low:g}, {high:g}]"
+    return lambda value: None if low <= value <= high else f"--{flag} must be in {span}"
+
+
+def existing(flag: str) -> Callable[[Path], str | None]:
+    """A check: the path ``--flag`` names exists."""
+    return lambda path: None if path.exists() else f"--{flag} {path}: no such file or directory"
 
 
 @dataclass(frozen=True)
@@ -63,32 +104,22 @@ class ServeConfig:
     grpc_max_connection_age: float
     grpc_max_connection_age_grace: float
     grpc_min_ping_interval: float
-    confidence: float
-    iou: float
-    max_detections: int
     image_size: int | None
     max_image_pixels: int
     labels: Path | None
-    top_k: int
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
     channel_order: str | None
     resize_mode: str | None
-    window: int
-    max_streams: int
-    stream_idle_seconds: float
-    embeddings: Path | None
-    similarity_threshold: float
-    base_data: Path | None
-    gallery_batch_size: int
-    gallery_mode: str
-    max_frames_in_flight: int
-    jpeg_quality: int
     log_level: str
+    # the declared flags' values by attribute name (``flag`` reads them)
+    flags: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServeConfig:
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+    def from_args(cls, args: argparse.Namespace, flags: Sequence[Flag[Any]] = ()) -> ServeConfig:
+        """The settings from parsed arguments; ``flags``: the declared flags they hold the values of."""
+        values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "flags"}
+        values["flags"] = {flag.attribute: getattr(args, flag.attribute) for flag in flags}
         values["model_name"] = values["model_name"] or values["task"]
         cpus = usable_cpus()
         if values["model_instances"] is None:
@@ -97,14 +128,19 @@ class ServeConfig:
         if values["model_threads"] is None:  # the usable CPUs (less the frontends') shared between the instances
             values["model_threads"] = thread_budget(cpus, values["model_instances"], values["frontends"]).model_threads
         config = cls(**values)
-        config.validate()
+        config.validate(flags)
         return config
 
-    def validate(self) -> None:
-        """Reject settings that cannot work, with a message naming the flag."""
+    def flag(self, flag: Flag[T]) -> T:
+        """The value of a flag a task or a kind of model declared."""
+        try:
+            return self.flags[flag.attribute]  # type: ignore[no-any-return]
+        except KeyError:
+            raise ConfigError(f"--{flag.name} is no flag of this runtime (no registered task declares it)") from None
+
+    def validate(self, flags: Sequence[Flag[Any]] = ()) -> None:
+        """Reject settings that cannot work, with a message naming the flag; ``flags``: the declared ones."""
         checks: list[tuple[bool, str]] = [
-            (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}"),
-            (self.model is not None or self.task == "video", f"--model is required for task {self.task!r}"),
             (self.max_batch_size >= 1, "--max-batch-size must be at least 1"),
             (self.max_batch_delay_ms >= 0, "--max-batch-delay-ms must be >= 0"),
             (self.max_queue_size >= self.max_batch_size, "--max-queue-size must be >= --max-batch-size"),
@@ -116,10 +152,6 @@ class ServeConfig:
             (self.workers >= 1, "--workers must be at least 1"),
             (self.frontends >= 1, "--frontends must be at least 1"),
             (self.frontend_queue_size >= self.max_batch_size, "--frontend-queue-size must be >= --max-batch-size"),
-            (self.frontends == 1 or self.task in FRONTEND_TASKS,
-             f"--frontends {self.frontends}: several frontend processes serve tasks {' and '.join(FRONTEND_TASKS)} "
-             f"only; {self.task!r} keeps state across calls (stream windows, galleries, video pipelines) in one "
-             "process, so it runs with --frontends 1"),
             (self.frontends == 1 or (self.grpc_port > 0 and self.http_port > 0),
              "--frontends > 1 needs fixed --grpc-port and --http-port (the frontends share them; 0 would give "
              "each frontend ports of its own)"),
@@ -127,38 +159,26 @@ class ServeConfig:
             (self.model_threads >= 1, "--model-threads must be at least 1"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES, f"--decode-device must be one of {', '.join(DECODE_DEVICES)}"),
-            (self.task != "detect" or self.decode_device != "model"
-             or expected_engine(self.model, detector_backend(self.backend, self.decode_device)) == "torch",
-             "--decode-device model decodes JPEGs with torch on the model's device, but this model runs on ONNX "
-             "Runtime (an .onnx file, or --backend onnx): use --decode-device cpu, or --backend torch for a .pt"),
             (self.grace_period >= 0 and self.shutdown_delay >= 0, "--grace-period and --shutdown-delay must be >= 0"),
             (self.http_keepalive_timeout > 0 and self.http_body_timeout > 0,
              "--http-keepalive-timeout and --http-body-timeout must be positive"),
             (min(self.grpc_max_connection_idle, self.grpc_max_connection_age, self.grpc_max_connection_age_grace,
                  self.grpc_min_ping_interval) >= 0, "the --grpc-* connection settings must be >= 0"),
-            (0.0 <= self.confidence <= 1.0, "--confidence must be in [0, 1]"),
-            (0.0 <= self.iou <= 1.0, "--iou must be in [0, 1]"),
-            (1 <= self.max_detections <= 1000, "--max-detections must be in 1..1000"),
             (self.image_size is None or 32 <= self.image_size <= 4096, "--image-size must be in 32..4096"),
             (self.max_image_pixels >= 1, "--max-image-pixels must be positive"),
-            (self.top_k >= 1, "--top-k must be at least 1"),
-            (self.window >= 1, "--window must be at least 1"),
-            (self.max_streams >= 1, "--max-streams must be at least 1"),
-            (self.stream_idle_seconds > 0, "--stream-idle-seconds must be positive"),
-            (-1.0 <= self.similarity_threshold <= 1.0, "--similarity-threshold must be in [-1, 1]"),
-            (self.gallery_batch_size >= 1, "--gallery-batch-size must be at least 1"),
-            (self.max_frames_in_flight >= 1, "--max-frames-in-flight must be at least 1"),
-            (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
             (0 <= self.grpc_port <= 65535 and 0 <= self.http_port <= 65535, "ports must be in 0..65535"),
             (self.device == "cpu" or self.device.startswith("cuda"), "--device must be cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        for flag, path in (("--model", self.model), ("--labels", self.labels), ("--embeddings", self.embeddings),
-                           ("--base-data", self.base_data)):
+        for name, path in (("--model", self.model), ("--labels", self.labels)):
             if path is not None and not path.exists():
-                raise ConfigError(f"{flag} {path}: no such file or directory")
+                raise ConfigError(f"{name} {path}: no such file or directory")
+        for declared in flags:
+            problem = declared.problem(self.flags.get(declared.attribute))
+            if problem is not None:
+                raise ConfigError(problem)
 
 
 def _env_default(name: str, default: Any, kind: Any) -> Any:
@@ -223,12 +243,14 @@ def _default_cache_dir() -> Path:
     return Path(base) / "kubeinfer"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare every serve flag, each defaulting to its KUBEINFER_<FLAG> environment variable."""
+def add_arguments(parser: argparse.ArgumentParser, tasks: Sequence[str] = (DEFAULT_TASK,),
+                  flags: Sequence[Flag[Any]] = ()) -> None:
+    """Declare every serve flag, each defaulting to its KUBEINFER_<FLAG> environment variable: the common ones,
+    ``--task`` (one of ``tasks``) and the ``flags`` tasks declared (each once)."""
 
     core = parser.add_argument_group("model and task")
     flag_core = _grouped(core)
-    flag_core("task", str, "detect", "what to serve", choices=TASKS)
+    flag_core("task", str, DEFAULT_TASK, "what to serve", choices=list(tasks))
     flag_core("model", Path, None, "model file: ultralytics .pt, TorchScript, or ONNX")
     flag_core("model-name", str, None,
               "name reported to clients and metrics; the InferenceService name (default: the task)")
@@ -269,8 +291,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "threads decoding images and doing pre/post-processing (default: from the usable CPUs, which "
                  "the affinity mask and the cgroup CPU quota give)")
     flag_serving("frontends", int, 1,
-                 "detect, classify: processes doing transport and decoding on the same ports (SO_REUSEPORT), "
-                 "feeding one model process through shared memory; 1 serves everything in one process")
+                 "processes doing transport and each request's own work (decoding, stream windows, video "
+                 "pipelines) on the same ports (SO_REUSEPORT), feeding one model process through shared memory; "
+                 "1 serves everything in one process")
     flag_serving("frontend-queue-size", int, 64,
                  "with --frontends > 1: images each frontend may have waiting for the model (its shared-memory "
                  "slots, --frontends x this x the model's input in /dev/shm) before it refuses requests "
@@ -307,40 +330,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag_conn("grpc-min-ping-interval", float, 10.0,
               "fewest seconds between client keep-alive pings; faster pingers are sent GOAWAY")
 
-    detect = parser.add_argument_group("detect")
-    flag_detect = _grouped(detect)
-    flag_detect("confidence", float, 0.25, "default minimum detection score")
-    flag_detect("iou", float, 0.45, "default NMS IoU threshold")
-    flag_detect("max-detections", int, 300, "default most detections per image")
+    images = parser.add_argument_group("labels and preprocessing (image models)")
+    flag_images = _grouped(images)
+    flag_images("labels", Path, None, "labels file: .txt, .json, .csv, or one-hot .npy/.csv")
+    flag_images("mean", _triple, None, "per-channel mean for normalisation (default from sidecar, else ImageNet)")
+    flag_images("std", _triple, None, "per-channel std for normalisation (default from sidecar, else ImageNet)")
+    flag_images("channel-order", str, None, "rgb or bgr model input (default from sidecar, else rgb)",
+                choices=["rgb", "bgr"])
+    flag_images("resize-mode", str, None, "stretch, letterbox or center-crop (default from sidecar, else stretch)",
+                choices=["stretch", "letterbox", "center-crop"])
 
-    classify = parser.add_argument_group("classify and stream-classify")
-    flag_classify = _grouped(classify)
-    flag_classify("labels", Path, None, "labels file: .txt, .json, .csv, or one-hot .npy/.csv")
-    flag_classify("top-k", int, 5, "labels returned per image")
-    flag_classify("mean", _triple, None, "per-channel mean for normalisation (default from sidecar, else ImageNet)")
-    flag_classify("std", _triple, None, "per-channel std for normalisation (default from sidecar, else ImageNet)")
-    flag_classify("channel-order", str, None, "rgb or bgr model input (default from sidecar, else rgb)",
-                  choices=["rgb", "bgr"])
-    flag_classify("resize-mode", str, None, "stretch, letterbox or center-crop (default from sidecar, else stretch)",
-                  choices=["stretch", "letterbox", "center-crop"])
-    flag_classify("window", int, 8, "stream-classify: frames averaged per stream")
-    flag_classify("max-streams", int, 1024, "stream-classify and video: open streams before new ones are refused")
-    flag_classify("stream-idle-seconds", float, 300.0, "stream-classify: evict a stream idle this long")
-
-    recognize = parser.add_argument_group("recognize")
-    flag_recognize = _grouped(recognize)
-    flag_recognize("embeddings", Path, None,
-                   "gallery: .npz with embeddings [N,D] and labels [N], or .npy beside a labels file")
-    flag_recognize("similarity-threshold", float, 0.8, "cosine similarity at or above which a match is known")
-    flag_recognize("base-data", Path, None, "gallery built at start from DIR/<label>/<images>")
-    flag_recognize("gallery-batch-size", int, 32, "images per batch while building a gallery from --base-data")
-    flag_recognize("gallery-mode", str, "centroid", "one vector per label (centroid) or per image (exemplar)",
-                   choices=["centroid", "exemplar"])
-
-    video = parser.add_argument_group("video")
-    flag_video = _grouped(video)
-    flag_video("max-frames-in-flight", int, 8, "frames of one stream being processed at once (flow control)")
-    flag_video("jpeg-quality", int, 85, "default JPEG quality of processed frames")
+    groups: dict[str, Any] = {}
+    for declared in flags:
+        if declared.group not in groups:
+            groups[declared.group] = _grouped(parser.add_argument_group(declared.group))
+        extra = {"choices": list(declared.choices)} if declared.choices is not None else {}
+        groups[declared.group](declared.name, declared.kind, declared.default, declared.help, **extra)
 
 
 def _grouped(group: argparse._ArgumentGroup) -> Any:

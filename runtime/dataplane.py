@@ -1,14 +1,14 @@
 """The transport-neutral data plane: every transport calls these methods; errors are InferenceErrors.
 
-A feature is written once here and in its task module, and reached from gRPC, REST and the Open
-Inference Protocol alike. Which task serves which RPC is checked here and only here (``served``).
-The task modules are imported for their types only: the data plane loads no model library itself.
+A feature is written once here and in its task module, and reached from gRPC, REST and the Open Inference
+Protocol alike: the transports hand it a registered RPC (``tasks.registry``) and its request. Which task serves
+which RPC is checked here and only here (``served``). The data plane loads no model library itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubeinfer import __version__
 from kubeinfer.runtime.config import ServeConfig
@@ -16,27 +16,14 @@ from kubeinfer.runtime.errors import Overloaded, PayloadTooLarge, Unavailable, W
 from kubeinfer.runtime.images import ImageInput, declared_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Batching, ModelInfo
-from kubeinfer.runtime.specs import PipelineSpec
+from kubeinfer.runtime.parameters import Parameters
+from kubeinfer.runtime.tasks import registry
+from kubeinfer.runtime.tasks.registry import ImagesRpc, StreamingRpc
 
 if TYPE_CHECKING:
-    from kubeinfer.runtime.detection import DetectOverrides, DetectResult
     from kubeinfer.runtime.tasks.base import Task
-    from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask, ClipFrameInput, ClipResult
-    from kubeinfer.runtime.tasks.detect import DetectTask
-    from kubeinfer.runtime.tasks.recognize import Recognition, RecognizeOverrides, RecognizeTask
-    from kubeinfer.runtime.tasks.stream import StreamClassifyTask, StreamFrameInput, StreamPrediction
-    from kubeinfer.runtime.tasks.video import FrameResult, VideoMessage, VideoSummary, VideoTask
 
-# Which tasks (by --task name) serve which RPC.
-RPC_TASKS: dict[str, tuple[str, ...]] = {
-    "Detect": ("detect",),
-    "Classify": ("classify", "stream-classify"),
-    "ClassifyClip": ("classify", "stream-classify"),
-    "StreamClassify": ("stream-classify",),
-    "Recognize": ("recognize",),
-    "ProcessVideo": ("video",),
-    "ProcessVideoFile": ("video",),
-}
+R = TypeVar("R")
 
 
 class ByteBudget:
@@ -81,7 +68,7 @@ class DataPlane:
         self.draining = True
         self.metrics.model_ready.labels(self.metrics.model).set(0)
 
-    def served(self, rpc: str) -> Any:
+    def served(self, rpc: str) -> Task:
         """The task if loaded and serving ``rpc``; UNAVAILABLE or FAILED_PRECONDITION otherwise.
 
         Transports may call it before reading a request's body. While draining, requests that still
@@ -89,8 +76,8 @@ class DataPlane:
         """
         if self.task is None:
             raise Unavailable("the model is still loading")
-        tasks = RPC_TASKS[rpc]
-        if self.config.task not in tasks:
+        if not registry.spec_of(self.config.task).serves(rpc):
+            tasks = registry.tasks_serving(rpc)
             raise WrongTask(f"{rpc} needs a runtime serving task {' or '.join(tasks)}; "
                             f"this one serves {self.config.task!r}")
         return self.task
@@ -117,32 +104,13 @@ class DataPlane:
                                            c.model_instances, c.model_threads))
         return self.task.info(info) if self.task is not None else info
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        task = cast("DetectTask", self.served("Detect"))
+    async def infer_images(self, rpc: ImagesRpc[R], images: Sequence[ImageInput], params: Parameters) -> list[R]:
+        """One request of an images RPC: its task, the request's limits, then the task's answer per image."""
+        task = self.served(rpc.name)
         self.check_images(images)
-        return await task.detect(images, overrides)
+        return await rpc.run(task, images, params)
 
-    async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
-        task = cast("ClassifyTask", self.served("Classify"))
-        self.check_images(images)
-        return await task.classify(images, top_k)
-
-    async def classify_clip(self, frames: AsyncIterator[ClipFrameInput]) -> ClipResult:
-        return await cast("ClassifyTask", self.served("ClassifyClip")).classify_clip(frames)
-
-    def stream_classify(self, frames: AsyncIterator[StreamFrameInput]) -> AsyncIterator[StreamPrediction]:
-        """Predictions of one StreamClassify call, in frame order (an async generator: close it when done)."""
-        return cast("StreamClassifyTask", self.served("StreamClassify")).stream(frames)
-
-    async def recognize(self, images: Sequence[ImageInput], overrides: RecognizeOverrides) -> list[Recognition]:
-        task = cast("RecognizeTask", self.served("Recognize"))
-        self.check_images(images)
-        return await task.recognize(images, overrides)
-
-    def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
-        """Processed frames of one ProcessVideo call, in order (an async generator: close it when done)."""
-        return cast("VideoTask", self.served("ProcessVideo")).process_video(messages)
-
-    def process_video_file(self, data: bytes, pipeline: PipelineSpec) -> AsyncIterator[FrameResult | VideoSummary]:
-        """A video file's processed frames, then its summary (an async generator: close it when done)."""
-        return cast("VideoTask", self.served("ProcessVideoFile")).process_video_file(data, pipeline)
+    def stream(self, rpc: StreamingRpc, request: Any) -> Any:
+        """One call of a streaming RPC: its task's handling of ``request`` (a message, or an async iterator of
+        them): an awaitable response, or an async iterator of them (close it when done)."""
+        return rpc.handle(self.served(rpc.name), request)

@@ -8,7 +8,6 @@ every rectangle is.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,19 +117,3 @@ def export_model(weights: Path, fmt: str) -> Path:
     if exported != target:
         shutil.move(exported, target)
     return target
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="where to write the weights (.pt); kept if present")
-    parser.add_argument("--segment", action="store_true", help="train a segmentation model (masks)")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
-    parser.add_argument("--export", choices=["onnx", "torchscript"], action="append", default=[],
-                        help="also export to this format (repeatable)")
-
-
-def run(args: argparse.Namespace) -> int:
-    weights = train_detector(args.out, segment=args.segment, epochs=args.epochs)
-    print(weights)
-    for fmt in args.export:
-        print(export_model(weights, fmt))
-    return 0

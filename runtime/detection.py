@@ -1,87 +1,35 @@
-"""Detection primitives shared by the detect task and the video task's ``detect`` operation.
+"""The request side of a detector, shared by the detect task and the video task's ``detect`` operation.
 
-The result types, the per-request overrides (built from request parameters by one builder, the same
-for every transport and the video pipeline) and ``Detector``: a YOLO model plus the dynamic batcher
-feeding it, which fills in defaults, checks ranges and turns raw outputs into labelled boxes.
+``DetectionRequests`` turns request parameters into an image's ``Selection`` (one builder, the same for every
+transport and the video pipeline: defaults filled in, ranges checked), images into the detector engine's items,
+and the boxes it answers into results. It knows the model only by its engine's facts. The defaults are the
+flags both tasks declare (``FLAGS``).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
-from kubeinfer.runtime.batching import DynamicBatcher
-from kubeinfer.runtime.config import ServeConfig, detector_backend
+from kubeinfer.runtime.config import Flag, ServeConfig, within
+from kubeinfer.runtime.engine.detector import DetectorFacts
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.images import ImageInput, check_encoded, decode, decode_checked
-from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import Thresholds
-from kubeinfer.runtime.models.yolo_io import (
-    BatchItem,
-    BoxResult,
-    EncodedJpeg,
-    Letterboxed,
-    RawDetections,
-    Selection,
-)
+from kubeinfer.runtime.models.yolo_io import BatchItem, Detection, EncodedJpeg, Letterboxed, Selection, letterboxed
 from kubeinfer.runtime.parameters import Parameters, check_range
-
-if TYPE_CHECKING:
-    from kubeinfer.runtime.models.yolo import YoloDetector
-    from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
-
-log = logging.getLogger(__name__)
+from kubeinfer.v1 import inference_pb2 as pb
 
 MAX_DETECTIONS_LIMIT = 1000
 PARAMETERS = ("confidence", "iou", "max_detections", "classes", "return_masks")
-
-
-@dataclass(frozen=True, slots=True)
-class DetectOverrides:
-    """Per-request parameters as sent; None keeps the runtime default."""
-
-    confidence: float | None = None
-    iou: float | None = None
-    max_detections: int | None = None
-    classes: tuple[int, ...] = ()
-    return_masks: bool = False
-
-    @classmethod
-    def from_parameters(cls, params: Parameters) -> DetectOverrides:
-        """The one builder of detection overrides: native gRPC and REST, both OIP bindings, video pipelines."""
-        return cls(confidence=params.number("confidence"), iou=params.number("iou"),
-                   max_detections=params.integer("max_detections"), classes=params.integers("classes"),
-                   return_masks=bool(params.boolean("return_masks")))
-
-
-@dataclass(frozen=True, slots=True)
-class DetectParams:
-    confidence: float
-    iou: float
-    max_detections: int
-    classes: tuple[int, ...]
-    return_masks: bool
-
-    def selection(self) -> Selection:
-        return Selection(self.confidence, self.iou, self.max_detections, self.classes, self.return_masks)
-
-
-@dataclass(slots=True)
-class Detection:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    label: str
-    polygons: list[list[float]] = field(default_factory=list)
+GROUP = "detect and video's detect operation"
+CONFIDENCE = Flag("confidence", float, 0.25, "default minimum detection score", GROUP,
+                  within(0.0, 1.0, "confidence"))
+IOU = Flag("iou", float, 0.45, "default NMS IoU threshold", GROUP, within(0.0, 1.0, "iou"))
+MAX_DETECTIONS = Flag("max-detections", int, 300, "default most detections per image", GROUP,
+                      within(1, MAX_DETECTIONS_LIMIT, "max-detections", f"1..{MAX_DETECTIONS_LIMIT}"))
+FLAGS = (CONFIDENCE, IOU, MAX_DETECTIONS)
 
 
 @dataclass(slots=True)
@@ -92,131 +40,60 @@ class DetectResult:
     width: int
 
 
-class Device(Protocol):
-    """A model's device as torch names it (``torch.device``): ``type`` is cpu or cuda."""
+class DetectionRequests:
+    """One detector's requests: parameters to a ``Selection``, images to batch items, boxes to results."""
 
-    @property
-    def type(self) -> str: ...
-
-
-class DetectorModel(Protocol):
-    """What the detect task needs of a detector: ``YoloDetector`` in this process, or a frontend's view of the
-    model process's (``frontends.remote``)."""
-
-    names: dict[int, str]
-    image_size: int
-    segmentation: bool
-    device: Device
-    format: str
-    engine: str
-
-    @property
-    def labels(self) -> list[str]: ...
-
-    def preprocess(self, bgr: np.ndarray, selection: Selection | None = None) -> Letterboxed: ...
-
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]: ...
-
-
-class DetectBatcher(Protocol):
-    """The detect task's batcher: ``DynamicBatcher`` in this process, or a frontend's link to the model process."""
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float | None = None) -> None: ...
-
-    def reserve(self, count: int) -> AbstractContextManager[Any]: ...
-
-    async def submit_many(self, items: Sequence[BatchItem], reservation: Any = None) -> list[RawDetections]: ...
-
-
-class Detector:
-    """A YOLO model plus the batcher feeding it: shared by the detect task and the video task's overlay."""
-
-    def __init__(self, config: ServeConfig, model: DetectorModel, batcher: DetectBatcher) -> None:
+    def __init__(self, config: ServeConfig, facts: DetectorFacts) -> None:
         self.config = config
-        self.model = model
-        self.batcher = batcher
-        self.decode_on_device = decodes_on_device(config.decode_device, model.device.type, model.engine)
-
-    @classmethod
-    def load(cls, config: ServeConfig, metrics: RuntimeMetrics, path: Path) -> Detector:
-        """Load ``path`` on the engine --backend chooses (ONNX Runtime with numpy alone, or torch) with a dynamic
-        batcher of its own."""
-        from kubeinfer.runtime.models.backend import choose_backend  # the model libraries: only here
-
-        backend = detector_backend(config.backend, config.decode_device)
-        choice = choose_backend(path, backend, config.device, config.cache_dir, config.image_size)
-        model: YoloOnnxDetector | YoloDetector
-        if choice.backend == "onnx":
-            from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
-
-            model = YoloOnnxDetector(choice.path, config.device, config.image_size,
-                                     exported_from=path if choice.path != path else None)
-        else:
-            from kubeinfer.runtime.models.yolo import YoloDetector
-
-            model = YoloDetector(choice.path, config.device, config.image_size)
-            if config.model_instances > 1 and config.device == "cpu":
-                log.warning("the detector runs on torch with %d batches at once at %d thread%s each; torch's "
-                            "threads are process-wide, so a lone request cannot take them all: --model-instances 1 "
-                            "serves it faster below high concurrency", config.model_instances, config.model_threads,
-                            "" if config.model_threads == 1 else "s")
-        batcher: DynamicBatcher[BatchItem, RawDetections] = DynamicBatcher.from_config(
-            "detect", model.forward, config, metrics)
-        return cls(config, model, batcher)
+        self.facts = facts
+        self.default = Selection(config.flag(CONFIDENCE), config.flag(IOU), config.flag(MAX_DETECTIONS))
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(confidence=self.config.confidence, iou=self.config.iou)
+        return Thresholds(confidence=self.default.confidence, iou=self.default.iou)
 
-    def resolve(self, overrides: DetectOverrides) -> DetectParams:
-        """Defaults filled in and every value range-checked (INVALID_ARGUMENT otherwise)."""
-        c = self.config
-        confidence = check_range("confidence", c.confidence if overrides.confidence is None else overrides.confidence,
-                                 0.0, 1.0)
-        iou = check_range("iou", c.iou if overrides.iou is None else overrides.iou, 0.0, 1.0)
-        max_det = c.max_detections if overrides.max_detections is None else overrides.max_detections
+    def selection(self, params: Parameters) -> Selection:
+        """A request's box selection from its parameters: defaults filled in, every value range-checked
+        (INVALID_ARGUMENT otherwise)."""
+        default = self.default
+        confidence = params.number("confidence")
+        iou = params.number("iou")
+        max_det = params.integer("max_detections")
+        classes = params.integers("classes")
+        masks = bool(params.boolean("return_masks"))
+        confidence = check_range("confidence", default.confidence if confidence is None else confidence, 0.0, 1.0)
+        iou = check_range("iou", default.iou if iou is None else iou, 0.0, 1.0)
+        max_det = default.max_detections if max_det is None else max_det
         check_range("max_detections", max_det, 1, MAX_DETECTIONS_LIMIT)
-        unknown = sorted(set(overrides.classes) - set(self.model.names))
+        names = self.facts.names
+        unknown = sorted(set(classes) - set(names))
         if unknown:
-            raise invalid_argument(f"classes {unknown} are not in the model's classes 0..{len(self.model.names) - 1}")
-        if overrides.return_masks and not self.model.segmentation:
+            raise invalid_argument(f"classes {unknown} are not in the model's classes 0..{len(names) - 1}")
+        if masks and not self.facts.segmentation:
             raise invalid_argument("return_masks needs a segmentation model; this detector only predicts boxes")
-        return DetectParams(confidence, iou, int(max_det), tuple(overrides.classes), overrides.return_masks)
+        return Selection(confidence, iou, int(max_det), tuple(classes), masks)
 
-    def to_result(self, boxes: list[BoxResult], shape: tuple[int, int]) -> DetectResult:
-        names = self.model.names
-        detections = [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, names.get(b.class_id, str(b.class_id)),
-                                b.polygons) for b in boxes]
-        return DetectResult(detections, sorted({d.label for d in detections}), shape[0], shape[1])
+    def prepare(self, bgr: np.ndarray, selection: Selection) -> Letterboxed:
+        """Letterboxed to the model's input, its boxes selected in the batch step (see models.yolo)."""
+        return letterboxed(bgr, self.facts.image_size, selection)
 
-    def postprocess(self, raw: RawDetections, item: BatchItem, params: DetectParams) -> DetectResult:
-        shape = (item.original_height, item.original_width)
-        boxes = self.model.postprocess(raw, shape, params.confidence, params.iou, params.max_detections,
-                                       params.classes, params.return_masks)
-        return self.to_result(boxes, shape)
-
-    def prepare(self, bgr: np.ndarray, params: DetectParams | None = None) -> Letterboxed:
-        """Letterboxed; with ``params`` its boxes are selected in the model's batch step (see models.yolo)."""
-        return self.model.preprocess(bgr, None if params is None else params.selection())
-
-    def prepare_input(self, image: ImageInput, index: int, params: DetectParams) -> BatchItem:
-        """One request image for the batcher (worker pool): every size and format guard runs here, so a bad image
+    def prepare_input(self, image: ImageInput, index: int, selection: Selection) -> BatchItem:
+        """One request image for the engine (worker pool): every size and format guard runs here, so a bad image
         fails alone with its index. With decoding on the device, a plain JPEG stays encoded for the batch step;
         anything else (PNG, WebP, BMP, raw pixels, CMYK or EXIF-rotated JPEGs) is decoded here by OpenCV."""
         max_pixels = self.config.max_image_pixels
-        if not (self.decode_on_device and image.encoded is not None):
-            return self.prepare(decode(image, index, max_pixels), params)
+        if not (self.facts.decodes_jpegs and image.encoded is not None):
+            return self.prepare(decode(image, index, max_pixels), selection)
         header = check_encoded(image.encoded, index, max_pixels, jpeg_layout=True)
         if header.plain_jpeg:
-            return EncodedJpeg(image.encoded, index, header.height, header.width, params.selection())
-        return self.prepare(decode_checked(image.encoded, header, index), params)
+            return EncodedJpeg(image.encoded, index, header.height, header.width, selection)
+        return self.prepare(decode_checked(image.encoded, header, index), selection)
+
+    @staticmethod
+    def result(boxes: list[Detection], item: BatchItem) -> DetectResult:
+        """The engine's boxes for ``item`` (labelled, in its original pixels) with the distinct labels found."""
+        return DetectResult(boxes, sorted({d.label for d in boxes}), item.original_height, item.original_width)
 
 
-def decodes_on_device(decode_device: str, model_device: str, engine: str = "torch") -> bool:
-    """--decode-device: "model" always, "auto" when the model is on CUDA (nvJPEG), "cpu" never; only torch decodes
-    in the batch step (ServeConfig refuses "model" for ONNX Runtime, and "auto" leaves its JPEGs to OpenCV)."""
-    if engine != "torch":
-        return False
-    return decode_device == "model" or (decode_device == "auto" and model_device == "cuda")
+def detection_to_proto(d: Detection) -> pb.Detection:
+    return pb.Detection(box=pb.Box(x1=d.x1, y1=d.y1, x2=d.x2, y2=d.y2), score=d.score, class_id=d.class_id,
+                        label=d.label, mask=[pb.Polygon(xy=p) for p in d.polygons])

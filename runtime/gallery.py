@@ -13,7 +13,8 @@ Formats a gallery is read from:
   allowed), encoded at start in batches: one normalised mean vector per label
   (``centroid``) or one vector per image (``exemplar``).
 
-Vectors are L2-normalised on load, so cosine similarity is one matrix product. Several
+Vectors are L2-normalised on load, so cosine similarity is one matrix product (``match``: a batch of queries
+against the whole gallery). Several
 vectors may share a label (exemplar mode); a label's similarity is that of its best vector.
 A Gallery never changes after construction: a reload builds a new one and swaps a reference.
 """
@@ -26,13 +27,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kubeinfer.runtime.errors import InferenceError, StartupError
+from kubeinfer.runtime.errors import Code, InferenceError, StartupError
 from kubeinfer.runtime.labels import load_labels
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,35 @@ class Gallery:
 
     def describe(self) -> str:
         return f"{self.size} vectors x {self.dimension}, {len(self.labels)} labels, from {self.source}"
+
+
+@dataclass(slots=True)
+class Candidate:
+    label: str
+    similarity: float
+
+
+@dataclass(slots=True)
+class Recognition:
+    label: str  # best gallery label, or "unknown" below the threshold
+    similarity: float  # of the best gallery label
+    known: bool
+    candidates: list[Candidate] = field(default_factory=list)  # top-k labels, best first
+
+
+def match(gallery: Gallery, queries: np.ndarray, threshold: float, top_k: int) -> list[Recognition]:
+    """Best label, known flag and top-k candidates per unit query vector."""
+    finite = np.isfinite(queries).all(axis=1)
+    if not finite.all():
+        raise InferenceError(Code.INTERNAL, f"the encoder returned NaN or inf for image {int(np.argmin(finite))}")
+    indices, similarities = gallery.top_k(queries, top_k)
+    results = []
+    for row_indices, row_similarities in zip(indices.tolist(), similarities.tolist(), strict=True):
+        candidates = [Candidate(gallery.labels[i], s) for i, s in zip(row_indices, row_similarities, strict=True)]
+        best = candidates[0]
+        known = best.similarity >= threshold
+        results.append(Recognition(best.label if known else UNKNOWN, best.similarity, known, candidates))
+    return results
 
 
 def _checked_matrix(embeddings: Any, source: str) -> np.ndarray:
@@ -347,22 +377,3 @@ def build_from_directory(
     sums = np.zeros((len(names), matrix.shape[1]), dtype=np.float64)
     np.add.at(sums, inverse, matrix)
     return Gallery(sums.astype(np.float32), names, f"{directory} (centroid)")
-
-
-def load_encoder(model: Path, device: str, *, image_size: int | None = None,
-                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
-                 channel_order: str | None = None, resize_mode: str | None = None, optimize: bool = True) -> Any:
-    """The image model whose raw outputs are embeddings, whatever its sidecar's ``output`` says.
-
-    Ultralytics classifiers keep their class-probability vector as the embedding.
-    """
-    from dataclasses import replace
-
-    from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
-
-    preprocessing = Preprocessing.resolve(model, input_size=image_size, mean=mean, std=std,
-                                          channel_order=channel_order, resize_mode=resize_mode)
-    if preprocessing.output != "embeddings":
-        log.info("using the raw outputs of %s as embeddings (not as %s)", model, preprocessing.output)
-        preprocessing = replace(preprocessing, output="embeddings")
-    return ImageModel(model, device, preprocessing, optimize=optimize)

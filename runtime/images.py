@@ -219,3 +219,11 @@ def _check_pixels(index: int, width: int, height: int, max_pixels: int) -> None:
         raise invalid_argument(
             f"image {index}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
             "(--max-image-pixels)")
+
+
+def warm_up_pixels(side: int = 96) -> np.ndarray:
+    """A BGR image with some structure (a gradient and a block): what warm-ups send through the request path."""
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[:, :, 0] = np.linspace(0, 255, side, dtype=np.uint8)
+    pixels[side // 4:side // 2, side // 4:side // 2] = 255
+    return pixels

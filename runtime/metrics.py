@@ -4,8 +4,8 @@ Dashboards and tests take metric names from here. Each metric carries a ``model`
 label (the InferenceService name), so one Prometheus can tell runtimes apart.
 
 With ``--frontends N`` the runtime is several processes: prometheus_client's multiprocess mode
-(``PROMETHEUS_MULTIPROC_DIR``, set before this module is first imported) keeps each process's values in
-a file, and whichever frontend answers ``/metrics`` merges them, so a scrape sees the whole pod. Gauges
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``use_multiprocess_dir`` before any metric is made) keeps each process's
+values in a file, and whichever frontend answers ``/metrics`` merges them, so a scrape sees the whole pod. Gauges
 say how they merge (``multiprocess_mode``; ignored in one process); what cannot be merged (the build
 info, the GPU collector) lives in ``process_registry`` and is exposed by the answering process.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -40,6 +40,14 @@ IN_FLIGHT = PREFIX + "requests_in_flight"
 ACTIVE_STREAMS = PREFIX + "active_streams"
 FRAMES = PREFIX + "frames_processed_total"
 GALLERY_SIZE = PREFIX + "gallery_size"
+
+
+def use_multiprocess_dir(path: str) -> None:
+    """From now on, this process's metrics and its children's go to files in ``path``, merged at each scrape.
+    prometheus_client picks how it keeps values when it is first imported, and a runtime learns it is several
+    processes only after its flags were read (the task modules that declare them import it): it picks again."""
+    os.environ[MULTIPROCESS_DIR] = path
+    values.ValueClass = values.get_value_class()
 
 
 class RuntimeMetrics:

@@ -9,7 +9,7 @@ every protocol:
 * a boolean is true/false, or the text true/false/1/0/yes/no;
 * a list of integers is a list, one integer, or the text ``"0,2"`` or ``"[0, 2]"``.
 
-The task modules turn parameters into their overrides (``DetectOverrides.from_parameters``...), which
+The task modules turn parameters into their settings (``DetectionRequests.selection``...), which
 check the ranges; this module only checks types.
 """
 

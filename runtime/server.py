@@ -1,4 +1,5 @@
-"""The runtime's lifecycle: listen, load and warm the model, serve, and drain on SIGTERM.
+"""The runtime's lifecycle: listen, get the engine (load the model here, or reach the model process's), build the
+task around it and warm it, serve, and drain on SIGTERM.
 
 Transports start first (health NOT_SERVING, /readyz 503) so probes answer while a
 large model loads; the model loads in a thread; SERVING follows the warm-up.
@@ -20,16 +21,17 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
-from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import DataPlane
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.loading import load_engine
 from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.gc_freeze import freeze_loaded_objects
 from kubeinfer.runtime.gpu_metrics import register_gpu_collector
 from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.models import threads
-from kubeinfer.runtime.tasks import build_task
+from kubeinfer.runtime.tasks import build_task, engine_kind, task_class
 from kubeinfer.runtime.tasks.base import Task
 from kubeinfer.runtime.transports.grpc import GrpcTransport
 from kubeinfer.runtime.transports.http import HttpTransport
@@ -87,32 +89,44 @@ def exit_at_once(code: int) -> NoReturn:
     os._exit(code)
 
 
-def serve(config: ServeConfig) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when the runtime cannot start."""
-    configure_logging(config)
+class Lifecycle(Protocol):
+    """A process of the runtime: the one-process ``Runtime``, a frontend's, or the model process."""
+
+    async def run(self) -> int: ...
+
+
+def serve(config: ServeConfig, lifecycle: Lifecycle, process: str = "", failure_prefix: str = "kubeinfer serve") -> int:
+    """Run ``lifecycle`` until SIGTERM/SIGINT; 0 after a clean drain, 1 when the runtime cannot start. ``process``
+    names the process in each log line where the runtime is several."""
+    configure_logging(config, process)
     try:
-        return asyncio.run(Runtime(config).run())
+        return asyncio.run(lifecycle.run())
     except StartupError as exc:
-        print(f"kubeinfer serve: {exc}", file=sys.stderr)
+        print(f"{failure_prefix}: {exc}", file=sys.stderr)
         return 1
 
 
-TaskLoader = Callable[["Runtime"], Awaitable[Task]]
+EngineSource = Callable[["Runtime"], Awaitable[Engine[Any, Any, Any] | None]]
 
 
 class Runtime:
-    def __init__(self, config: ServeConfig, load: TaskLoader | None = None) -> None:
-        """``load``: how the task is made (a frontend's connects to the model process); by default the model is
-        loaded here, in a thread of its own."""
+    """Transports, data plane and task around an engine: the model loaded here (the one-process runtime), or the
+    model process's reached over a link (a frontend's)."""
+
+    def __init__(self, config: ServeConfig, engine_source: EngineSource | None = None) -> None:
+        """``engine_source``: how the engine is reached (a frontend connects to the model process); by default the
+        model is loaded here, in a thread of its own."""
         self.config = config
         self.metrics = RuntimeMetrics(config.model_name)
-        if load is None:  # a frontend registers its own once it knows the model process's device
+        if engine_source is None:  # a frontend registers its own once it knows the model process's device
             register_gpu_collector(self.metrics, config.device)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
         self.dataplane = DataPlane(config, self.metrics)
         self.stopping = asyncio.Event()
         self.exit_code = 0
-        self._load = load
+        self._engine_source = engine_source
+        self._engine: Engine[Any, Any, Any] | None = None
+        self._task: Task | None = None
 
     def fail(self) -> None:
         """Something the runtime cannot serve without is gone: drain, then exit non-zero (the pod restarts)."""
@@ -127,25 +141,15 @@ class Runtime:
         await http_transport.start()
         self._install_signal_handlers()
         log.info("listening: gRPC %s:%d, HTTP %s:%d; %s %s model %s", config.host, grpc_transport.port,
-                 config.host, config.http_port, "waiting for the model process to load" if self._load else "loading",
-                 config.task, config.model)
+                 config.host, config.http_port,
+                 "waiting for the model process to load" if self._engine_source else "loading", config.task,
+                 config.model)
         try:
-            task = await (self._load(self) if self._load else threads.in_passing_thread(self._build_task))
+            task = await self._start_task()
         except BaseException:
             await grpc_transport.drain(0)
             await http_transport.stop()
             self.pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        task.start()
-        try:
-            await task.warm_up()
-        except BaseException as exc:
-            await asyncio.to_thread(task.stop)
-            await grpc_transport.drain(0)
-            await http_transport.stop()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            if isinstance(exc, Exception):
-                raise StartupError(f"{config.model}: the warm-up request failed: {exc}") from exc
             raise
         self.dataplane.attach(task)
         freeze_loaded_objects()
@@ -163,7 +167,7 @@ class Runtime:
         await asyncio.sleep(config.shutdown_delay)
         # one grace period for both transports, in parallel
         await asyncio.gather(grpc_transport.drain(config.grace_period), http_transport.drain(config.grace_period))
-        stopper = threading.Thread(target=task.stop, name="task-stop", daemon=True)  # never holds up the exit
+        stopper = threading.Thread(target=self._stop_task, name="task-stop", daemon=True)  # never holds up the exit
         stopper.start()
         deadline = asyncio.get_running_loop().time() + STOP_SECONDS
         while stopper.is_alive() and asyncio.get_running_loop().time() < deadline:
@@ -174,12 +178,34 @@ class Runtime:
         log.info("stopped")
         return self.exit_code
 
-    def _build_task(self) -> Task:
-        """The thread budget first (torch's thread count must be set before its first parallel work), then the
-        task with its model."""
-        threads.configure(self.config.model_threads, spinning=self.config.model_spinning,
-                          instances=self.config.model_instances)
-        return build_task(self.config, self.metrics, self.pool)
+    async def _start_task(self) -> Task:
+        """The engine (loaded, or reached), then the task around it, warmed through its whole request path."""
+        config = self.config
+        if self._engine_source is not None:
+            self._engine = await self._engine_source(self)
+        else:
+            self._engine = await load_engine(engine_kind(config), config, self.metrics, self.pool,
+                                             preflight=lambda: task_class(config).preflight(config))
+        if self._engine is not None:
+            self._engine.start()
+        try:
+            self._task = await asyncio.to_thread(build_task, config, self._engine, self.metrics, self.pool)
+            self._task.start()
+            try:
+                await self._task.warm_up()
+            except Exception as exc:
+                raise StartupError(f"{config.model}: the warm-up request failed: {exc}") from exc
+        except BaseException:
+            await asyncio.to_thread(self._stop_task)
+            raise
+        return self._task
+
+    def _stop_task(self) -> None:
+        """The task's threads, then the engine's (its batcher finishes what is queued)."""
+        if self._task is not None:
+            self._task.stop()
+        if self._engine is not None:
+            self._engine.stop()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -188,7 +214,11 @@ class Runtime:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
 
     def _reload(self) -> None:
-        task = self.dataplane.task
+        """SIGHUP: what the task re-reads (labels) and what the engine does (a gallery; nothing over a link: the
+        model process passes the signal on to the frontends and reloads its own)."""
+        task, engine = self._task, self._engine
         if task is not None:
             log.info("SIGHUP: reloading")
             self.pool.submit(task.reload)
+            if engine is not None:
+                self.pool.submit(engine.reload)

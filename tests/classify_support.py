@@ -18,7 +18,7 @@ import numpy as np
 from runtime_support import CACHE, RuntimeProcess
 
 from kubeinfer.clients.types import ClassifyResult
-from kubeinfer.runtime.models.image_model import Preprocessing
+from kubeinfer.runtime.models.preprocessing import Preprocessing
 
 COLOURS = ["red", "green", "blue"]
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

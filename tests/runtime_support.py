@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -18,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the runtime is imported lazily: the process helpers here run without it
     from kubeinfer.runtime.config import ServeConfig
-    from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+    from kubeinfer.runtime.detection import DetectResult
     from kubeinfer.runtime.images import ImageInput
     from kubeinfer.runtime.model_info import ModelInfo
+    from kubeinfer.runtime.parameters import Parameters
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -49,7 +49,7 @@ async def in_process_runtime(folder: Path, *args: str, task: Any = None) -> Asyn
     Without ``task`` no model is attached: what clients see while a model loads. ``args`` are serve flags
     (default ``--task detect``); the model file exists but is never loaded.
     """
-    from kubeinfer.runtime.config import ServeConfig, add_arguments
+    from kubeinfer.runtime.commands.serve import parse
     from kubeinfer.runtime.dataplane import DataPlane
     from kubeinfer.runtime.metrics import RuntimeMetrics
     from kubeinfer.runtime.transports.grpc import GrpcTransport
@@ -57,11 +57,8 @@ async def in_process_runtime(folder: Path, *args: str, task: Any = None) -> Asyn
 
     model = folder / "model.pt"
     model.write_bytes(b"never loaded")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args([
-        "--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
-        *args]))
+    config = parse(["--task", "detect", "--model", str(model), "--grpc-port", str(free_port()), "--http-port",
+                    str(free_port()), *args])
     metrics = RuntimeMetrics(config.model_name)
     dataplane = DataPlane(config, metrics)
     if task is not None:
@@ -160,17 +157,24 @@ class BackgroundTraffic:
 
 
 class EmptyDetect:
-    """A detect task that finds nothing, instantly: for transport tests that need a serving runtime, not a model."""
+    """A detect task that finds nothing, instantly, after reading its parameters as the real one does (one class,
+    no masks): for transport tests that need a serving runtime, not a model."""
 
     name = "detect"
 
     def __init__(self, config: ServeConfig) -> None:
-        pass
+        from kubeinfer.runtime.detection import DetectionRequests
+        from kubeinfer.runtime.engine.detector import DetectorFacts
+
+        facts = DetectorFacts({0: "thing"}, 64, segmentation=False, device="cpu", format="onnx", backend="onnx",
+                              decodes_jpegs=False)
+        self.requests = DetectionRequests(config, facts)
 
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         from kubeinfer.runtime.detection import DetectResult
 
+        self.requests.selection(params)
         return [DetectResult([], [], 1, 1) for _ in images]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ from kubeinfer.runtime.cpus import default_instances, thread_budget, usable_cpus
 from kubeinfer.runtime.errors import StartupError
 from kubeinfer.runtime.models.backend import choose_backend
 from kubeinfer.runtime.models.yolo import YoloDetector
+from kubeinfer.runtime.models.yolo_io import Selection
 from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1.inference_pb2_grpc import InferenceStub
@@ -28,9 +30,10 @@ def detect_all(model: YoloDetector | YoloOnnxDetector, count: int) -> list[list[
     """Boxes (x1, y1, x2, y2, score, class) for ``count`` fresh images, in one batch."""
     samples = fresh_images(seed=21, count=count)
     prepared = [model.preprocess(cv2.cvtColor(s.pixels, cv2.COLOR_RGB2BGR)) for s in samples]
-    raws = model.forward(prepared)
+    raws = model.forward(prepared)  # no selection in the batch step: postprocess selects each image's boxes
+    selection = Selection(0.25, 0.45, 300)
     return [[(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id)
-             for b in model.postprocess(raw, (item.original_height, item.original_width), 0.25, 0.45, 300, (), False)]
+             for b in model.postprocess(raw, replace(item, selection=selection))]
             for raw, item in zip(raws, prepared, strict=True)]
 
 

@@ -85,17 +85,12 @@ async def test_an_idle_grpc_connection_gets_goaway(strict: ServeConfig) -> None:
 
 
 def test_connection_age_and_ping_policing_reach_the_server(tmp_path: Path) -> None:
-    import argparse
-
-    from kubeinfer.runtime.config import add_arguments
+    from kubeinfer.runtime.commands.serve import parse
 
     model = tmp_path / "m.pt"
     model.write_bytes(b"x")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args([
-        "--model", str(model), "--grpc-max-connection-age", "300", "--grpc-max-connection-age-grace", "20",
-        "--grpc-min-ping-interval", "15"]))
+    config = parse(["--model", str(model), "--grpc-max-connection-age", "300", "--grpc-max-connection-age-grace",
+                    "20", "--grpc-min-ping-interval", "15"])
     options = dict(server_options(config))
     assert options["grpc.max_connection_age_ms"] == 300_000
     assert options["grpc.max_connection_age_grace_ms"] == 20_000

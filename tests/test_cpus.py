@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments, expected_engine
+from kubeinfer.runtime.commands import serve as serve_command
+from kubeinfer.runtime.config import ConfigError, ServeConfig, expected_engine
 from kubeinfer.runtime.cpus import cgroup_cpu_limit, default_instances, thread_budget, usable_cpus
 
 
@@ -99,9 +99,7 @@ def test_expected_engine_follows_the_file_and_the_backend_flag() -> None:
 
 
 def parse(*args: str) -> ServeConfig:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return ServeConfig.from_args(parser.parse_args(["--task", "video", *args]))
+    return serve_command.parse(["--task", "video", *args])
 
 
 def test_thread_flags_default_from_the_budget_and_override(tmp_path: Path) -> None:

@@ -168,8 +168,10 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                           "batchSize": spec_module.DEFAULT_GALLERY_BATCH_SIZE}}),
     "video": ({"task": "video"}, {}),
     "classify-frontends": ({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"},
-                            "grpc": {"frontends": 2}},  # accepted for classify, as for detect
+                            "grpc": {"frontends": 2}},  # accepted for every task
                            {"grpc": {**COMMON_DEFAULTS["grpc"], "frontends": 2}}),
+    "video-frontends": ({"task": "video", "grpc": {"frontends": 2}}, {"grpc": {**COMMON_DEFAULTS["grpc"],
+                                                                             "frontends": 2}}),
     "autoscaled": ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"maxReplicas": 3}},
                    {"autoscaling": {"maxReplicas": 3, "minReplicas": 1,
                                     "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU,
@@ -297,8 +299,6 @@ BAD_SPECS: list[Case] = [
          "spec.embeddings and spec.baseData are only used by task recognize", "rule:recognize-only", True),
     Case("window on detect", with_(DETECT, window=3), "spec.window", "spec.window is only used by task stream-classify",
          "rule:window", True),
-    Case("frontends on stream-classify", with_(STREAM, grpc={"frontends": 2}), "spec.grpc.frontends",
-         "spec.grpc.frontends above 1 is only used by tasks detect and classify", "rule:frontends", True),
     Case("onnx model on gpus", with_(DETECT, model={"uri": "https://x.org/m.ONNX?v=2"}, gpus=1), "spec.gpus",
          "spec.gpus: kubeinfer's runtime images run ONNX models on the CPU", "rule:onnx-gpus", True),
     Case("replicas and autoscaling", with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}), "spec.replicas",
@@ -505,7 +505,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
     rule_ids = {"spec.model is required": "rule:model", "need spec.labels": "rule:labels",
                 "exactly one gallery": "rule:gallery", "only used by task recognize": "rule:recognize-only",
                 "spec.window is only used": "rule:window", "stays at its default 1": "rule:replicas",
-                "frontends above 1": "rule:frontends", "run ONNX models on the CPU": "rule:onnx-gpus",
+                "run ONNX models on the CPU": "rule:onnx-gpus",
                 "minReplicas must not exceed": "rule:autoscaling", "downloaded baseData": "rule:baseData",
                 "metadata.name must be": "rule:name", "must not contain '..'": "rule:uri-dotdot",
                 "needs a path inside the claim": "rule:uri-claim-path",
@@ -530,7 +530,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             (rule_id,) = [v for k, v in rule_ids.items() if k in rule["message"]]
             constraints.add(("", rule_id))
-    assert len([c for c in constraints if c[1].startswith("rule:")]) == 23
+    assert len([c for c in constraints if c[1].startswith("rule:")]) == 22
     assert spec_schema["properties"]["task"]["enum"] == list(spec_module.TASKS)
     autoscaling = spec_schema["properties"]["autoscaling"]["properties"]
     assert autoscaling["metric"]["enum"] == list(spec_module.METRICS)
@@ -625,7 +625,6 @@ CROSS_FIELD_CHECKS: dict[str, Any] = {
     "two galleries": with_(RECOGNIZE, baseData={"uri": "/data"}),
     "gallery on detect": with_(DETECT, embeddings={"uri": "/e.npz"}),
     "window on detect": with_(DETECT, window=3),
-    "frontends on video": {"task": "video", "grpc": {"frontends": 2}},
     "onnx model on gpus": with_(DETECT, model={"uri": "pvc://models/yolo/m.onnx"}, gpus=2),
     "replicas with autoscaling": with_(DETECT, replicas=2, autoscaling={"maxReplicas": 4}),
     "base data download not an archive": with_(RECOGNIZE_BASE, baseData={"uri": "https://x.org/data.bin"}),

@@ -19,10 +19,11 @@ from runtime_support import in_process_runtime
 from kubeinfer.oip import grpc_service_pb2 as oip_pb
 from kubeinfer.oip import grpc_service_pb2_grpc as oip_grpc
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+from kubeinfer.runtime.detection import DetectResult
 from kubeinfer.runtime.errors import Overloaded
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -40,7 +41,7 @@ class FailingDetect:
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         if images[0].encoded == b"busy":
             raise Overloaded("inference queue is full; retry later", retry_after_s=2.0)
         raise RuntimeError(SECRET)

@@ -1,8 +1,8 @@
 """--frontends 2: two frontend processes on the same ports feed one model process through shared memory.
 
 Real processes throughout: `kubeinfer serve --frontends 2` with the trained demo detector, compared with the
-one-process runtime serving the same model, over gRPC and REST; and with the colour classifier, whose answers
-are known by construction.
+one-process runtime serving the same model, over gRPC and REST; with the colour classifier, whose answers
+are known by construction; and every other task: stream windows, recognition galleries, video pipelines.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -19,19 +20,23 @@ import numpy as np
 import psutil
 import pytest
 from classify_support import COLOURS, colour_models, expected_probabilities, noisy, scores, write_labels
-from conftest import fresh_images, jpeg_bytes, png_bytes
+from conftest import fresh_images, iou, jpeg_bytes, png_bytes
 from prometheus_client.parser import text_string_to_metric_families
+from recognize_support import ALL_BRANDS, BRANDS, embed, logo_encoders, queries
 from runtime_support import CACHE, RuntimeProcess, wait_for
+from video_support import moving_rectangle_clip
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.rest import RestClient
-from kubeinfer.clients.types import DetectResult
-from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
+from kubeinfer.clients.types import DetectResult, StreamFrame
+from kubeinfer.runtime.commands.serve import parse
+from kubeinfer.runtime.config import ConfigError, ServeConfig
+from kubeinfer.runtime.engine import link
+from kubeinfer.runtime.engine.ring import SlotRing
 from kubeinfer.runtime.errors import Code, Overloaded
-from kubeinfer.runtime.frontends import link
-from kubeinfer.runtime.frontends.ring import SlotRing
+from kubeinfer.runtime.gallery import Gallery, save_npz
 from kubeinfer.runtime.models.backend import choose_backend
-from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
+from kubeinfer.runtime.models.yolo_io import Detection, Selection
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1.inference_pb2_grpc import InferenceStub
 
@@ -253,11 +258,7 @@ def test_a_model_that_cannot_start_stops_the_frontends(runtime_factory: Callable
 
 
 def serve_config(*args: str) -> ServeConfig:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return ServeConfig.from_args(parser.parse_args(list(args)))
+    return parse(args)
 
 
 def test_classify_behind_frontends_answers_as_its_model_does(runtime_factory: Callable[..., RuntimeProcess],
@@ -304,18 +305,124 @@ def test_classify_behind_frontends_answers_as_its_model_does(runtime_factory: Ca
     assert runtime.terminate() == 0
 
 
-def test_frontends_serve_detect_and_classify_only_on_fixed_ports(detector_model: Path, tmp_path: Path) -> None:
+def test_every_task_runs_behind_frontends_on_fixed_ports(detector_model: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     model.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="--frontends 2: several frontend processes serve tasks detect and "
-                                          "classify only; 'stream-classify' keeps state"):
-        serve_config("--task", "stream-classify", "--model", str(model), "--frontends", "2")
-    assert serve_config("--task", "classify", "--model", str(model), "--frontends", "2").frontends == 2
+    for task in ("classify", "stream-classify", "recognize"):
+        assert serve_config("--task", task, "--model", str(model), "--frontends", "2").frontends == 2
+    assert serve_config("--task", "video", "--frontends", "3").frontends == 3
     with pytest.raises(ConfigError, match="fixed --grpc-port and --http-port"):
         serve_config("--model", str(detector_model), "--frontends", "2", "--grpc-port", "0")
     with pytest.raises(ConfigError, match="--frontend-queue-size must be >= --max-batch-size"):
         serve_config("--model", str(detector_model), "--frontends", "2", "--frontend-queue-size", "4")
     assert serve_config("--model", str(detector_model), "--frontends", "2").frontends == 2
+
+
+def own_connections(target: str, count: int) -> list[Client]:
+    """Clients with a connection each, so the kernel spreads them over the frontends (2 in 2**(count-1) to land on
+    one frontend by chance)."""
+    return [Client(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+def test_stream_windows_stay_in_the_frontend_that_owns_the_call(runtime_factory: Callable[..., RuntimeProcess],
+                                                                 tmp_path: Path) -> None:
+    """Calls on connections spread over both frontends, each with the same stream ids: every call's averages are
+    its own window's (no frame of another call, on this frontend or the other, mixes in), while every frame runs
+    through the one model process."""
+    labels = write_labels(tmp_path, "txt")
+    runtime = both_ready(runtime_factory("--task", "stream-classify", "--model", str(colour_models().onnx),
+                                         "--labels", str(labels), "--window", "3", "--max-batch-delay-ms", "5",
+                                         *FRONTENDS))
+    calls = [[noisy(COLOURS[(call + i // 2) % 3], 70 + 10 * call + i) for i in range(8)] for call in range(6)]
+    clients = own_connections(runtime.grpc_target, len(calls))
+    try:
+        def run(call: int) -> list[str]:
+            frames = [StreamFrame(f, stream_id=f"cam-{i % 2}") for i, f in enumerate(calls[call])]
+            return [p.averaged.label for p in clients[call].stream_classify(frames)]
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            averaged = list(pool.map(run, range(len(calls))))
+        per_frontend = [sum(1 for c in process.net_connections("tcp")
+                            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == runtime.grpc_port)
+                        for process in frontend_processes(runtime)]
+    finally:
+        for client in clients:
+            client.close()
+    assert min(per_frontend) >= 1, per_frontend  # both frontends held calls
+    for frames, got in zip(calls, averaged, strict=True):
+        want = []
+        for i in range(len(frames)):  # the window of this call's stream cam-(i % 2): its last 3 frames
+            own = [expected_probabilities(frames[j]) for j in range(i % 2, i + 1, 2)][-3:]
+            want.append(COLOURS[int(np.argmax(np.mean(own, axis=0)))])
+        assert got == want
+    assert metric(runtime.metrics(), "kubeinfer_frames_processed_total") == sum(len(c) for c in calls)
+    assert runtime.terminate() == 0
+
+
+def test_recognize_searches_the_model_process_gallery_and_follows_its_reloads(
+        runtime_factory: Callable[..., RuntimeProcess], tmp_path: Path) -> None:
+    """The gallery lives with the encoder in the model process: both frontends answer from it, and when the
+    embeddings file changes the model process reloads it once and tells every frontend (GetModelInfo)."""
+    encoders, path = logo_encoders(), tmp_path / "brands.npz"
+    encoder = encoders.onnx  # the same weights as the TorchScript file the vectors are made with
+
+    def write_gallery(brands: list[str]) -> None:
+        save_npz(Gallery(embed(encoders.torchscript, [ALL_BRANDS[b]() for b in brands]), brands, "test"), path)
+
+    write_gallery(list(BRANDS))
+    runtime = both_ready(runtime_factory("--task", "recognize", "--model", str(encoder), "--embeddings", str(path),
+                                         "--similarity-threshold", "0.7", *FRONTENDS))
+    names = list(ALL_BRANDS)
+    images = [queries(ALL_BRANDS[name]())["jpeg"] for name in names]
+    clients = own_connections(runtime.grpc_target, 8)
+    try:
+        for client in clients:
+            assert [r.label for r in client.recognize(images)] == [n if n in BRANDS else "unknown" for n in names]
+            assert client.model_info().gallery_size == len(BRANDS)
+        write_gallery(names)  # + the new brand: polled by the model process every 2 s
+        wait_for(lambda: all(c.model_info().gallery_size == len(names) for c in clients), "every frontend to "
+                 "report the reloaded gallery", timeout=30)
+        for client in clients:
+            assert [r.label for r in client.recognize(images)] == names
+            assert client.model_info().gallery_labels == sorted(names)
+    finally:
+        for client in clients:
+            client.close()
+    assert runtime.logs().count("gallery reloaded") == 1  # in the model process, once for every frontend
+    assert runtime.terminate() == 0
+
+
+def test_video_pipelines_run_in_the_frontends_and_detect_in_the_model_process(
+        runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> None:
+    """A stream's pipeline runs in the frontend that owns the call; its detect operation's frames cross to the
+    model process. Without a model, the frontends run the OpenCV operations alone."""
+    choose_backend(detector_model, "onnx", "cpu", CACHE / "exports", None)  # exported (with torch) here, not there
+    with_model = runtime_factory("--task", "video", "--model", str(detector_model), "--max-batch-delay-ms", "5",
+                                 *FRONTENDS, wait=False)
+    plain = runtime_factory("--task", "video", *FRONTENDS, wait=False)
+    both_ready(with_model.wait_ready())
+    both_ready(plain.wait_ready())
+    clip = moving_rectangle_clip(count=24, seed=13)
+    clients = own_connections(with_model.grpc_target, 4)
+    try:
+        with ThreadPoolExecutor(len(clients)) as pool:
+            streams = list(pool.map(lambda c: list(c.process_video([f.pixels for f in clip], ops=["blur", "detect"])),
+                                    clients))
+    finally:
+        for client in clients:
+            client.close()
+    for out in streams:
+        assert [f.sequence for f in out] == list(range(len(clip)))
+        matches = [max((iou(f.box, (d.box.x1, d.box.y1, d.box.x2, d.box.y2)) for d in o.detections), default=0.0)
+                   for f, o in zip(clip, out, strict=True)]
+        assert sum(m >= 0.5 for m in matches) >= len(clip) - 2, np.round(matches, 2).tolist()
+    with Client(plain.grpc_target, retries=False) as client:
+        edges = list(client.process_video([f.pixels for f in clip[:3]], ops=["edges"]))
+        assert [f.error for f in edges] == [None] * 3 and all(f.jpeg for f in edges)
+        with pytest.raises(grpc.RpcError) as failure:
+            list(client.process_video([clip[0].pixels], ops=["detect"]))
+        assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert with_model.terminate() == 0 and plain.terminate() == 0
 
 
 def test_a_ring_hands_out_slots_all_or_none_and_shares_its_pixels() -> None:
@@ -350,7 +457,7 @@ def test_link_messages_cross_a_socket_whole() -> None:
         selection = Selection(0.25, 0.45, 300, (0,), False)
         await asyncio.gather(*(link.send(writer, link.BatchRequest(i, [link.LinkItem(i, None, 0, 480, 640, selection)]))
                                for i in range(50)))
-        await link.send(writer, link.BatchReply(7, [[BoxResult(1.0, 2.0, 3.0, 4.0, 0.9, 0, [])],
+        await link.send(writer, link.BatchReply(7, [[Detection(1.0, 2.0, 3.0, 4.0, 0.9, 0, "rectangle")],
                                                     link.LinkError.of(Overloaded("full")),
                                                     np.array([0.25, 0.75], np.float32)]))
         writer.close()
@@ -376,7 +483,8 @@ def test_link_messages_cross_a_socket_whole() -> None:
 
 def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -> None:
     """The model process may still be reading a cancelled request's slots: they return with its answer only."""
-    from kubeinfer.runtime.frontends.remote import DETECT_ITEMS, RemoteBatcher
+    from kubeinfer.runtime.engine.detector import DetectorItems
+    from kubeinfer.runtime.engine.remote import RemoteEngine
     from kubeinfer.runtime.models.yolo_io import Letterboxed
 
     async def scenario(path: str) -> list[int]:
@@ -392,12 +500,12 @@ def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -
         reader, writer = await asyncio.open_unix_connection(path)
         ring = SlotRing.create(4, (8, 8, 3))
         lost: list[bool] = []
-        batcher = RemoteBatcher(ring, reader, writer, on_lost=lambda: lost.append(True), codec=DETECT_ITEMS)
-        batcher.start()
+        engine = RemoteEngine(None, DetectorItems(), ring, reader, writer, on_lost=lambda: lost.append(True))
+        engine.start()
         free = [ring.free]
         image = Letterboxed(np.full((8, 8, 3), 9, np.uint8), 8, 8, Selection(0.25, 0.45, 10))
-        reservation = batcher.reserve(3)
-        call = asyncio.ensure_future(batcher.submit_many([image, image, image], reservation))
+        reservation = engine.reserve(3)
+        call = asyncio.ensure_future(engine.infer([image, image, image], reservation))
         request = await received.get()
         assert [int(ring.images[item.slot].max()) for item in request.items] == [9, 9, 9]  # pixels in the slots
         reservation.__exit__(None, None, None)
@@ -408,11 +516,11 @@ def test_a_cancelled_request_keeps_its_slots_until_the_model_process_answers() -
         await asyncio.sleep(0.05)
         free.append(ring.free)  # answered: back
         with pytest.raises(Overloaded, match="--frontend-queue-size"):
-            batcher.reserve(5)
+            engine.reserve(5)
         links[0].close()
         await asyncio.sleep(0.05)
         free.append(len(lost))  # the link closed under it: the frontend is told, once
-        batcher.stop()
+        engine.stop()
         server.close()
         ring.close()
         return free

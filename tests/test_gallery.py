@@ -13,13 +13,13 @@ import pytest
 from recognize_support import BRANDS, logo_encoders, write_base_data, write_png
 from runtime_support import REPO, runtime_env
 
+from kubeinfer.runtime.engine.encoder import load_encoder
 from kubeinfer.runtime.gallery import (
     UNKNOWN,
     Gallery,
     GalleryError,
     build_from_directory,
     l2_normalize,
-    load_encoder,
     load_file,
     save_npz,
 )

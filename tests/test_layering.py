@@ -1,4 +1,5 @@
-"""The runtime's imports point one way: transports -> data plane -> tasks -> models/batcher -> metrics.
+"""The runtime's imports point one way: transports -> data plane -> tasks -> engine -> models/batcher -> metrics,
+and only the engine touches a model or the batcher.
 
 Read from the source (no import runs): every ``import`` of a ``kubeinfer.runtime`` module, at module
 level or inside a function, except those under ``if TYPE_CHECKING:``, which never run.
@@ -111,11 +112,15 @@ def depends_on(module: str, target: str) -> bool:
 def test_layers_point_down() -> None:
     layers = [
         ("transports", [f"{PACKAGE}.transports"]),
-        ("data plane", [f"{PACKAGE}.dataplane", f"{PACKAGE}.oip"]),
-        ("tasks", [f"{PACKAGE}.tasks"]),
-        ("primitives", [f"{PACKAGE}.detection", f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images",
-                        f"{PACKAGE}.parameters", f"{PACKAGE}.specs", f"{PACKAGE}.model_info",
-                        f"{PACKAGE}.concurrency", f"{PACKAGE}.config", f"{PACKAGE}.metrics", f"{PACKAGE}.errors"]),
+        ("data plane", [f"{PACKAGE}.dataplane", f"{PACKAGE}.oip.protocol", f"{PACKAGE}.oip.inputs"]),
+        ("tasks", [f"{PACKAGE}.tasks", f"{PACKAGE}.detection"]),
+        ("engine", [f"{PACKAGE}.engine"]),
+        ("primitives", [f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images", f"{PACKAGE}.gallery",
+                        f"{PACKAGE}.parameters", f"{PACKAGE}.model_info",
+                        f"{PACKAGE}.concurrency", f"{PACKAGE}.config", f"{PACKAGE}.metrics", f"{PACKAGE}.errors",
+                        # the tensors' wire codec, which a task's OIP outputs are written in (as its protobuf codec
+                        # is written in kubeinfer.v1's messages)
+                        f"{PACKAGE}.oip.tensors"]),
     ]
     upward = []
     for position, (_, members) in enumerate(layers):
@@ -126,9 +131,31 @@ def test_layers_point_down() -> None:
     assert upward == []
 
 
+# What the request side may import from models/: plain data and geometry (batch items, boxes, letterbox, an image
+# model's preprocessing), no model and no model library.
+MODEL_FREE = {f"{PACKAGE}.models.yolo_io", f"{PACKAGE}.models.preprocessing"}
+# Tools that load a model on purpose, outside the serving path: `kubeinfer export` runs its export once before
+# writing it, `kubeinfer demo` trains one.
+OFFLINE_TOOLS = {f"{PACKAGE}.commands.export", f"{PACKAGE}.demo_models"}
+
+
+def test_only_the_engine_touches_a_model_or_the_batcher() -> None:
+    """Tasks, data plane, transports and lifecycles reach a model through an engine (``kubeinfer.runtime.engine``)
+    and never import a model module or the batcher themselves, so the same task code runs over a model here or
+    in the model process."""
+    inside = (f"{PACKAGE}.engine", f"{PACKAGE}.models", f"{PACKAGE}.batching")
+    touching = sorted(
+        (module, imported) for module, targets in GRAPH.items()
+        if not module.startswith(inside) and module not in OFFLINE_TOOLS
+        for imported in targets
+        if imported == f"{PACKAGE}.batching"
+        or (imported.startswith(f"{PACKAGE}.models.") and imported not in MODEL_FREE))
+    assert touching == []
+
+
 def test_settings_and_plain_types_import_no_runtime_machinery() -> None:
-    """config, specs and model_info load without the server, a model library or OpenCV."""
-    for module in ("config", "specs", "model_info", "parameters", "errors", "cpus"):
+    """config, model_info and the video pipeline's spec load without the server, a model library or OpenCV."""
+    for module in ("config", "model_info", "parameters", "errors", "cpus", "tasks.video.pipeline_spec"):
         name = f"{PACKAGE}.{module}"
         assert GRAPH[name] <= {f"{PACKAGE}.errors", f"{PACKAGE}.cpus"}, (name, GRAPH[name])
         source = MODULES[name].read_text()

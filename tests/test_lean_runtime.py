@@ -240,8 +240,9 @@ def test_an_ultralytics_classifier_is_refused_as_a_detector_and_served_as_a_clas
     from ultralytics import YOLO
 
     from kubeinfer.runtime.errors import StartupError
-    from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+    from kubeinfer.runtime.models.image_model import ImageModel
     from kubeinfer.runtime.models.offline import prepare_offline_ultralytics
+    from kubeinfer.runtime.models.preprocessing import Preprocessing
     from kubeinfer.runtime.models.yolo_onnx import YoloOnnxDetector
 
     prepare_offline_ultralytics()
@@ -266,21 +267,18 @@ def test_an_ultralytics_classifier_is_refused_as_a_detector_and_served_as_a_clas
 def test_only_torch_decodes_jpegs_in_the_batch_step(decode_device: str, device: str, engine: str,
                                                     decodes: bool) -> None:
     """ONNX Runtime takes letterboxed pixels only: its JPEGs are decoded by OpenCV in the pool, even on a GPU."""
-    from kubeinfer.runtime.detection import decodes_on_device
+    from kubeinfer.runtime.engine.detector import decodes_on_device
 
     assert decodes_on_device(decode_device, device, engine) is decodes
 
 
 def test_decoding_in_the_batch_step_is_refused_for_an_onnx_model(onnx_models: dict[str, list[str]]) -> None:
-    import argparse
+    from kubeinfer.runtime.commands.serve import parse
+    from kubeinfer.runtime.config import ConfigError
 
-    from kubeinfer.runtime.config import ConfigError, ServeConfig, add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     model = onnx_models["video"][1]  # the detector's ONNX export
     with pytest.raises(ConfigError, match=r"^--decode-device model decodes JPEGs with torch on the model's device, "
                                           r"but this model runs on ONNX Runtime"):
-        ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--decode-device", "model"]))
-    auto = ServeConfig.from_args(parser.parse_args(["--task", "detect", "--model", model, "--device", "cuda"]))
+        parse(["--task", "detect", "--model", model, "--decode-device", "model"])
+    auto = parse(["--task", "detect", "--model", model, "--device", "cuda"])
     assert auto.decode_device == "auto"  # allowed: an ONNX model's JPEGs then stay with OpenCV

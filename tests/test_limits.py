@@ -18,10 +18,11 @@ from runtime_support import in_process_runtime
 
 from kubeinfer.runtime.batching import DynamicBatcher
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import DetectOverrides, DetectResult
+from kubeinfer.runtime.detection import DetectResult
 from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -39,7 +40,7 @@ class HoldingDetect:
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
         self.calls += 1
         await self.release.wait()
         return [DetectResult([], [], 1, 1) for _ in images]

@@ -15,6 +15,7 @@ from runtime_support import in_process_runtime
 
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.tasks.base import TOP_K
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -26,7 +27,7 @@ class OnnxClassify:
         self.config = config
 
     def info(self, base: ModelInfo) -> ModelInfo:
-        return replace(base, model_format="onnx", labels=("a", "b"), top_k=self.config.top_k)
+        return replace(base, model_format="onnx", labels=("a", "b"), top_k=self.config.flag(TOP_K))
 
 
 @pytest_asyncio.fixture(loop_scope="function")

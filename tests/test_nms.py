@@ -90,9 +90,7 @@ def test_batch_selection_equals_per_image(request: pytest.FixtureRequest, which:
             by_torch = select_boxes_on_device(torch.from_numpy(raw.predictions), classes_count, selection).numpy()
             assert raw.kept.shape == by_torch.shape, engine
             np.testing.assert_allclose(raw.kept, by_torch, rtol=0, atol=1e-5, err_msg=engine)
-            shape = (item.original_height, item.original_width)
-            later = detector.postprocess(replace(raw, kept=None, boxes=None), shape, selection.confidence,
-                                         selection.iou, selection.max_detections, selection.classes, False)
+            later = detector.postprocess(replace(raw, kept=None, boxes=None), item)
             assert raw.boxes == later, engine
             selected += raw.kept.shape[0]
         assert selected >= 10, engine  # real boxes were compared

@@ -12,7 +12,7 @@ import pytest
 
 from kubeinfer.runtime.errors import Code, InferenceError
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import images_from_inputs
+from kubeinfer.runtime.oip.inputs import images_from_inputs
 from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, RequestedOutput
 from kubeinfer.runtime.transports.oip_http import parse_request, response_body
 

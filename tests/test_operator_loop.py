@@ -32,7 +32,7 @@ from runtime_support import free_port
 from kubeinfer.operator import metrics
 from kubeinfer.operator.render import RuntimeDefaults
 from kubeinfer.operator.spec import parse_spec
-from kubeinfer.runtime import config as runtime_config
+from kubeinfer.runtime.commands import serve as serve_command
 
 IMAGE = "registry.example.com/kubeinfer/runtime:test"  # the gpu image (torch)
 CPU_IMAGE = "registry.example.com/kubeinfer/runtime:test-cpu"
@@ -159,7 +159,7 @@ def serve_args(args: list[str]) -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(exit_on_error=False)
-    runtime_config.add_arguments(parser)
+    serve_command.add_arguments(parser)
     return parser.parse_args(args)
 
 

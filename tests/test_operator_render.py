@@ -30,8 +30,8 @@ from kubeinfer.operator.render import (
     selector_string,
 )
 from kubeinfer.operator.spec import SpecError, parse_spec, parse_uri, validate_name
-from kubeinfer.runtime import config as runtime_config
 from kubeinfer.runtime import fetch
+from kubeinfer.runtime.commands import serve as serve_command
 
 KUBE_VERSIONS = ("1.28", kubernetes_validate.latest_version())  # the chart's kubeVersion, and the newest
 OWNER = Owner(name="svc", namespace="team-a", uid="6f1c3f5e-0000-4000-8000-000000000001")
@@ -59,7 +59,7 @@ def runtime(objs: dict[str, dict[str, Any]], name: str = "svc") -> dict[str, Any
 def serve_args(args: list[str]) -> argparse.Namespace:
     """Parse with `kubeinfer serve`'s own parser: unknown flags or bad values fail here."""
     parser = argparse.ArgumentParser(exit_on_error=False)
-    runtime_config.add_arguments(parser)
+    serve_command.add_arguments(parser)
     return parser.parse_args(args)
 
 
@@ -281,6 +281,8 @@ def test_frontends_get_their_flag_and_a_shared_memory_volume() -> None:
     classifier = runtime(children({"task": "classify", "model": {"uri": "/c.pt"}, "labels": {"uri": "/l.txt"},
                                    "grpc": {"frontends": 2}}))
     assert serve_args(classifier["args"]).frontends == 2
+    video = runtime(children({"task": "video", "grpc": {"frontends": 3}}))  # every task: state stays per frontend
+    assert serve_args(video["args"]).frontends == 3
 
 
 @pytest.mark.parametrize(("spec", "variant", "engine", "exported"), [
@@ -376,8 +378,6 @@ def test_rendering_is_deterministic_and_does_not_touch_its_input() -> None:
     ({"task": "detect", "model": {"uri": "/m.pt"}, "window": 4}, "spec.window is only used by task 'stream-classify'"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
      "spec.replicas stays at its default 1 when spec.autoscaling is set"),
-    ({"task": "video", "grpc": {"frontends": 2}}, "spec.grpc.frontends above 1 is only used by tasks detect and "
-                                                  "classify"),
     ({"task": "detect", "model": {"uri": "/m.pt"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
      "minReplicas (4) must not exceed maxReplicas (3)"),
     ({"task": "detect", "model": {"uri": "ftp://bucket/m.pt"}}, "is not pvc://CLAIM/path, http(s)://"),

@@ -16,8 +16,8 @@ import pytest
 from kubeinfer.operator.render import FETCH_ROOT, Owner, RuntimeDefaults, render_deployment
 from kubeinfer.operator.render_fetch import GCS_CREDENTIALS_FILE, NodeCache, is_fetch_container
 from kubeinfer.operator.spec import SpecError, parse_spec
-from kubeinfer.runtime import config as runtime_config
 from kubeinfer.runtime import fetch
+from kubeinfer.runtime.commands import serve as serve_command
 
 OWNER = Owner(name="svc", namespace="team-a", uid="6f1c3f5e-0000-4000-8000-000000000001")
 DEFAULTS = RuntimeDefaults(image="registry.example.com/kubeinfer:1", cpu_image="registry.example.com/kubeinfer:1-cpu")
@@ -52,7 +52,7 @@ def items_of(container: dict[str, Any]) -> dict[str, fetch.Item]:
 def serve_paths(pod: dict[str, Any]) -> argparse.Namespace:
     """The runtime container's args through `kubeinfer serve`'s own parser."""
     parser = argparse.ArgumentParser(exit_on_error=False)
-    runtime_config.add_arguments(parser)
+    serve_command.add_arguments(parser)
     return parser.parse_args(pod["containers"][0]["args"])
 
 

@@ -2,7 +2,7 @@
 
 The table drives the detection overrides through native gRPC, native REST (JSON and multipart),
 and the Open Inference Protocol over REST and gRPC, against the real transports in-process with a
-detect task that echoes the parameters it resolved (the real ``Detector.resolve`` range checks).
+detect task that echoes the parameters it resolved (the real ``DetectionRequests.selection`` range checks).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -24,10 +23,12 @@ from runtime_support import in_process_runtime
 from kubeinfer.oip import grpc_service_pb2 as oip_pb
 from kubeinfer.oip import grpc_service_pb2_grpc as oip_grpc
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectResult
+from kubeinfer.runtime.detection import DetectionRequests, DetectResult
+from kubeinfer.runtime.engine.detector import DetectorFacts
 from kubeinfer.runtime.errors import InferenceError
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.model_info import ModelInfo
+from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -70,15 +71,15 @@ class EchoDetect:
     name = "detect"
 
     def __init__(self, config: ServeConfig) -> None:
-        self.detector = Detector.__new__(Detector)
-        self.detector.config = config
-        self.detector.model = SimpleNamespace(names=NAMES, segmentation=False)
+        facts = DetectorFacts(NAMES, 640, segmentation=False, device="cpu", format="onnx", backend="onnx",
+                              decodes_jpegs=False)
+        self.requests = DetectionRequests(config, facts)
 
     def info(self, base: ModelInfo) -> ModelInfo:
         return base
 
-    async def detect(self, images: Sequence[ImageInput], overrides: DetectOverrides) -> list[DetectResult]:
-        p = self.detector.resolve(overrides)
+    async def detect(self, images: Sequence[ImageInput], params: Parameters) -> list[DetectResult]:
+        p = self.requests.selection(params)
         label = f"confidence={p.confidence:g} iou={p.iou:g} max={p.max_detections} classes={list(p.classes)}"
         return [DetectResult([Detection(0, 0, 1, 1, 0.5, 0, label)], [label], 1, 1) for _ in images]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 import time
@@ -18,11 +17,10 @@ from runtime_support import RuntimeProcess, wait_for
 
 from kubeinfer.clients import Client
 from kubeinfer.clients.types import Recognition
-from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.config import add_arguments as add_serve_arguments
+from kubeinfer.runtime.commands.serve import parse
+from kubeinfer.runtime.engine.encoder import EncoderEngine, EncoderFacts
 from kubeinfer.runtime.gallery import Gallery, save_npz
 from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.tasks.recognize import RecognizeTask
 
 THRESHOLD = 0.7
 
@@ -153,25 +151,26 @@ def test_sighup_rebuilds_a_base_data_gallery(runtime_factory: Callable[..., Runt
 
 @pytest.mark.parametrize("mode", ["centroid", "exemplar"])
 def test_rebuild_swaps_a_new_object_and_a_failed_one_keeps_the_old(mode: str, tmp_path: Path) -> None:
-    """The task's reload path in-process: a rebuild yields an equal gallery as a new object (a swap, not a
-    patch); a rebuild that fails leaves the served gallery as it was."""
+    """The encoder engine's reload path in-process: a rebuild yields an equal gallery as a new object (a swap, not
+    a patch) and is reported in the engine's facts; a rebuild that fails leaves the served gallery as it was."""
     base = write_base_data(tmp_path / "base", {"acme": BRANDS["acme"], "star": BRANDS["star"]})
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    args = parser.parse_args(["--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
-                              "--gallery-mode", mode, "--gallery-batch-size", "2"])
+    config = parse(["--task", "recognize", "--model", str(logo_encoders().onnx), "--base-data", str(base),
+                    "--gallery-mode", mode, "--gallery-batch-size", "2"])
     with ThreadPoolExecutor(2) as pool:
-        task = RecognizeTask(ServeConfig.from_args(args), RuntimeMetrics("t"), pool)
-        task.start()
+        engine = EncoderEngine.load(config, RuntimeMetrics("t"), pool)
+        told: list[EncoderFacts] = []
+        engine.listen(told.append)
+        engine.start()
         try:
-            before = task.gallery
-            assert task.swap_in_new_gallery() is True
-            after = task.gallery
+            before = engine.gallery
+            assert engine.swap_in_new_gallery() is True
+            after = engine.gallery
             (base / "star" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
-            assert task.swap_in_new_gallery() is False
-            kept = task.gallery
+            assert engine.swap_in_new_gallery() is False
+            kept = engine.gallery
         finally:
-            task.stop()
+            engine.stop()
+    assert [f.gallery.labels for f in told] == [("acme", "star")]  # the swap was told, the failure was not
     assert after is not before
     assert after.row_labels == before.row_labels
     np.testing.assert_allclose(after.vectors, before.vectors, atol=1e-6)

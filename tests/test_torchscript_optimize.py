@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+from kubeinfer.runtime.models.image_model import ImageModel
+from kubeinfer.runtime.models.preprocessing import Preprocessing
 from kubeinfer.runtime.models.threads import in_passing_thread
 
 SIZE = 32

@@ -13,9 +13,8 @@ from matplotlib import cbook
 from video_support import moving_rectangle_clip
 
 from kubeinfer.runtime.concurrency import ordered_map
-from kubeinfer.runtime.detection import Detection
 from kubeinfer.runtime.errors import Code, InferenceError
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
+from kubeinfer.runtime.models.yolo_io import Detection
 from kubeinfer.runtime.tasks.video.ops import (
     FaceCascade,
     Frame,
@@ -23,6 +22,7 @@ from kubeinfer.runtime.tasks.video.ops import (
     parse_pipeline,
     run_pipeline,
 )
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
 
 MAX_PIXELS = 4_000_000
 

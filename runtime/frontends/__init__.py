@@ -1,7 +1,6 @@
-"""``--frontends N``: N processes doing transport and decode on the same ports, one model process per device.
+"""``--frontends N``: N processes doing transport and request-side work on the same ports, one model process.
 
-``supervisor`` (the model process: spawns the frontends, loads the model, answers their batches),
-``frontend`` (one frontend process: today's transports and task code, its batcher remote),
-``remote`` (what a frontend's task sees of the model: its facts and a batcher over the link),
-``link`` (the messages between them), ``ring`` (the shared-memory image slots).
+``supervisor`` (the model process: spawns the frontends, hosts the one engine behind their links),
+``frontend`` (one frontend process: the one-process runtime over a ``RemoteEngine``). The link, the rings and
+both engines are the engine's (``kubeinfer.runtime.engine``).
 """

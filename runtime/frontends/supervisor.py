@@ -1,15 +1,14 @@
-"""The model process of ``--frontends N``: spawns the frontends, loads the model once, batches for all of them.
+"""The model process of ``--frontends N``: spawns the frontends, loads the engine once, batches for all of them.
 
 It listens on no port: the frontends do (``SO_REUSEPORT``; the kernel spreads connections across them). Each
-frontend connects to a Unix socket here; once the model is loaded and warmed it gets a hello with the model's
-facts and its own ring of image slots in shared memory, then sends requests (slot numbers and box selections)
-that go through the one dynamic batcher, answered with the selected boxes or class probabilities (``served``
-says how, per task).
+frontend connects to a Unix socket here; once the engine is loaded and warmed it gets a hello with the model's
+facts and its own ring of image slots in shared memory, then sends its requests' items, which the one engine
+answers (``engine.link_server``). Every task's request side runs in the frontends, whatever the task.
 
 SIGTERM or SIGINT: passed on to the frontends, which drain as the one-process runtime does; once they are gone
-the batcher stops and the process exits 0. SIGHUP: passed on, so each frontend reloads what it holds (a
-classifier's labels). A frontend that dies on its own stops the others and the process
-exits 1, so the pod restarts whole.
+the engine stops and the process exits 0. SIGHUP: passed on, so each frontend reloads what it holds (a
+classifier's labels), and the engine reloads what it holds (a gallery). A frontend that dies on its own stops
+the others and the process exits 1, so the pod restarts whole.
 """
 
 from __future__ import annotations
@@ -21,59 +20,48 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
-from kubeinfer.runtime.collector import freeze_loaded_objects
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.errors import Code, InferenceError, StartupError
-from kubeinfer.runtime.frontends import frontend, link
-from kubeinfer.runtime.frontends.ring import SlotRing
-from kubeinfer.runtime.frontends.served import ServedModel, served
+from kubeinfer.runtime.engine.link_server import LinkServer
+from kubeinfer.runtime.engine.loading import load_engine
+from kubeinfer.runtime.engine.local import LocalEngine
+from kubeinfer.runtime.engine.ring import SlotRing
+from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.frontends import frontend
+from kubeinfer.runtime.gc_freeze import freeze_loaded_objects
 from kubeinfer.runtime.gpu_metrics import device_uuid
 from kubeinfer.runtime.metrics import RuntimeMetrics
-from kubeinfer.runtime.models import threads
-from kubeinfer.runtime.server import STOP_SECONDS, configure_logging
-from kubeinfer.runtime.tasks import build_task
-from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.server import STOP_SECONDS
+from kubeinfer.runtime.tasks import engine_kind, task_class
 
 log = logging.getLogger("kubeinfer.runtime.model-process")
 SHARED_MEMORY = Path("/dev/shm")
 EXIT_WAIT_SECONDS = 5.0  # after a frontend's delay and grace: how long before it is killed
 
 
-def serve(config: ServeConfig) -> int:
-    """Run the model process and its frontends until SIGTERM/SIGINT; 0 after a clean drain, 1 otherwise."""
-    configure_logging(config, "model-process")
-    try:
-        return asyncio.run(ModelProcess(config).run())
-    except StartupError as exc:
-        print(f"kubeinfer serve: {exc}", file=sys.stderr)
-        return 1
-
-
 class ModelProcess:
+    """The engine behind the frontends' links, and the frontends' lives."""
+
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = RuntimeMetrics(config.model_name)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="kubeinfer-worker")
         self.stopping = asyncio.Event()
-        self.loaded = asyncio.Event()
         self.exit_code = 0
-        self.model: ServedModel | None = None
-        self.gpu_uuid = ""
+        self.engine: LocalEngine[Any, Any, Any] | None = None
+        self.links = LinkServer(config.frontends)
         self.rings: list[SlotRing] = []
         self.frontends: list[BaseProcess] = []
-        self._answers: set[asyncio.Task[None]] = set()
-        self._links: set[asyncio.StreamWriter] = set()
 
     async def run(self) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="kubeinfer-model-"))
         link_path = workdir / "link.sock"
-        server = await asyncio.start_unix_server(self._serve_link, path=str(link_path))
+        server = await asyncio.start_unix_server(self.links.serve, path=str(link_path))
         self._install_signal_handlers()
         try:
             self._spawn_frontends(str(link_path))
@@ -86,17 +74,17 @@ class ModelProcess:
         except BaseException:
             self.exit_code = 1
             self.stopping.set()  # frontends that exit from here on are not mourned
-            self._close_links()  # frontends still waiting for their hello give up and exit
+            self.links.close()  # frontends still waiting for their hello give up and exit
             raise
         finally:
             self._signal_frontends(signal.SIGTERM)
             await self._wait_for_frontends()
             self._kill_frontends()
             server.close()
-            self._close_links()
-            if self.model is not None:
+            self.links.close()
+            if self.engine is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.to_thread(self.model.task.stop), STOP_SECONDS * 4)
+                    await asyncio.wait_for(asyncio.to_thread(self.engine.stop), STOP_SECONDS * 4)
             for ring in self.rings:
                 ring.close()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -105,26 +93,25 @@ class ModelProcess:
         return self.exit_code
 
     async def _load(self) -> None:
-        task = await threads.in_passing_thread(self._build_task)
-        self.model = served(task, self.pool)
-        self.gpu_uuid = device_uuid(self.config.device)
-        shape = self.model.slot_shape()
-        self._check_shared_memory(shape)
-        self.rings = [SlotRing.create(self.config.frontend_queue_size, shape) for _ in range(self.config.frontends)]
-        task.start()
-        try:
-            await task.warm_up()
-        except Exception as exc:
-            raise StartupError(f"{self.config.model}: the warm-up request failed: {exc}") from exc
+        """The engine, loaded and warmed, then a ring per frontend sized for its items, then every hello."""
+        config = self.config
+        kind = engine_kind(config)
+        self.engine = engine = await load_engine(kind, config, self.metrics, self.pool,
+                                                 preflight=lambda: task_class(config).preflight(config))
+        gpu_uuid = device_uuid(config.device)
+        if engine is not None and kind is not None:
+            shape = kind.items.slot_shape(engine.facts)
+            self._check_shared_memory(shape)
+            self.rings = [SlotRing.create(config.frontend_queue_size, shape) for _ in range(config.frontends)]
+            engine.start()
+            try:
+                await engine.warm_up()
+            except Exception as exc:
+                raise StartupError(f"{config.model}: the warm-up request failed: {exc}") from exc
         freeze_loaded_objects()
-        self.loaded.set()
-        log.info("serving %s (%s) on %s to %d frontends", self.config.model_name, self.config.task,
-                 self.config.device, self.config.frontends)
-
-    def _build_task(self) -> Task:
-        threads.configure(self.config.model_threads, spinning=self.config.model_spinning,
-                          instances=self.config.model_instances)
-        return build_task(self.config, self.metrics, self.pool)
+        self.links.open(engine, kind.items if kind is not None else None, self.rings, gpu_uuid)
+        log.info("serving %s (%s) on %s to %d frontends", config.model_name, config.task, config.device,
+                 config.frontends)
 
     def _check_shared_memory(self, shape: tuple[int, ...]) -> None:
         """The rings fit in /dev/shm (a container's is often 64 MiB): a page touched past its size is a SIGBUS."""
@@ -185,54 +172,22 @@ class ModelProcess:
                 process.join(1)
             _mark_dead(process.pid)
 
-    def _close_links(self) -> None:
-        for writer in self._links:
-            writer.close()
-
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._signal_frontends, signal.SIGHUP)  # each reloads (labels)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        """SIGHUP: each frontend reloads what its task holds (labels), the engine what it holds (a gallery)."""
+        self._signal_frontends(signal.SIGHUP)
+        if self.engine is not None:
+            log.info("SIGHUP: reloading")
+            self.pool.submit(self.engine.reload)
 
     def _shutdown(self) -> None:
         self._signal_frontends(signal.SIGTERM)
         self.stopping.set()
-
-    # --- the link ------------------------------------------------------------------------------------------
-    async def _serve_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One frontend's link: hello once the model is ready, then its requests, each answered when done."""
-        self._links.add(writer)
-        try:
-            hello = await link.receive(reader)
-            if not isinstance(hello, link.FrontendHello) or not 0 <= hello.index < self.config.frontends:
-                return
-            await self.loaded.wait()
-            assert self.model is not None
-            ring = self.rings[hello.index]
-            facts = self.model.facts(self.gpu_uuid)
-            await link.send(writer, link.Hello(facts, ring.name, ring.slots, ring.shape))
-            while (request := await link.receive(reader)) is not None:
-                assert isinstance(request, link.BatchRequest)
-                answer = asyncio.get_running_loop().create_task(self._answer(request, ring, writer))
-                self._answers.add(answer)
-                answer.add_done_callback(self._answers.discard)
-        finally:
-            self._links.discard(writer)
-            writer.close()
-
-    async def _answer(self, request: link.BatchRequest, ring: SlotRing, writer: asyncio.StreamWriter) -> None:
-        assert self.model is not None
-        try:
-            reply = link.BatchReply(request.id, await self.model.answer(request.items, ring))
-        except InferenceError as exc:
-            reply = link.BatchReply(request.id, [], link.LinkError.of(exc))
-        except Exception:
-            log.exception("a frontend's request of %d images failed", len(request.items))
-            failed = InferenceError(Code.INTERNAL, "internal error: the model process failed on this request")
-            reply = link.BatchReply(request.id, [], link.LinkError.of(failed))
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await link.send(writer, reply)
 
 
 def _mark_dead(pid: int | None) -> None:

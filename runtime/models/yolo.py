@@ -33,7 +33,7 @@ from kubeinfer.runtime.models.yolo_head import YoloHead
 from kubeinfer.runtime.models.yolo_io import (
     LETTERBOX_FILL,
     BatchItem,
-    BoxResult,
+    Detection,
     EncodedJpeg,
     Letterboxed,
     RawDetections,
@@ -125,7 +125,7 @@ class YoloDetector:
         """The batch's selection on the model's device, one transfer of the kept rows; predictions and prototypes
         come to the host only for the images a later step reads them for (no selection yet; masks)."""
         kept: list[np.ndarray | None] = [None] * len(batch)
-        boxes: list[list[BoxResult] | None] = [None] * len(batch)
+        boxes: list[list[Detection] | None] = [None] * len(batch)
         chosen = [(i, item.selection) for i, item in enumerate(batch)
                   if item.selection is not None and i not in errors]
         if chosen:
@@ -172,11 +172,10 @@ class YoloDetector:
         stack_holding_gil(pixels, out=pinned.numpy())
         return pinned.to(self.device, non_blocking=True)
 
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
-        """NMS with these thresholds (unless ``forward`` already selected the rows), boxes back to original
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> list[Detection]:
+        """NMS with ``item``'s selection (unless ``forward`` already selected the rows), boxes back to original
         pixels, optional polygons: on the host, as for every engine."""
-        return self.head.postprocess(raw, original, confidence, iou, max_detections, classes, masks)
+        return self.head.postprocess(raw, item)
 
 
 def _rows_on_host(tensor: torch.Tensor, indices: list[int]) -> dict[int, np.ndarray]:

@@ -3,8 +3,8 @@
 ``YoloHead`` knows the head's layout (class names, input size, whether it selects its own boxes) and turns a
 batch's predictions into each image's ``RawDetections``: the boxes of every image that carries a ``Selection``
 are selected for the whole batch in one vectorised step right after the model, so the common request needs no
-second trip through the worker pool; images without one (video frames) are selected per image in
-``postprocess``, which also draws mask outlines.
+second trip through the worker pool; ``postprocess`` finishes one image from its item's ``Selection``: boxes the
+batch step left unselected, and mask outlines.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kubeinfer.runtime.errors import InferenceError
 from kubeinfer.runtime.models.box_selection import select_boxes, select_boxes_batch, select_end2end
 from kubeinfer.runtime.models.yolo_io import (
     BatchItem,
-    BoxResult,
+    Detection,
     RawDetections,
     Selection,
     boxes_in_originals,
@@ -56,7 +56,7 @@ class YoloHead:
         ``errors`` failed in the batch step and get no boxes."""
         errors = errors or {}
         kept: list[np.ndarray | None] = [None] * len(batch)
-        boxes: list[list[BoxResult] | None] = [None] * len(batch)
+        boxes: list[list[Detection] | None] = [None] * len(batch)
         chosen = [(i, item.selection) for i, item in enumerate(batch)
                   if item.selection is not None and i not in errors]
         if chosen:
@@ -68,36 +68,39 @@ class YoloHead:
                               errors.get(i)) for i in range(len(batch))]
 
     def fill_boxes(self, batch: Sequence[BatchItem], kept: Sequence[np.ndarray | None],
-                   boxes: list[list[BoxResult] | None]) -> None:
+                   boxes: list[list[Detection] | None]) -> None:
         """The final boxes of every selected image that asked for no masks, in one vectorised step."""
         plain = [i for i, item in enumerate(batch)
                  if kept[i] is not None and item.selection is not None and not item.selection.masks]
         found = boxes_in_originals([kept[i] for i in plain],  # type: ignore[misc]
                                    [(batch[i].original_height, batch[i].original_width) for i in plain],
-                                   self.image_size)
+                                   self.image_size, self.names)
         for i, image_boxes in zip(plain, found, strict=True):
             boxes[i] = image_boxes
 
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
-        """Boxes in original pixels with these thresholds (unless the batch step selected them already),
-        with mask outlines when asked for (and the model segments)."""
-        if raw.boxes is not None and not masks:
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> list[Detection]:
+        """``item``'s boxes in its original pixels with its ``Selection`` (unless the batch step selected them
+        already), with mask outlines when it asks for them (and the model segments)."""
+        selection = item.selection
+        if selection is None:
+            raise ValueError("an image's boxes are selected with its Selection: this one carries none")
+        if raw.boxes is not None and not selection.masks:
             return raw.boxes
         kept = raw.kept
         if kept is None:
             assert raw.predictions is not None  # only a model process's answers come without them
-            kept = self.select(raw.predictions, Selection(confidence, iou, max_detections, tuple(classes), masks))
-        if not masks or raw.prototypes is None:
-            return boxes_in_originals([kept], [original], self.image_size)[0]
+            kept = self.select(raw.predictions, selection)
+        original = (item.original_height, item.original_width)
+        if not selection.masks or raw.prototypes is None:
+            return boxes_in_originals([kept], [original], self.image_size, self.names)[0]
         return self.boxes_with_masks(kept, raw.prototypes, original)
 
     def boxes_with_masks(self, kept: np.ndarray, prototypes: np.ndarray,
-                         original: tuple[int, int]) -> list[BoxResult]:
+                         original: tuple[int, int]) -> list[Detection]:
         """Selected rows as boxes in original pixels, with their mask polygons."""
         if kept.shape[0] == 0:
             return []
         masks = instance_masks(prototypes, kept, self.image_size)
-        boxes = boxes_in_originals([kept], [original], self.image_size)[0]
+        boxes = boxes_in_originals([kept], [original], self.image_size, self.names)[0]
         return [replace(box, polygons=mask_polygons(mask, self.image_size, original))
                 for box, mask in zip(boxes, masks, strict=True)]

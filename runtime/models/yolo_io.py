@@ -7,8 +7,8 @@ What crosses between the detect task, the batcher and the model, and what a fron
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -81,13 +81,14 @@ class RawDetections:
     predictions: np.ndarray | None  # None: selected in the batch step on a GPU, or by a model process (frontends)
     prototypes: np.ndarray | None
     kept: np.ndarray | None = None
-    boxes: list[BoxResult] | None = None  # the final boxes, when the selection asked for no masks
+    boxes: list[Detection] | None = None  # the final boxes, when the selection asked for no masks
     error: InferenceError | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BoxResult:
-    """One detection in original-image pixels; ``polygons`` only when masks were asked for."""
+@dataclass(slots=True)
+class Detection:
+    """One box in original-image pixels with its class's label; ``polygons`` (mask outlines) only when masks were
+    asked for. Mutable: a video pipeline's later ``resize`` scales it in place."""
 
     x1: float
     y1: float
@@ -95,7 +96,8 @@ class BoxResult:
     y2: float
     score: float
     class_id: int
-    polygons: list[list[float]]
+    label: str
+    polygons: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +139,10 @@ def letterboxed(bgr: np.ndarray, size: int, selection: Selection | None = None) 
     return Letterboxed(letterbox(bgr, size), height, width, selection)
 
 
-def boxes_in_originals(kept: Sequence[np.ndarray], originals: Sequence[tuple[int, int]],
-                       size: int) -> list[list[BoxResult]]:
-    """Each image's selected rows ([k, 6+]) as boxes in its original pixels: the letterbox undone (padding off,
-    then divided by the scale, in float32 as ultralytics' ``scale_boxes`` does it) and clipped to the image, for
+def boxes_in_originals(kept: Sequence[np.ndarray], originals: Sequence[tuple[int, int]], size: int,
+                       names: Mapping[int, str]) -> list[list[Detection]]:
+    """Each image's selected rows ([k, 6+]) as labelled boxes in its original pixels: the letterbox undone (padding
+    off, then divided by the scale, in float32 as ultralytics' ``scale_boxes`` does it) and clipped to the image, for
     every image of a batch in one vectorised step rather than one ``scale_boxes`` call each (~60 us)."""
     counts = [int(rows.shape[0]) for rows in kept]
     if not sum(counts):
@@ -156,10 +158,11 @@ def boxes_in_originals(kept: Sequence[np.ndarray], originals: Sequence[tuple[int
     np.clip(xy, 0, per_row[:, [4, 5, 4, 5]], out=xy)
     coordinates, scores = xy.tolist(), rows[:, 4].tolist()
     class_ids = rows[:, 5].astype(np.int32).tolist()
-    found: list[list[BoxResult]] = []
+    labels = {c: names.get(c, str(c)) for c in set(class_ids)}
+    found: list[list[Detection]] = []
     start = 0
     for count in counts:
-        found.append([BoxResult(b[0], b[1], b[2], b[3], s, c, []) for b, s, c in
+        found.append([Detection(b[0], b[1], b[2], b[3], s, c, labels[c]) for b, s, c in
                       zip(coordinates[start:start + count], scores[start:start + count],
                           class_ids[start:start + count], strict=True)])
         start += count

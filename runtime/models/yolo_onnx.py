@@ -24,7 +24,7 @@ from kubeinfer.runtime.models.yolo_head import YoloHead
 from kubeinfer.runtime.models.yolo_io import (
     LETTERBOX_FILL,
     BatchItem,
-    BoxResult,
+    Detection,
     Letterboxed,
     NamedDevice,
     RawDetections,
@@ -141,10 +141,10 @@ class YoloOnnxDetector:
         prototypes = next((o for o in outputs[1:] if o.ndim == 4), None)
         return predictions, None if prototypes is None else prototypes.astype(np.float32, copy=False)
 
-    def postprocess(self, raw: RawDetections, original: tuple[int, int], confidence: float, iou: float,
-                    max_detections: int, classes: Sequence[int], masks: bool) -> list[BoxResult]:
-        """Boxes in original pixels with these thresholds (unless ``forward`` selected them), optional polygons."""
-        return self.head.postprocess(raw, original, confidence, iou, max_detections, classes, masks)
+    def postprocess(self, raw: RawDetections, item: BatchItem) -> list[Detection]:
+        """``item``'s boxes in original pixels with its selection (unless ``forward`` selected them), optional
+        polygons."""
+        return self.head.postprocess(raw, item)
 
 
 def _input_size(path: Path, requested: int | None, trained: Any, height: Any, width: Any, stride: int) -> int:

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``Frontend``.
+"""The Open Inference Protocol's operations, independent of gRPC or REST: both bindings call ``OipOperations``.
 
 Model name = ``--model-name``, one version, "1". Requests go through the same data plane
 (dynamic batcher, limits) as the native RPCs; the transports count every call under protocol
@@ -13,16 +13,10 @@ from dataclasses import dataclass, field
 from kubeinfer import __version__
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import NotFound, WrongTask, invalid_argument
-from kubeinfer.runtime.oip.mappings import (
-    INPUTS,
-    MAPPINGS,
-    ParameterValue,
-    TaskMapping,
-    TensorSpec,
-    images_from_inputs,
-)
-from kubeinfer.runtime.oip.tensors import Tensor
+from kubeinfer.runtime.oip.inputs import INPUTS, ParameterValue, images_from_inputs
+from kubeinfer.runtime.oip.tensors import Tensor, TensorSpec
 from kubeinfer.runtime.parameters import Parameters
+from kubeinfer.runtime.tasks import registry
 
 SERVER_NAME = "kubeinfer"
 MODEL_VERSION = "1"
@@ -63,14 +57,14 @@ class ModelMetadata:
     parameters: Mapping[str, str] = field(default_factory=dict)  # REST only: the gRPC message has no such field
 
 
-class Frontend:
+class OipOperations:
     """The protocol's operations over one runtime's data plane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
         self.model_name = dataplane.config.model_name
         self.task = dataplane.config.task
-        self.mapping: TaskMapping | None = MAPPINGS.get(self.task)
+        self.rpc = registry.spec_of(self.task).oip  # the task's call with outputs as tensors (None: no tensor form)
 
     def server_ready(self) -> bool:
         return self.dataplane.ready
@@ -91,23 +85,24 @@ class Frontend:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         self.check_model(name, version)
-        outputs = self.mapping.outputs if self.mapping else ()
-        inputs = INPUTS if self.mapping else ()
+        outputs = self.rpc.oip.outputs if self.rpc is not None and self.rpc.oip is not None else ()
+        inputs = INPUTS if self.rpc is not None else ()
         info = self.dataplane.model_info()
         parameters = {"model_file": info.model_path, "model_format": info.model_format}
         return ModelMetadata(self.model_name, (MODEL_VERSION,), f"kubeinfer_{self.task}", inputs, outputs, parameters)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         self.check_model(request.model_name, request.model_version)
-        if self.mapping is None:
-            raise WrongTask(f"the Open Inference Protocol serves tasks {', '.join(MAPPINGS)}; "
+        rpc = self.rpc
+        if rpc is None or rpc.oip is None:
+            raise WrongTask(f"the Open Inference Protocol serves tasks {', '.join(registry.oip_tasks())}; "
                             f"this runtime serves {self.task!r}")
-        names = [spec.name for spec in self.mapping.outputs]
+        names = [spec.name for spec in rpc.oip.outputs]
         for output in request.outputs:
             if output.name not in names:
                 raise invalid_argument(f"unknown output {output.name!r}; this model's outputs are {names}")
         images = images_from_inputs(request.inputs)
-        tensors = await self.mapping.run(self.dataplane, images, Parameters(request.parameters))
+        tensors = rpc.oip.tensors(await self.dataplane.infer_images(rpc, images, Parameters(request.parameters)))
         if request.outputs:
             by_name = {t.name: t for t in tensors}
             tensors = [by_name[o.name] for o in request.outputs]

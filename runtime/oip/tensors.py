@@ -1,4 +1,5 @@
-"""Open Inference Protocol tensors <-> numpy: the one codec both bindings (gRPC and REST) share.
+"""Open Inference Protocol tensors <-> numpy: the one codec both bindings (gRPC and REST) share, and the helpers
+task modules build their output tensors with.
 
 A tensor travels either as raw little-endian bytes (gRPC ``raw_*_contents``, the REST binary-data
 extension) or as a flat list of values (gRPC typed ``contents``, REST JSON ``data``). BYTES
@@ -35,6 +36,15 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(object),
 }
 _LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A tensor as ModelMetadata documents it; -1 is a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -177,3 +187,17 @@ def _object_array(elements: list[bytes], dims: tuple[int, ...]) -> np.ndarray:
     array = np.empty(len(elements), dtype=object)
     array[:] = elements
     return array.reshape(dims)
+
+
+def padded(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype: Any) -> np.ndarray:
+    """Rows of unequal length as one [N, width] array, ``fill`` after each row's end."""
+    array = np.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        array[i, :len(row)] = row
+    return array
+
+
+def labels_tensor(name: str, rows: Sequence[Sequence[str]], width: int) -> Tensor:
+    """Rows of labels as a BYTES [N, width] tensor, "" after each row's end."""
+    elements = [(row[j] if j < len(row) else "").encode() for row in rows for j in range(width)]
+    return bytes_tensor(name, elements, (len(rows), width))

@@ -1,35 +1,29 @@
-"""Task handlers, one module per task. ``build_task`` picks the handler for ``--task``."""
+"""The tasks, one module each, registered in ``registry``: the request side, built around the engine that runs the
+model. A new task is one module here (its Task, its RPCs and their codecs, its flags) and its proto messages."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
+from typing import Any
 
 from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.errors import StartupError
+from kubeinfer.runtime.engine.base import Engine, EngineKind
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.tasks.registry import spec_of
 
 
-def build_task(config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> Task:
-    """Load the model for ``config.task`` (blocking: call it from a thread) and return its handler."""
-    if config.task == "detect":
-        from kubeinfer.runtime.tasks.detect import DetectTask
+def task_class(config: ServeConfig) -> type[Task]:
+    """The request side of ``--task``."""
+    return spec_of(config.task).task
 
-        return DetectTask(config, metrics, pool)
-    if config.task == "classify":
-        from kubeinfer.runtime.tasks.classify import ClassifyTask
 
-        return ClassifyTask(config, metrics, pool)
-    if config.task == "stream-classify":
-        from kubeinfer.runtime.tasks.stream import StreamClassifyTask
+def engine_kind(config: ServeConfig) -> EngineKind[Any] | None:
+    """The kind of model ``--task`` serves (None: a task whose model is optional, started without one)."""
+    return spec_of(config.task).engine_kind(config)
 
-        return StreamClassifyTask(config, metrics, pool)
-    if config.task == "recognize":
-        from kubeinfer.runtime.tasks.recognize import RecognizeTask
 
-        return RecognizeTask(config, metrics, pool)
-    if config.task == "video":
-        from kubeinfer.runtime.tasks.video import VideoTask
-
-        return VideoTask(config, metrics, pool)
-    raise StartupError(f"task {config.task!r} is not available in this build")
+def build_task(config: ServeConfig, engine: Engine[Any, Any, Any] | None, metrics: RuntimeMetrics,
+               pool: Executor) -> Task:
+    """The request side of ``--task`` around ``engine``."""
+    return task_class(config)(config, engine, metrics, pool)

@@ -1,23 +1,30 @@
-"""What every task handler offers the data plane."""
+"""What every task offers the data plane, and the request-side helpers they share."""
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least
+from kubeinfer.runtime.engine.base import Engine
 from kubeinfer.runtime.errors import invalid_argument
-from kubeinfer.runtime.images import ImageInput, declared_pixels, decode
+from kubeinfer.runtime.images import ImageInput, declared_pixels, decode, warm_up_pixels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
 
 T = TypeVar("T")
 
+
+# Flags more than one task reads.
+TOP_K = Flag("top-k", int, 5, "classify: labels returned per image; recognize: gallery candidates per image",
+             "classify, stream-classify and recognize", at_least(1, "top-k"))
+MAX_STREAMS = Flag("max-streams", int, 1024, "open streams before new ones are refused (per frontend with "
+                   "--frontends)", "stream-classify and video", at_least(1, "max-streams"))
 
 # A lone image this small (a 200 x 200 JPEG decodes and letterboxes in about 0.2 ms) is prepared on the event
 # loop: the round trip through the worker pool (two thread hand-offs and a loop wake-up) costs more than that.
@@ -30,22 +37,29 @@ def is_thumbnail(image: ImageInput) -> bool:
 
 
 class Task(ABC):
-    """A loaded model plus the behaviour of one task; owns its batcher and any per-task state."""
+    """The request side of one task: what its RPCs do with a request, around the engine that runs the model (a
+    ``LocalEngine`` here, or the model process's over a frontend's link: the task cannot tell). Per-task state
+    (stream windows, video pipelines) lives here, in the process that owns the call."""
 
     name: ClassVar[str]
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, config: ServeConfig, engine: Engine[Any, Any, Any] | None, metrics: RuntimeMetrics,
+                 pool: Executor) -> None:
         self.config = config
+        self.engine = engine
         self.metrics = metrics
         self.pool = pool
 
-    @abstractmethod
-    def start(self) -> None:
-        """Start batcher threads; called once the model is loaded and warmed."""
+    @classmethod  # noqa: B027 - most tasks have no files of their own
+    def preflight(cls, config: ServeConfig) -> None:
+        """What can be checked before the model loads (the task's own files): a broken one fails in a second, not
+        after a large model loaded."""
 
-    @abstractmethod
-    def stop(self) -> None:
-        """Finish queued work and stop threads; called after the transports drained."""
+    def start(self) -> None:  # noqa: B027 - most tasks run no threads of their own
+        """Start the task's own threads (not the engine's); called once it is built."""
+
+    def stop(self) -> None:  # noqa: B027 - most tasks run no threads of their own
+        """Stop the task's own threads; called after the transports drained, before the engine stops."""
 
     @abstractmethod
     def info(self, base: ModelInfo) -> ModelInfo:
@@ -84,14 +98,11 @@ class Task(ABC):
         return decode(image, index, self.config.max_image_pixels, order)
 
 
-def warm_up_image(side: int = 96) -> ImageInput:
-    """A JPEG with some structure (a gradient and a block), decoded like any request image."""
+def warm_up_image() -> ImageInput:
+    """``images.warm_up_pixels`` as a JPEG, decoded like any request image."""
     import cv2
 
-    pixels = np.zeros((side, side, 3), np.uint8)
-    pixels[:, :, 0] = np.linspace(0, 255, side, dtype=np.uint8)
-    pixels[side // 4:side // 2, side // 4:side // 2] = 255
-    ok, encoded = cv2.imencode(".jpg", pixels)
+    ok, encoded = cv2.imencode(".jpg", warm_up_pixels())
     assert ok
     return ImageInput(encoded=encoded.tobytes())
 

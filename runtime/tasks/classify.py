@@ -1,9 +1,9 @@
-"""Image classification: top-k labels per image (Classify) and one averaged prediction per clip (ClassifyClip).
+"""Image classification: top-k labels per image (Classify: native gRPC, ``POST /v1/classify`` and the Open
+Inference Protocol) and one averaged prediction per clip (ClassifyClip).
 
-Models are TorchScript, ONNX or ultralytics ``-cls`` classifiers loaded by
-``ImageModel`` (preprocessing from flags, else the JSON sidecar, else its defaults).
-Labels come from ``--labels`` (see ``kubeinfer.runtime.labels`` for the formats),
-else from the model (ultralytics), else they are the class indices.
+The model is the classifier engine's (``engine.classifier``): TorchScript, ONNX or ultralytics ``-cls``. Labels
+live here, on the request side: from ``--labels`` (see ``kubeinfer.runtime.labels`` for the formats), else from
+the model (ultralytics), else they are the class indices; SIGHUP re-reads them.
 """
 
 from __future__ import annotations
@@ -12,35 +12,31 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
-from kubeinfer.runtime.batching import DynamicBatcher
+from kubeinfer.runtime import codec
 from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.classifier import CLASSIFIER, ClassifierFacts
 from kubeinfer.runtime.errors import StartupError, invalid_argument
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.labels import check_count, load_labels
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.models.image_model import ImageModel, Preprocessing
+from kubeinfer.runtime.oip.tensors import Tensor, TensorSpec, labels_tensor, padded
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.tasks.base import Task, is_thumbnail, require_images
+from kubeinfer.runtime.tasks.base import TOP_K, Task, is_thumbnail, require_images
+from kubeinfer.runtime.tasks.registry import ImagesRpc, OipOutputs, StreamingRpc, TaskSpec, register
+from kubeinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("top_k",)
 SORTED_IN_PYTHON = 256  # classes; beyond, numpy's sort is the faster one
-
-
-def top_k_from_parameters(params: Parameters) -> int | None:
-    """The one builder of the classification override (``top_k``), for every transport."""
-    return params.integer("top_k")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,84 +65,41 @@ class ClipResult:
     frames: int
 
 
-class ClassifierModel(Protocol):
-    """What the classify task needs of a classifier: ``ImageModel`` in this process, or a frontend's view of the
-    model process's (``frontends.remote``)."""
-
-    path: Path
-    preprocessing: Preprocessing
-    output_size: int
-    class_names: list[str]
-    format: str
-
-    @property
-    def input_order(self) -> str: ...
-
-    def preprocess(self, pixels: np.ndarray, order: str = "bgr") -> np.ndarray: ...
-
-
-class ClassifyBatcher(Protocol):
-    """The classify task's batcher: ``DynamicBatcher`` in this process, or a frontend's link to the model
-    process."""
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float | None = None) -> None: ...
-
-    def reserve(self, count: int) -> AbstractContextManager[Any]: ...
-
-    async def submit_many(self, items: Sequence[np.ndarray], reservation: Any = None) -> list[np.ndarray]: ...
-
-
 class ClassifyTask(Task):
-    """Classify: decode + preprocess in the pool, one batched forward for all callers, top-k per image."""
+    """Classify: decode + resize in the pool, one batched forward for all callers, top-k per image."""
 
     name = "classify"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor,
-                 served: tuple[ClassifierModel, ClassifyBatcher] | None = None) -> None:
-        """``served``: a model and batcher made elsewhere (a frontend's, whose model runs in the model process);
-        by default --model is loaded here with a dynamic batcher of its own."""
-        super().__init__(config, metrics, pool)
-        assert config.model is not None  # ServeConfig.validate requires it for this task
-        given = load_labels(config.labels) if config.labels is not None else None  # a bad file fails before loading
-        self.model: ClassifierModel
-        self.batcher: ClassifyBatcher
-        if served is None:
-            preprocessing = Preprocessing.resolve(config.model, input_size=config.image_size, mean=config.mean,
-                                                  std=config.std, channel_order=config.channel_order,
-                                                  resize_mode=config.resize_mode)
-            model = ImageModel(config.model, config.device, preprocessing, optimize=config.torchscript_optimize)
-            self.model, self.batcher = model, DynamicBatcher.from_config(self.name, model.forward, config, metrics)
-        else:
-            self.model, self.batcher = served
-        if self.model.preprocessing.output == "embeddings":
-            raise StartupError(f"model {config.model} is declared to output embeddings (sidecar \"output\"); "
-                               "classification needs \"logits\" or \"probabilities\"")
-        self.labels = self._resolve_labels(given)
+    def __init__(self, config: ServeConfig, engine: Engine[np.ndarray, np.ndarray, ClassifierFacts],
+                 metrics: RuntimeMetrics, pool: Executor) -> None:
+        super().__init__(config, engine, metrics, pool)
+        self.engine = engine
+        self.facts = engine.facts
+        self.labels = self._resolve_labels(load_labels(config.labels) if config.labels is not None else None)
         # frames of one clip or stream call in flight at once: enough to fill a batch, bounded against floods
         self.pipeline_depth = max(2, 2 * config.max_batch_size)
 
+    @classmethod
+    def preflight(cls, config: ServeConfig) -> None:
+        """A bad labels file fails before the model loads."""
+        if config.labels is not None:
+            load_labels(config.labels)
+
     def _resolve_labels(self, given: list[str] | None) -> list[str]:
         """--labels (one per model output), else the model's own names, else the class indices."""
-        model = self.model
+        facts, path = self.facts, self.config.model
+        assert path is not None  # ServeConfig.validate requires a model for this task
         if given is not None:
             assert self.config.labels is not None
-            check_count(given, model.output_size, self.config.labels, model.path)
+            check_count(given, facts.output_size, self.config.labels, path)
             return given
-        if model.class_names:
-            if len(model.class_names) != model.output_size:
-                raise StartupError(f"model {model.path} names {len(model.class_names)} classes but outputs "
-                                   f"{model.output_size}; give --labels")
-            return list(model.class_names)
-        log.warning("no --labels for %s: classes are reported by index", model.path)
-        return [str(i) for i in range(model.output_size)]
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    def stop(self) -> None:
-        self.batcher.stop()
+        if facts.class_names:
+            if len(facts.class_names) != facts.output_size:
+                raise StartupError(f"model {path} names {len(facts.class_names)} classes but outputs "
+                                   f"{facts.output_size}; give --labels")
+            return list(facts.class_names)
+        log.warning("no --labels for %s: classes are reported by index", path)
+        return [str(i) for i in range(facts.output_size)]
 
     def reload(self) -> None:
         """SIGHUP re-reads --labels; a broken or mismatched file is logged and the current labels stay."""
@@ -154,7 +107,8 @@ class ClassifyTask(Task):
             return
         try:
             labels = load_labels(self.config.labels)
-            check_count(labels, self.model.output_size, self.config.labels, self.model.path)
+            assert self.config.model is not None
+            check_count(labels, self.facts.output_size, self.config.labels, self.config.model)
         except StartupError as exc:
             log.error("labels not reloaded: %s", exc)
             return
@@ -162,8 +116,8 @@ class ClassifyTask(Task):
         log.info("reloaded %d labels from %s", len(labels), self.config.labels)
 
     def info(self, base: ModelInfo) -> ModelInfo:
-        return replace(base, model_format=self.model.format, labels=tuple(self.labels),
-                       input_size=self.model.preprocessing.input_size, top_k=self.config.top_k)
+        return replace(base, model_format=self.facts.format, labels=tuple(self.labels),
+                       input_size=self.facts.preprocessing.input_size, top_k=self.config.flag(TOP_K))
 
     # -- shared by every classification RPC
 
@@ -171,7 +125,7 @@ class ClassifyTask(Task):
         """The request's top_k (at least 1), else --top-k; never more than the number of classes."""
         if requested is not None and requested < 1:
             raise invalid_argument(f"top_k must be at least 1, got {requested}")
-        return min(self.config.top_k if requested is None else requested, len(self.labels))
+        return min(self.config.flag(TOP_K) if requested is None else requested, len(self.labels))
 
     def top(self, probabilities: np.ndarray, k: int) -> ClassifyResult:
         """The k most probable classes, best first (ties: lower class id first: both sorts are stable).
@@ -187,35 +141,39 @@ class ClassifyTask(Task):
         return ClassifyResult([Classification(labels[i], int(i), float(probabilities[i])) for i in order])
 
     def _prepare(self, image: ImageInput, index: int) -> np.ndarray:
-        order = self.model.input_order
-        return self.model.preprocess(self.decode(image, index, order), order)
+        """Decoded straight into the model's channel order, resized to its input (uint8 HWC; the batch step
+        normalises)."""
+        preprocessing = self.facts.preprocessing
+        order = preprocessing.channel_order
+        return preprocessing.resize(self.decode(image, index, order), order)
 
     def _prepares_inline(self, image: ImageInput) -> bool:
         """Raw RGB pixels at the model's size (decoding and preprocessing them returns a view of the request)
         or a thumbnail: cheaper on the event loop than the round trip through the pool."""
-        size = self.model.preprocessing.input_size
+        preprocessing = self.facts.preprocessing
+        size = preprocessing.input_size
         if image.pixels is not None:
-            return (image.channels, image.height, image.width, self.model.input_order) == (3, size, size, "rgb")
+            return (image.channels, image.height, image.width, preprocessing.channel_order) == (3, size, size, "rgb")
         return is_thumbnail(image)
 
     async def probabilities(self, images: Sequence[ImageInput], first_index: int = 0) -> list[np.ndarray]:
-        """Class probabilities per image, through the shared batcher."""
-        with self.batcher.reserve(len(images)) as reservation:
+        """Class probabilities per image, through the engine's one batcher."""
+        with self.engine.reserve(len(images)) as reservation:
             if len(images) == 1 and self._prepares_inline(images[0]):
                 prepared = [self._prepare(images[0], first_index)]
             else:
                 prepared = await self.map_in_pool(self._prepare, images,
                                                   range(first_index, first_index + len(images)))
-            return await self.batcher.submit_many(prepared, reservation)
+            return await self.engine.infer(prepared, reservation)
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
-        await self.classify(images, None)
+        await self.classify(images, Parameters({}))
 
     # -- RPCs
 
-    async def classify(self, images: Sequence[ImageInput], top_k: int | None) -> list[ClassifyResult]:
+    async def classify(self, images: Sequence[ImageInput], params: Parameters) -> list[ClassifyResult]:
         require_images(images)
-        k = self.resolve_top_k(top_k)
+        k = self.resolve_top_k(params.integer("top_k"))
         outputs = await self.probabilities(images)
         self.metrics.images.labels(self.metrics.model, self.name).inc(len(images))
         return [self.top(p, k) for p in outputs]
@@ -243,3 +201,49 @@ class ClassifyTask(Task):
             raise invalid_argument("the clip holds no frames")
         self.metrics.frames.labels(self.metrics.model, self.name).inc(count)
         return ClipResult(self.top((total / count).astype(np.float32), top_k[0]), count)
+
+
+# -- the RPCs: their codecs, and Classify's answers as tensors
+
+def classify_result_to_proto(result: ClassifyResult) -> pb.ClassifyResult:
+    return pb.ClassifyResult(top=[pb.Classification(label=c.label, class_id=c.class_id, score=c.score)
+                                  for c in result.top])
+
+
+def classify_response_to_proto(results: list[ClassifyResult]) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(results=[classify_result_to_proto(r) for r in results])
+
+
+def classify_tensors(results: list[ClassifyResult]) -> list[Tensor]:
+    tops = [r.top for r in results]
+    k = max((len(top) for top in tops), default=0)
+    return [
+        labels_tensor("labels", [[c.label for c in top] for top in tops], k),
+        Tensor("scores", "FP32", padded([[c.score for c in top] for top in tops], k, 0.0, np.float32)),
+        Tensor("classes", "INT32", padded([[c.class_id for c in top] for top in tops], k, -1, np.int32)),
+    ]
+
+
+async def clip_frames_from_proto(frames: AsyncIterator[pb.ClipFrame]) -> AsyncIterator[ClipFrameInput]:
+    async for frame in frames:
+        yield ClipFrameInput(codec.image_from_proto(frame.image), frame.top_k if frame.HasField("top_k") else None)
+
+
+async def classify_clip(task: ClassifyTask, frames: AsyncIterator[pb.ClipFrame]) -> pb.ClipResult:
+    result = await task.classify_clip(clip_frames_from_proto(frames))
+    return pb.ClipResult(result=classify_result_to_proto(result.result), frames=result.frames)
+
+
+# Outputs: labels BYTES [N,K], scores FP32 [N,K], classes INT32 [N,K] (top-k, best first; -1 and "" pad).
+CLASSIFY = ImagesRpc(
+    "Classify", pb.ClassifyRequest, pb.ClassifyResponse, PARAMETERS,
+    lambda request: Parameters(codec.present_fields(request, "top_k")),
+    lambda task, images, params: task.classify(images, params),
+    classify_response_to_proto, rest="classify",
+    oip=OipOutputs((TensorSpec("labels", "BYTES", (-1, -1)), TensorSpec("scores", "FP32", (-1, -1)),
+                    TensorSpec("classes", "INT32", (-1, -1))), classify_tensors))
+CLASSIFY_CLIP = StreamingRpc("ClassifyClip", pb.ClipFrame, pb.ClipResult, requests_stream=True,
+                             responses_stream=False, handle=classify_clip)
+FLAGS = (TOP_K,)
+
+register(TaskSpec("classify", ClassifyTask, CLASSIFIER, (CLASSIFY, CLASSIFY_CLIP), oip=CLASSIFY, flags=FLAGS))

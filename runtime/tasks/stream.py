@@ -12,6 +12,9 @@ Streams idle for ``--stream-idle-seconds`` are evicted; past ``--max-streams``
 open streams, a frame opening a new one is answered with RESOURCE_EXHAUSTED (as
 that frame's error: the call and its other streams go on). Frames of every
 stream and call go through the one batcher of the model, as Classify requests do.
+Windows live in the process that owns the call: behind ``--frontends N`` each
+frontend holds its own calls' windows (and its resumable ones), and only the
+frames cross to the model process.
 """
 
 from __future__ import annotations
@@ -24,20 +27,36 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kubeinfer.runtime import codec
 from kubeinfer.runtime.concurrency import ordered_map
-from kubeinfer.runtime.config import ServeConfig
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.classifier import CLASSIFIER, ClassifierFacts
 from kubeinfer.runtime.errors import Code, InferenceError, Overloaded, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.tasks.classify import ClassifyResult, ClassifyTask
+from kubeinfer.runtime.tasks.base import MAX_STREAMS, TOP_K
+from kubeinfer.runtime.tasks.classify import (
+    CLASSIFY,
+    CLASSIFY_CLIP,
+    ClassifyResult,
+    ClassifyTask,
+    classify_result_to_proto,
+)
+from kubeinfer.runtime.tasks.registry import StreamingRpc, TaskSpec, register
+from kubeinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+GROUP = "stream-classify"
+WINDOW = Flag("window", int, 8, "frames averaged per stream", GROUP, at_least(1, "window"))
+STREAM_IDLE_SECONDS = Flag("stream-idle-seconds", float, 300.0, "evict a stream idle this long", GROUP,
+                           lambda seconds: None if seconds > 0 else "--stream-idle-seconds must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,34 +216,34 @@ class StreamClassifyTask(ClassifyTask):
 
     name = "stream-classify"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
-        super().__init__(config, metrics, pool)
+    def __init__(self, config: ServeConfig, engine: Engine[np.ndarray, np.ndarray, ClassifierFacts],
+                 metrics: RuntimeMetrics, pool: Executor) -> None:
+        super().__init__(config, engine, metrics, pool)
         gauge = metrics.active_streams.labels(metrics.model, self.name)
-        self.registry = StreamRegistry(config.window, config.max_streams, config.stream_idle_seconds,
-                                       on_change=gauge.set)
+        self.window, self.max_streams = config.flag(WINDOW), config.flag(MAX_STREAMS)
+        self.idle_seconds = config.flag(STREAM_IDLE_SECONDS)
+        self.registry = StreamRegistry(self.window, self.max_streams, self.idle_seconds, on_change=gauge.set)
         gauge.set(0)
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="stream-eviction", daemon=True)
 
     def start(self) -> None:
-        super().start()
         self._sweeper.start()
 
     def stop(self) -> None:
         self._stopping.set()
         if self._sweeper.is_alive():
             self._sweeper.join()
-        super().stop()
 
     def _sweep(self) -> None:
         """Evict idle streams even when no frame arrives, so the gauge and ModelInfo stay true."""
-        interval = min(1.0, max(0.05, self.config.stream_idle_seconds / 4))
+        interval = min(1.0, max(0.05, self.idle_seconds / 4))
         while not self._stopping.wait(interval):
             self.registry.evict_idle()
 
     def info(self, base: ModelInfo) -> ModelInfo:
-        return replace(super().info(base), window=self.config.window, active_streams=len(self.registry),
-                       max_streams=self.config.max_streams)
+        return replace(super().info(base), window=self.window, active_streams=len(self.registry),
+                       max_streams=self.max_streams)
 
     async def stream(self, frames: AsyncIterable[StreamFrameInput]) -> AsyncIterator[StreamPrediction]:
         """One call: predictions in the order the frames came, while later frames are already being batched.
@@ -298,3 +317,39 @@ class StreamClassifyTask(ClassifyTask):
         self.metrics.frames.labels(self.metrics.model, self.name).inc()
         return StreamPrediction(frame.stream_id, frame.mode, frame.sequence, self.top(probabilities, entry.top_k),
                                 self.top(averaged, entry.top_k), fill, window_restarted=entry.restarted)
+
+
+# -- the RPC: its codec (Classify and ClassifyClip are the classify task's)
+
+async def frames_from_proto(frames: AsyncIterator[pb.StreamFrame]) -> AsyncIterator[StreamFrameInput]:
+    async for frame in frames:
+        yield StreamFrameInput(frame.stream_id, frame.mode, frame.sequence, codec.image_from_proto(frame.image),
+                               frame.top_k if frame.HasField("top_k") else None, frame.resume)
+
+
+def prediction_to_proto(prediction: StreamPrediction) -> pb.StreamPrediction:
+    message = pb.StreamPrediction(stream_id=prediction.stream_id, mode=prediction.mode,
+                                  sequence=prediction.sequence, window_fill=prediction.window_fill,
+                                  window_restarted=prediction.window_restarted)
+    if prediction.error is not None:
+        message.error.code = prediction.error.code.value
+        message.error.message = prediction.error.message
+    if prediction.raw is not None:
+        message.raw.CopyFrom(classify_result_to_proto(prediction.raw))
+    if prediction.averaged is not None:
+        message.averaged.CopyFrom(classify_result_to_proto(prediction.averaged))
+    return message
+
+
+async def stream_classify(task: StreamClassifyTask,
+                          frames: AsyncIterator[pb.StreamFrame]) -> AsyncIterator[pb.StreamPrediction]:
+    async with contextlib.aclosing(task.stream(frames_from_proto(frames))) as predictions:
+        async for prediction in predictions:
+            yield prediction_to_proto(prediction)
+
+
+STREAM_CLASSIFY = StreamingRpc("StreamClassify", pb.StreamFrame, pb.StreamPrediction, requests_stream=True,
+                               responses_stream=True, handle=stream_classify)
+
+register(TaskSpec("stream-classify", StreamClassifyTask, CLASSIFIER, (CLASSIFY, CLASSIFY_CLIP, STREAM_CLASSIFY),
+                  oip=CLASSIFY, flags=(TOP_K, WINDOW, MAX_STREAMS, STREAM_IDLE_SECONDS)))

@@ -1,6 +1,7 @@
 """gRPC transport: kubeinfer.v1.Inference and inference.GRPCInferenceService over grpc.aio, plus health and reflection.
 
-Servicer methods only translate (protobuf -> data plane call -> protobuf) and raise. One server
+kubeinfer.v1.Inference's methods are every registered task's RPCs (``tasks.registry``): each handler only
+translates (protobuf -> data plane call -> protobuf, with the task module's codec) and raises. One server
 interceptor, ``ObservingInterceptor``, owns what every call shares: the request id (the client's
 ``x-request-id`` metadata or a fresh one), the in-flight gauge, the outcome in the metrics (recorded
 before the status is sent), and the mapping of an exception to its status
@@ -21,6 +22,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,10 +31,11 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument, public_error
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.tasks import registry
+from kubeinfer.runtime.tasks.registry import ImagesRpc, Rpc
 from kubeinfer.runtime.transports import oip_grpc
 from kubeinfer.runtime.transports.observe import NATIVE_GRPC, OIP, Call, Route
 from kubeinfer.v1 import inference_pb2 as pb
-from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # the trailer gRPC's retry policy reads as the server's retry hint
@@ -204,56 +207,45 @@ async def _fail(call: Call, context: grpc.aio.ServicerContext, exc: BaseExceptio
     await send_error(context, error)
 
 
-class InferenceServicer(pb_grpc.InferenceServicer):
-    """kubeinfer.v1.Inference: messages in and out; the interceptor does the rest."""
+def native_handlers(dataplane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
+    """kubeinfer.v1.Inference: GetModelInfo, and every registered task's RPCs (``tasks.registry``), each turning
+    messages into a data-plane call and back; the interceptor does the rest."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
-        self.dataplane = dataplane
+    async def model_info(request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return codec.model_info_to_proto(dataplane.model_info())
 
-    async def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
-        return codec.model_info_to_proto(self.dataplane.model_info())
+    handlers = {"GetModelInfo": grpc.unary_unary_rpc_method_handler(
+        model_info, request_deserializer=pb.ModelInfoRequest.FromString,
+        response_serializer=pb.ModelInfo.SerializeToString)}
+    for rpc in registry.rpcs():
+        handlers[rpc.name] = _handler(rpc, dataplane)
+    return handlers
 
-    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        results = await self.dataplane.detect(codec.images_from_proto(request.images),
-                                              codec.detect_parameters_from_proto(request.parameters))
-        return codec.detect_response_to_proto(results)
 
-    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        results = await self.dataplane.classify(codec.images_from_proto(request.images),
-                                                codec.classify_parameters_from_proto(request))
-        return codec.classify_response_to_proto(results)
+def _handler(rpc: Rpc, dataplane: DataPlane) -> grpc.RpcMethodHandler:
+    serializers = {"request_deserializer": rpc.request.FromString,
+                   "response_serializer": rpc.response.SerializeToString}
+    if isinstance(rpc, ImagesRpc):
+        async def images(request: Any, context: grpc.aio.ServicerContext) -> Message:
+            results = await dataplane.infer_images(rpc, codec.images_from_proto(request.images),
+                                                   rpc.parameters_from_proto(request))
+            return rpc.response_to_proto(results)
 
-    async def ClassifyClip(self, request_iterator: AsyncIterator[pb.ClipFrame],
-                           context: grpc.aio.ServicerContext) -> pb.ClipResult:
-        result = await self.dataplane.classify_clip(codec.clip_frames_from_proto(request_iterator))
-        return codec.clip_result_to_proto(result)
+        return grpc.unary_unary_rpc_method_handler(images, **serializers)
+    if not rpc.responses_stream:
+        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Message:
+            return await dataplane.stream(rpc, request)  # type: ignore[no-any-return]
 
-    async def StreamClassify(self, request_iterator: AsyncIterator[pb.StreamFrame],
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamPrediction]:
-        frames = codec.stream_frames_from_proto(request_iterator)
-        async with contextlib.aclosing(self.dataplane.stream_classify(frames)) as predictions:
-            async for prediction in predictions:
-                yield codec.stream_prediction_to_proto(prediction)
+        make = grpc.stream_unary_rpc_method_handler if rpc.requests_stream else grpc.unary_unary_rpc_method_handler
+        return make(unary_response, **serializers)
 
-    async def Recognize(self, request: pb.RecognizeRequest,
-                        context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
-        results = await self.dataplane.recognize(codec.images_from_proto(request.images),
-                                                 codec.recognize_parameters_from_proto(request))
-        return codec.recognize_response_to_proto(results)
+    async def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        async with contextlib.aclosing(dataplane.stream(rpc, request)) as answers:
+            async for answer in answers:
+                yield answer
 
-    async def ProcessVideo(self, request_iterator: AsyncIterator[pb.VideoRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessedFrame]:
-        messages = codec.video_messages_from_proto(request_iterator)
-        async with contextlib.aclosing(self.dataplane.process_video(messages)) as frames:
-            async for frame in frames:
-                yield codec.processed_frame_to_proto(frame)
-
-    async def ProcessVideoFile(self, request: pb.VideoFileRequest,
-                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VideoFileEvent]:
-        events = self.dataplane.process_video_file(request.video, codec.video_pipeline_from_proto(request.pipeline))
-        async with contextlib.aclosing(events) as stream:
-            async for event in stream:
-                yield codec.video_file_event_to_proto(event)
+    make = grpc.stream_stream_rpc_method_handler if rpc.requests_stream else grpc.unary_stream_rpc_method_handler
+    return make(responses, **serializers)
 
 
 def server_options(config: ServeConfig) -> list[tuple[str, int]]:
@@ -290,7 +282,9 @@ class GrpcTransport:
                                            dataplane.request_bytes, pool)
         self.server = grpc.aio.server(interceptors=[interceptor], options=server_options(config))
         self.health = health.aio.HealthServicer()
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(dataplane), self.server)
+        handlers = native_handlers(dataplane)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
         oip_grpc.add_to_server(self.server, dataplane)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -30,18 +30,14 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
-from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
-from kubeinfer.runtime.detection import PARAMETERS as DETECT_PARAMETERS
-from kubeinfer.runtime.detection import DetectOverrides
 from kubeinfer.runtime.errors import (
     Cancelled,
     Code,
@@ -54,10 +50,8 @@ from kubeinfer.runtime.errors import (
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.tasks.classify import PARAMETERS as CLASSIFY_PARAMETERS
-from kubeinfer.runtime.tasks.classify import top_k_from_parameters
-from kubeinfer.runtime.tasks.recognize import PARAMETERS as RECOGNIZE_PARAMETERS
-from kubeinfer.runtime.tasks.recognize import RecognizeOverrides
+from kubeinfer.runtime.tasks import registry
+from kubeinfer.runtime.tasks.registry import ImagesRpc
 from kubeinfer.runtime.transports import oip_http
 from kubeinfer.runtime.transports.observe import NATIVE_REST, Call, Route
 
@@ -207,51 +201,33 @@ def build_app(config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics
 
 # -- the native REST API
 
-RestHandler = Callable[[DataPlane, list[ImageInput], Parameters], Awaitable[Message]]
-
-
-async def _classify(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:
-    return codec.classify_response_to_proto(await dataplane.classify(images, top_k_from_parameters(params)))
-
-
-async def _detect(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:
-    return codec.detect_response_to_proto(await dataplane.detect(images, DetectOverrides.from_parameters(params)))
-
-
-async def _recognize(dataplane: DataPlane, images: list[ImageInput], params: Parameters) -> Message:
-    overrides = RecognizeOverrides.from_parameters(params)
-    return codec.recognize_response_to_proto(await dataplane.recognize(images, overrides))
-
-
 def add_v1_routes(app: web.Application, config: ServeConfig, dataplane: DataPlane) -> None:
-    """The built-in routes: classify, detect, recognize."""
-    add_v1_route(app, config, dataplane, "classify", _classify, CLASSIFY_PARAMETERS)
-    add_v1_route(app, config, dataplane, "detect", _detect, DETECT_PARAMETERS)
-    add_v1_route(app, config, dataplane, "recognize", _recognize, RECOGNIZE_PARAMETERS)
+    """``POST /v1/<rest>`` for every registered images RPC that has a REST route (``tasks.registry``)."""
+    for rpc in registry.rpcs():
+        if isinstance(rpc, ImagesRpc) and rpc.rest is not None:
+            add_v1_route(app, config, dataplane, rpc)
 
 
-def add_v1_route(app: web.Application, config: ServeConfig, dataplane: DataPlane, name: str, handler: RestHandler,
-                 parameters: Iterable[str] = (), rpc: str | None = None) -> None:
-    """``POST /v1/<name>``: parse images and ``parameters`` (others are refused), call ``handler``, answer JSON.
+def add_v1_route(app: web.Application, config: ServeConfig, dataplane: DataPlane, rpc: ImagesRpc[Any]) -> None:
+    """``POST /v1/<rpc.rest>``: parse images and the RPC's parameters (others are refused), run it, answer its
+    response message as JSON.
 
-    ``rpc`` names the request in metrics and in the data plane's task check (default: the gRPC RPC name,
-    ``name`` capitalised); a runtime of another task answers 412 before the body is read.
+    The request is counted in metrics, and checked by the data plane, as the RPC; a runtime of another task
+    answers 412 before the body is read.
     """
-    accepted = tuple(parameters)
-    rpc_name = rpc or name[:1].upper() + name[1:]
-    path = f"/v1/{name}"
+    path = f"/v1/{rpc.rest}"
 
     async def endpoint(request: web.Request) -> web.Response:
-        dataplane.served(rpc_name)
+        dataplane.served(rpc.name)
         async with body_deadline(config.http_body_timeout):
             images, values = await _read_body(request, config.max_message_bytes)
         params = Parameters(values)
-        params.check_known(accepted, path)
-        message = await handler(dataplane, images, params)
+        params.check_known(rpc.parameters, path)
+        message = rpc.response_to_proto(await dataplane.infer_images(rpc, images, params))
         return json_response(MessageToDict(message, preserving_proto_field_name=True,
                                            always_print_fields_with_no_presence=True))
 
-    add_route(app, "POST", path, endpoint, Route(NATIVE_REST, rpc_name))
+    add_route(app, "POST", path, endpoint, Route(NATIVE_REST, rpc.name))
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[list[ImageInput], dict[str, Any]]:

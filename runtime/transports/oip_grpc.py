@@ -20,8 +20,8 @@ from kubeinfer.runtime.concurrency import ordered_map
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import invalid_argument, public_error
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import ParameterValue
-from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, RequestedOutput
+from kubeinfer.runtime.oip.inputs import ParameterValue
+from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, OipOperations, RequestedOutput
 from kubeinfer.runtime.oip.tensors import Tensor
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -89,10 +89,10 @@ def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferRespon
 
 
 class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Translates messages only: the operations live in ``Frontend``."""
+    """Translates messages only: the operations live in ``OipOperations``."""
 
     def __init__(self, dataplane: DataPlane) -> None:
-        self.frontend = Frontend(dataplane)
+        self.operations = OipOperations(dataplane)
 
     async def ServerLive(self, request: pb.ServerLiveRequest,
                          context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -100,20 +100,20 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.frontend.server_ready())
+        return pb.ServerReadyResponse(ready=self.operations.server_ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.frontend.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.operations.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        name, version, extensions = self.frontend.server_metadata()
+        name, version, extensions = self.operations.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        meta = self.frontend.model_metadata(request.name, request.version)
+        meta = self.operations.model_metadata(request.name, request.version)
         spec = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta.name, versions=meta.versions, platform=meta.platform,
@@ -122,7 +122,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         parsed = request_from_proto(request)
-        response = await self.frontend.infer(parsed)
+        response = await self.operations.infer(parsed)
         return response_to_proto(response, wants_raw_outputs(request, parsed))
 
     async def ModelInfer(self, request: pb.ModelInferRequest,

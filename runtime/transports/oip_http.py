@@ -24,9 +24,9 @@ from aiohttp import web
 from kubeinfer.runtime.dataplane import DataPlane
 from kubeinfer.runtime.errors import invalid_argument
 from kubeinfer.runtime.oip import tensors
-from kubeinfer.runtime.oip.mappings import ParameterValue, TensorSpec
-from kubeinfer.runtime.oip.protocol import Frontend, InferRequest, InferResponse, ModelMetadata, RequestedOutput
-from kubeinfer.runtime.oip.tensors import Tensor
+from kubeinfer.runtime.oip.inputs import ParameterValue
+from kubeinfer.runtime.oip.protocol import InferRequest, InferResponse, ModelMetadata, OipOperations, RequestedOutput
+from kubeinfer.runtime.oip.tensors import Tensor, TensorSpec
 from kubeinfer.runtime.transports.observe import OIP, Route
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -175,35 +175,35 @@ def _metadata_body(meta: ModelMetadata) -> dict[str, Any]:
 def add_routes(app: web.Application, dataplane: DataPlane, add_route: AddRoute,
                body_deadline: Callable[[float], AbstractAsyncContextManager[None]]) -> None:
     """Register the /v2 routes on ``app`` with the HTTP transport's ``add_route`` (counted as "http:<RPC>")."""
-    frontend = Frontend(dataplane)
+    operations = OipOperations(dataplane)
 
     async def live(_: web.Request) -> web.Response:
         return json_response({"live": True})
 
     async def ready(_: web.Request) -> web.Response:
-        is_ready = frontend.server_ready()
+        is_ready = operations.server_ready()
         return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     async def server_metadata(_: web.Request) -> web.Response:
-        name, version, extensions = frontend.server_metadata()
+        name, version, extensions = operations.server_metadata()
         return json_response({"name": name, "version": version, "extensions": list(extensions)})
 
     async def model_metadata(request: web.Request) -> web.Response:
-        meta = frontend.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
+        meta = operations.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
         return json_response(_metadata_body(meta))
 
     async def model_ready(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        is_ready = frontend.model_ready(name, request.match_info.get("version", ""))
+        is_ready = operations.model_ready(name, request.match_info.get("version", ""))
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
     async def infer(request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
-        frontend.check_model(name, version)  # 404 before reading a large body
+        operations.check_model(name, version)  # 404 before reading a large body
         async with body_deadline(dataplane.config.http_body_timeout):
             payload = await request.read()  # over --max-message-bytes: the middleware answers 413
         parsed = parse_request(name, version, payload, request.headers.get(HEADER_LENGTH))
-        body, json_length = response_body(parsed, await frontend.infer(parsed))
+        body, json_length = response_body(parsed, await operations.infer(parsed))
         if json_length is None:
             return web.Response(body=body, headers={"Content-Type": JSON_TYPE})
         return web.Response(body=body, headers={"Content-Type": "application/octet-stream",

@@ -5,11 +5,12 @@ command line ``edges:low=50:high=150``). Everything is validated when a stream
 opens, so an unknown operation or a bad parameter fails the call with
 INVALID_ARGUMENT before any frame is processed.
 
-``detect`` needs the detector's dynamic batcher, which lives on the event loop, so a
-pipeline is split around it: ``start_frame`` runs the operations before it and
-letterboxes the frame (pool), the batcher runs the model, ``finish_frame`` turns the
-raw output into boxes, draws them, runs the remaining operations and encodes the
-JPEG (pool). Detections are reported in the pixels of the processed frame: a later
+``detect`` needs the detector engine (its one dynamic batcher, here or in the model
+process), which is awaited on the event loop, so a pipeline is split around it:
+``start_frame`` runs the operations before it and letterboxes the frame with its box
+selection (pool), the engine runs the model and answers with the boxes,
+``finish_frame`` draws them, runs the remaining operations and encodes the JPEG
+(pool). Detections are reported in the pixels of the processed frame: a later
 ``resize`` scales them along.
 """
 
@@ -24,11 +25,11 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from kubeinfer.runtime.detection import Detection, Detector, DetectOverrides, DetectParams
+from kubeinfer.runtime.detection import DetectionRequests
 from kubeinfer.runtime.errors import Code, InferenceError, StartupError, invalid_argument
-from kubeinfer.runtime.models.yolo_io import Letterboxed, RawDetections
+from kubeinfer.runtime.models.yolo_io import Detection, Letterboxed, Selection
 from kubeinfer.runtime.parameters import Parameters
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
 
 OPERATIONS = ("grayscale", "blur", "edges", "resize", "detect", "faces")
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -198,21 +199,21 @@ class Faces(Operation):
 
 
 class Detect(Operation):
-    """The detector's boxes with their labels; the model itself runs in the shared batcher, between two halves."""
+    """The detector's boxes with their labels; the model itself runs in the detector engine, between two halves."""
 
     name = "detect"
     PARAMS = {"confidence": Param(None, 0, 1), "iou": Param(None, 0, 1),
               "max_detections": Param(None, 1, 1000, integer=True)}
 
-    def __init__(self, detector: Detector, params: DetectParams) -> None:
+    def __init__(self, detector: DetectionRequests, selection: Selection) -> None:
         self.detector = detector
-        self.params = params
+        self.selection = selection
 
     def prepare(self, frame: Frame) -> Letterboxed:
-        return self.detector.prepare(to_bgr(frame.pixels))
+        return self.detector.prepare(to_bgr(frame.pixels), self.selection)
 
-    def finish(self, frame: Frame, raw: RawDetections, boxed: Letterboxed) -> None:
-        found = self.detector.postprocess(raw, boxed, self.params).detections
+    def finish(self, frame: Frame, found: list[Detection]) -> None:
+        """The engine's boxes (labelled, in the frame's pixels): reported and drawn."""
         frame.detections.extend(found)
         frame.pixels = draw(frame.pixels, found, DETECT_COLOUR, with_score=True)
 
@@ -235,8 +236,8 @@ class Pipeline:
         return [op.name for op in self.before] + middle + [op.name for op in self.after]
 
 
-def parse_pipeline(spec: PipelineSpec, *, detector: Detector | None, faces: FaceCascade, default_quality: int,
-                   max_pixels: int) -> Pipeline:
+def parse_pipeline(spec: PipelineSpec, *, detector: DetectionRequests | None, faces: FaceCascade,
+                   default_quality: int, max_pixels: int) -> Pipeline:
     """Build every operation, checking names and parameters (INVALID_ARGUMENT; detect without a model:
     FAILED_PRECONDITION)."""
     quality = default_quality if spec.jpeg_quality is None else spec.jpeg_quality
@@ -256,7 +257,8 @@ def parse_pipeline(spec: PipelineSpec, *, detector: Detector | None, faces: Face
     return Pipeline(tuple(before), detect, tuple(after), quality)
 
 
-def _build(op: OpSpec, position: int, detector: Detector | None, faces: FaceCascade, max_pixels: int) -> Operation:
+def _build(op: OpSpec, position: int, detector: DetectionRequests | None, faces: FaceCascade,
+           max_pixels: int) -> Operation:
     kinds: dict[str, type[Operation]] = {k.name: k for k in (Grayscale, Blur, Edges, Resize, Detect, Faces)}
     kind = kinds.get(op.name)
     if kind is None:
@@ -277,8 +279,7 @@ def _build(op: OpSpec, position: int, detector: Detector | None, faces: FaceCasc
         raise InferenceError(Code.FAILED_PRECONDITION,
                              f"operation {position}: detect needs a runtime started with --model DETECTOR; "
                              "this one only offers the OpenCV operations")
-    overrides = DetectOverrides.from_parameters(Parameters(values))
-    return Detect(detector, detector.resolve(overrides))
+    return Detect(detector, detector.selection(Parameters(values)))
 
 
 def _check_params(kind: type[Operation], given: dict[str, float], position: int) -> dict[str, float | None]:
@@ -310,12 +311,11 @@ def start_frame(pipeline: Pipeline, pixels: np.ndarray) -> tuple[Frame, Letterbo
     return frame, boxed
 
 
-def finish_frame(pipeline: Pipeline, frame: Frame, raw: RawDetections | None = None,
-                 boxed: Letterboxed | None = None) -> EncodedFrame:
-    """Boxes from the model output, the operations after ``detect``, and the JPEG (worker pool)."""
+def finish_frame(pipeline: Pipeline, frame: Frame, found: list[Detection] | None = None) -> EncodedFrame:
+    """The detector's boxes drawn, the operations after ``detect``, and the JPEG (worker pool)."""
     if pipeline.detect is not None:
-        assert raw is not None and boxed is not None
-        pipeline.detect.finish(frame, raw, boxed)
+        assert found is not None
+        pipeline.detect.finish(frame, found)
     for op in pipeline.after:
         op.apply(frame)
     return encode(frame, pipeline.jpeg_quality)

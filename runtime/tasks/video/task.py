@@ -6,7 +6,9 @@ the worker pool. Either way ``concurrency.ordered_map`` keeps at most ``--max-fr
 frames of a stream between reading and sending: it pulls the next frame only after
 an earlier one was sent, so a slow client slows its own reading (gRPC flow control
 does the rest) and nothing is read ahead without bound. Frames of every stream meet
-in the detector's one dynamic batcher. A cancelled call closes its generators at
+in the detector engine's one dynamic batcher. A stream's pipeline (its OpenCV work,
+its decoder) lives in the process that owns the call: behind ``--frontends N`` only
+the ``detect`` operation's letterboxed frames cross to the model process. A cancelled call closes its generators at
 once: pending frames are cancelled (the batcher skips them) and the stream is
 no longer counted.
 """
@@ -20,22 +22,27 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
 import numpy as np
 
+from kubeinfer.runtime import codec
 from kubeinfer.runtime.concurrency import ordered_map
-from kubeinfer.runtime.config import ServeConfig
-from kubeinfer.runtime.detection import Detection, Detector
+from kubeinfer.runtime.config import Flag, ServeConfig, at_least, within
+from kubeinfer.runtime.detection import FLAGS as DETECTION_FLAGS
+from kubeinfer.runtime.detection import DetectionRequests, detection_to_proto
+from kubeinfer.runtime.engine.base import Engine
+from kubeinfer.runtime.engine.detector import DETECTOR, DetectorFacts
 from kubeinfer.runtime.errors import InferenceError, Overloaded, invalid_argument, public_error
 from kubeinfer.runtime.images import ImageInput
 from kubeinfer.runtime.metrics import RuntimeMetrics
 from kubeinfer.runtime.model_info import ModelInfo
-from kubeinfer.runtime.specs import OpSpec, PipelineSpec
-from kubeinfer.runtime.tasks.base import Task
+from kubeinfer.runtime.models.yolo_io import BatchItem, Detection
+from kubeinfer.runtime.tasks.base import MAX_STREAMS, Task
+from kubeinfer.runtime.tasks.registry import StreamingRpc, TaskSpec, register
 from kubeinfer.runtime.tasks.video.ops import (
     OPERATIONS,
     EncodedFrame,
@@ -46,8 +53,14 @@ from kubeinfer.runtime.tasks.video.ops import (
     run_pipeline,
     start_frame,
 )
+from kubeinfer.runtime.tasks.video.pipeline_spec import OpSpec, PipelineSpec
+from kubeinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+MAX_FRAMES_IN_FLIGHT = Flag("max-frames-in-flight", int, 8, "frames of one stream being processed at once (flow "
+                            "control)", "video", at_least(1, "max-frames-in-flight"))
+JPEG_QUALITY = Flag("jpeg-quality", int, 85, "default JPEG quality of processed frames", "video",
+                    within(1, 100, "jpeg-quality", "1..100"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,27 +97,23 @@ class VideoSummary:
 
 
 class VideoTask(Task):
-    """The OpenCV operations, plus ``detect`` when the runtime was started with a detector."""
+    """The OpenCV operations, plus ``detect`` when the runtime was started with a detector (its engine)."""
 
     name = "video"
 
-    def __init__(self, config: ServeConfig, metrics: RuntimeMetrics, pool: ThreadPoolExecutor) -> None:
-        super().__init__(config, metrics, pool)
-        self.detector = Detector.load(config, metrics, config.model) if config.model is not None else None
+    def __init__(self, config: ServeConfig, engine: Engine[BatchItem, list[Detection], DetectorFacts] | None,
+                 metrics: RuntimeMetrics, pool: Executor) -> None:
+        super().__init__(config, engine, metrics, pool)
+        self.engine = engine
+        self.detector = DetectionRequests(config, engine.facts) if engine is not None else None
         self.faces = FaceCascade()
+        self.max_streams, self.frames_in_flight = config.flag(MAX_STREAMS), config.flag(MAX_FRAMES_IN_FLIGHT)
+        self.jpeg_quality = config.flag(JPEG_QUALITY)
         self.active_streams = 0
         self._streams_gauge = metrics.active_streams.labels(metrics.model, self.name)
         self._frames = metrics.frames.labels(metrics.model, self.name)
         self._images = metrics.images.labels(metrics.model, self.name)
         self._streams_gauge.set(0)
-
-    def start(self) -> None:
-        if self.detector is not None:
-            self.detector.batcher.start()
-
-    def stop(self) -> None:
-        if self.detector is not None:
-            self.detector.batcher.stop()
 
     @property
     def operations(self) -> list[str]:
@@ -112,11 +121,11 @@ class VideoTask(Task):
 
     def info(self, base: ModelInfo) -> ModelInfo:
         info = replace(base, operations=tuple(self.operations), active_streams=self.active_streams,
-                       max_streams=self.config.max_streams)
+                       max_streams=self.max_streams)
         if self.detector is None:
             return info
-        model = self.detector.model
-        return replace(info, model_format=model.format, labels=tuple(model.labels), input_size=model.image_size,
+        facts = self.detector.facts
+        return replace(info, model_format=facts.format, labels=tuple(facts.labels), input_size=facts.image_size,
                        thresholds=self.detector.thresholds())
 
     async def serve_warm_up(self, images: list[ImageInput]) -> None:
@@ -128,7 +137,7 @@ class VideoTask(Task):
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         return parse_pipeline(spec, detector=self.detector, faces=self.faces,
-                              default_quality=self.config.jpeg_quality, max_pixels=self.config.max_image_pixels)
+                              default_quality=self.jpeg_quality, max_pixels=self.config.max_image_pixels)
 
     async def process_video(self, messages: AsyncIterator[VideoMessage]) -> AsyncIterator[FrameResult]:
         """Processed frames in the order received; the first message must carry the pipeline."""
@@ -154,7 +163,7 @@ class VideoTask(Task):
             return self._process(pipeline, message.stream_id, message.sequence, image)
 
         with self._stream():
-            async with contextlib.aclosing(ordered_map(frames(), process, self.config.max_frames_in_flight)) as out:
+            async with contextlib.aclosing(ordered_map(frames(), process, self.frames_in_flight)) as out:
                 async for result in out:
                     yield result
 
@@ -173,7 +182,7 @@ class VideoTask(Task):
                 def process(item: tuple[int, np.ndarray]) -> Awaitable[FrameResult]:
                     return self._process(pipeline, "", item[0], item[1])
 
-                limit = self.config.max_frames_in_flight
+                limit = self.frames_in_flight
                 async with contextlib.aclosing(ordered_map(frames(), process, limit)) as out:
                     async for result in out:
                         yield result
@@ -191,9 +200,9 @@ class VideoTask(Task):
     @contextlib.contextmanager
     def _stream(self) -> Any:
         """Count an open stream (ModelInfo and the active-streams gauge); refuse beyond --max-streams."""
-        if self.active_streams >= self.config.max_streams:
+        if self.active_streams >= self.max_streams:
             raise Overloaded(f"{self.active_streams} video streams are open, the limit (--max-streams) is "
-                             f"{self.config.max_streams}; retry later")
+                             f"{self.max_streams}; retry later")
         self.active_streams += 1
         self._streams_gauge.set(self.active_streams)
         try:
@@ -218,14 +227,14 @@ class VideoTask(Task):
     async def _run(self, pipeline: Pipeline, sequence: int, source: ImageInput | np.ndarray) -> EncodedFrame:
         if pipeline.detect is None:
             return await self.in_pool(self._whole, pipeline, sequence, source)
-        assert self.detector is not None
-        batcher = self.detector.batcher
-        with batcher.reserve(1) as reservation:
+        engine = self.engine
+        assert engine is not None
+        with engine.reserve(1) as reservation:
             frame, boxed = await self.in_pool(self._first_half, pipeline, sequence, source)
             assert boxed is not None
-            (raw,) = await batcher.submit_many([boxed], reservation)
+            (found,) = await engine.infer([boxed], reservation)
         self._images.inc()
-        return await self.in_pool(finish_frame, pipeline, frame, raw, boxed)
+        return await self.in_pool(finish_frame, pipeline, frame, found)
 
     def _pixels(self, sequence: int, source: ImageInput | np.ndarray) -> np.ndarray:
         if isinstance(source, np.ndarray):
@@ -297,3 +306,61 @@ class VideoFileReader:
         with self._lock:
             self._next = None
             self._capture.release()
+
+
+# -- the RPCs: their codecs
+
+def pipeline_from_proto(pipeline: pb.VideoPipeline) -> PipelineSpec:
+    return PipelineSpec(
+        operations=tuple(OpSpec.of(op.name, dict(op.params)) for op in pipeline.operations),
+        jpeg_quality=pipeline.jpeg_quality if pipeline.HasField("jpeg_quality") else None,
+    )
+
+
+async def messages_from_proto(requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[VideoMessage]:
+    async for request in requests:
+        yield VideoMessage(
+            stream_id=request.stream_id, sequence=request.sequence,
+            image=codec.image_from_proto(request.image) if request.HasField("image") else None,
+            pipeline=pipeline_from_proto(request.pipeline) if request.HasField("pipeline") else None,
+        )
+
+
+def frame_to_proto(frame: FrameResult) -> pb.ProcessedFrame:
+    message = pb.ProcessedFrame(stream_id=frame.stream_id, sequence=frame.sequence)
+    if frame.error is not None:
+        message.error.code = frame.error.code.value
+        message.error.message = frame.error.message
+        return message
+    message.jpeg, message.width, message.height = frame.jpeg, frame.width, frame.height
+    message.detections.extend(detection_to_proto(d) for d in frame.detections)
+    return message
+
+
+def file_event_to_proto(event: FrameResult | VideoSummary) -> pb.VideoFileEvent:
+    if isinstance(event, VideoSummary):
+        return pb.VideoFileEvent(summary=pb.VideoSummary(frame_count=event.frame_count, fps=event.fps,
+                                                         width=event.width, height=event.height))
+    return pb.VideoFileEvent(frame=frame_to_proto(event))
+
+
+async def process_video(task: VideoTask, requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[pb.ProcessedFrame]:
+    async with contextlib.aclosing(task.process_video(messages_from_proto(requests))) as frames:
+        async for frame in frames:
+            yield frame_to_proto(frame)
+
+
+async def process_video_file(task: VideoTask, request: pb.VideoFileRequest) -> AsyncIterator[pb.VideoFileEvent]:
+    events = task.process_video_file(request.video, pipeline_from_proto(request.pipeline))
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            yield file_event_to_proto(event)
+
+
+PROCESS_VIDEO = StreamingRpc("ProcessVideo", pb.VideoRequest, pb.ProcessedFrame, requests_stream=True,
+                             responses_stream=True, handle=process_video)
+PROCESS_VIDEO_FILE = StreamingRpc("ProcessVideoFile", pb.VideoFileRequest, pb.VideoFileEvent, requests_stream=False,
+                                  responses_stream=True, handle=process_video_file)
+
+register(TaskSpec("video", VideoTask, DETECTOR, (PROCESS_VIDEO, PROCESS_VIDEO_FILE), model_optional=True,
+                  flags=(MAX_FRAMES_IN_FLIGHT, JPEG_QUALITY, MAX_STREAMS, *DETECTION_FLAGS)))

@@ -1,4 +1,7 @@
-"""Plain request types the codec and the data plane share, with no dependency beyond the standard library."""
+"""A video pipeline as a client requests it: operations by name with their parameters, and a JPEG quality.
+
+Plain types with no dependency beyond the standard library: the codec builds them from a request before any
+OpenCV is involved, ``ops.parse_pipeline`` checks and builds the operations from them."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The messages between a frontend and the model process, over one Unix socket per frontend.
 
-Each message is a 4-byte big-endian length and a pickle. Only small things cross it: the model's facts once,
-then per request the slot numbers (with, for detect, original sizes and box selections), and back per image
-the selected boxes or the class probabilities (a few hundred bytes). Pixels travel through the ``ring``; a
-JPEG left encoded for the model's device (``--decode-device model``) travels here, as the compressed bytes it
-arrived as.
+Each message is a 4-byte big-endian length and a pickle. Only small things cross it: the model's facts once (and
+again when they change: a reloaded gallery), then per request the slot numbers (with, for a detector, original
+sizes and box selections) and the request's options, and back per image the engine's output: the selected boxes,
+the class probabilities, a gallery match (a few hundred bytes). Pixels travel through the ``ring``; a JPEG left
+encoded for the model's device (``--decode-device model``) travels here, as the compressed bytes it arrived as.
 """
 
 from __future__ import annotations
@@ -14,41 +14,11 @@ import pickle
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from kubeinfer.runtime.errors import Code, InferenceError
-from kubeinfer.runtime.models.image_model import Preprocessing
-from kubeinfer.runtime.models.yolo_io import BoxResult, Selection
+from kubeinfer.runtime.models.yolo_io import Selection
 
 HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True, slots=True)
-class DetectorFacts:
-    """What a frontend needs of the loaded detector to check parameters, letterbox and label boxes."""
-
-    names: dict[int, str]
-    image_size: int
-    segmentation: bool
-    device: str
-    format: str
-    engine: str
-    gpu_uuid: str  # the model's GPU as NVML names it ("" on the CPU): frontends export its metrics
-
-
-@dataclass(frozen=True, slots=True)
-class ClassifierFacts:
-    """What a frontend needs of the loaded classifier to resize images and name its classes."""
-
-    preprocessing: Preprocessing
-    output_size: int
-    class_names: list[str]  # the model's own (ultralytics classifiers), else empty
-    format: str
-    gpu_uuid: str
-
-
-ModelFacts = DetectorFacts | ClassifierFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +31,22 @@ class FrontendHello:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The model process's answer, once the model is loaded and warmed: the model, and the frontend's ring."""
+    """The model process's answer, once the model is loaded and warmed: the model's facts (None: the runtime serves
+    no model, a video task's OpenCV operations alone), the frontend's ring, and the model's GPU as NVML names it
+    ("" on the CPU: the frontends export its metrics)."""
 
-    facts: ModelFacts
+    facts: object | None
     ring_name: str
     slots: int
     slot_shape: tuple[int, ...]
+    gpu_uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class FactsChanged:
+    """The model's facts changed while serving (a gallery reloaded): the frontend's engine reports the new ones."""
+
+    facts: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +64,11 @@ class LinkItem:
 
 @dataclass(frozen=True, slots=True)
 class BatchRequest:
+    """One request's items; ``options``: what applies to all of them (a gallery search's threshold and top k)."""
+
     id: int
     items: list[LinkItem]
+    options: object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +91,11 @@ class LinkError:
 
 @dataclass(frozen=True, slots=True)
 class BatchReply:
-    """Per image its boxes (original pixels, polygons when asked for) or class probabilities, or its error;
-    ``error``: the request's."""
+    """Per image the engine's output (boxes in original pixels, class probabilities, a gallery match), or, in
+    ``error``, why the request failed."""
 
     id: int
-    results: list[list[BoxResult] | np.ndarray | LinkError]
+    results: list[object]
     error: LinkError | None = None
 
 

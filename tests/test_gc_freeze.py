@@ -9,7 +9,7 @@ import textwrap
 
 AFTER_FREEZE = textwrap.dedent("""
     import gc, json, weakref
-    from kubeinfer.runtime.collector import freeze_loaded_objects
+    from kubeinfer.runtime.gc_freeze import freeze_loaded_objects
     loaded = [[i] for i in range(200_000)]  # stands in for what torch and the model leave behind
     gc.collect()
     walked_before = len(gc.get_objects(generation=2))

@@ -70,8 +70,9 @@ def run_build(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from kubeinfer.runtime.engine.encoder import load_encoder
     from kubeinfer.runtime.errors import StartupError
-    from kubeinfer.runtime.gallery import build_from_directory, load_encoder, save_npz, scan_base_data
+    from kubeinfer.runtime.gallery import build_from_directory, save_npz, scan_base_data
 
     try:
         encoder = load_encoder(args.model, args.device, image_size=args.image_size, mean=args.mean, std=args.std,

@@ -20,10 +20,12 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from operator_support import load_crd
 from runtime_support import EmptyDetect, in_process_runtime
 
 from kubeinfer.oip import grpc_service_pb2 as oip_pb
 from kubeinfer.oip import grpc_service_pb2_grpc as oip_grpc
+from kubeinfer.operator.spec import TASKS
 from kubeinfer.runtime.commands.serve import parse
 from kubeinfer.runtime.config import ConfigError, ServeConfig
 from kubeinfer.runtime.metrics import RuntimeMetrics
@@ -162,3 +164,12 @@ async def test_a_runtime_of_another_task_refuses_the_registered_tasks_rpc(sizes:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.details() == "Sizes needs a runtime serving task sizes; this one serves 'detect'"
     assert rest[0] == 412 and "Sizes needs a runtime serving task sizes" in rest[1]
+
+
+def test_the_operator_and_the_crd_name_exactly_the_runtimes_tasks() -> None:
+    """The operator keeps its own list (it must not import the runtime); a task added to the registry and not to
+    operator/spec.py and the CRD's enum, or the other way round, fails here."""
+    served = sorted(registry.task_names())
+    enum = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["task"]
+    assert sorted(TASKS) == served
+    assert sorted(enum["enum"]) == served

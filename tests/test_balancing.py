@@ -58,6 +58,37 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {host: after[host] - before.get(host, 0) for host in after}
 
 
+class Traffic:
+    """``threads`` threads calling Classify through ``client`` back to back until stopped; the calls answered and
+    every failure (code and details) are counted."""
+
+    def __init__(self, client: Client, threads: int = 1) -> None:
+        self.client = client
+        self.calls = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                classify(self.client, 1)
+                self.calls += 1
+            except grpc.RpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
+                time.sleep(0.05)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
 def test_for_service_targets_the_headless_service_the_operator_renders() -> None:
     target = service_target("colours", "vision")
     assert target == f"dns:///{headless_name('colours')}.vision.svc.cluster.local:8001"
@@ -97,34 +128,15 @@ def test_a_replica_added_to_dns_gets_its_share_within_the_connection_age(client:
 
 
 def test_a_replica_killed_mid_run_costs_no_failed_call(client: Client, replicas: ReplicaSet) -> None:
-    errors: list[str] = []
-    calls = [0]
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                classify(client, 1)
-                calls[0] += 1
-            except grpc.RpcError as exc:
-                errors.append(f"{exc.code().name}: {exc.details()}")
-
-    threads = [threading.Thread(target=traffic) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with Traffic(client, threads=4) as traffic:
         time.sleep(1.0)
         victim = replicas.live[0]
         os.kill(victim.pid, signal.SIGKILL)  # no drain: its connections reset, in-flight calls lost
         victim.process.wait(10)
-        killed_at = calls[0]
+        killed_at = traffic.calls
         time.sleep(3.0)  # the name still resolves to the dead address, as before endpoints catch up
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-    assert errors == []
-    assert calls[0] - killed_at > 50, "calls stopped after the kill"
+    assert traffic.errors == []
+    assert traffic.calls - killed_at > 50, "calls stopped after the kill"
 
 
 def test_a_name_that_resolves_to_nothing_fails_fast_with_unavailable_naming_it(dns: DnsServer) -> None:
@@ -147,33 +159,16 @@ def test_a_rollout_that_replaces_every_known_replica_costs_no_failed_call(tmp_pa
             DnsServer({name: []}) as dns:
         old = pods.start(2)
         dns.set(name, pods.hosts())
-        errors: list[str] = []
-        calls = [0]
-        stop = threading.Event()
-        with Client(dns.target(name, pods.port), timeout=10) as client:  # the defaults, as for_service has them
-            def traffic() -> None:
-                while not stop.is_set():
-                    try:
-                        classify(client, 1)
-                        calls[0] += 1
-                    except grpc.RpcError as exc:
-                        errors.append(f"{exc.code().name}: {exc.details()}")
-                        time.sleep(0.05)
-
-            thread = threading.Thread(target=traffic)
-            thread.start()
-            try:
-                time.sleep(1.0)  # resolved and connected to the old replicas
-                pods.start(2)
-                dns.set(name, [r.host for r in pods.live if r not in old])
-                for replica in old:
-                    os.kill(replica.pid, signal.SIGTERM)
-                for replica in old:
-                    replica.process.wait(30)
-                rolled_at = calls[0]
-                time.sleep(2.0)
-            finally:
-                stop.set()
-                thread.join(30)
-    assert errors == [], errors[:3]
-    assert calls[0] - rolled_at > 20, "calls stopped after the rollout"
+        # the defaults, as for_service has them
+        with Client(dns.target(name, pods.port), timeout=10) as client, Traffic(client) as traffic:
+            time.sleep(1.0)  # resolved and connected to the old replicas
+            pods.start(2)
+            dns.set(name, [r.host for r in pods.live if r not in old])
+            for replica in old:
+                os.kill(replica.pid, signal.SIGTERM)
+            for replica in old:
+                replica.process.wait(30)
+            rolled_at = traffic.calls
+            time.sleep(2.0)
+    assert traffic.errors == [], traffic.errors[:3]
+    assert traffic.calls - rolled_at > 20, "calls stopped after the rollout"

@@ -128,15 +128,17 @@ class RuntimeProcess(ManagedProcess):
 
 
 class BackgroundTraffic:
-    """Calls ``request`` in a loop on a thread (it must raise on a wrong answer); every call must succeed."""
+    """Calls ``request`` in a loop on ``threads`` threads (it must raise on a wrong answer) until ``stop()``, which
+    asserts that every call succeeded; ``ok`` counts them as they come."""
 
-    def __init__(self, request: Callable[[], None]) -> None:
+    def __init__(self, request: Callable[[], None], threads: int = 1) -> None:
         self.request = request
         self.ok = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -151,7 +153,8 @@ class BackgroundTraffic:
         while self.ok == 0 and not self.errors and time.monotonic() < deadline:  # at least one full call
             time.sleep(0.01)
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
         assert self.errors == [], self.errors[:3]
         assert self.ok > 0
 

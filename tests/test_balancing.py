@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from classify_support import solid
 from dns_support import DnsServer
 from replica_support import REPLICAS_NAME, ReplicaSet, replica_set
+from runtime_support import BackgroundTraffic
 
 from kubeinfer.clients import Client, RestClient
 from kubeinfer.clients.balancing import service_target
@@ -56,37 +56,6 @@ def served(replicas: ReplicaSet) -> dict[str, int]:
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {host: after[host] - before.get(host, 0) for host in after}
-
-
-class Traffic:
-    """``threads`` threads calling Classify through ``client`` back to back until stopped; the calls answered and
-    every failure (code and details) are counted."""
-
-    def __init__(self, client: Client, threads: int = 1) -> None:
-        self.client = client
-        self.calls = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                classify(self.client, 1)
-                self.calls += 1
-            except grpc.RpcError as exc:
-                self.errors.append(f"{exc.code().name}: {exc.details()}")
-                time.sleep(0.05)
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
 
 
 def test_for_service_targets_the_headless_service_the_operator_renders() -> None:
@@ -128,15 +97,17 @@ def test_a_replica_added_to_dns_gets_its_share_within_the_connection_age(client:
 
 
 def test_a_replica_killed_mid_run_costs_no_failed_call(client: Client, replicas: ReplicaSet) -> None:
-    with Traffic(client, threads=4) as traffic:
+    traffic = BackgroundTraffic(lambda: classify(client, 1), threads=4)
+    try:
         time.sleep(1.0)
         victim = replicas.live[0]
         os.kill(victim.pid, signal.SIGKILL)  # no drain: its connections reset, in-flight calls lost
         victim.process.wait(10)
-        killed_at = traffic.calls
+        killed_at = traffic.ok
         time.sleep(3.0)  # the name still resolves to the dead address, as before endpoints catch up
-    assert traffic.errors == []
-    assert traffic.calls - killed_at > 50, "calls stopped after the kill"
+    finally:
+        traffic.stop()  # every call answered
+    assert traffic.ok - killed_at > 50, "calls stopped after the kill"
 
 
 def test_a_name_that_resolves_to_nothing_fails_fast_with_unavailable_naming_it(dns: DnsServer) -> None:
@@ -159,16 +130,18 @@ def test_a_rollout_that_replaces_every_known_replica_costs_no_failed_call(tmp_pa
             DnsServer({name: []}) as dns:
         old = pods.start(2)
         dns.set(name, pods.hosts())
-        # the defaults, as for_service has them
-        with Client(dns.target(name, pods.port), timeout=10) as client, Traffic(client) as traffic:
-            time.sleep(1.0)  # resolved and connected to the old replicas
-            pods.start(2)
-            dns.set(name, [r.host for r in pods.live if r not in old])
-            for replica in old:
-                os.kill(replica.pid, signal.SIGTERM)
-            for replica in old:
-                replica.process.wait(30)
-            rolled_at = traffic.calls
-            time.sleep(2.0)
-    assert traffic.errors == [], traffic.errors[:3]
-    assert traffic.calls - rolled_at > 20, "calls stopped after the rollout"
+        with Client(dns.target(name, pods.port), timeout=10) as client:  # the defaults, as for_service has them
+            traffic = BackgroundTraffic(lambda: classify(client, 1))
+            try:
+                time.sleep(1.0)  # resolved and connected to the old replicas
+                pods.start(2)
+                dns.set(name, [r.host for r in pods.live if r not in old])
+                for replica in old:
+                    os.kill(replica.pid, signal.SIGTERM)
+                for replica in old:
+                    replica.process.wait(30)
+                rolled_at = traffic.ok
+                time.sleep(2.0)
+            finally:
+                traffic.stop()  # every call answered
+    assert traffic.ok - rolled_at > 20, "calls stopped after the rollout"

@@ -35,6 +35,7 @@ from cluster_support import ROOT, Api, Kubectl, LocalCluster, new_namespace
 from localcluster import models_claim
 from operator_support import EXAMPLES, is_path, load_yaml
 from real_node_support import NODE_NAME, condition, need, pod_exec, pods, wait_until
+from runtime_support import metric_sum
 
 from kubeinfer.runtime.digests import sha256_of
 
@@ -331,21 +332,9 @@ def scrape(pod_ip: str) -> str:
         return answer.read().decode()
 
 
-def counter(exposition: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in exposition.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{key}="{wanted}"' in head for key, wanted in labels.items()):
-            total += float(value)
-    return total
-
-
 def answered(pod_ips: list[str], rpc: str) -> dict[str, float]:
     """Successful calls of ``rpc`` each pod counted (kubeinfer_requests_total{code="OK"})."""
-    return {ip: counter(scrape(ip), "kubeinfer_requests_total", rpc=rpc, code="OK") for ip in pod_ips}
+    return {ip: metric_sum(scrape(ip), "kubeinfer_requests_total", rpc=rpc, code="OK") for ip in pod_ips}
 
 
 # -- timing pods --------------------------------------------------------------------------------------------------
@@ -549,7 +538,7 @@ def first_answer(call: Callable[[], Any], timeout: float, interval: float = 0.2)
 
 
 __all__ = ["CPU_IMAGE", "FIGURES", "GPU_IMAGE", "GRPC_PORT", "NODE_NAME", "OPERATOR_IMAGE", "Chart", "ModelFiles",
-           "ModelServer", "PodWatch", "Stage", "answered", "apply", "build_images", "client_pod", "counter",
+           "ModelServer", "PodWatch", "Stage", "answered", "apply", "build_images", "client_pod",
            "cpu_examples", "detect_on_cpu", "example", "first_answer", "in_pod", "install_chart", "pod_exec",
            "pod_result", "prepare_models", "record", "runtime_pods", "scrape", "service_ip", "staged", "status",
            "steady_load", "stop_load", "stop_pod_load", "wait_pods", "wait_ready", "watching_pods"]

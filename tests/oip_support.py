@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from runtime_support import CACHE, REPO
+from runtime_support import CACHE, REPO, metric_sum
 
 VENV = CACHE / "oip-clients"
 PYTHON = VENV / "bin" / "python"
@@ -96,11 +96,4 @@ def tensor_array(output: dict[str, Any]) -> np.ndarray:
 
 def metric(runtime: Any, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples (full sample name, e.g. kubeinfer_requests_total) matching ``labels``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(runtime.metrics()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric_sum(runtime.metrics(), name, **labels)

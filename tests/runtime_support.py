@@ -127,6 +127,15 @@ class RuntimeProcess(ManagedProcess):
         return int(self.process.returncode)
 
 
+def metric_sum(exposition: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples (full sample name, e.g. kubeinfer_requests_total) in a Prometheus exposition
+    whose labels include ``labels``; 0 when there are none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(exposition) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
 class BackgroundTraffic:
     """Calls ``request`` in a loop on ``threads`` threads (it must raise on a wrong answer) until ``stop()``, which
     asserts that every call succeeded; ``ok`` counts them as they come."""

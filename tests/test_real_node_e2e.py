@@ -32,7 +32,6 @@ from e2e_support import (
     answered,
     apply,
     client_pod,
-    counter,
     cpu_examples,
     detect_on_cpu,
     example,
@@ -52,6 +51,7 @@ from e2e_support import (
     watching_pods,
 )
 from real_node_support import condition, pods, ready_pods, wait_until
+from runtime_support import metric_sum
 
 from kubeinfer.clients import Client
 
@@ -220,11 +220,11 @@ def test_clients_in_a_pod_balance_over_three_replicas_through_coredns(stage: Sta
     # streams: StreamRouter.for_service sends each stream id to one replica, spread over the three
     streams = wait_pods(stage.kubectl, stage.namespace, "stream-classification", 3)
     stream_ips = [p["status"]["podIP"] for p in streams]
-    frames_before = {ip: counter(scrape(ip), "kubeinfer_frames_processed_total") for ip in stream_ips}
+    frames_before = {ip: metric_sum(scrape(ip), "kubeinfer_frames_processed_total") for ip in stream_ips}
     routed = json.loads(pod_result(in_pod(stage.kubectl, stage.namespace, "client", "streams",
                                           "stream-classification", stage.namespace, "--streams", "12", "--frames",
                                           "5"), 120))
-    frames = {ip: int(counter(scrape(ip), "kubeinfer_frames_processed_total") - frames_before[ip])
+    frames = {ip: int(metric_sum(scrape(ip), "kubeinfer_frames_processed_total") - frames_before[ip])
               for ip in stream_ips}
     record("StreamRouter.for_service from a pod, 3 replicas", streams_per_replica={
         e: sum(1 for o in routed["owners"].values() if o == e) for e in routed["endpoints"]}, frames=frames)

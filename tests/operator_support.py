@@ -46,14 +46,15 @@ def crd_schema() -> dict[str, Any]:
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05,
-               what: str = "condition") -> T:
-    """Poll until ``check`` returns something truthy; fail with the last value seen."""
+               what: str = "condition",
+               tolerate: tuple[type[BaseException], ...] = (AssertionError,)) -> T:
+    """Poll until ``check`` returns something truthy; fail with the last value (or ``tolerate``d error) seen."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = check()
-        except AssertionError as exc:
+        except tolerate as exc:
             last = exc
         else:
             if last:

@@ -13,14 +13,12 @@ buildah (``test_image``), so that it reaches containerd the way kubeinfer's imag
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "cluster"))  # as cluster_support does
 import nodehost
 import realnode
 from nodeimages import BUILDAH
+from operator_support import eventually
 from realnode import DNS_SERVICE_IP, NODE_NAME, REAL_NODE_LABEL
 
 __all__ = ["DNS_SERVICE_IP", "NODE_NAME", "REAL_NODE_LABEL", "build_test_image", "condition", "events",
@@ -161,16 +160,9 @@ def remove_image(name: str) -> None:
 
 # -- pods -------------------------------------------------------------------------------------------------------
 def wait_until(check: Any, what: str, timeout: float = 60.0, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(AssertionError, KeyError, IndexError, ValueError):
-            last = check()
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached in {timeout:.0f}s (last: {last!r})")
+    """Poll ``check`` until it returns something truthy; that value. What a half-written object raises while the
+    cluster settles (a missing key or item, a value not parsed yet) is one more try."""
+    return eventually(check, timeout, interval, what, tolerate=(AssertionError, KeyError, IndexError, ValueError))
 
 
 def condition(pod: dict[str, Any], kind: str) -> str:

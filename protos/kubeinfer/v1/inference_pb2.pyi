@@ -31,7 +31,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("task", "model_name", "model_path", "model_format", "labels", "input_size", "device", "batching", "thresholds", "version", "segmentation", "top_k", "window", "active_streams", "max_streams", "gallery_size", "gallery_dimension", "gallery_labels", "operations", "backend")
+    __slots__ = ("task", "model_name", "model_path", "model_format", "labels", "input_size", "device", "batching", "thresholds", "version", "segmentation", "top_k", "window", "active_streams", "max_streams", "gallery_size", "gallery_dimension", "gallery_labels", "operations", "backend", "revision", "traffic")
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class ModelInfo(_message.Message):
     GALLERY_LABELS_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     task: str
     model_name: str
     model_path: str
@@ -72,7 +74,31 @@ class ModelInfo(_message.Message):
     gallery_labels: _containers.RepeatedScalarFieldContainer[str]
     operations: _containers.RepeatedScalarFieldContainer[str]
     backend: str
-    def __init__(self, task: _Optional[str] = ..., model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., model_format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., version: _Optional[str] = ..., segmentation: _Optional[bool] = ..., top_k: _Optional[int] = ..., window: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., gallery_size: _Optional[int] = ..., gallery_dimension: _Optional[int] = ..., gallery_labels: _Optional[_Iterable[str]] = ..., operations: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ...) -> None: ...
+    revision: str
+    traffic: Traffic
+    def __init__(self, task: _Optional[str] = ..., model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., model_format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., version: _Optional[str] = ..., segmentation: _Optional[bool] = ..., top_k: _Optional[int] = ..., window: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., gallery_size: _Optional[int] = ..., gallery_dimension: _Optional[int] = ..., gallery_labels: _Optional[_Iterable[str]] = ..., operations: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., revision: _Optional[str] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ...) -> None: ...
+
+class Traffic(_message.Message):
+    __slots__ = ("generation", "stable", "candidate", "candidate_weight", "shadow_percent")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    stable: RevisionTarget
+    candidate: RevisionTarget
+    candidate_weight: int
+    shadow_percent: int
+    def __init__(self, generation: _Optional[int] = ..., stable: _Optional[_Union[RevisionTarget, _Mapping]] = ..., candidate: _Optional[_Union[RevisionTarget, _Mapping]] = ..., candidate_weight: _Optional[int] = ..., shadow_percent: _Optional[int] = ...) -> None: ...
+
+class RevisionTarget(_message.Message):
+    __slots__ = ("revision", "target")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    revision: str
+    target: str
+    def __init__(self, revision: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue_size", "instances", "threads")

@@ -76,6 +76,27 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 ONNX_MODEL = re.compile(r"(?i)[.]onnx([?#].*)?$")
 PROMETHEUS_PATTERN = re.compile(r"^https?://[^/?#\s]+(/\S*)?$")
 
+# spec.rollout (issue #34, /work/notes/rollout-design.md): a new revision shadowed, then weighted, step by step.
+STEP_KINDS = ("shadow", "weight")
+DEFAULT_STEPS = (("shadow", 20), ("weight", 10), ("weight", 50), ("weight", 100))
+MAX_STEPS = 10
+DEFAULT_INTERVAL = 60
+DEFAULT_MAX_ERROR_RATE = 0.01
+DEFAULT_MAX_LATENCY_RATIO = 1.5
+DEFAULT_MIN_AGREEMENT = 0.9
+DEFAULT_MIN_REQUESTS = 20
+MAX_PARENT_REFS = 32  # Gateway API's own bound on a route's parentRefs
+# A Gateway API ParentReference: each field's pattern and most characters, as Gateway API validates them (name has
+# no pattern, only 1..253 characters). The CRD's patterns and maxLengths are these.
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+PARENT_REF_STRINGS: dict[str, tuple[re.Pattern[str] | None, int]] = {
+    "group": (re.compile(rf"^$|^{DNS_SUBDOMAIN}$"), 253),
+    "kind": (re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"), 63),
+    "namespace": (re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), 63),
+    "name": (None, 253),
+    "sectionName": (re.compile(rf"^{DNS_SUBDOMAIN}$"), 253),
+}
+
 
 class SpecError(ValueError):
     """The spec cannot be served; the message names the field and is shown in status and events."""
@@ -170,6 +191,45 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step of a rollout: ``shadow`` mirrors ``percent`` of the stable revision's live calls to the new one;
+    ``weight`` has the new revision serve ``percent`` of the live calls."""
+
+    kind: str  # "shadow" | "weight"
+    percent: int  # 1..100
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a step's figures must show for the rollout to go on (at each step's end, read from Prometheus)."""
+
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # server errors / calls of the new revision
+    max_latency_ratio: float = DEFAULT_MAX_LATENCY_RATIO  # p99(new) / p99(stable)
+    min_agreement: float = DEFAULT_MIN_AGREEMENT  # the shadow comparison's mean agreement (shadow steps)
+    min_requests: int = DEFAULT_MIN_REQUESTS  # fewer calls per revision in a step: figures missing, the step holds
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Also render Gateway API routes NAME (GRPCRoute and HTTPRoute) carrying the weights, attached to these
+    parents (Gateway API ParentReferences, as given)."""
+
+    parent_refs: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a new revision replaces the stable one: ``steps`` of ``interval`` seconds, each judged by ``analysis``
+    on figures from ``prometheus`` (None: the operator's --prometheus-url)."""
+
+    steps: tuple[Step, ...] = tuple(Step(kind, percent) for kind, percent in DEFAULT_STEPS)  # the CRD's default
+    interval: int = DEFAULT_INTERVAL
+    prometheus: str | None = None
+    analysis: Analysis = Analysis()
+    gateway: Gateway | None = None
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """Everything the renderer needs, defaults applied, cross-field rules checked."""
 
@@ -199,6 +259,7 @@ class ServiceSpec:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: list[dict[str, Any]] = field(default_factory=list)
     service_account_name: str | None = None  # the pod's ServiceAccount: cloud identity (IRSA, workload identity)
+    rollout: Rollout | None = None  # None: a changed spec rolls out as one Deployment rolling update
 
     def uris(self) -> list[tuple[str, Uri]]:
         """(role, uri) for every file the runtime needs; the role names the flag and the download folder."""
@@ -292,6 +353,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ServiceSpec:
         tolerations=[dict(t) for t in reader.sequence("tolerations")],
         env=[dict(e) for e in reader.sequence("env")],
         service_account_name=_service_account(reader.string("serviceAccountName")),
+        rollout=_rollout(reader),
     )
 
 
@@ -349,6 +411,78 @@ def _autoscaling(reader: _Reader) -> Autoscaling | None:
         raise SpecError("spec.autoscaling.prometheus.address is required when autoscaling.engine is keda")
     return Autoscaling(low, high, reader.integer("autoscaling.targetCPUUtilization", DEFAULT_TARGET_CPU, 1, 100),
                        metric=metric, target=target, engine=engine, prometheus_address=address)
+
+
+def _rollout(reader: _Reader) -> Rollout | None:
+    """spec.rollout: absent (or null) is no rollout; ``{}`` is the default rollout."""
+    given = reader.mapping("rollout")
+    if reader.spec.get("rollout") is None:
+        return None
+    steps = _steps(reader.sequence("rollout.steps"), given.get("steps") is not None)
+    prometheus = reader.string("rollout.prometheus") or None
+    if prometheus is not None and not PROMETHEUS_PATTERN.match(prometheus):
+        raise SpecError(f"spec.rollout.prometheus: {prometheus!r} is not an http(s):// URL")
+    analysis = Analysis(
+        max_error_rate=reader.number("rollout.analysis.maxErrorRate", DEFAULT_MAX_ERROR_RATE, 0.0, 1.0),
+        max_latency_ratio=reader.number("rollout.analysis.maxLatencyRatio", DEFAULT_MAX_LATENCY_RATIO, 1.0, None),
+        min_agreement=reader.number("rollout.analysis.minAgreement", DEFAULT_MIN_AGREEMENT, 0.0, 1.0),
+        min_requests=reader.integer("rollout.analysis.minRequests", DEFAULT_MIN_REQUESTS, 1, None),
+    )
+    gateway = reader.mapping("rollout.gateway")
+    parent_refs = reader.sequence("rollout.gateway.parentRefs")
+    if given.get("gateway") is not None and not 1 <= len(parent_refs) <= MAX_PARENT_REFS:
+        raise SpecError(f"spec.rollout.gateway.parentRefs needs 1 to {MAX_PARENT_REFS} parents when gateway is set, "
+                        f"got {len(parent_refs)}")
+    return Rollout(
+        steps=steps or Rollout().steps,
+        interval=reader.integer("rollout.interval", DEFAULT_INTERVAL, 10, 3600),
+        prometheus=prometheus,
+        analysis=analysis,
+        gateway=Gateway(tuple(_parent_ref(ref, i) for i, ref in enumerate(parent_refs))) if gateway else None,
+    )
+
+
+def _steps(raw: list[Mapping[str, Any]], given: bool) -> tuple[Step, ...]:
+    """The steps in order: each exactly one of shadow or weight, every shadow before every weight, weights rising."""
+    if given and not 1 <= len(raw) <= MAX_STEPS:
+        raise SpecError(f"spec.rollout.steps needs 1 to {MAX_STEPS} steps, got {len(raw)}")
+    steps: list[Step] = []
+    for i, item in enumerate(raw):
+        path = f"spec.rollout.steps[{i}]"
+        kinds = [kind for kind in STEP_KINDS if item.get(kind) is not None]
+        if len(kinds) != 1:
+            raise SpecError(f"{path} needs exactly one of shadow and weight")
+        (kind,) = kinds
+        percent = item[kind]
+        if isinstance(percent, bool) or not isinstance(percent, int):
+            raise SpecError(f"{path}.{kind} must be an integer")
+        if not 1 <= percent <= 100:
+            raise SpecError(f"{path}.{kind} must be in 1..100, got {percent}")
+        weights = [step.percent for step in steps if step.kind == "weight"]
+        if kind == "shadow" and weights:
+            raise SpecError(f"{path}: a shadow step must come before every weight step")
+        if kind == "weight" and weights and percent <= weights[-1]:
+            raise SpecError(f"{path}: weight {percent} must be greater than the step before's {weights[-1]}")
+        steps.append(Step(kind, percent))
+    return tuple(steps)
+
+
+def _parent_ref(ref: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A Gateway API ParentReference, checked as Gateway API does; fields it does not have are dropped (the API
+    server prunes them too)."""
+    path = f"spec.rollout.gateway.parentRefs[{index}]"
+    if ref.get("name") is None:
+        raise SpecError(f"{path}.name is required")
+    for key, (pattern, most) in PARENT_REF_STRINGS.items():
+        value = _text(ref.get(key), f"{path}.{key}")
+        if value is not None and (len(value) > most or (pattern is None and not value)
+                                  or (pattern is not None and not pattern.match(value))):
+            raise SpecError(f"{path}.{key}: {value!r} is not a Gateway API {key} (at most {most} characters"
+                            + (f", matching {pattern.pattern})" if pattern else ", not empty)"))
+    port = ref.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise SpecError(f"{path}.port must be an integer in 1..65535, got {port!r}")
+    return {key: ref[key] for key in (*PARENT_REF_STRINGS, "port") if ref.get(key) is not None}
 
 
 def _text(value: Any, path: str) -> str | None:
@@ -436,23 +570,29 @@ class _Reader:
             raise SpecError(f"spec.model.file: {file!r} is not a relative path inside the folder")
         return replace(uri, storage=storage, file=file)
 
-    def integer(self, path: str, default: int | None, low: int, high: int) -> Any:
+    def integer(self, path: str, default: int | None, low: int, high: int | None) -> Any:
+        """An integer in low..high (no upper bound when high is None)."""
         value = self._get(path)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"spec.{path} must be an integer")
-        if not low <= value <= high:
+        if high is None and value < low:
+            raise SpecError(f"spec.{path} must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
             raise SpecError(f"spec.{path} must be in {low}..{high}, got {value}")
         return value
 
-    def number(self, path: str, default: float, low: float, high: float) -> float:
+    def number(self, path: str, default: float, low: float, high: float | None) -> float:
+        """A number in [low, high] (no upper bound when high is None)."""
         value = self._get(path)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SpecError(f"spec.{path} must be a number")
-        if not low <= value <= high:
+        if high is None and value < low:
+            raise SpecError(f"spec.{path} must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
             raise SpecError(f"spec.{path} must be in [{low}, {high}], got {value}")
         return float(value)
 

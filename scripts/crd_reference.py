@@ -9,6 +9,7 @@ docs/hooks.py calls ``reference()`` when the documentation is built (make docs).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,11 @@ def _constraints(node: dict[str, Any], required: bool) -> str:
     return "; ".join(parts)
 
 
+def _value(value: Any) -> str:
+    """A default as the YAML or JSON of a spec writes it (a list of objects as JSON, not as Python's repr)."""
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
 def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -58,7 +64,7 @@ def _cell(text: Any) -> str:
 def _table(schema: dict[str, Any], prefix: str) -> list[str]:
     lines = ["| field | type | default | constraints | description |", "| --- | --- | --- | --- | --- |"]
     for path, node, required in fields(schema):
-        default = f"`{node['default']}`" if "default" in node else ""
+        default = f"`{_value(node['default'])}`" if "default" in node else ""
         lines.append(f"| `{prefix}{path}` | {_type(node)} | {_cell(default)} | {_cell(_constraints(node, required))} "
                      f"| {_cell(node.get('description', ''))} |")
     return lines

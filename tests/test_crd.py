@@ -20,6 +20,9 @@ from typing import Any, NamedTuple
 import pytest
 from cluster_support import Api, Kubectl, new_namespace, wait_established
 from operator_support import CRD_PATH, EXAMPLE_FILES, is_path, load_crd, load_yaml
+from rollout_spec_support import BAD as BAD_ROLLOUTS
+from rollout_spec_support import GOOD as GOOD_ROLLOUTS
+from rollout_spec_support import SERVER_ONLY as SERVER_ONLY_ROLLOUTS
 
 from kubeinfer.operator import spec as spec_module
 from kubeinfer.operator.spec import SpecError, parse_spec, validate_name
@@ -183,6 +186,8 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                          "engine": "keda",
                                          "prometheus": {"address": "http://prometheus.monitoring:9090"},
                                          "targetCPUUtilization": spec_module.DEFAULT_TARGET_CPU}}),
+    "rollout": ({"task": "detect", "model": {"uri": "/m.pt"}, "rollout": {}},
+                {"rollout": GOOD_ROLLOUTS[0].stored}),  # `rollout: {}` takes every default
 }
 
 
@@ -467,6 +472,11 @@ BAD_SPECS: list[Case] = [
     Case("confidence a string", with_(DETECT, thresholds={"confidence": "high"}), "spec.thresholds.confidence",
          "must be of type number", "type", True),
     Case("gpus a float", with_(DETECT, gpus=1.5), "spec.gpus", "must be of type integer", "type", True),
+    # spec.rollout (issue #34): the table parse_spec is held to as well (tests/test_spec_rollout.py).
+    *(Case(f"rollout: {bad.id}", with_(DETECT, rollout=bad.rollout), bad.field, bad.server, bad.keyword, True)
+      for bad in BAD_ROLLOUTS),
+    *(Case(f"rollout: {bad.id}", with_(DETECT, rollout=bad.rollout), bad.field, bad.server, bad.keyword, False)
+      for bad in SERVER_ONLY_ROLLOUTS),
 ]
 
 NAME_RULE = ("metadata.name must be a DNS-1035 label of at most 58 characters (lowercase letters, digits and '-', "
@@ -516,7 +526,10 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
                 "prometheus.address is required": "rule:keda-prometheus",
                 "are for s3:// and gs:// uris": "rule:object-settings", "region is for s3://": "rule:region",
                 "is for gs:// uris": "rule:gcs-key", "names the model file inside a folder": "rule:model-file",
-                "name one object": "rule:not-folder"}
+                "name one object": "rule:not-folder",
+                "exactly one of shadow and weight": "rule:step-kind",
+                "a shadow step must come before every weight step": "rule:shadow-first",
+                "must be greater than the weight before it": "rule:weights-rise"}
     for path, node in schema_nodes(crd_schema()):
         if path.startswith(("status", "metadata")):
             continue
@@ -530,7 +543,7 @@ def test_the_table_covers_every_rule_and_bound_of_the_schema() -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             (rule_id,) = [v for k, v in rule_ids.items() if k in rule["message"]]
             constraints.add(("", rule_id))
-    assert len([c for c in constraints if c[1].startswith("rule:")]) == 22
+    assert len([c for c in constraints if c[1].startswith("rule:")]) == 25
     assert spec_schema["properties"]["task"]["enum"] == list(spec_module.TASKS)
     autoscaling = spec_schema["properties"]["autoscaling"]["properties"]
     assert autoscaling["metric"]["enum"] == list(spec_module.METRICS)
@@ -662,6 +675,13 @@ CROSS_FIELD_CHECKS: dict[str, Any] = {
     "keda on cpu": with_(DETECT, autoscaling={"maxReplicas": 4, "engine": "keda",
                                               "prometheus": {"address": "http://p:9090"}}),
     "keda without prometheus": with_(DETECT, autoscaling=KEDA_QUEUE),
+    "rollout step a string": with_(DETECT, rollout={"steps": ["weight 10"]}),
+    "rollout step weight a string": with_(DETECT, rollout={"steps": [{"weight": "10"}]}),
+    "rollout step shadow a bool": with_(DETECT, rollout={"steps": [{"shadow": True}]}),
+    "rollout parent not an object": with_(DETECT, rollout={"gateway": {"parentRefs": ["my-gateway"]}}),
+    "rollout parent name a number": with_(DETECT, rollout={"gateway": {"parentRefs": [{"name": 7}]}}),
+    "rollout parent port a string": with_(DETECT, rollout={"gateway": {"parentRefs": [{"name": "g", "port": "443"}]}}),
+    **{f"rollout: {bad.id}": with_(DETECT, rollout=bad.rollout) for bad in BAD_ROLLOUTS},
 }
 NAME_CHECK = ("9lives", DETECT)  # validate_name, the one check of metadata
 OPERATOR_CHECKS = {**generated_checks(), **CROSS_FIELD_CHECKS}
@@ -857,11 +877,42 @@ def test_kubectl_get_prints_the_columns(api: Api, kubectl: Kubectl, ns: str) -> 
     api.patch(is_path(ns, "columns", "status"), {"status": {
         "phase": "Ready", "readyReplicas": 2, "replicas": 2, "endpoint": f"columns.{ns}.svc:8001"}})
     table = kubectl("get", "kisvc", "columns", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "AGE"]
+    assert table[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "ROLLOUT", "AGE"]
     assert table[1].split()[:5] == ["columns", "stream-classify", "2", "Ready", f"columns.{ns}.svc:8001"]
+
+    def rollout_cell() -> str:
+        header, row = kubectl("get", "kisvc", "columns", "-n", ns).stdout.splitlines()
+        return row[header.index("ROLLOUT"):header.index("AGE")].strip()
+
+    assert rollout_cell() == ""  # no rollout, nothing shown
+    # A progressive rollout's step, as the operator writes it into status.rollout (free-form besides step).
+    api.patch(is_path(ns, "columns", "status"), {"status": {"rollout": {"step": "weight 10%", "revision": "f6e5d4c3b2",
+                                                                        "since": "2026-12-06T20:00:00Z"}}})
+    assert rollout_cell() == "weight 10%"
+    stored = api.get(is_path(ns, "columns"))
+    assert stored is not None and stored["status"]["rollout"]["revision"] == "f6e5d4c3b2"  # kept, not pruned
     # The category: `kubectl get kubeinfer` lists InferenceServices too.
     category = kubectl("get", "kubeinfer", "-n", ns, "-o", "name").stdout.split()
     assert "inferenceservice.kubeinfer.io/columns" in category
+
+
+# -- spec.rollout: what the API server stores, the operator parses ------------------------------------------------
+@pytest.mark.parametrize("good", GOOD_ROLLOUTS, ids=[good.id for good in GOOD_ROLLOUTS])
+def test_every_good_rollout_is_stored_defaulted_and_parsed_alike(api: Api, ns: str, good: Any) -> None:
+    name = "rollout-" + "-".join(good.id.replace(",", "").split())
+    api.create(is_path(ns), obj(with_(DETECT, rollout=copy.deepcopy(good.rollout)), name))
+    stored = api.get(is_path(ns, name))
+    assert stored is not None
+    assert stored["spec"]["rollout"] == good.stored
+    assert parse_spec(stored["spec"]).rollout == parse_spec(with_(DETECT, rollout=good.rollout)).rollout == good.parsed
+
+
+def test_a_spec_without_rollout_stays_without_one(api: Api, ns: str) -> None:
+    """No default creates spec.rollout: an InferenceService rolls out as before unless it asks for a rollout."""
+    api.create(is_path(ns), obj(dict(DETECT), "no-rollout"))
+    stored = api.get(is_path(ns, "no-rollout"))
+    assert stored is not None and "rollout" not in stored["spec"]
+    assert parse_spec(stored["spec"]).rollout is None
 
 
 # -- the operator and the API server agree ---------------------------------------------------------------------

@@ -221,11 +221,12 @@ def test_every_example_rolls_out_to_ready_pods(api: Api, kubectl: Kubectl, opera
         assert parsed.device == "cuda"
     # The printer columns, as kubectl shows them.
     table = kubectl("get", "kisvc", name, "-n", ns).stdout.split("\n")
-    assert table[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "AGE"]
+    assert table[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "ROLLOUT", "AGE"]
     assert table[1].split()[:5] == [name, spec["task"], str(replicas), "Ready", f"{name}.{ns}.svc:8001"]
     wide = kubectl("get", "kisvc", name, "-n", ns, "-o", "wide").stdout.split("\n")
-    assert wide[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "RUNTIME", "ENGINE", "IMAGE", "AGE"]
-    assert wide[1].split()[5:8] == [choice.variant, choice.engine, choice.image]
+    assert wide[0].split() == ["NAME", "TASK", "READY", "PHASE", "ENDPOINT", "ROLLOUT", "RUNTIME", "ENGINE", "IMAGE",
+                               "AGE"]
+    assert wide[1].split()[5:8] == [choice.variant, choice.engine, choice.image]  # ROLLOUT is empty: no rollout
     assert {"Created", "Ready"} <= {e["reason"] for e in events_for(kubectl, ns, name)}
 
 

@@ -16,12 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL
+from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, REVISION_LABEL
 from kubeinfer.operator.spec import API_VERSION, KIND
 
-CACHED_CHILDREN = {"Deployment": "deployments", "Service": "services",
+CACHED_CHILDREN = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps",
                    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-                   "PodDisruptionBudget": "poddisruptionbudgets", "ScaledObject": "scaledobjects"}
+                   "PodDisruptionBudget": "poddisruptionbudgets", "ScaledObject": "scaledobjects",
+                   "GRPCRoute": "grpcroutes", "HTTPRoute": "httproutes"}
 INFERENCE_SERVICES = "cached_inferenceservices"
 PODS = "runtime_pods"
 
@@ -39,10 +40,12 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pod_snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A pod trimmed to what status needs, and its uid."""
+    """A pod trimmed to what status needs, its uid, and its rollout revision (if any)."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
+    revision = (meta.get("labels") or {}).get(REVISION_LABEL)
     return copy.deepcopy({
-        "metadata": {key: meta.get(key) for key in ("name", "uid", "deletionTimestamp")},
+        "metadata": {key: meta.get(key) for key in ("name", "uid", "deletionTimestamp")}
+        | ({"labels": {REVISION_LABEL: revision}} if revision else {}),
         "status": {key: status[key] for key in _KEPT_POD_STATUS if key in status},
     })
 
@@ -89,6 +92,10 @@ class Cache:
 
     def child(self, kind: str, namespace: str, owner: str, name: str) -> dict[str, Any] | None:
         return self._one(f"cached_{CACHED_CHILDREN[kind]}", namespace, owner, name)
+
+    def children(self, kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """Every cached child of one kind of this InferenceService (a rollout's Deployments have several names)."""
+        return self._all(f"cached_{CACHED_CHILDREN[kind]}", namespace, owner)
 
     def child_uids(self, kind: str, namespace: str, owner: str, name: str) -> set[str]:
         """Every object cached under this child's name (more than one only when deletions were missed)."""

@@ -61,6 +61,7 @@ STATUS_DELAY = 0.5
 # A watch that lists again (after a peering pause, or a 410) lists every object within about this long: the check of
 # every InferenceService against the API server starts this long after the first object listed again.
 RESYNC_DELAY = 1.0
+ROLLOUT_TICK = 5.0  # seconds between reconciliations of an InferenceService while a rollout moves on
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,21 @@ def _children_index(group: str, version: str, plural: str) -> None:
     kopf.index(*resource, when=_owned, id=f"cached_{plural}")(index)
 
 
-# KEDA's ScaledObject (autoscaling.engine keda) is optional: without its CRD kopf watches nothing for it.
+# KEDA's ScaledObject (autoscaling.engine keda) and the Gateway API routes (spec.rollout.gateway) are optional:
+# without their CRDs kopf watches nothing for them. ConfigMaps (a rollout's traffic table) are watched by the
+# operator's label only, not every ConfigMap of the cluster.
 for _group, _version, _plural in (("apps", "v1", "deployments"), ("", "v1", "services"),
                                   ("autoscaling", "v2", "horizontalpodautoscalers"),
-                                  ("policy", "v1", "poddisruptionbudgets"), ("keda.sh", "v1alpha1", "scaledobjects")):
+                                  ("policy", "v1", "poddisruptionbudgets"), ("keda.sh", "v1alpha1", "scaledobjects"),
+                                  ("gateway.networking.k8s.io", "v1", "grpcroutes"),
+                                  ("gateway.networking.k8s.io", "v1", "httproutes")):
     _children_index(_group, _version, _plural)
+
+
+@kopf.index("v1", "configmaps", labels=CHILDREN, when=_owned)
+def cached_configmaps(namespace: str, body: kopf.Body, **_: Any) -> Any:
+    owner = owner_of(body)
+    return None if owner is None else {(namespace, owner): snapshot(body) | {"data": dict(body.get("data") or {})}}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -163,6 +174,19 @@ def _cache(state: OperatorState, kwargs: Mapping[str, Any]) -> Cache:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def inference_service(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """The resource appeared, changed or was found at start-up: bring its children in line with its spec."""
+    state = operator_state(memo)
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], state, _cache(state, kwargs), snapshot(body))
+
+
+def _rolling_out(status: Mapping[str, Any], **_: Any) -> bool:
+    rollout = status.get("rollout") or {}
+    return bool(rollout.get("candidateRevision") or rollout.get("retiring"))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=ROLLOUT_TICK, when=_rolling_out)
+def rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A rollout in progress moves on with time (its step's analysis is due, or its table reached the replicas),
+    not only with events: reconcile it every ROLLOUT_TICK seconds until it is over."""
     state = operator_state(memo)
     reconcile(body["metadata"]["namespace"], body["metadata"]["name"], state, _cache(state, kwargs), snapshot(body))
 
@@ -186,6 +210,9 @@ async def inference_service_event(event: Mapping[str, Any], namespace: str, name
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", when=_owned)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", when=_owned)
 @kopf.on.event("keda.sh", "v1alpha1", "scaledobjects", when=_owned)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "grpcroutes", when=_owned)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", when=_owned)
+@kopf.on.event("v1", "configmaps", labels=CHILDREN, when=_owned)
 async def child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo,
                       **kwargs: Any) -> None:
     """A child changed (a rollout progressed, or someone edited or deleted it): repair it, or refresh status.

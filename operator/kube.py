@@ -27,12 +27,18 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # Children carry ownerReferences with blockOwnerDeletion, which needs update on the owner's finalizers.
     ("kubeinfer.io", "inferenceservices/finalizers", ("update",)),
     # Children: watched to repair hand edits and to follow the rollout; HPA and PDB are deleted when unwanted.
-    ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
-    ("", "services", ("get", "list", "watch", "create", "patch")),
+    # A rollout (spec.rollout) adds a Deployment and a headless Service per revision, deleted with the revision,
+    # and its traffic table, a ConfigMap.
+    ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
     ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete")),
     ("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
     # KEDA ScaledObjects (autoscaling.engine keda), like HPAs; unused while KEDA's CRD is not installed.
     ("keda.sh", "scaledobjects", ("get", "list", "watch", "create", "patch", "delete")),
+    # Gateway API routes with a rollout's weights (spec.rollout.gateway); unused while their CRDs are not installed.
+    ("gateway.networking.k8s.io", "grpcroutes", ("get", "list", "watch", "create", "patch", "delete")),
+    ("gateway.networking.k8s.io", "httproutes", ("get", "list", "watch", "create", "patch", "delete")),
     # Pods are only read (watched) to report crash loops and scheduling failures in status.
     ("", "pods", ("list", "watch")),
     # kopf: Kubernetes Events about each step; CRD discovery; namespace discovery with --namespace.
@@ -54,6 +60,9 @@ PLURALS: dict[str, str] = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ScaledObject": "scaledobjects",
+    "ConfigMap": "configmaps",
+    "GRPCRoute": "grpcroutes",
+    "HTTPRoute": "httproutes",
     "Pod": "pods",
     "InferenceService": PLURAL,
     "ClusterKopfPeering": "clusterkopfpeerings",  # kopf's peering objects, read for the operator's tie rule

@@ -15,6 +15,8 @@ RECONCILIATIONS_TOTAL = "kubeinfer_operator_reconciliations_total"
 RECONCILE_DURATION_SECONDS = "kubeinfer_operator_reconcile_duration_seconds"
 INFERENCESERVICES = "kubeinfer_operator_inferenceservices"
 TRACKED = "kubeinfer_operator_tracked_inferenceservices"
+ROLLOUTS_TOTAL = "kubeinfer_operator_rollouts_total"
+ROLLOUT_ANALYSES_TOTAL = "kubeinfer_operator_rollout_analyses_total"
 
 RESULTS = ("success", "error", "retry")
 
@@ -32,10 +34,25 @@ tracked = Gauge(
     TRACKED, "InferenceServices the operator keeps state for in memory (operator/state.py): those that exist and "
     "those being handled; one that stays above the first after deletions is a leak", registry=REGISTRY)
 
+rollouts = Counter(
+    ROLLOUTS_TOTAL.removesuffix("_total"),
+    "Progressive rollouts (spec.rollout) by how they moved: started, step (a step passed), promoted, rolled_back, "
+    "aborted (the spec went back to the stable revision)", ["result"], registry=REGISTRY)
+rollout_analyses = Counter(
+    ROLLOUT_ANALYSES_TOTAL.removesuffix("_total"),
+    "Rollout step analyses by verdict: pass, fail (a threshold broken), hold (too few calls to judge)",
+    ["verdict"], registry=REGISTRY)
+ROLLOUT_RESULTS = {"RolloutStarted": "started", "RolloutStep": "step", "RolloutPromoted": "promoted",
+                   "RolledBack": "rolled_back", "RolloutAborted": "aborted"}
+
 for _result in RESULTS:
     reconciliations.labels(result=_result)
 for _phase in PHASES:
     inferenceservices.labels(phase=_phase).set(0)
+for _rollout_result in ROLLOUT_RESULTS.values():
+    rollouts.labels(result=_rollout_result)
+for _verdict in ("pass", "fail", "hold"):
+    rollout_analyses.labels(verdict=_verdict)
 
 
 class PhaseBook:

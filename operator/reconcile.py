@@ -22,10 +22,19 @@ from kubeinfer.operator import metrics
 from kubeinfer.operator.cache import Cache, pod_snapshot, snapshot
 from kubeinfer.operator.children import UNKNOWN, ChildConflict, apply, remove
 from kubeinfer.operator.kube import ApiError, Kube
-from kubeinfer.operator.render import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, Owner, render_children
+from kubeinfer.operator.render import (
+    MANAGED_BY_LABEL,
+    MANAGER,
+    OWNER_LABEL,
+    ChildRef,
+    Children,
+    Owner,
+    render_children,
+)
+from kubeinfer.operator.rollout_plan import plan_rollout, stable_view
 from kubeinfer.operator.spec import SpecError, parse_spec, validate_name
 from kubeinfer.operator.state import OperatorState, ResourceState
-from kubeinfer.operator.status import Observation, Problem, compute_status, status_changed
+from kubeinfer.operator.status import Observation, Problem, compute_status, present, status_changed
 
 CHILDREN = {MANAGED_BY_LABEL: MANAGER}
 RETRY_DELAY = 5.0  # seconds before kopf retries after a transient API failure
@@ -154,9 +163,10 @@ def cached_observation(resource: ResourceState, cache: Cache, body: Mapping[str,
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     previous = last_status(resource, body)
-    return Observation(name, namespace, previous.get("observedGeneration"), cache.deployment(namespace, name),
-                       cache.pods(namespace, name), error=error, previous=previous, now=now(),
-                       service_exists=service_exists(resource, cache, namespace, name))
+    deployment, pods = stable_view(cache, namespace, name, previous.get("rollout"))
+    return Observation(name, namespace, previous.get("observedGeneration"), deployment, pods, error=error,
+                       previous=previous, now=now(), service_exists=service_exists(resource, cache, namespace, name),
+                       rollout=previous.get("rollout"))
 
 
 def last_status(resource: ResourceState, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,8 +194,15 @@ def _reconcile(body: dict[str, Any], state: OperatorState, resource: ResourceSta
     validate_name(name)
     spec = parse_spec(body.get("spec") or {})
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
-    children = render_children(owner, spec, defaults)
-    deployment: dict[str, Any] | None = None
+    previous = last_status(resource, body)
+    if spec.rollout is not None or previous.get("rollout"):
+        plan = plan_rollout(owner, spec, body, previous.get("rollout"), defaults, cache, state.rollout_settings)
+        children, rollout_status = plan.children, plan.status
+        for event in plan.events:
+            (kopf.warn if event.warning else kopf.info)(body, reason=event.reason, message=event.message)
+    else:
+        children, rollout_status = render_children(owner, spec, defaults), None
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name) -> the child as the API server returned it
     done: dict[str, list[str]] = defaultdict(list)  # action -> "Kind name"
     for desired in children.present:
         kind, child = desired["kind"], desired["metadata"]["name"]
@@ -202,13 +219,12 @@ def _reconcile(body: dict[str, Any], state: OperatorState, resource: ResourceSta
         if verify:
             cache.forget(earlier - {_uid(applied.object)})
         resource.applied[(kind, child)] = desired
+        fresh[(kind, child)] = applied.object
         if applied.action == "created":
             resource.created[(kind, child)] = (time.monotonic(), applied.object)
         if applied.action != "unchanged":
             done[applied.action].append(f"{kind} {child}")
-        if kind == "Deployment":
-            deployment = applied.object
-    for ref in children.absent:
+    for ref in [*children.absent, *_unwanted(children, cache, namespace, name)]:
         resource.applied.pop((ref.kind, ref.name), None)
         earlier = cache.child_uids(ref.kind, namespace, name, ref.name)
         if verify and earlier:  # the cache says it exists: does it?
@@ -218,10 +234,25 @@ def _reconcile(body: dict[str, Any], state: OperatorState, resource: ResourceSta
     for action, objects in done.items():  # one Event per kind of action, not one per child
         why = ": no longer wanted by the spec" if action == "deleted" else ""
         kopf.info(body, reason=action.capitalize(), message=f"{action} {', '.join(objects)}{why}")
-    pods = _live_pods(kube, cache, namespace, name) if verify else cache.pods(namespace, name)
+    listed = _live_pods(kube, cache, namespace, name) if verify else None
+    deployment, pods = stable_view(cache, namespace, name, rollout_status, fresh, listed)
     write_status(kube, resource, body, Observation(name, namespace, meta.get("generation"), deployment, pods,
-                                                   previous=last_status(resource, body), now=now(),
-                                                   runtime=defaults.runtime(spec).status()))
+                                                   previous=previous, now=now(),
+                                                   runtime=defaults.runtime(spec).status(), rollout=rollout_status))
+
+
+def _unwanted(children: Children, cache: Cache, namespace: str, owner: str) -> list[ChildRef]:
+    """The Deployments and Services this InferenceService owns that nothing renders any more: a rolled-back or
+    superseded revision's, a retired stable one's, or a rollout's Services once it is over."""
+    wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in children.present} | set(children.kept)
+    wanted |= {(ref.kind, ref.name) for ref in children.absent}
+    found = []
+    for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
+        for child in cache.children(kind, namespace, owner):
+            child_name = child["metadata"]["name"]
+            if (kind, child_name) not in wanted:
+                found.append(ChildRef(api_version, kind, child_name))
+    return found
 
 
 def _uid(obj: Mapping[str, Any]) -> str:
@@ -262,7 +293,7 @@ def write_status(kube: Kube, resource: ResourceState, body: Mapping[str, Any], o
     if not status_changed(previous, status):
         return
     kube.patch_status(observation.namespace, observation.name, status)
-    resource.status = {k: v for k, v in status.items() if v is not None}
+    resource.status = present(status)
     if previous.get("phase") != status["phase"] and status["phase"] != "Pending":  # Pending: the Created event
         condition = status["conditions"][0]
         message = f"{status['phase']}: {condition['message']}"

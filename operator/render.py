@@ -57,6 +57,7 @@ NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 OWNER_LABEL = "kubeinfer.io/inferenceservice"
+REVISION_LABEL = "kubeinfer.io/revision"  # a rollout's revision of the pods (operator/render_rollout.py)
 RUNTIME_NAME = "kubeinfer-runtime"
 SCALED_OBJECT_API_VERSION = "keda.sh/v1alpha1"  # KEDA's ScaledObject, for autoscaling.engine keda
 MANAGER = "kubeinfer-operator"
@@ -73,6 +74,7 @@ PRUNABLE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("spec", "template", "spec", "serviceAccount"),  # the deprecated alias the API server fills in
         ("spec", "template", "spec", "nodeSelector"),
         ("spec", "template", "spec", "tolerations"),
+        ("spec", "template", "metadata", "labels", REVISION_LABEL),  # a rollout removed from the spec
     ),
 }
 # Maps whose every key matters (a selector with an extra key selects nothing): keys the desired object lacks
@@ -136,6 +138,9 @@ class Children:
 
     present: list[dict[str, Any]]
     absent: list[ChildRef]
+    # Children neither rendered nor to be deleted (a rollout's previous stable Deployment while it retires): any
+    # other Deployment or Service the InferenceService owns and ``present`` lacks is deleted.
+    kept: frozenset[tuple[str, str]] = frozenset()
 
 
 def headless_name(name: str) -> str:

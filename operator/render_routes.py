@@ -18,12 +18,6 @@ from kubeinfer.operator.render import GRPC_PORT, HTTP_PORT, ChildRef, Owner, _me
 
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 ROUTE_KINDS: tuple[tuple[str, int], ...] = (("GRPCRoute", GRPC_PORT), ("HTTPRoute", HTTP_PORT))
-# For kube.PLURALS (REST paths) and the operator's ClusterRole, when the routes are wired in.
-ROUTE_PLURALS: dict[str, str] = {"GRPCRoute": "grpcroutes", "HTTPRoute": "httproutes"}
-ROUTE_RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("gateway.networking.k8s.io", "grpcroutes", ("get", "list", "watch", "create", "patch", "delete")),
-    ("gateway.networking.k8s.io", "httproutes", ("get", "list", "watch", "create", "patch", "delete")),
-)
 
 
 def revision_service(name: str, revision: str) -> str:

@@ -18,6 +18,7 @@ from kubeinfer.operator import bookkeeping
 from kubeinfer.operator.cache import Listings
 from kubeinfer.operator.kube import Kube
 from kubeinfer.operator.render import RuntimeDefaults
+from kubeinfer.operator.rollout_plan import RolloutSettings
 from kubeinfer.operator.spec import KIND
 from kubeinfer.operator.status import Problem
 
@@ -47,6 +48,7 @@ class OperatorState:
     defaults: RuntimeDefaults
     kube: Kube
     peering_lifetime: float | None = None
+    rollout_settings: RolloutSettings = field(default_factory=RolloutSettings)  # --prometheus-url, --cluster-domain
     tie_break: Any = None  # peering.TieBreak with --peering: watched while running
     stop: Callable[[], None] | None = None  # stops kopf (the tie rule hands over this way)
     bookkeeping: tuple[bookkeeping.MemoryProgressStorage, bookkeeping.MemoryDiffBaseStorage] = field(

@@ -48,6 +48,7 @@ class Observation:
     service_exists: bool = True  # the ClusterIP Service the endpoint names (it may have been refused)
     now: str = ""  # RFC 3339, given by the caller so this module stays pure
     runtime: Mapping[str, str] | None = None  # the image and engine the spec is served with (RuntimeChoice.status)
+    rollout: Mapping[str, Any] | None = None  # status.rollout (operator/rollout.py); None removes it
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
@@ -184,6 +185,7 @@ def compute_status(obs: Observation) -> dict[str, Any]:
         status["observedGeneration"] = obs.observed_generation
     if obs.runtime is not None:
         status["runtime"] = dict(obs.runtime)
+    status["rollout"] = dict(obs.rollout) if obs.rollout else None
     # The endpoint is published only while something answers there; None removes it (merge patch).
     serving = status["readyReplicas"] > 0 and obs.service_exists
     status["endpoint"] = endpoint(obs.name, obs.namespace) if serving else None
@@ -193,4 +195,13 @@ def compute_status(obs: Observation) -> dict[str, Any]:
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """True when writing ``new`` would change what the resource shows (so unchanged status is not re-patched)."""
     old = old or {}
-    return any(old.get(key) != value for key, value in new.items())
+    return any(present(old.get(key)) != present(value) for key, value in new.items())
+
+
+def present(value: Any) -> Any:
+    """``value`` as the API server keeps it after a merge patch: None values in maps are removed, not stored."""
+    if isinstance(value, Mapping):
+        return {key: present(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [present(item) for item in value]
+    return value

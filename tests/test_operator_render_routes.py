@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from kubeinfer.operator.kube import PLURALS, RBAC_RULES
 from kubeinfer.operator.render import Owner, common_labels, owner_reference
 from kubeinfer.operator.render_routes import (
     GATEWAY_API_VERSION,
-    ROUTE_PLURALS,
-    ROUTE_RBAC_RULES,
     render_routes,
     route_refs,
 )
@@ -21,6 +20,10 @@ from kubeinfer.operator.render_routes import (
 OWNER = Owner(name="svc", namespace="team-a", uid="6f1c3f5e-0000-4000-8000-000000000034")
 PARENTS = ({"name": "edge", "namespace": "gw", "sectionName": "grpc"},)
 STABLE, CANDIDATE = "a1b2c3d4e5", "f6e5d4c3b2"
+
+# The operator's REST paths and ClusterRole rules for the routes (operator/kube.py).
+ROUTE_PLURALS = {kind: PLURALS[kind] for kind in ("GRPCRoute", "HTTPRoute")}
+ROUTE_RBAC_RULES = tuple(rule for rule in RBAC_RULES if rule[0] == "gateway.networking.k8s.io")
 
 
 def by_kind(routes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

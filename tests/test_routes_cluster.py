@@ -23,11 +23,10 @@ from cluster_support import wait_established as wait_crds
 from operator_support import eventually, is_path
 
 from kubeinfer.operator.children import merge_patch_for
+from kubeinfer.operator.kube import PLURALS, RBAC_RULES
 from kubeinfer.operator.render import Owner
 from kubeinfer.operator.render_routes import (
     GATEWAY_API_VERSION,
-    ROUTE_PLURALS,
-    ROUTE_RBAC_RULES,
     render_routes,
     route_refs,
 )
@@ -37,6 +36,10 @@ ROUTE_CRDS = {"GRPCRoute": "grpcroutes.gateway.networking.k8s.io", "HTTPRoute": 
 PARENTS = ({"name": "edge", "namespace": "gw", "sectionName": "grpc"}, {"name": "internal"})
 STABLE, CANDIDATE = "a1b2c3d4e5", "f6e5d4c3b2"
 CASES = [(None, 0), (CANDIDATE, 0), (CANDIDATE, 10), (CANDIDATE, 50), (CANDIDATE, 100)]
+
+# The operator's REST paths and ClusterRole rules for the routes (operator/kube.py).
+ROUTE_PLURALS = {kind: PLURALS[kind] for kind in ("GRPCRoute", "HTTPRoute")}
+ROUTE_RBAC_RULES = tuple(rule for rule in RBAC_RULES if rule[0] == "gateway.networking.k8s.io")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=_env("node-cache-max-bytes", 20 * 1024**3, int),
                         help="the node cache's bound; least recently used objects go past it "
                              "(default 20 GiB; env KUBEINFER_OPERATOR_NODE_CACHE_MAX_BYTES)")
+    parser.add_argument("--prometheus-url", metavar="URL", default=_env("prometheus-url", None) or None,
+                        help="the Prometheus a rollout (spec.rollout) reads each revision's figures from when its "
+                             "spec names none (default: none; env KUBEINFER_OPERATOR_PROMETHEUS_URL)")
+    parser.add_argument("--cluster-domain", metavar="DOMAIN", default=_env("cluster-domain", "cluster.local"),
+                        help="the cluster's DNS domain, in the names a rollout's traffic table gives each revision's "
+                             "Service (default cluster.local; env KUBEINFER_OPERATOR_CLUSTER_DOMAIN)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("log-format", "plain", _log_format),
                         help="log line format (default plain; env KUBEINFER_OPERATOR_LOG_FORMAT)")
     parser.add_argument("--metrics-port", type=int, default=_env("metrics-port", 9090, int), metavar="PORT",
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from kubeinfer.operator.kube import ApiError, Kube
     from kubeinfer.operator.render import RuntimeDefaults
     from kubeinfer.operator.render_fetch import NodeCache
+    from kubeinfer.operator.rollout_plan import RolloutSettings
     from kubeinfer.operator.state import OperatorState
 
     for flag, value in (("--runtime-gpu-image", args.runtime_image), ("--runtime-cpu-image", args.runtime_cpu_image)):
@@ -146,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     defaults = RuntimeDefaults(image=args.runtime_image, cpu_image=args.runtime_cpu_image, node_cache=node_cache, **(
         {"resources": args.default_resources} if args.default_resources is not None else {}))
     kube = Kube.from_environment()
-    state = OperatorState(defaults, kube, peering_lifetime=args.peering_lifetime)
+    state = OperatorState(defaults, kube, peering_lifetime=args.peering_lifetime,
+                          rollout_settings=RolloutSettings(args.prometheus_url, args.cluster_domain))
     # Set by the tie rule, on kopf's event loop: kopf then stops cleanly, handing over at once. An asyncio.Event (it
     # binds to the loop on first use): kopf would wait for a threading.Event in a thread that never ends.
     stop = asyncio.Event()

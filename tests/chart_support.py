@@ -195,9 +195,9 @@ class Prometheus:
     """A real Prometheus server on loopback with a generated configuration."""
 
     def __init__(self, workdir: Path, port: int, scrape_configs: list[dict[str, Any]],
-                 scrape_interval: str = "1s") -> None:
+                 scrape_interval: str = "1s", host: str = "127.0.0.1") -> None:
         self.workdir = workdir
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                              "scrape_timeout": scrape_interval},
                   "scrape_configs": scrape_configs}
@@ -207,7 +207,7 @@ class Prometheus:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [str(prometheus_binary()), f"--config.file={self.config_path}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={host}:{port}",
              "--storage.tsdb.retention.time=1h", "--web.enable-lifecycle", "--log.level=warn"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
 

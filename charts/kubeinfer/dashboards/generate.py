@@ -307,6 +307,16 @@ def operator_dashboard() -> dict[str, Any]:
                           targets((f"sum by (phase) ({om.INFERENCESERVICES}{{{s}}})", "{{phase}}")), stack=True),
                24, 8)
 
+    layout.row("Rollout")
+    layout.add(timeseries("Rollouts by move", "Progressive rollouts (spec.rollout): started, a step passed, "
+                          "promoted, rolled back, aborted (the spec went back to the stable revision).", "none",
+                          targets((f"sum by (result) (increase({om.ROLLOUTS_TOTAL}{{{s}}}[{RATE}]))", "{{result}}")),
+                          stack=True), 12, 8)
+    layout.add(timeseries("Step analyses by verdict", "Each step's analysis: pass, fail (a threshold broken: the "
+                          "rollout is rolled back), hold (too few calls to judge: the step waits).", "none",
+                          targets((f"sum by (verdict) (increase({om.ROLLOUT_ANALYSES_TOTAL}{{{s}}}[{RATE}]))",
+                                   "{{verdict}}")), stack=True), 12, 8)
+
     variables = [query_variable("namespace", "Operator namespace", f"label_values({om.INFERENCESERVICES}, namespace)")]
     return dashboard("kubeinfer-operator", "kubeinfer / Operator",
                      "The kubeinfer operator: reconciliations, their results and duration, InferenceServices by "

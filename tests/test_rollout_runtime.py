@@ -177,13 +177,25 @@ def test_the_stable_mirrors_its_shadow_percent_to_a_candidate_that_agrees(
 
 def test_stream_frames_are_mirrored_as_one_image_classify_calls(
         runtimes: dict[str, RuntimeProcess], traffic: TrafficDir, stable: pb_grpc.InferenceStub) -> None:
+    """A stream opened before the shadow step: its first 10 frames (answered at shadow 0%) are not mirrored, half of
+    the 20 it sends once the step began are."""
     candidate = runtimes["same"]
-    traffic.table(7, ("f6e5d4c3b2", candidate.grpc_target), shadow=50)
+    traffic.table(7, ("f6e5d4c3b2", candidate.grpc_target))
     wait_generation(runtimes["stable"], 7)
     before = classified(candidate), shadow(runtimes["stable"], "compared"), agreement(runtimes["stable"])
-    frames = [pb.StreamFrame(stream_id="cam", sequence=i, image=pb.Image(encoded=IMAGES[i % 3])) for i in range(20)]
-    answers = list(stable.StreamClassify(iter(frames), timeout=30))
-    assert [a.raw.top[0].label for a in answers] == [COLOURS[i % 3] for i in range(20)]
+    answered: list[pb.StreamPrediction] = []
+
+    def frames() -> Iterator[pb.StreamFrame]:
+        for i in range(30):
+            if i == 10:  # every earlier frame answered, then the shadow step begins
+                wait_for(lambda: len(answered) == 10, "the first 10 frames answered")
+                traffic.table(8, ("f6e5d4c3b2", candidate.grpc_target), shadow=50)
+                wait_generation(runtimes["stable"], 8)
+            yield pb.StreamFrame(stream_id="cam", sequence=i, image=pb.Image(encoded=IMAGES[i % 3]))
+
+    for answer in stable.StreamClassify(frames(), timeout=60):
+        answered.append(answer)
+    assert [a.raw.top[0].label for a in answered] == [COLOURS[i % 3] for i in range(30)]
     wait_for(lambda: shadow(runtimes["stable"], "compared") == before[1] + 10, "10 mirrored frames compared")
     assert classified(candidate) == before[0] + 10
     assert agreement(runtimes["stable"]) == before[2] + 10
@@ -192,8 +204,8 @@ def test_stream_frames_are_mirrored_as_one_image_classify_calls(
 def test_a_candidate_that_disagrees_scores_low(runtimes: dict[str, RuntimeProcess], traffic: TrafficDir,
                                                stable: pb_grpc.InferenceStub) -> None:
     candidate = runtimes["permuted"]
-    traffic.table(8, ("0badc0ffee", candidate.grpc_target), shadow=100)
-    wait_generation(runtimes["stable"], 8)
+    traffic.table(9, ("0badc0ffee", candidate.grpc_target), shadow=100)
+    wait_generation(runtimes["stable"], 9)
     before = classified(candidate), shadow(runtimes["stable"], "compared"), agreement(runtimes["stable"])
     for i in range(30):
         classify(stable, i)
@@ -207,8 +219,8 @@ def test_mirrored_calls_are_never_mirrored_again(runtimes: dict[str, RuntimeProc
     """The stable names itself as the candidate: its mirrored calls come back to it carrying x-kubeinfer-shadow;
     mirrored again, every call would loop (and the counts below would run away)."""
     runtime = runtimes["stable"]
-    traffic.table(9, ("selfself00", runtime.grpc_target), shadow=50)
-    wait_generation(runtime, 9)
+    traffic.table(10, ("selfself00", runtime.grpc_target), shadow=50)
+    wait_generation(runtime, 10)
     before = classified(runtime), shadow(runtime, "compared")
     for i in range(20):
         classify(stable, i)
@@ -243,8 +255,8 @@ def test_a_dead_candidate_counts_errors_and_never_fails_the_call(runtimes: dict[
                                                                 traffic: TrafficDir,
                                                                 stable: pb_grpc.InferenceStub) -> None:
     runtime = runtimes["stable"]
-    traffic.table(10, ("deaddeadde", f"127.0.0.1:{free_port()}"), shadow=100)  # nothing listens there
-    wait_generation(runtime, 10)
+    traffic.table(11, ("deaddeadde", f"127.0.0.1:{free_port()}"), shadow=100)  # nothing listens there
+    wait_generation(runtime, 11)
     before = shadow(runtime, "error"), shadow(runtime, "compared")
     latencies(stable, 20)
     wait_for(lambda: shadow(runtime, "error") == before[0] + 20, "20 mirrored calls failed")
@@ -257,15 +269,15 @@ def test_a_silent_candidate_never_delays_the_call_and_at_most_64_mirrors_wait(
     the client's calls go on as fast as ever, 64 mirrors wait, the rest are dropped."""
     runtime = runtimes["stable"]
     with socket.create_server(("127.0.0.1", 0), backlog=128) as silent:
-        traffic.table(11, ("silentsile", f"127.0.0.1:{silent.getsockname()[1]}"), shadow=100)
-        wait_generation(runtime, 11)
+        traffic.table(12, ("silentsile", f"127.0.0.1:{silent.getsockname()[1]}"), shadow=100)
+        wait_generation(runtime, 12)
         before = shadow(runtime, "dropped"), shadow(runtime, "error")
         seconds = latencies(stable, 80)
         assert max(seconds) < 2.0, max(seconds)
         assert shadow(runtime, "dropped") == before[0] + 16
         wait_for(lambda: shadow(runtime, "error") == before[1] + 64, "the 64 silent mirrors timed out", timeout=30)
-    traffic.table(12)  # no rollout: nothing mirrored any more
-    wait_generation(runtime, 12)
+    traffic.table(13)  # no rollout: nothing mirrored any more
+    wait_generation(runtime, 13)
 
 
 def test_detect_mirrors_compare_boxes_per_class(runtime_factory: Callable[..., RuntimeProcess],
@@ -293,20 +305,26 @@ def test_detect_mirrors_compare_boxes_per_class(runtime_factory: Callable[..., R
 def test_benchmark_client_latency_with_and_without_the_mirror(runtimes: dict[str, RuntimeProcess],
                                                               traffic: TrafficDir,
                                                               stable: pb_grpc.InferenceStub) -> None:
-    """Prints the client's p50/p99 at concurrency 16, shadow 0% and 100% to the same-model candidate (on this
-    machine the candidate shares the CPUs: the 100% figure includes its load, which a cluster puts elsewhere)."""
+    """Prints the client's p50/p99 at concurrency 16: shadow 0%, 100% to the same-model candidate (on this machine
+    the candidate shares the CPUs: that figure includes its load, which a cluster puts on other nodes), and 100% to
+    a dead candidate (the mirror's own cost on the stable replica: sampling, the call, the failure), twice each."""
     runtime = runtimes["stable"]
-    figures = {}
+    same, dead = runtimes["same"].grpc_target, f"127.0.0.1:{free_port()}"
     before = sum(shadow(runtime, result) for result in ("compared", "error", "dropped"))
-    for generation, percent in ((20, 0), (21, 100), (22, 0), (23, 100)):
-        traffic.table(generation, ("f6e5d4c3b2", runtimes["same"].grpc_target), shadow=percent)
-        wait_generation(runtime, generation)
-        latencies(stable, 64, threads=16)  # warm
-        seconds = sorted(latencies(stable, 800, threads=16))
-        figures[(generation, percent)] = (statistics.median(seconds) * 1000, seconds[int(len(seconds) * 0.99)] * 1000)
-    for (generation, percent), (p50, p99) in figures.items():
-        print(f"\nshadow {percent:3d}% (generation {generation}): client p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+    figures = []
+    generation = 20
+    for _ in range(2):
+        for percent, target, what in ((0, same, "off"), (100, same, "to a live candidate"),
+                                      (100, dead, "to a dead candidate")):
+            generation += 1
+            traffic.table(generation, ("f6e5d4c3b2", target), shadow=percent)
+            wait_generation(runtime, generation)
+            latencies(stable, 64, threads=16)  # warm
+            seconds = sorted(latencies(stable, 800, threads=16))
+            figures.append((percent, what, statistics.median(seconds) * 1000, seconds[int(len(seconds) * 0.99)] * 1000))
+    for percent, what, p50, p99 in figures:
+        print(f"\nshadow {percent:3d}% {what}: client p50 {p50:.2f} ms, p99 {p99:.2f} ms "
               "(concurrency 16, 800 Classify calls)")
     # the figures are printed, not judged; every call of the 100% runs was offered to the mirror
-    wait_for(lambda: sum(shadow(runtime, result) for result in ("compared", "error", "dropped")) == before + 2 * 864,
+    wait_for(lambda: sum(shadow(runtime, result) for result in ("compared", "error", "dropped")) == before + 4 * 864,
              "every call of the 100% runs mirrored or dropped")

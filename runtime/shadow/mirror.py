@@ -74,6 +74,7 @@ class ShadowMirror:
         self.sampler = Sampler()
         self.in_flight = 0
         self._channel: tuple[str, grpc.aio.Channel] | None = None
+        self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}  # the channel's, by rpc called
         self._tasks: set[asyncio.Task[None]] = set()
         model = metrics.model
         self._results = {result: metrics.shadow_requests.labels(model, result)
@@ -100,8 +101,9 @@ class ShadowMirror:
             context.add_done_callback(lambda _: self.offer(rpc, request, response))
 
     def tap(self, rpc: str) -> StreamTap | None:
-        """What follows a StreamClassify call's frames to their answers (None: not mirrored now)."""
-        return StreamTap(self, rpc) if rpc == "StreamClassify" and self.active() is not None else None
+        """What follows a StreamClassify call's frames to their answers, on a replica with a revision and a traffic
+        file (None elsewhere): streams live long, so one opened before a shadow step is mirrored once it begins."""
+        return StreamTap(self, rpc) if rpc == "StreamClassify" and self.revision and self.traffic.path else None
 
     def offer(self, rpc: str, request: bytes | Callable[[], bytes], response: Message) -> None:
         """One successful call (``request``: its wire bytes, or how to make them): sampled, then mirrored in a
@@ -118,15 +120,25 @@ class ShadowMirror:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _method(self, target: str, called: str, response_type: type[Message]) -> grpc.aio.UnaryUnaryMultiCallable:
+        """``called`` on the candidate's channel: requests go as the bytes they are, answers are parsed."""
+        channel = self._channel_to(target)
+        method = self._methods.get(called)
+        if method is None:
+            method = self._methods[called] = channel.unary_unary(
+                f"/{SERVICE}/{called}", request_serializer=None, response_deserializer=response_type.FromString)
+        return method
+
     def _channel_to(self, target: str) -> grpc.aio.Channel:
         """One channel to the candidate's headless Service, round robin over its pods; a new target replaces it."""
         if self._channel is not None and self._channel[0] == target:
             return self._channel[1]
+        self._methods = {}
         if self._channel is not None:
             old = self._channel[1]
             task = asyncio.get_running_loop().create_task(old.close(self.timeout))
-            self._tasks.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         limit = self.max_message_bytes
         channel = grpc.aio.insecure_channel(
             target if target.startswith("dns:") else f"dns:///{target}",
@@ -139,8 +151,7 @@ class ShadowMirror:
         called, response_type, comparator = MIRRORED[rpc]
         started = time.monotonic()
         try:
-            method = self._channel_to(target).unary_unary(
-                f"/{SERVICE}/{called}", request_serializer=None, response_deserializer=response_type.FromString)
+            method = self._method(target, called, response_type)
             answer = await method(request, timeout=self.timeout, metadata=((SHADOW_HEADER, "1"),))
             self._duration.observe(time.monotonic() - started)
             comparison = comparator(response, answer)
@@ -191,7 +202,7 @@ class StreamTap:
 
     def answered(self, response: pb.StreamPrediction) -> None:
         frame = self.frames.pop((response.stream_id, response.sequence), None)
-        if frame is None or response.HasField("error"):
+        if frame is None or response.HasField("error") or self.mirror.active() is None:
             return
 
         def request() -> bytes:

@@ -10,6 +10,7 @@ import socket
 import statistics
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ def test_model_info_serves_the_revision_and_the_traffic_table(runtimes: dict[str
                                                                                 runtimes["same"].grpc_target)
     assert (info.traffic.candidate_weight, info.traffic.shadow_percent) == (10, 0)
     assert metric_sum(runtimes["stable"].metrics(), "kubeinfer_traffic_generation", model="colours") == 2
+    with urllib.request.urlopen(f"{runtimes['stable'].http_url}/v2/models/colours", timeout=10) as response:
+        assert json.load(response)["parameters"]["revision"] == STABLE  # the Open Inference Protocol's metadata
     candidate = model_info(runtimes["same"])  # a replica without --traffic-file: its revision, no table
     assert (candidate.revision, candidate.HasField("traffic")) == ("f6e5d4c3b2", False)
     assert metric_sum(runtimes["same"].metrics(), "kubeinfer_traffic_generation") == 0
@@ -300,6 +303,27 @@ def test_detect_mirrors_compare_boxes_per_class(runtime_factory: Callable[..., R
     assert metric_sum(exposition, "kubeinfer_shadow_class_matches_total", outcome="tp") == boxes
     assert metric_sum(exposition, "kubeinfer_shadow_class_matches_total", outcome="fp") == 0
     assert metric_sum(exposition, "kubeinfer_shadow_class_matches_total", outcome="fn") == 0
+
+
+def test_frontend_processes_each_read_the_table_and_mirror(runtime_factory: Callable[..., RuntimeProcess],
+                                                           tmp_path: Path) -> None:
+    """With --frontends 2 every frontend polls the file and mirrors its own calls; /metrics merges them."""
+    folder = TrafficDir(tmp_path)
+    labels = write_labels(tmp_path / "labels", "txt")
+    runtime = runtime_factory("--task", "classify", "--model", str(colour_models().torchscript), "--labels",
+                              str(labels), "--model-name", "colours", "--frontends", "2", "--revision", STABLE,
+                              "--traffic-file", str(folder.path), "--shutdown-delay", "0", wait=False)
+    folder.table(3, ("self", runtime.grpc_target), shadow=50)
+    runtime.wait_ready()
+    with grpc.insecure_channel(runtime.grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        for i in range(40):
+            classify(stub, i)
+    wait_for(lambda: shadow(runtime, "compared") == 20, "20 compared mirrored calls")
+    exposition = runtime.metrics()
+    assert metric_sum(exposition, "kubeinfer_traffic_generation") == 3
+    assert metric_sum(exposition, "kubeinfer_shadow_agreement_total") == 20
+    assert metric_sum(exposition, "kubeinfer_requests_total", rpc="Classify", code="OK") == 60
 
 
 def test_benchmark_client_latency_with_and_without_the_mirror(runtimes: dict[str, RuntimeProcess],

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from kubeinfer.operator.rollout import Figures, Unmeasurable
 
+# The runtime's kubeinfer.runtime.metrics.SERVER_ERROR_CODES (the operator's image has no runtime to import;
+# tests/test_rollout.py checks they are the same).
 SERVER_ERROR_CODES = ("INTERNAL", "UNKNOWN", "DATA_LOSS", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED",
                       "RESOURCE_EXHAUSTED")
 NOT_INFERENCE = "GetModelInfo|(http:)?(ServerLive|ServerReady|ModelReady|ServerMetadata|ModelMetadata)"
@@ -90,7 +92,8 @@ class PrometheusMeasure:
             candidate_requests=candidate_calls, stable_requests=calls(stable),
             error_rate=sum(errors.values()) / candidate_calls if candidate_calls else None,
             errors_by_code=errors, candidate_p99=p99(candidate), stable_p99=p99(stable), compared=compared,
-            agreement=(agreement_sum or 0.0) / compared if compared else None)
+            # both sums are extrapolated alike; their ratio may pass 1 by a hair
+            agreement=min(1.0, (agreement_sum or 0.0) / compared) if compared else None)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class DataPlane:
 
     def attach(self, task: Task) -> None:
         self.task = task
+        self.metrics.start_at_zero(rpc.name for rpc in registry.spec_of(self.config.task).rpcs)
         self.metrics.model_ready.labels(self.metrics.model).set(1)
 
     def begin_drain(self) -> None:

@@ -13,6 +13,7 @@ info, the GPU collector) lives in ``process_registry`` and is exposed by the ans
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -54,6 +55,14 @@ def use_multiprocess_dir(path: str) -> None:
     processes only after its flags were read (the task modules that declare them import it): it picks again."""
     os.environ[MULTIPROCESS_DIR] = path
     values.ValueClass = values.get_value_class()
+
+
+# The protocol label of the native transports' calls (transports/observe.py counts every call with one).
+NATIVE_GRPC = "grpc"
+NATIVE_REST = "rest"
+# Status codes a client did not cause: a rollout's analysis counts them against a revision (operator/analysis.py).
+SERVER_ERROR_CODES = ("INTERNAL", "UNKNOWN", "DATA_LOSS", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED",
+                      "RESOURCE_EXHAUSTED")
 
 
 class RuntimeMetrics:
@@ -105,6 +114,20 @@ class RuntimeMetrics:
                                          ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.build = Info("kubeinfer_build", "Runtime version, task and model format", ["model"],
                           registry=self.process_registry)
+
+    def start_at_zero(self, rpcs: Iterable[str]) -> None:
+        """Every series a rollout's analysis reads, at 0 before the first call: the served RPCs' calls by OK and
+        server error code and their latency, and the shadow's results. Prometheus's increase() cannot count what
+        a series already held when it was first scraped, so a series born on its first call would lose the calls
+        (and the errors) before that scrape."""
+        for protocol in (NATIVE_GRPC, NATIVE_REST):
+            for rpc in rpcs:
+                for code in ("OK", *SERVER_ERROR_CODES):
+                    self.requests.labels(self.model, protocol, rpc, code)
+                self.request_duration.labels(self.model, protocol, rpc)
+        for result in ("compared", "error", "dropped"):
+            self.shadow_requests.labels(self.model, result)
+        self.shadow_agreement.labels(self.model)
 
     def observe_request(self, protocol: str, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(self.model, protocol, rpc, code).inc()

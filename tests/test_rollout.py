@@ -253,3 +253,10 @@ def test_the_revision_is_the_pod_template_and_nothing_else() -> None:
     assert revision_of(OWNER, base, DEFAULTS) != revision_of(OWNER, parse_spec(raw_spec("/models/b.onnx")), DEFAULTS)
     assert revision_of(OWNER, base, DEFAULTS) != revision_of(OWNER, base, RuntimeDefaults(image="gpu:2",
                                                                                           cpu_image="cpu:2"))
+
+
+def test_the_analysis_counts_as_server_errors_what_the_runtime_does() -> None:
+    from kubeinfer.operator.analysis import SERVER_ERROR_CODES as counted
+    from kubeinfer.runtime.metrics import SERVER_ERROR_CODES as started_at_zero
+
+    assert counted == started_at_zero

@@ -5,7 +5,6 @@ the shadow mirror from a stable replica to candidate replicas (same model, permu
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import threading
@@ -13,48 +12,18 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from classify_support import colour_models, solid, write_labels
 from conftest import fresh_images, jpeg_bytes, png_bytes
 from runtime_support import RuntimeProcess, free_port, metric_sum, runtime_env, wait_for
+from traffic_support import STABLE, TrafficDir
 
 from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
-STABLE = "a1b2c3d4e5"
 COLOURS = ("red", "green", "blue")
-
-
-class TrafficDir:
-    """A mounted ConfigMap as the kubelet keeps it: traffic.json -> ..data/traffic.json, ..data -> ..TIMESTAMP,
-    each update a new ..TIMESTAMP folder and an atomic swap of ..data."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.path = root / "traffic.json"
-        self.updates = 0
-        (root / "traffic.json").symlink_to("..data/traffic.json")
-
-    def write(self, text: str) -> None:
-        self.updates += 1
-        folder = self.root / f"..{self.updates:04d}"
-        folder.mkdir()
-        (folder / "traffic.json").write_text(text)
-        link = self.root / "..data_tmp"
-        link.symlink_to(folder.name)
-        os.replace(link, self.root / "..data")
-
-    def table(self, generation: int, candidate: tuple[str, str] | None = None, shadow: int = 0,
-              weight: int = 0) -> None:
-        body: dict[str, Any] = {"generation": generation,
-                                "stable": {"revision": STABLE, "target": "stable.ns.svc.cluster.local:8001"},
-                                "candidate": None, "candidateWeight": weight, "shadowPercent": shadow}
-        if candidate is not None:
-            body["candidate"] = {"revision": candidate[0], "target": candidate[1]}
-        self.write(json.dumps(body))
 
 
 @pytest.fixture(scope="module")

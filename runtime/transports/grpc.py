@@ -30,12 +30,12 @@ from kubeinfer.runtime import codec
 from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument, public_error
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.metrics import NATIVE_GRPC, RuntimeMetrics
 from kubeinfer.runtime.shadow.mirror import ShadowMirror, StreamTap
 from kubeinfer.runtime.tasks import registry
 from kubeinfer.runtime.tasks.registry import ImagesRpc, Rpc
 from kubeinfer.runtime.transports import oip_grpc
-from kubeinfer.runtime.transports.observe import NATIVE_GRPC, OIP, Call, Route
+from kubeinfer.runtime.transports.observe import OIP, Call, Route
 from kubeinfer.v1 import inference_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name

@@ -48,12 +48,12 @@ from kubeinfer.runtime.errors import (
     too_large,
 )
 from kubeinfer.runtime.images import ImageInput
-from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.metrics import NATIVE_REST, RuntimeMetrics
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks import registry
 from kubeinfer.runtime.tasks.registry import ImagesRpc
 from kubeinfer.runtime.transports import oip_http
-from kubeinfer.runtime.transports.observe import NATIVE_REST, Call, Route
+from kubeinfer.runtime.transports.observe import Call, Route
 
 log = logging.getLogger(__name__)
 IMAGE_FIELDS = {"image", "images", "file", "files"}

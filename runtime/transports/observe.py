@@ -19,8 +19,6 @@ from kubeinfer.runtime.metrics import RuntimeMetrics
 
 log = logging.getLogger("kubeinfer.runtime.requests")
 
-NATIVE_GRPC = "grpc"
-NATIVE_REST = "rest"
 OIP = "v2"  # both bindings of the Open Inference Protocol; REST calls are named "http:<RPC>"
 
 

@@ -46,6 +46,17 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
                              max_batch_delay_ms=info.batching.max_batch_delay_ms,
                              max_queue_size=info.batching.max_queue_size,
                              instances=info.batching.instances, threads=info.batching.threads))
+    message.revision = info.revision
+    if info.traffic is not None:
+        traffic = info.traffic
+        message.traffic.SetInParent()
+        message.traffic.generation = traffic.generation
+        message.traffic.candidate_weight = traffic.candidate_weight
+        message.traffic.shadow_percent = traffic.shadow_percent
+        for name, target in (("stable", traffic.stable), ("candidate", traffic.candidate)):
+            if target is not None:
+                getattr(message.traffic, name).CopyFrom(pb.RevisionTarget(revision=target.revision,
+                                                                          target=target.target))
     if info.thresholds is not None:
         t = info.thresholds
         message.thresholds.SetInParent()

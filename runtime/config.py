@@ -112,6 +112,8 @@ class ServeConfig:
     channel_order: str | None
     resize_mode: str | None
     log_level: str
+    traffic_file: Path | None
+    revision: str
     # the declared flags' values by attribute name (``flag`` reads them)
     flags: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
@@ -314,6 +316,14 @@ def add_arguments(parser: argparse.ArgumentParser, tasks: Sequence[str] = (DEFAU
                  "seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted, "
                  "so load balancers stop routing here first")
     flag_serving("log-level", str, "info", "debug, info, warning or error")
+
+    rollout = parser.add_argument_group("progressive rollout")
+    flag_rollout = _grouped(rollout)
+    flag_rollout("traffic-file", Path, None,
+                 "the rollout's traffic table (JSON, the operator's NAME-traffic ConfigMap), re-read when it changes: "
+                 "GetModelInfo serves it, and a replica of its stable revision mirrors its shadowPercent of calls to "
+                 "the candidate")
+    flag_rollout("revision", str, "", "this replica's revision (the pod's kubeinfer.io/revision label)")
 
     connections = parser.add_argument_group("connections")
     flag_conn = _grouped(connections)

@@ -19,6 +19,7 @@ from kubeinfer.runtime.model_info import Batching, ModelInfo
 from kubeinfer.runtime.parameters import Parameters
 from kubeinfer.runtime.tasks import registry
 from kubeinfer.runtime.tasks.registry import ImagesRpc, StreamingRpc
+from kubeinfer.runtime.traffic import TrafficFile
 
 if TYPE_CHECKING:
     from kubeinfer.runtime.tasks.base import Task
@@ -55,6 +56,8 @@ class DataPlane:
         self.task: Task | None = None
         self.draining = False
         self.request_bytes = ByteBudget(config.max_inflight_bytes)
+        self.traffic = TrafficFile(config.traffic_file, metrics)  # the rollout's table (--traffic-file), kept current
+        self.traffic.start()
 
     @property
     def ready(self) -> bool:
@@ -101,7 +104,8 @@ class DataPlane:
         info = ModelInfo(task=c.task, model_name=c.model_name, model_path=c.model.name if c.model else "",
                          device=c.device, version=__version__,
                          batching=Batching(c.max_batch_size, c.max_batch_delay_ms, c.max_queue_size,
-                                           c.model_instances, c.model_threads))
+                                           c.model_instances, c.model_threads),
+                         revision=c.revision, traffic=self.traffic.table)
         return self.task.info(info) if self.task is not None else info
 
     async def infer_images(self, rpc: ImagesRpc[R], images: Sequence[ImageInput], params: Parameters) -> list[R]:

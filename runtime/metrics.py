@@ -40,6 +40,12 @@ IN_FLIGHT = PREFIX + "requests_in_flight"
 ACTIVE_STREAMS = PREFIX + "active_streams"
 FRAMES = PREFIX + "frames_processed_total"
 GALLERY_SIZE = PREFIX + "gallery_size"
+# Progressive rollout (issue #34): the traffic table loaded, and the shadow mirror's calls to the candidate.
+TRAFFIC_GENERATION = PREFIX + "traffic_generation"
+SHADOW_REQUESTS = PREFIX + "shadow_requests_total"  # result: compared | error | dropped
+SHADOW_AGREEMENT = PREFIX + "shadow_agreement_total"  # sum of the compared calls' scores in [0, 1]
+SHADOW_CLASS_MATCHES = PREFIX + "shadow_class_matches_total"  # detect, per class: outcome tp | fp | fn
+SHADOW_DURATION = PREFIX + "shadow_duration_seconds"
 
 
 def use_multiprocess_dir(path: str) -> None:
@@ -83,6 +89,20 @@ class RuntimeMetrics:
                               ["model", "task"], registry=r)
         self.gallery_size = Gauge(GALLERY_SIZE, "Vectors in the recognition gallery", ["model"], registry=r,
                                   multiprocess_mode="livemax")
+        self.traffic_generation = Gauge(TRAFFIC_GENERATION, "The traffic table generation loaded (0 without one)",
+                                        ["model"], registry=r, multiprocess_mode="livemax")
+        self.shadow_requests = Counter(SHADOW_REQUESTS.removesuffix("_total"),
+                                       "Calls mirrored to the candidate revision, by result (compared, error, dropped)",
+                                       ["model", "result"], registry=r)
+        self.shadow_agreement = Counter(SHADOW_AGREEMENT.removesuffix("_total"),
+                                        "Sum of the compared mirrored calls' agreement scores (mean: / compared)",
+                                        ["model"], registry=r)
+        self.shadow_class_matches = Counter(SHADOW_CLASS_MATCHES.removesuffix("_total"),
+                                            "Detect mirror: the candidate's boxes per class, matched at IoU 0.5 "
+                                            "(tp), extra (fp) or missed (fn)", ["model", "class", "outcome"],
+                                            registry=r)
+        self.shadow_duration = Histogram(SHADOW_DURATION, "The candidate's latency as the shadow mirror saw it",
+                                         ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.build = Info("kubeinfer_build", "Runtime version, task and model format", ["model"],
                           registry=self.process_registry)
 

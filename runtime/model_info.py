@@ -28,6 +28,24 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class RevisionTarget:
+    revision: str
+    target: str  # host:port of the revision's headless Service
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """A rollout's traffic table (the operator's NAME-traffic ConfigMap): who is stable, who is the candidate,
+    and how live calls are split and mirrored."""
+
+    generation: int
+    stable: RevisionTarget | None
+    candidate: RevisionTarget | None = None
+    candidate_weight: int = 0  # percent of live calls for the candidate
+    shadow_percent: int = 0  # percent of the stable revision's calls mirrored to the candidate
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     task: str
     model_name: str
@@ -49,3 +67,5 @@ class ModelInfo:
     gallery_dimension: int = 0
     gallery_labels: tuple[str, ...] = ()
     operations: tuple[str, ...] = field(default=())
+    revision: str = ""  # this replica's (progressive rollout); empty without one
+    traffic: Traffic | None = None

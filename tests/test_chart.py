@@ -181,7 +181,7 @@ def test_monitoring_objects_only_when_enabled(default_objects: list[dict[str, An
     endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "10s")
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
-    assert targets == {"namespace", "pod", "inferenceservice"}
+    assert targets == {"namespace", "pod", "inferenceservice", "revision"}
     # Both are valid against the Prometheus Operator's CRD schemas, which do notice mistakes.
     assert validate_monitoring_objects([pod_monitor, service_monitor]) == {
         "PodMonitor/kubeinfer-runtimes": None, "ServiceMonitor/kubeinfer-operator": None}

@@ -86,6 +86,11 @@ def test_runtime_dashboard_covers_the_issue() -> None:
         "Queue depth per replica": [rm.QUEUE_DEPTH, "by (namespace, pod)"],
         "Requests in flight per replica": [rm.IN_FLIGHT, "by (namespace, pod)"],
         "Queue wait p90 per replica": ["histogram_quantile(0.9,", rm.QUEUE_WAIT + "_bucket", "le, namespace, pod"],
+        # A progressive rollout, per revision (the PodMonitor's `revision` label).
+        "Shadow agreement": [rm.SHADOW_AGREEMENT, rm.SHADOW_REQUESTS, 'result="compared"', "by (revision)"],
+        "Shadow requests / s by result": [rm.SHADOW_REQUESTS, "by (revision, result)"],
+        "p99 latency by revision": ["histogram_quantile(0.99,", rm.REQUEST_DURATION, "le, revision"],
+        "Traffic table generation": [rm.TRAFFIC_GENERATION, "by (revision)"],
     }
     for title, needles in wanted.items():
         assert title in exprs, title

@@ -20,6 +20,7 @@ dashboard names a metric the runtime really exposes.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -59,6 +60,7 @@ RUNTIME_POD = "demo-6c9f8d7b5-x2x7k"
 OPERATOR_NAMESPACE = "kubeinfer-system"
 OPERATOR_POD = "kubeinfer-operator-7f9c6b8d4-q4m2n"
 MODEL = "demo"
+REVISION = "a1b2c3d4e5"  # the runtime pod's kubeinfer.io/revision label (an InferenceService with spec.rollout)
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval is for a 15 s scrape interval
 LOAD_SECONDS = 6.0
 LOAD_THREADS = 3
@@ -78,6 +80,7 @@ def runtime_scrape_config(monitor: dict[str, Any], target: str) -> dict[str, Any
         "__meta_kubernetes_pod_label_app_kubernetes_io_name": "kubeinfer-runtime",
         "__meta_kubernetes_pod_label_app_kubernetes_io_instance": MODEL,
         "__meta_kubernetes_pod_label_kubeinfer_io_inferenceservice": MODEL,
+        "__meta_kubernetes_pod_label_kubeinfer_io_revision": REVISION,
         "__meta_kubernetes_pod_container_port_name": "http",
     }
     # A second discovered pod that the PodMonitor must NOT select (another app's http port).
@@ -152,10 +155,18 @@ def drive_operator(api: Api) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path) -> RuntimeProcess:
-    """The trained detector served as InferenceService ``demo``."""
-    return runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", MODEL,
-                           "--max-batch-delay-ms", "5", "--workers", "2")
+def demo_runtime(runtime_factory: Callable[..., RuntimeProcess], detector_model: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> RuntimeProcess:
+    """The trained detector served as InferenceService ``demo``, the stable revision of a rollout in its shadow
+    step whose candidate is itself (so the Rollout row's shadow series have data): half its successful calls are
+    mirrored back to it, and those are not mirrored again."""
+    traffic = tmp_path_factory.mktemp("traffic") / "traffic.json"
+    runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--model-name", MODEL,
+                              "--max-batch-delay-ms", "5", "--workers", "2", "--revision", REVISION,
+                              "--traffic-file", str(traffic), wait=False)
+    stable = {"revision": REVISION, "target": runtime.grpc_target}
+    traffic.write_text(json.dumps({"generation": 1, "stable": stable, "candidate": stable, "shadowPercent": 50}))
+    return runtime.wait_ready()
 
 
 def send_load(target: str, seconds: float, threads: int) -> int:
@@ -218,16 +229,20 @@ def scraped(prometheus: Prometheus, demo_runtime: RuntimeProcess, operator_metri
         what="Prometheus to scrape the operator's Ready InferenceService")
     sent = send_load(demo_runtime.grpc_target, LOAD_SECONDS, LOAD_THREADS)
     assert sent > 20, f"only {sent} requests in {LOAD_SECONDS}s"
-    selector = f'{rm.REQUESTS}{{namespace="{RUNTIME_NAMESPACE}", model="{MODEL}"}}'
+    selector = f'namespace="{RUNTIME_NAMESPACE}", model="{MODEL}"'
+    # the calls the runtime mirrored to itself (compared, or failed) are requests too
+    mirrored = f'sum({rm.SHADOW_REQUESTS}{{{selector}, result=~"compared|error"}})'
     deadline = time.monotonic() + 30
-    seen = -1.0
+    seen = (-1.0, -1.0)
     while time.monotonic() < deadline:
-        result = prometheus.query(f"sum({selector})")
-        seen = float(result[0]["value"][1]) if result else -1.0
-        if seen == sent:
+        result = prometheus.query(f"sum({rm.REQUESTS}{{{selector}}})")
+        shadowed = prometheus.query(mirrored)
+        seen = (float(result[0]["value"][1]) if result else -1.0, float(shadowed[0]["value"][1]) if shadowed else -1.0)
+        if seen[1] > 0 and seen[0] == sent + seen[1]:
             return prometheus
         time.sleep(0.5)
-    raise AssertionError(f"Prometheus saw {seen} requests, the load sent {sent}:\n{prometheus.logs()}")
+    raise AssertionError(f"Prometheus saw {seen} requests and mirrored calls, the load sent {sent}:\n"
+                         f"{prometheus.logs()}")
 
 
 def variables_from(prometheus: Prometheus, dashboard: dict[str, Any]) -> dict[str, str]:
@@ -245,12 +260,12 @@ def variables_from(prometheus: Prometheus, dashboard: dict[str, Any]) -> dict[st
 
 
 def test_scrape_targets_follow_the_chart_monitors(scraped: Prometheus) -> None:
-    """The PodMonitor's rules keep the runtime, drop the other pod, and set namespace/pod/inferenceservice."""
+    """The PodMonitor's rules keep the runtime, drop the other pod, and set namespace/pod/inferenceservice/revision."""
     targets = [t for t in scraped.targets() if t["labels"]["job"] == "runtimes"]
     assert len(targets) == 1, [t["discoveredLabels"] for t in targets]
     labels = targets[0]["labels"]
-    assert (labels["namespace"], labels["pod"], labels["inferenceservice"]) == (RUNTIME_NAMESPACE, RUNTIME_POD,
-                                                                                 MODEL)
+    assert (labels["namespace"], labels["pod"], labels["inferenceservice"], labels["revision"]) == (
+        RUNTIME_NAMESPACE, RUNTIME_POD, MODEL, REVISION)
     assert targets[0]["health"] == "up", targets[0]["lastError"]
     (operator,) = [t for t in scraped.targets() if t["labels"]["job"] != "runtimes"]
     assert (operator["labels"]["namespace"], operator["labels"]["pod"]) == (OPERATOR_NAMESPACE, OPERATOR_POD)

@@ -112,11 +112,13 @@ def depends_on(module: str, target: str) -> bool:
 def test_layers_point_down() -> None:
     layers = [
         ("transports", [f"{PACKAGE}.transports"]),
+        # the rollout's shadow mirror: offered calls by the gRPC transport; reads the traffic table, not the data plane
+        ("shadow", [f"{PACKAGE}.shadow"]),
         ("data plane", [f"{PACKAGE}.dataplane", f"{PACKAGE}.oip.protocol", f"{PACKAGE}.oip.inputs"]),
         ("tasks", [f"{PACKAGE}.tasks", f"{PACKAGE}.detection"]),
         ("engine", [f"{PACKAGE}.engine"]),
         ("primitives", [f"{PACKAGE}.batching", f"{PACKAGE}.models", f"{PACKAGE}.images", f"{PACKAGE}.gallery",
-                        f"{PACKAGE}.parameters", f"{PACKAGE}.model_info",
+                        f"{PACKAGE}.parameters", f"{PACKAGE}.model_info", f"{PACKAGE}.traffic",
                         f"{PACKAGE}.concurrency", f"{PACKAGE}.config", f"{PACKAGE}.metrics", f"{PACKAGE}.errors",
                         # the tensors' wire codec, which a task's OIP outputs are written in (as its protobuf codec
                         # is written in kubeinfer.v1's messages)

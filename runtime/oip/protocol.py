@@ -89,6 +89,8 @@ class OipOperations:
         inputs = INPUTS if self.rpc is not None else ()
         info = self.dataplane.model_info()
         parameters = {"model_file": info.model_path, "model_format": info.model_format}
+        if info.revision:  # a progressive rollout's revision of this replica
+            parameters["revision"] = info.revision
         return ModelMetadata(self.model_name, (MODEL_VERSION,), f"kubeinfer_{self.task}", inputs, outputs, parameters)
 
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -31,6 +31,7 @@ from kubeinfer.runtime.config import ServeConfig
 from kubeinfer.runtime.dataplane import ByteBudget, DataPlane
 from kubeinfer.runtime.errors import InferenceError, StartupError, invalid_argument, public_error
 from kubeinfer.runtime.metrics import RuntimeMetrics
+from kubeinfer.runtime.shadow.mirror import ShadowMirror, StreamTap
 from kubeinfer.runtime.tasks import registry
 from kubeinfer.runtime.tasks.registry import ImagesRpc, Rpc
 from kubeinfer.runtime.transports import oip_grpc
@@ -55,8 +56,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every method of the inference services (health and reflection pass untouched)."""
 
     def __init__(self, metrics: RuntimeMetrics, protocols: Mapping[str, str], budget: ByteBudget | None = None,
-                 pool: Executor | None = None, off_loop_bytes: int = PARSE_OFF_LOOP_BYTES) -> None:
+                 pool: Executor | None = None, off_loop_bytes: int = PARSE_OFF_LOOP_BYTES,
+                 shadow: ShadowMirror | None = None) -> None:
         self.metrics = metrics
+        self.shadow = shadow  # the rollout's shadow mirror: offered native calls once they succeeded
         self.protocols = dict(protocols)  # service full name -> protocol label
         self.budget = budget  # request bytes in flight (unary requests; streams are bounded by their windows)
         self.pool = pool  # where large messages are parsed (None: the loop's default executor)
@@ -71,6 +74,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         route = Route(protocol, rpc)
         request_id = dict(details.invocation_metadata or ()).get("x-request-id")
+        shadow = self.shadow if (self.shadow is not None and protocol == NATIVE_GRPC
+                                 and self.shadow.wanted(rpc, details.invocation_metadata)) else None
         kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
                  "unary_stream": grpc.unary_stream_rpc_method_handler,
                  "stream_unary": grpc.stream_unary_rpc_method_handler,
@@ -79,28 +84,35 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             behaviour = getattr(handler, kind)
             if behaviour is not None:
                 streaming = kind.startswith("stream_")
-                return make(self._wrap(behaviour, route, request_id, streaming),
+                return make(self._wrap(behaviour, route, request_id, streaming, shadow),
                             request_deserializer=request_parser(handler.request_deserializer, self.off_loop_bytes),
                             response_serializer=handler.response_serializer)
         return handler
 
     def _wrap(self, behaviour: Callable[..., Any], route: Route, request_id: str | None,
-              request_streaming: bool) -> Callable[..., Any]:
+              request_streaming: bool, shadow: ShadowMirror | None = None) -> Callable[..., Any]:
+        """``shadow``: the mirror, where this call may be mirrored (a native call not itself a mirrored one)."""
         metrics, pool = self.metrics, self.pool
 
-        def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def handle(request: Any, context: grpc.aio.ServicerContext, tap: StreamTap | None = None) -> Any:
             """``request``: the parsed message of a unary request, else the stream of Received messages."""
-            return behaviour(_parsed_stream(request, pool) if request_streaming else request, context)
+            if not request_streaming:
+                return behaviour(request, context)
+            parsed = _parsed_stream(request, pool)
+            return behaviour(tap.requests(parsed) if tap is not None else parsed, context)
 
         if inspect.isasyncgenfunction(behaviour):
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = Call(metrics, route, request_id)
+                tap = shadow.tap(route.rpc) if shadow is not None else None
                 try:
                     if not request_streaming:  # one Received message, then a stream of answers
                         request = await _parsed(request, pool)
-                    async with contextlib.aclosing(handle(request, context)) as responses:
+                    async with contextlib.aclosing(handle(request, context, tap)) as responses:
                         async for response in responses:
                             yield response
+                            if tap is not None:  # resumed once the answer was written
+                                tap.answered(response)
                     call.finish("OK")
                 except BaseException as exc:
                     await _fail(call, context, exc)
@@ -115,12 +127,16 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             call = Call(metrics, route, request_id)
             held = 0
             try:
+                wire = b""
                 if not request_streaming:
+                    wire = request.data
                     if budget is not None:  # counted first: refused before it is parsed
-                        held = budget.acquire(len(request.data))
+                        held = budget.acquire(len(wire))
                     request = await _parsed(request, pool)
                 response = await handle(request, context)
                 call.finish("OK")
+                if shadow is not None and not request_streaming:
+                    shadow.after_call(context, route.rpc, wire, response)
                 return response
             except BaseException as exc:
                 await _fail(call, context, exc)
@@ -278,8 +294,9 @@ class GrpcTransport:
 
     def __init__(self, config: ServeConfig, dataplane: DataPlane, metrics: RuntimeMetrics,
                  pool: Executor | None = None) -> None:
+        self.shadow = ShadowMirror(config, metrics, dataplane.traffic)
         interceptor = ObservingInterceptor(metrics, {SERVICE_NAME: NATIVE_GRPC, oip_grpc.SERVICE_NAME: OIP},
-                                           dataplane.request_bytes, pool)
+                                           dataplane.request_bytes, pool, shadow=self.shadow)
         self.server = grpc.aio.server(interceptors=[interceptor], options=server_options(config))
         self.health = health.aio.HealthServicer()
         handlers = native_handlers(dataplane)
@@ -316,3 +333,4 @@ class GrpcTransport:
         """Refuse new calls and give in-flight ones ``grace`` seconds."""
         await self.announce_shutdown()
         await self.server.stop(grace)
+        await self.shadow.close()

@@ -251,6 +251,29 @@ def runtime_dashboard() -> dict[str, Any]:
     layout.add(timeseries("Gallery size", "Vectors in the recognition gallery (recognize); empty for other tasks.",
                           "short", targets((f"max by (model) ({rm.GALLERY_SIZE}{{{s}}})", "{{model}}"))), 6, 8)
 
+    layout.row("Rollout")
+    # A progressive rollout (spec.rollout): `revision` comes from the pods' kubeinfer.io/revision label (PodMonitor
+    # relabeling). The shadow series are the stable revision's: its replicas mirror calls to the candidate.
+    compared = f'{rm.SHADOW_REQUESTS}{{{s}, result="compared"}}'
+    layout.add(timeseries("Shadow agreement", "Mean agreement of the calls the stable revision mirrored to the "
+                          "candidate (detect: box F1 at IoU 0.5; classify: top-1; recognize: identity), by the "
+                          "mirroring revision. The operator's analysis compares it with minAgreement.", "percentunit",
+                          targets((f"sum by (revision) (rate({rm.SHADOW_AGREEMENT}{{{s}}}[{RATE}])) / "
+                                   f"sum by (revision) (rate({compared}[{RATE}]))", "{{revision}} vs candidate"))),
+               6, 8)
+    layout.add(timeseries("Shadow requests / s by result", "Calls mirrored to the candidate: compared, error (the "
+                          "candidate failed or timed out) or dropped (64 mirrored calls already in flight).",
+                          "reqps", targets((f"sum by (revision, result) (rate({rm.SHADOW_REQUESTS}{{{s}}}[{RATE}]))",
+                                            "{{revision}} {{result}}")), stack=True), 6, 8)
+    layout.add(timeseries("p99 latency by revision", "99th percentile of end-to-end request latency in the server, "
+                          "per revision (a candidate's includes the mirrored calls it serves). The operator's "
+                          "analysis compares candidate / stable with maxLatencyRatio.", "s",
+                          targets((quantile(0.99, rm.REQUEST_DURATION, s, "revision"), "p99 {{revision}}"))), 6, 8)
+    layout.add(timeseries("Traffic table generation", "The generation of the traffic table (NAME-traffic) each "
+                          "revision's replicas have loaded: 0 without one; replicas behind the others have not yet "
+                          "seen the operator's last change.", "none",
+                          targets((f"max by (revision) ({rm.TRAFFIC_GENERATION}{{{s}}})", "{{revision}}"))), 6, 8)
+
     layout.row("GPU")
     no_gpu = " Empty when the runtimes serve on CPU: see the GPU stat."
     layout.add(timeseries("GPU utilisation", "Share of time a kernel ran on each runtime's GPU (NVML)." + no_gpu,
@@ -272,7 +295,7 @@ def runtime_dashboard() -> dict[str, Any]:
                        f'label_values({rm.MODEL_READY}{{namespace=~"$namespace"}}, model)'),
     ]
     return dashboard("kubeinfer-runtime", "kubeinfer / Runtime",
-                     "Inference runtimes: traffic, errors, latency, batching, throughput, streams and GPU.",
+                     "Inference runtimes: traffic, errors, latency, batching, throughput, streams, rollouts and GPU.",
                      variables, layout.panels)
 
 

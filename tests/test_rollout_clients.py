@@ -2,28 +2,28 @@
 exact whatever their replica counts, a new weight is followed within a refresh, stream ids stay on their revision
 while the weight grows, and a candidate gone before the table says so costs no failed call.
 
-Four real runtimes listen on 127.0.0.2-.5 (one gRPC port); the test's DNS server names which of them are the
-stable revision (``colours-aaaaaaaaaa``) and which the candidate (``colours-bbbbbbbbbb``), as the revisions'
-headless Services do. The service's ``NAME-pods`` name resolves to a real gRPC front (rollout_support.TableFront)
-that serves the table in GetModelInfo and passes other calls to every runtime (NAME-pods selects every revision
-during weight steps). Splits are counted from each
-runtime's own /metrics (kubeinfer_requests_total).
+Four real runtimes listen on 127.0.0.2-.5 (one gRPC port) and read one ``--traffic-file``, as every revision's
+pods mount the operator's NAME-traffic ConfigMap, and serve it in GetModelInfo. The test's DNS server names which
+of them are the stable revision (``colours-aaaaaaaaaa``) and which the candidate (``colours-bbbbbbbbbb``), as the
+revisions' headless Services do, and answers ``NAME-pods`` with all four (it selects every revision during weight
+steps). Splits are counted from each runtime's own /metrics (kubeinfer_requests_total).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from classify_support import solid
 from dns_support import DnsServer
 from replica_support import REPLICAS_NAME, Replica, ReplicaSet, replica_set
-from rollout_support import TableFront, table
 from runtime_support import BackgroundTraffic, wait_for
 
 from kubeinfer.clients import Client, StreamRouter
@@ -33,12 +33,20 @@ from kubeinfer.v1 import inference_pb2 as pb
 STABLE_REV, CANDIDATE_REV = "aaaaaaaaaa", "bbbbbbbbbb"
 STABLE_NAME = f"colours-{STABLE_REV}.vision.svc.cluster.test"
 CANDIDATE_NAME = f"colours-{CANDIDATE_REV}.vision.svc.cluster.test"
-EVERY_NAME = "colours-every.vision.svc.cluster.test"  # what the front passes calls to: every live runtime
-FRONT_HOST = "127.0.0.20"
 CALLS = 2000
 RED, BLUE = solid("red", 16, 16), solid("blue", 16, 16)
 
 # ---------------------------------------------------------------- the table alone (its fetch is a parameter)
+
+
+def table(generation: int, stable: tuple[str, str], candidate: tuple[str, str] | None = None,
+          weight: int = 0) -> pb.Traffic:
+    """A traffic table: ``stable``/``candidate`` are (revision, ``host:port`` target)."""
+    traffic = pb.Traffic(generation=generation, stable=pb.RevisionTarget(revision=stable[0], target=stable[1]),
+                         candidate_weight=weight)
+    if candidate is not None:
+        traffic.candidate.CopyFrom(pb.RevisionTarget(revision=candidate[0], target=candidate[1]))
+    return traffic
 
 
 class Tables:
@@ -141,27 +149,24 @@ def test_a_revision_set_aside_sends_its_share_to_name_pods_for_a_while() -> None
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSet]:
-    with replica_set(tmp_path_factory.mktemp("rollout"), "--max-streams", "1000",
-                     "--stream-idle-seconds", "600") as started:
+def traffic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("traffic") / "traffic.json"  # none yet: the runtimes start without a table
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, traffic_file: Path) -> Iterator[ReplicaSet]:
+    with replica_set(tmp_path_factory.mktemp("rollout"), "--traffic-file", str(traffic_file), "--max-streams",
+                     "1000", "--stream-idle-seconds", "600") as started:
         started.start(4)
         yield started
 
 
-@pytest.fixture(scope="module")
-def front(dns: DnsServer, replicas: ReplicaSet) -> Iterator[TableFront]:
-    dns.set(REPLICAS_NAME, [FRONT_HOST])
-    dns.set(EVERY_NAME, replicas.hosts())
-    with TableFront(FRONT_HOST, replicas.port, dns.target(EVERY_NAME, replicas.port)) as served:
-        yield served
-
-
 class Rollout:
-    """Which runtimes are which revision (DNS) and the table the front serves."""
+    """Which runtimes are which revision (DNS) and the table in the runtimes' traffic file."""
 
-    def __init__(self, dns: DnsServer, front: TableFront, replicas: ReplicaSet) -> None:
-        self.dns, self.front, self.port = dns, front, replicas.port
-        self.generation = 0
+    def __init__(self, dns: DnsServer, replicas: ReplicaSet, path: Path) -> None:
+        self.dns, self.replicas, self.path, self.port = dns, replicas, path, replicas.port
+        self.generation = json.loads(path.read_text())["generation"] if path.exists() else 0  # it only grows
         self.stable: list[Replica] = []
         self.candidate: list[Replica] = []
 
@@ -169,20 +174,30 @@ class Rollout:
         self.stable, self.candidate = stable, candidate
         self.dns.set(STABLE_NAME, [r.host for r in stable])
         self.dns.set(CANDIDATE_NAME, [r.host for r in candidate])
+        self.dns.set(REPLICAS_NAME, [r.host for r in stable + candidate])
 
     def weight(self, weight: int | None) -> None:
-        """Serve a new table: the candidate at ``weight``, or (None) no candidate."""
+        """Write a new table (the candidate at ``weight``, or none) and wait until every runtime serves it."""
         self.generation += 1
-        self.front.set(table(self.generation, (STABLE_REV, f"{STABLE_NAME}:{self.port}"),
-                             None if weight is None else (CANDIDATE_REV, f"{CANDIDATE_NAME}:{self.port}"),
-                             weight or 0))
+        body: dict[str, object] = {"generation": self.generation,
+                                   "stable": {"revision": STABLE_REV, "target": f"{STABLE_NAME}:{self.port}"},
+                                   "candidateWeight": weight or 0, "shadowPercent": 0}
+        if weight is not None:
+            body["candidate"] = {"revision": CANDIDATE_REV, "target": f"{CANDIDATE_NAME}:{self.port}"}
+        staged = self.path.with_suffix(".new")
+        staged.write_text(json.dumps(body))
+        staged.replace(self.path)  # one atomic swap, as the kubelet's ..data symlink
+        for replica in self.replicas.live:
+            with Client(replica.grpc_target, timeout=10) as direct:
+                wait_for(lambda c=direct: (t := c.traffic_table()) is not None and t.generation == self.generation,
+                         f"{replica.host} to load generation {self.generation}", timeout=10)
 
     def client(self, **kwargs: object) -> Client:
         return Client.for_service("colours", "vision", port=self.port, cluster_domain="cluster.test",
                                   dns_server=self.dns.authority, timeout=30, **kwargs)
 
-    def served(self) -> dict[str, int]:
-        return {r.host: r.served("Classify") for r in self.stable + self.candidate}
+    def served(self, rpc: str = "Classify") -> dict[str, int]:
+        return {r.host: r.served(rpc) for r in self.stable + self.candidate}
 
     def candidate_share(self, before: dict[str, int], after: dict[str, int]) -> tuple[int, int]:
         """(calls on the candidate, calls in all) between two ``served()``."""
@@ -191,9 +206,8 @@ class Rollout:
 
 
 @pytest.fixture
-def rollout(dns: DnsServer, front: TableFront, replicas: ReplicaSet) -> Iterator[Rollout]:
-    yield Rollout(dns, front, replicas)
-    front.set(None)
+def rollout(dns: DnsServer, replicas: ReplicaSet, traffic_file: Path) -> Rollout:
+    return Rollout(dns, replicas, traffic_file)
 
 
 def classify(client: Client, calls: int, threads: int = 1) -> None:
@@ -202,6 +216,25 @@ def classify(client: Client, calls: int, threads: int = 1) -> None:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(calls)))
+
+
+def test_without_a_table_or_a_weight_calls_go_to_every_pod_as_before(rollout: Rollout,
+                                                                      replicas: ReplicaSet) -> None:
+    """First in the module: the runtimes have no traffic file yet (no rollout), then a shadow step's table."""
+    live = replicas.live
+    rollout.revisions(live[:3], live[3:])
+    for step in ("no table", "shadow step"):
+        if step == "shadow step":
+            rollout.weight(0)  # a candidate without weight
+        with rollout.client() as client:
+            before, fetches = rollout.served(), sum(rollout.served("GetModelInfo").values())
+            classify(client, 300)
+            assert client.revisions is not None and client.revisions.split is None
+            after = rollout.served()
+            assert sum(rollout.served("GetModelInfo").values()) - fetches == 1, step  # looked for once, on first use
+        per_replica = {host: after[host] - before[host] for host in after}
+        assert sum(per_replica.values()) == 300
+        assert all(count >= 50 for count in per_replica.values()), (step, per_replica)  # round-robin over all four
 
 
 @pytest.mark.parametrize(("weight", "candidates"), [(10, 1), (50, 1), (10, 3), (50, 3)])
@@ -226,24 +259,6 @@ def test_the_split_between_revisions_is_the_tables_weight_whatever_their_replica
             assert per_replica[replica.host] >= 0.6 * share / len(revision), per_replica
 
 
-def test_without_a_table_or_a_weight_calls_go_to_name_pods_as_before(rollout: Rollout, replicas: ReplicaSet,
-                                                                       front: TableFront) -> None:
-    live = replicas.live
-    rollout.revisions(live[:3], live[3:])
-    for step in ("no table", "shadow step"):
-        if step == "no table":
-            front.set(None)  # an old runtime, or no rollout: GetModelInfo has no traffic
-        else:
-            rollout.weight(0)  # a candidate without weight
-        with rollout.client() as client:
-            before, calls = rollout.served(), dict(front.calls)
-            classify(client, 300)
-            assert client.revisions is not None and client.revisions.split is None
-        assert rollout.candidate_share(before, rollout.served())[1] == 300
-        assert front.calls["Classify"] - calls.get("Classify", 0) == 300, step  # every call through NAME-pods
-        assert front.calls["GetModelInfo"] - calls.get("GetModelInfo", 0) == 1, step  # looked for once, on first use
-
-
 def test_a_new_weight_is_followed_within_a_refresh(rollout: Rollout, replicas: ReplicaSet) -> None:
     live = replicas.live
     rollout.revisions(live[1:], live[:1])
@@ -253,7 +268,7 @@ def test_a_new_weight_is_followed_within_a_refresh(rollout: Rollout, replicas: R
         before = rollout.served()
         classify(client, 100)
         assert rollout.candidate_share(before, rollout.served()) == (10, 100)
-        rollout.weight(50)
+        rollout.weight(50)  # returns once every runtime serves it
         changed = time.monotonic()
         while True:
             before = rollout.served()
@@ -264,7 +279,7 @@ def test_a_new_weight_is_followed_within_a_refresh(rollout: Rollout, replicas: R
             assert on_candidate <= 50
             assert time.monotonic() - changed < 10, "the new weight was never followed"
         followed = time.monotonic() - changed
-    print(f"weight 10 -> 50 followed after {followed:.1f}s")
+    print(f"weight 10 -> 50 followed {followed:.1f}s after every runtime served it")
     assert followed < 6.5
 
 
@@ -305,6 +320,7 @@ def test_stream_ids_stay_on_their_revision_while_the_weight_grows(rollout: Rollo
 
 def test_a_candidate_gone_before_the_table_says_so_costs_no_failed_call(rollout: Rollout,
                                                                           replicas: ReplicaSet) -> None:
+    """Last in the module: the candidate is killed."""
     live = replicas.live
     rollout.revisions(live[:3], live[3:])
     rollout.weight(50)
@@ -314,22 +330,19 @@ def test_a_candidate_gone_before_the_table_says_so_costs_no_failed_call(rollout:
         traffic = BackgroundTraffic(lambda: classify(client, 1), threads=4)
         try:
             time.sleep(1.0)
-            relayed = rollout.front.calls.get("Classify", 0)
-            os.kill(candidate.pid, signal.SIGKILL)  # no drain: in-flight calls lost, the name still lists it
+            os.kill(candidate.pid, signal.SIGKILL)  # no drain: in-flight calls lost, both names still list it
             candidate.process.wait(10)
             killed_at = traffic.ok
             time.sleep(2.0)
             listed = traffic.ok
-            rollout.dns.set(CANDIDATE_NAME, [])  # its headless Service has no address left, nor NAME-pods
-            rollout.dns.set(EVERY_NAME, [r.host for r in rollout.stable])
+            rollout.revisions(rollout.stable, [])  # its addresses gone from DNS
             time.sleep(2.0)
             unlisted = traffic.ok
-            assert rollout.front.calls["Classify"] - relayed > 100  # the candidate's share went to NAME-pods
             rollout.weight(None)  # the operator rolls back: no candidate
             time.sleep(6.0)
         finally:
             traffic.stop()  # every call answered
         assert client.revisions is not None and client.revisions.split is None
     print(f"calls answered: {listed - killed_at} in 2 s with the dead candidate listed, {unlisted - listed} in 2 s "
-          f"with its name empty, {traffic.ok - unlisted} in 6 s until and after the rollback")
+          f"unlisted, {traffic.ok - unlisted} in 6 s until and after the rollback")
     assert listed - killed_at > 20 and unlisted - listed > 20

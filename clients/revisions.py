@@ -135,7 +135,8 @@ class RevisionTable(Generic[T]):
         self.down_seconds = down_seconds
         self._down: dict[str, float] = {}  # target -> until when its calls go to NAME-pods
         self._lock = threading.Lock()
-        self._started = False
+        self._start_lock = threading.Lock()
+        self._started = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._generation = -1  # none held yet
@@ -152,15 +153,18 @@ class RevisionTable(Generic[T]):
         return self._split
 
     def _start(self) -> None:
-        if self._started:
+        """The first fetch, on first use; calls arriving meanwhile wait for it, so none misses the split."""
+        if self._started.is_set():
             return
-        with self._lock:
-            if self._started:
+        with self._start_lock:
+            if self._started.is_set():
                 return
-            self._started = True
-        self.refresh()
-        self._thread = threading.Thread(target=self._run, name="kubeinfer-revisions", daemon=True)
-        self._thread.start()
+            try:
+                self.refresh()
+            finally:
+                self._thread = threading.Thread(target=self._run, name="kubeinfer-revisions", daemon=True)
+                self._thread.start()
+                self._started.set()
 
     def _run(self) -> None:
         while not self._closed.wait(self.refresh_seconds):

@@ -97,6 +97,22 @@ def test_smooth_weighted_round_robin_is_exact_and_interleaved() -> None:
     assert sorted(tables.closed) == sorted(tables.opened)
 
 
+def test_calls_arriving_during_the_first_fetch_wait_for_it() -> None:
+    fetched: list[float] = []
+
+    def slow_fetch() -> pb.Traffic:
+        fetched.append(time.monotonic())
+        time.sleep(0.3)
+        return table(1, ("s", "s:8001"), ("c", "c:8001"), 50)
+
+    revisions: RevisionTable[str] = RevisionTable(slow_fetch, str, lambda _: None, refresh_seconds=3600)
+    with ThreadPoolExecutor(8) as pool:
+        chosen = list(pool.map(lambda _: picks(revisions, 1)[0], range(8)))
+    assert len(fetched) == 1
+    assert sorted(chosen, key=str) == ["dns:///c:8001"] * 4 + ["dns:///s:8001"] * 4  # none sent past the split
+    revisions.close()
+
+
 def test_a_stream_id_on_the_candidate_stays_there_at_every_larger_weight() -> None:
     ids = [f"camera-{i}" for i in range(5000)]
     for weight in range(1, 100):

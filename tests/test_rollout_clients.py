@@ -334,6 +334,19 @@ def test_stream_ids_stay_on_their_revision_while_the_weight_grows(rollout: Rollo
           f"{len(late)} joined them")
 
 
+def test_a_clients_own_streams_follow_the_split_by_stream_id(rollout: Rollout, replicas: ReplicaSet) -> None:
+    live = replicas.live
+    rollout.revisions(live[2:], live[:2])
+    rollout.weight(10)
+    streams = [f"client-camera-{i:03d}" for i in range(100)]
+    before = rollout.served("StreamClassify")
+    with rollout.client() as client:
+        for stream in streams:
+            assert [p.error for p in client.stream_classify([RED], stream_id=stream, timeout=30)] == [None]
+    on_candidate, total = rollout.candidate_share(before, rollout.served("StreamClassify"))
+    assert (on_candidate, total) == (sum(stream_on_candidate(s, 10) for s in streams), len(streams))
+
+
 def test_a_candidate_gone_before_the_table_says_so_costs_no_failed_call(rollout: Rollout,
                                                                           replicas: ReplicaSet) -> None:
     """Last in the module: the candidate is killed."""

@@ -35,9 +35,10 @@ RETRIED_METHODS = (("kubeinfer.v1.Inference", "GetModelInfo"), ("kubeinfer.v1.In
 
 
 def service_target(name: str, namespace: str = "default", port: int = 8001,
-                   cluster_domain: str = "cluster.local") -> str:
-    """The gRPC target of an InferenceService's headless ``NAME-pods`` Service (every ready pod)."""
-    return f"dns:///{name}-pods.{namespace}.svc.{cluster_domain}:{port}"
+                   cluster_domain: str = "cluster.local", dns_server: str = "") -> str:
+    """The gRPC target of an InferenceService's headless ``NAME-pods`` Service (every ready pod), resolved by
+    ``dns_server`` (``host:port``) or, by default, the system's resolver."""
+    return f"dns://{dns_server}/{name}-pods.{namespace}.svc.{cluster_domain}:{port}"
 
 
 def balances(target: str) -> bool:

@@ -6,14 +6,15 @@ Errors surface as ``grpc.RpcError`` with the server's status code and message
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubeinfer.clients import balancing, convert, video
+from kubeinfer.clients import balancing, convert, revisions, video
 from kubeinfer.clients.images import ImageLike, to_proto_image
 from kubeinfer.clients.types import (
     ClassifyResult,
@@ -30,6 +31,18 @@ from kubeinfer.v1 import inference_pb2 as pb
 from kubeinfer.v1 import inference_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
+TABLE_TIMEOUT_S = 5.0  # a GetModelInfo fetching the traffic table
+
+
+class _Revision:
+    """A channel to one revision's headless Service (``dns:///NAME-REV...``), balanced like the service's own."""
+
+    def __init__(self, target: str, options: Sequence[tuple[str, object]],
+                 credentials: grpc.ChannelCredentials | None) -> None:
+        self.channel = (grpc.secure_channel(target, credentials, options) if credentials
+                        else grpc.insecure_channel(target, options))
+        self.stub = pb_grpc.InferenceStub(self.channel)
 
 
 class Client:
@@ -39,35 +52,53 @@ class Client:
     to), ``ipv4:a:port,b:port`` or ``ipv6:...``, balanced per call round-robin (see ``for_service`` and
     ``kubeinfer.clients.balancing`` for the retry policy). ``retries`` (default: on for balanced targets, off
     for one runtime) retries the safe unary calls on UNAVAILABLE and on a drain's CANCELLED.
+
+    ``rollout=True`` (what ``for_service`` sets) follows a progressive rollout's traffic table, which the runtimes
+    serve in GetModelInfo: while a candidate revision takes a share, each call goes to the candidate's or the
+    stable revision's headless Service in the table's exact proportion (``kubeinfer.clients.revisions``); a unary
+    call that fails UNAVAILABLE there is tried once more on ``target``. Without a table, calls go to ``target``.
     """
 
     def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  keepalive_seconds: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
-                 retries: bool | None = None, options: Sequence[tuple[str, object]] = ()) -> None:
+                 retries: bool | None = None, options: Sequence[tuple[str, object]] = (),
+                 rollout: bool = False, refresh_seconds: float = revisions.REFRESH_SECONDS) -> None:
         self.target = target
         self.timeout = timeout
         balanced = balancing.balances(target)
-        channel_options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.service_config", balancing.service_config(round_robin=balanced,
-                                                             retries=balanced if retries is None else retries)),
-            *balancing.channel_options(target),
-            *options,
-        ]
-        self.channel = (grpc.secure_channel(target, credentials, channel_options) if credentials
-                        else grpc.insecure_channel(target, channel_options))
+
+        def channel_options(to: str, balance: bool) -> list[tuple[str, object]]:
+            return [
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.service_config", balancing.service_config(round_robin=balance,
+                                                                 retries=balance if retries is None else retries)),
+                *balancing.channel_options(to),
+                *options,
+            ]
+
+        self.channel = (grpc.secure_channel(target, credentials, channel_options(target, balanced)) if credentials
+                        else grpc.insecure_channel(target, channel_options(target, balanced)))
         self.stub = pb_grpc.InferenceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.revisions: revisions.RevisionTable[_Revision] | None = None
+        if rollout:
+            self.revisions = revisions.RevisionTable(
+                self.traffic_table, lambda to: _Revision(to, channel_options(to, True), credentials),
+                lambda revision: revision.channel.close(), authority=revisions.authority_of(target),
+                refresh_seconds=refresh_seconds)
 
     @classmethod
     def for_service(cls, name: str, namespace: str = "default", *, port: int = 8001,
-                    cluster_domain: str = "cluster.local", **kwargs: Any) -> Client:
+                    cluster_domain: str = "cluster.local", dns_server: str = "", **kwargs: Any) -> Client:
         """A client of an InferenceService from inside the cluster: its headless ``NAME-pods`` Service through
-        DNS, balanced round-robin over every ready pod, with retries (``kwargs`` as for ``Client``)."""
-        return cls(balancing.service_target(name, namespace, port, cluster_domain), **kwargs)
+        DNS, balanced round-robin over every ready pod, with retries, following a rollout's traffic split
+        (``rollout=True``); ``dns_server`` (``host:port``) is asked instead of the system's resolver; ``kwargs``
+        as for ``Client``."""
+        kwargs.setdefault("rollout", True)
+        return cls(balancing.service_target(name, namespace, port, cluster_domain, dns_server), **kwargs)
 
     def __enter__(self) -> Client:
         return self
@@ -76,7 +107,39 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self.revisions is not None:
+            self.revisions.close()
         self.channel.close()
+
+    def traffic_table(self, timeout: float | None = TABLE_TIMEOUT_S) -> pb.Traffic | None:
+        """The rollout's traffic table a replica serves in GetModelInfo (through ``target``); None without one."""
+        return revisions.traffic_of(self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=timeout))
+
+    def _unary(self, method: str, request: Any, timeout: float | None) -> Any:
+        """A unary call on the revision the table picks (else on ``target``); UNAVAILABLE there (the revision
+        scaled away before the table said so) is tried once more on ``target`` within the same deadline, and the
+        revision set aside for a while (its share goes to ``target``)."""
+        table = self.revisions
+        lease = table.pick() if table is not None else None
+        if table is None or lease is None:
+            return getattr(self.stub, method)(request, timeout=timeout)
+        started = time.monotonic()
+        try:
+            with lease as revision:
+                return getattr(revision.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            table.set_aside(lease.target)
+        left = None if timeout is None else max(timeout - (time.monotonic() - started), 0.001)
+        return getattr(self.stub, method)(request, timeout=left)
+
+    def _stream_stub(self, stream_id: str) -> tuple[pb_grpc.InferenceStub, revisions.Lease[_Revision] | None]:
+        """The stub of a streaming call: its id's revision (SWRR without an id) while a split is on."""
+        if self.revisions is None:
+            return self.stub, None
+        lease = self.revisions.for_stream(stream_id) if stream_id else self.revisions.pick()
+        return (self.stub, None) if lease is None else (lease.value.stub, lease)
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
@@ -100,14 +163,14 @@ class Client:
         params = pb.DetectParameters(confidence=confidence, iou=iou, max_detections=max_detections,
                                      classes=list(classes), return_masks=return_masks)
         request = pb.DetectRequest(images=[to_proto_image(i) for i in images], parameters=params)
-        response = self.stub.Detect(request, timeout=self._timeout(timeout))
+        response = self._unary("Detect", request, self._timeout(timeout))
         return [convert.detect_result(r) for r in response.results]
 
     def classify(self, images: Iterable[ImageLike], *, top_k: int | None = None,
                  timeout: float | None = None) -> list[ClassifyResult]:
         """The ``top_k`` most probable labels per image (default: the runtime's --top-k), best first."""
         request = pb.ClassifyRequest(images=[to_proto_image(i) for i in images], top_k=top_k)
-        response = self.stub.Classify(request, timeout=self._timeout(timeout))
+        response = self._unary("Classify", request, self._timeout(timeout))
         return [convert.classify_result(r) for r in response.results]
 
     def classify_clip(self, frames: Iterable[ImageLike], *, top_k: int | None = None,
@@ -120,7 +183,12 @@ class Client:
             for index, frame in enumerate(frames):
                 yield pb.ClipFrame(image=to_proto_image(frame), top_k=top_k if index == 0 else None)
 
-        return convert.clip_result(self.stub.ClassifyClip(requests(), timeout=self._timeout(timeout)))
+        stub, lease = self._stream_stub("")
+        try:
+            return convert.clip_result(stub.ClassifyClip(requests(), timeout=self._timeout(timeout)))
+        finally:
+            if lease is not None:
+                lease.release()
 
     def stream_classify(self, frames: Iterable[ImageLike | StreamFrame], *, stream_id: str = "", mode: str = "",
                         top_k: int | None = None, resume: bool = False,
@@ -153,7 +221,9 @@ class Client:
                     yield pb.StreamFrame(stream_id=stream_id, mode=mode, sequence=index,
                                          image=to_proto_image(frame), top_k=top_k, resume=resume)
 
-        return video.responses(self.stub.StreamClassify(requests(), timeout=timeout), convert.stream_prediction)
+        stub, lease = self._stream_stub(stream_id)
+        return _leased(video.responses(stub.StreamClassify(requests(), timeout=timeout), convert.stream_prediction),
+                       lease)
 
     def recognize(self, images: Iterable[ImageLike], threshold: float | None = None, top_k: int | None = 1, *,
                   timeout: float | None = None) -> list[Recognition]:
@@ -163,7 +233,7 @@ class Client:
         ``top_k=None`` takes the runtime's --top-k.
         """
         request = pb.RecognizeRequest(images=[to_proto_image(i) for i in images], threshold=threshold, top_k=top_k)
-        response = self.stub.Recognize(request, timeout=self._timeout(timeout))
+        response = self._unary("Recognize", request, self._timeout(timeout))
         return [convert.recognition(r) for r in response.results]
 
     def process_video(self, frames: Iterable[ImageLike], *, ops: Sequence[video.OpLike] = (), stream_id: str = "",
@@ -176,8 +246,9 @@ class Client:
         Closing the returned iterator cancels the call, which frees the stream on the server.
         """
         pipeline = video.to_pipeline(ops, jpeg_quality)
-        call = self.stub.ProcessVideo(video.video_requests(frames, pipeline, stream_id), timeout=timeout)
-        return video.responses(call, convert.processed_frame)
+        stub, lease = self._stream_stub(stream_id)
+        call = stub.ProcessVideo(video.video_requests(frames, pipeline, stream_id), timeout=timeout)
+        return _leased(video.responses(call, convert.processed_frame), lease)
 
     def process_video_file(self, path: str | Path | bytes, *, ops: Sequence[video.OpLike] = (),
                            jpeg_quality: int | None = None,
@@ -186,6 +257,24 @@ class Client:
         frames, then a ``VideoSummary`` with the frame count and fps. No deadline unless ``timeout`` is given."""
         data = path if isinstance(path, bytes) else Path(path).read_bytes()
         request = pb.VideoFileRequest(video=data, pipeline=video.to_pipeline(ops, jpeg_quality))
-        call = self.stub.ProcessVideoFile(request, timeout=timeout)
-        return video.responses(call, convert.video_file_event)
+        stub, lease = self._stream_stub("")
+        call = stub.ProcessVideoFile(request, timeout=timeout)
+        return _leased(video.responses(call, convert.video_file_event), lease)
+
+
+def _leased(items: Iterator[T], lease: revisions.Lease[Any] | None) -> Iterator[T]:
+    """``items``, holding ``lease`` (a revision's channel) until they end or are closed."""
+    if lease is None:
+        return items
+
+    def held() -> Iterator[T]:
+        try:
+            yield from items
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+            lease.release()
+
+    return held()
 

@@ -15,7 +15,17 @@ import time
 from typing import Any
 
 import pytest
-from e2e_support import apply, detect_on_cpu, e2e_load, record, runtime_pods, staged, wait_pods, wait_ready
+from e2e_support import (
+    Stage,
+    apply,
+    detect_on_cpu,
+    e2e_load,
+    record,
+    runtime_pods,
+    staged,
+    wait_pods,
+    wait_ready,
+)
 from keda_support import pod_prometheus, running_keda
 from real_node_support import wait_until
 from runtime_support import BackgroundTraffic
@@ -30,7 +40,7 @@ TARGET = 2  # queued images per replica: THREADS queued on one replica want ceil
 MAX_REPLICAS = 3
 
 
-def scaled_detector(stage: Any, prometheus_url: str) -> dict[str, Any]:
+def scaled_detector(stage: Stage, prometheus_url: str) -> dict[str, Any]:
     """The detector example scaled by KEDA on its queue depth, one image per model call (a burst queues)."""
     served = "detector.onnx"
     url = f"{stage.server.url(served)}#sha256={stage.files.sha256(served)}"
@@ -47,8 +57,9 @@ def condition_true(obj: dict[str, Any], kind: str) -> bool:
                for c in (obj.get("status") or {}).get("conditions") or [])
 
 
-def closed_loop(stage: Any) -> BackgroundTraffic:
-    """THREADS callers of the InferenceService's ClusterIP Service, a client (a connection) each."""
+def closed_loop(stage: Stage) -> tuple[BackgroundTraffic, list[Any]]:
+    """THREADS callers of the InferenceService's ClusterIP Service, a client (a connection) each; the clients, for
+    closing after ``stop()``."""
     image = e2e_load.detect_image()
     local = threading.local()
     clients: list[Any] = []
@@ -60,9 +71,7 @@ def closed_loop(stage: Any) -> BackgroundTraffic:
         if not local.client.detect([image])[0].detections:
             raise AssertionError("no detection")
 
-    traffic = BackgroundTraffic(call, threads=THREADS)
-    traffic.clients = clients  # type: ignore[attr-defined]  # closed by the test after stop()
-    return traffic
+    return BackgroundTraffic(call, threads=THREADS), clients
 
 
 def test_queue_depth_autoscaling_through_keda_goes_one_to_three_and_back(
@@ -93,7 +102,7 @@ def test_queue_depth_autoscaling_through_keda_goes_one_to_three_and_back(
         wait_until(lambda: (hpa().get("status") or {}).get("currentMetrics"), "KEDA's HPA reading the metric", 120, 2)
         assert keda.external_metric(namespace, NAME)[0]["value"] == "0"
 
-        traffic = closed_loop(stage)
+        traffic, clients = closed_loop(stage)
         began = time.monotonic()
         peak = 0.0
         decided: dict[str, float] = {}  # the HPA's SuccessfulRescale events, seconds after the load's start/end
@@ -111,7 +120,7 @@ def test_queue_depth_autoscaling_through_keda_goes_one_to_three_and_back(
             time.sleep(5)  # the load goes on a moment on three replicas
         finally:
             traffic.stop()  # asserts that every call was answered
-            for client in traffic.clients:  # type: ignore[attr-defined]
+            for client in clients:
                 client.close()
         stopped = time.monotonic()
         wait_until(lambda: any("below target" in e for e in _rescales(stage)), "KEDA's HPA scaling down", 300, 1)
@@ -134,7 +143,7 @@ def test_queue_depth_autoscaling_through_keda_goes_one_to_three_and_back(
                    "the ScaledObject deleted", 60, 1)
 
 
-def _rescales(stage: Any) -> list[str]:
+def _rescales(stage: Stage) -> list[str]:
     items = stage.kubectl.json("get", "events", "-n", stage.namespace, "--field-selector",
                                f"involvedObject.name=keda-hpa-{NAME}")["items"]
     return [e["message"] for e in items if e.get("reason") == "SuccessfulRescale"]

@@ -35,14 +35,17 @@ test: $(SETUP_STAMP)
 
 # Issue #29's user flows on the real node, all of them (root; ~15 min): the chart's operator pod, every CPU example
 # from the images scripts/images.py builds, clients through the Services and CoreDNS, no request lost during a pod
-# deletion, a rollout, a scale-down and an operator pod deleted mid-rollout, CPU autoscaling 1 -> 3 -> 1, GPU work on
-# kwok. `make test` runs tests/test_real_node_e2e.py; this adds tests/test_real_node_disruptions.py (--e2e) and
-# prints the figures measured at the end.
+# deletion, a rollout, a scale-down and an operator pod deleted mid-rollout, CPU autoscaling 1 -> 3 -> 1, queue-depth
+# autoscaling 1 -> 3 -> 1 through KEDA and a real Prometheus, GPU work on kwok. `make test` runs
+# tests/test_real_node_e2e.py; this adds tests/test_real_node_disruptions.py and tests/test_real_node_keda.py (--e2e)
+# and prints the figures measured at the end. KEDA is built once from its Go module (scripts/keda/build.sh, ~10 min).
 e2e: $(SETUP_STAMP)
-	bash scripts/install-test-tools.sh helm image_tools real_node
+	bash scripts/install-test-tools.sh helm prometheus image_tools real_node
 	bash scripts/cluster/build.sh >/dev/null
 	bash scripts/cluster/build.sh node >/dev/null
-	$(BIN)/python -m pytest --e2e tests/test_real_node_e2e.py tests/test_real_node_disruptions.py
+	bash scripts/keda/build.sh >/dev/null
+	$(BIN)/python -m pytest --e2e tests/test_real_node_e2e.py tests/test_real_node_disruptions.py \
+		tests/test_real_node_keda.py
 
 # A real control plane on 127.0.0.1 (kube-apiserver, controller-manager, scheduler, etcd, kwok fake nodes), built
 # from the Kubernetes Go module on first use (cached under .cache/cluster/bin). Runs until Ctrl-C or cluster-down.

@@ -14,16 +14,15 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import e2e_load
 import pytest
-from chart_support import FULL_VALUES, Prometheus, find, prometheus_binary, prometheus_relabel_configs, render
+from chart_support import FULL_VALUES, Prometheus, find, prometheus_relabel_configs, render
 from e2e_support import GRPC_PORT, SMALL, Stage, apply, record, runtime_pods, service_ip, staged, wait_ready
+from keda_support import pod_prometheus
 from real_node_support import wait_until
 from rollout_models import RolloutModels, failing_images, rollout_models
-from runtime_support import free_port
 
 from kubeinfer.clients import Client
 from kubeinfer.operator.render import REVISION_LABEL
@@ -43,6 +42,8 @@ class RolloutStage:
 
 @pytest.fixture(scope="module")
 def rollout_stage(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutStage]:
+    """The chart's operator pod, the rollout models on the ``models`` claim, and Prometheus on the node's address
+    (where the operator pod reaches it) scraping the namespace's runtime pods with the chart's PodMonitor rules."""
     folder = tmp_path_factory.mktemp("rollout")
     with staged(real_cluster, "rollout", folder) as stage:
         models = rollout_models()
@@ -52,29 +53,11 @@ def rollout_stage(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -
             shutil.copyfile(path, target / path.name)
             (target / path.name).chmod(0o644)
         target.chmod(0o755)
-        prometheus = start_prometheus(real_cluster, stage.namespace, folder)
-        try:
+        relabel = prometheus_relabel_configs(find(render(values=FULL_VALUES), "PodMonitor"))
+        assert any(rule.get("target_label") == "revision" for rule in relabel), "the PodMonitor sets no revision"
+        with pod_prometheus(real_cluster, stage.api, stage.namespace, folder / "prometheus", scrape_interval="1s",
+                            host=real_cluster.node.address) as prometheus:
             yield RolloutStage(stage, prometheus, models)
-        finally:
-            prometheus.stop()
-
-
-def start_prometheus(cluster: Any, namespace: str, folder: Path) -> Prometheus:
-    """Pod discovery through the API server (the admin's certificate), the chart's PodMonitor relabelings."""
-    prometheus_binary()
-    monitor = find(render(values=FULL_VALUES), "PodMonitor")
-    relabel = prometheus_relabel_configs(monitor)
-    assert any(rule.get("target_label") == "revision" for rule in relabel), "the PodMonitor sets no revision label"
-    pki = cluster.pki
-    discovery = {"role": "pod", "api_server": cluster.server, "namespaces": {"names": [namespace]},
-                 "tls_config": {"ca_file": str(pki / "ca.crt"), "cert_file": str(pki / "admin.crt"),
-                                "key_file": str(pki / "admin.key")}}
-    config = [{"job_name": "runtimes", "metrics_path": "/metrics", "kubernetes_sd_configs": [discovery],
-               "relabel_configs": relabel}]
-    (folder / "prometheus").mkdir(exist_ok=True)
-    server = Prometheus(folder / "prometheus", free_port(), config, host=cluster.node.address)
-    server.wait_ready()
-    return server
 
 
 def classifier(stage: RolloutStage, name: str, model: str, **extra: Any) -> dict[str, Any]:

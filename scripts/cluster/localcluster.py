@@ -477,13 +477,16 @@ class LocalCluster:
     def _start(self, name: str, args: list[str]) -> Component:
         return self.start_component(name, args)
 
-    def start_component(self, name: str, args: list[str], executable: str | None = None) -> Component:
-        """Run one of the cluster's processes (the binary NAME of the bin folder unless given), logging to
-        logs/NAME.log; it is watched by ``alive`` and ``wait_for`` and stopped by ``stop``."""
+    def start_component(self, name: str, args: list[str], executable: str | None = None,
+                        env: dict[str, str] | None = None) -> Component:
+        """Run one of the cluster's processes (the binary NAME of the bin folder unless given; ``env`` added to
+        this process's environment), logging to logs/NAME.log; it is watched by ``alive`` and ``wait_for`` and
+        stopped by ``stop``."""
         log = self.logs / f"{name}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen([executable or str(self.bin / name), *args], stdout=sink,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env={**os.environ, **env} if env else None)
         component = Component(name, process, log)
         self.components.append(component)
         if self.node:

@@ -45,7 +45,7 @@ e2e: $(SETUP_STAMP)
 	bash scripts/cluster/build.sh node >/dev/null
 	bash scripts/keda/build.sh >/dev/null
 	$(BIN)/python -m pytest --e2e tests/test_real_node_e2e.py tests/test_real_node_disruptions.py \
-		tests/test_real_node_keda.py
+		tests/test_real_node_keda.py tests/test_real_node_rollout.py
 
 # A real control plane on 127.0.0.1 (kube-apiserver, controller-manager, scheduler, etcd, kwok fake nodes), built
 # from the Kubernetes Go module on first use (cached under .cache/cluster/bin). Runs until Ctrl-C or cluster-down.

@@ -212,7 +212,8 @@ def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def pod_prometheus(cluster: LocalCluster, api: Api, namespace: str, folder: Path,
                    scrape_interval: str = "2s", host: str = "127.0.0.1") -> Iterator[Prometheus]:
-    """Prometheus on ``host`` (the node's address: pods reach it) scraping the runtime pods of ``namespace`` with the chart's PodMonitor relabelings.
+    """Prometheus on ``host`` (the node's address: pods reach it) scraping the runtime pods of ``namespace`` with
+    the chart's PodMonitor relabelings.
 
     Debian's prometheus (2.42.0+ds) is built without Kubernetes discovery ("field kubernetes_sd_configs not found
     in type config.ScrapeConfig"), so the pods are discovered here, the way it would: the namespace's pods, read

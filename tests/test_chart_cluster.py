@@ -164,7 +164,9 @@ def test_helm_install_puts_the_operator_in_place(installed: Installed, kube_clus
     inside = installed.watched[0] if installed.watched else "default"
     assert can_i(kubectl, installed, "create", "deployments.apps", "-n", inside)
     assert can_i(kubectl, installed, "patch", "inferenceservices.kubeinfer.io", "--subresource=status", "-n", inside)
-    assert not can_i(kubectl, installed, "delete", "deployments.apps", "-n", inside)
+    assert can_i(kubectl, installed, "delete", "deployments.apps", "-n", inside)  # a rollout's revision goes
+    assert not can_i(kubectl, installed, "delete", "pods", "-n", inside)
+    assert not can_i(kubectl, installed, "update", "deployments.apps", "-n", inside)  # it only ever patches
     assert not can_i(kubectl, installed, "get", "secrets", "-n", inside)
     assert can_i(kubectl, installed, "create", "deployments.apps", "-n", "kube-system") is not bool(installed.watched)
     # The operator Deployment rolled out: its pods were scheduled onto the (fake) CPU nodes and run.

@@ -27,7 +27,7 @@ from rollout_models import RolloutModels, failing_images, rollout_models
 from kubeinfer.clients import Client
 from kubeinfer.operator.render import REVISION_LABEL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # make e2e: minutes per rollout
 
 RATE = 20.0  # Classify calls a second through the ClusterIP Service during a rollout
 INTERVAL = 15
@@ -86,13 +86,30 @@ def load(stage: RolloutStage, name: str) -> e2e_load.Background:
     return e2e_load.Background(call, RATE, 600, on_exit=client.close)
 
 
+def situation(stage: RolloutStage, name: str) -> str:
+    """What a person would look at when a rollout goes wrong: the status, the pods, the operator's last words."""
+    s = stage.stage
+    parts = [json.dumps((s.api.get(f"/apis/kubeinfer.io/v1alpha1/namespaces/{s.namespace}/inferenceservices/{name}")
+                         or {}).get("status"), indent=1)[:4000],
+             s.kubectl("get", "pods", "-n", s.namespace, "-o", "wide", check=False).stdout,
+             s.kubectl("logs", "-n", s.chart.namespace, "-l", s.chart.operator_selector, "--tail", "40",
+                       check=False).stdout]
+    for pod in runtime_pods(s.kubectl, s.namespace, name, ready_only=False)[:2]:
+        parts.append(s.kubectl("logs", "-n", s.namespace, pod["metadata"]["name"], "--tail", "15",
+                               check=False).stdout)
+    return "\n---\n".join(parts)
+
+
 def roll(stage: RolloutStage, name: str, model: str, done: tuple[str, ...],
          during: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], float, e2e_load.LoadReport]:
     """Start from the stable model under load, change the model, wait for the rollout to end in ``done``;
     ``during`` sees the rollout's status at every poll."""
     s = stage.stage
     apply(s.kubectl, s.namespace, classifier(stage, name, stage.models.stable.name))
-    wait_ready(s.api, s.namespace, name, replicas=2)
+    try:
+        wait_ready(s.api, s.namespace, name, replicas=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{situation(stage, name)}") from None
     wait_until(lambda: rollout(stage, name).get("stableRevision"), "a stable revision")
     traffic = load(stage, name)
     time.sleep(3)
@@ -105,7 +122,10 @@ def roll(stage: RolloutStage, name: str, model: str, done: tuple[str, ...],
                 during(current)
             return current if current.get("phase") in done else None
 
-        final = wait_until(ended, f"{name}: the rollout ends in {done}", timeout=420, interval=1.0)
+        try:
+            final = wait_until(ended, f"{name}: the rollout ends in {done}", timeout=420, interval=1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{situation(stage, name)}") from None
     finally:
         traffic.stop()
     took = time.monotonic() - began

@@ -35,9 +35,12 @@ from kubeinfer.operator import metrics
 
 ROUNDS, PER_ROUND = 8, 250  # 2,000 in all
 WARM = 2  # the round (from 0) after which the working size is reached: later rounds are compared with it
-# How far figures of the idle operator differ with no leak: measured, pymalloc's live bytes by 0.1 MiB, live objects
-# by 60 of 75,400, glibc's allocated chunks by 0.6 MiB. One dict leaked per InferenceService would add 1,250 objects
-# over the last five rounds; 1 KiB each, 1.2 MiB.
+# How far figures of the idle operator differ with no leak: measured, pymalloc's live bytes by 0.2 MiB, live objects
+# by 100 of 75,400, glibc's allocated chunks by 0.6 MiB, but now and then one round's figures stand out, idle as they
+# are (once 500 objects and 3.4 MiB of glibc chunks more, gone the next round: a connection's buffers, say). So the
+# larger figures of rounds WARM and WARM + 1 are compared with the smaller of the last two rounds: a leak grows in
+# both, a passing extra in one. One dict leaked per InferenceService would add at least 750 objects between them
+# (three rounds of 250); 2 KiB each, 1.5 MiB.
 PYMALLOC_SLACK_MIB, OBJECTS_SLACK, MALLOC_SLACK_MIB = 1.0, 0.005, 3.0
 # Idle: kopf's per-object workers (and the last event each holds) go 5 s after their object's last event.
 SETTLE_SECONDS, SETTLED = 6.0, 0.002
@@ -125,7 +128,10 @@ def test_a_thousand_created_and_deleted_leave_no_state_behind(operator: Operator
         f"{seconds:.0f} s, in use {m['in_use_mib']:.1f} (pymalloc {m['pymalloc_used_mib']:.1f} of "
         f"{m['pymalloc_arenas_mib']:.0f} in arenas, malloc {m['malloc_used_mib']:.1f} of {m['malloc_held_mib']:.1f}), "
         f"{m['objects']:.0f} objects, RSS {m['rss_mib']:.0f}" for seconds, m in rounds))
-    warm, last = rounds[WARM][1], rounds[-1][1]
-    assert last["objects"] <= warm["objects"] * (1 + OBJECTS_SLACK), (warm, last)
-    assert last["pymalloc_used_mib"] <= warm["pymalloc_used_mib"] + PYMALLOC_SLACK_MIB, (warm, last)
-    assert last["malloc_used_mib"] <= warm["malloc_used_mib"] + MALLOC_SLACK_MIB, (warm, last)
+    figures = [m for _, m in rounds]
+    for key, slack in (("objects", OBJECTS_SLACK * figures[WARM]["objects"]),
+                       ("pymalloc_used_mib", PYMALLOC_SLACK_MIB), ("malloc_used_mib", MALLOC_SLACK_MIB)):
+        warm = max(m[key] for m in figures[WARM:WARM + 2])
+        last = min(m[key] for m in figures[-2:])
+        assert last <= warm + slack, (f"{key}: {warm:.1f} after rounds {WARM + 1}-{WARM + 2}, "
+                                     f"{last:.1f} after rounds {ROUNDS - 1}-{ROUNDS}")

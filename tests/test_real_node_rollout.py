@@ -110,7 +110,7 @@ def roll(stage: RolloutStage, name: str, model: str, done: tuple[str, ...],
         wait_ready(s.api, s.namespace, name, replicas=2)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{situation(stage, name)}") from None
-    wait_until(lambda: rollout(stage, name).get("stableRevision"), "a stable revision")
+    before = wait_until(lambda: rollout(stage, name).get("stableRevision"), "a stable revision")
     traffic = load(stage, name)
     time.sleep(3)
     began = time.monotonic()
@@ -120,7 +120,8 @@ def roll(stage: RolloutStage, name: str, model: str, done: tuple[str, ...],
             current = rollout(stage, name)
             if during is not None:
                 during(current)
-            return current if current.get("phase") in done else None
+            over = current.get("phase") == "RolledBack" or current.get("stableRevision") != before
+            return current if over and current.get("phase") in done else None
 
         try:
             final = wait_until(ended, f"{name}: the rollout ends in {done}", timeout=420, interval=1.0)
@@ -151,8 +152,11 @@ def test_a_good_model_is_promoted_through_every_step_without_restarting_its_pods
                                restart_operator)
     assert restarted, "the operator's pod was never deleted mid-step"
     assert report.failed == 0, report.summary()
-    assert [a["step"] for a in final["analyses"]] == ["shadow 50%", "weight 50%", "weight 100%"], final
-    assert all(a["result"] == "pass" for a in final["analyses"]), final
+    analyses = json.dumps(final["analyses"], indent=1)
+    # each step passed once, in order; a step may have held first (too few calls yet in its window)
+    assert [a["step"] for a in final["analyses"] if a["result"] == "pass"] == [
+        "shadow 50%", "weight 50%", "weight 100%"], analyses
+    assert all(a["result"] in ("pass", "hold") for a in final["analyses"]), analyses
     new = final["stableRevision"]
     assert final["stableDeployment"] == f"{name}-{new}"
     # the promoted pods are the ones the rollout started (no restart), and the old Deployment goes
@@ -170,7 +174,8 @@ def test_a_good_model_is_promoted_through_every_step_without_restarting_its_pods
     assert selector[REVISION_LABEL] == new
     assert {p["metadata"]["name"]: p["metadata"]["creationTimestamp"]
             for p in runtime_pods(s.kubectl, s.namespace, name)} == created
-    figures = [(a["step"], a["requests"], a["errorRate"], a["latencyRatio"], a["agreement"]) for a in final["analyses"]]
+    figures = [(a["step"], a["result"], a["requests"], a["stableRequests"], a["errorRate"], a["latencyRatio"],
+                a["agreement"], a["reasons"]) for a in final["analyses"]]
     record("rollout good promoted", seconds=round(took, 1), calls=report.ok, failed=report.failed,
            p99_ms=round(report.percentile(0.99) * 1000, 1), steps=json.dumps(figures))
 

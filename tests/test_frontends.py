@@ -172,8 +172,8 @@ def test_bad_input_gets_its_status_and_the_frontends_keep_serving(frontends_runt
 
 def test_full_slots_refuse_before_decoding_and_free_again(runtime_factory: Callable[..., RuntimeProcess],
                                                           detector_model: Path) -> None:
-    runtime = runtime_factory("--task", "detect", "--model", str(detector_model), "--max-batch-size", "2",
-                              "--frontend-queue-size", "2", *FRONTENDS)
+    runtime = both_ready(runtime_factory("--task", "detect", "--model", str(detector_model), "--max-batch-size",
+                                         "2", "--frontend-queue-size", "2", *FRONTENDS))
     image = jpeg_bytes(fresh_images(seed=34, count=1)[0].pixels)
     with Client(runtime.grpc_target, retries=False) as client:
         with pytest.raises(grpc.RpcError) as full:
@@ -189,7 +189,7 @@ def test_masks_are_drawn_in_the_model_process_as_in_one_process(runtime_factory:
                                                                 segmentation_model: Path) -> None:
     many = runtime_factory("--task", "detect", "--model", str(segmentation_model), *FRONTENDS, wait=False)
     one = runtime_factory("--task", "detect", "--model", str(segmentation_model), "--shutdown-delay", "0")
-    many.wait_ready()
+    both_ready(many.wait_ready())
     images = [png_bytes(s.pixels) for s in fresh_images(seed=35, count=4)]
     with Client(many.grpc_target) as a, Client(one.grpc_target) as b:
         got, want = a.detect(images, return_masks=True), b.detect(images, return_masks=True)

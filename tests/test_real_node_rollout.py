@@ -85,6 +85,8 @@ def load(stage: RolloutStage, name: str) -> e2e_load.Background:
     target = f"{service_ip(stage.stage.kubectl, stage.stage.namespace, name)}:{GRPC_PORT}"
     clients = [Client(target, timeout=10, options=[("grpc.use_local_subchannel_pool", 1)])
                for _ in range(CONNECTIONS)]
+    for client in clients:  # each connected (kube-proxy may still be programming a new Service's rules)
+        wait_until(lambda c=client: c.model_info(), "a connection through the ClusterIP Service", timeout=30)
     count = iter(range(10**9))
 
     def call() -> None:

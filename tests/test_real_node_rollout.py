@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import e2e_load
+import grpc
 import pytest
 from chart_support import FULL_VALUES, Prometheus, find, prometheus_relabel_configs, render
 from e2e_support import GRPC_PORT, SMALL, Stage, apply, record, runtime_pods, service_ip, staged, wait_ready
@@ -78,6 +79,13 @@ def rollout(stage: RolloutStage, name: str) -> dict[str, Any]:
     return (found.get("status") or {}).get("rollout") or {}
 
 
+def answers(client: Client) -> bool:
+    try:
+        return bool(client.model_info(timeout=5).task)
+    except grpc.RpcError:
+        return False
+
+
 def load(stage: RolloutStage, name: str) -> e2e_load.Background:
     """RATE calls a second through the ClusterIP Service over CONNECTIONS connections (a gRPC channel of its own
     each: gRPC would otherwise share one connection between channels to one address)."""
@@ -86,7 +94,7 @@ def load(stage: RolloutStage, name: str) -> e2e_load.Background:
     clients = [Client(target, timeout=10, options=[("grpc.use_local_subchannel_pool", 1)])
                for _ in range(CONNECTIONS)]
     for client in clients:  # each connected (kube-proxy may still be programming a new Service's rules)
-        wait_until(lambda c=client: c.model_info(), "a connection through the ClusterIP Service", timeout=30)
+        wait_until(lambda c=client: answers(c), "a connection through the ClusterIP Service", timeout=30)
     count = iter(range(10**9))
 
     def call() -> None:

@@ -7,15 +7,18 @@ ServiceAccount of its own, so the audit log tells its requests apart from everyo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cluster_support import Api, LocalCluster
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig
 from operator_support import OperatorProcess, eventually
 from runtime_support import free_port
+
+from kubeinfer.operator.kube import RBAC_RULES
 
 T = TypeVar("T")
 Rules = tuple[tuple[str, str, tuple[str, ...]], ...]
@@ -133,3 +136,17 @@ def operator_account(cluster: LocalCluster, api: Api, home: str, name: str, rule
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)
+
+
+@contextlib.contextmanager
+def operator_with_chart_rules(cluster: LocalCluster, api: Api, kubectl: Kubectl, folder: Path, prefix: str,
+                              *args: str) -> Iterator[Operator]:
+    """One operator, cluster-wide, as a ServiceAccount (in a namespace of its own) holding exactly the chart's
+    rules (``RBAC_RULES``); it must exit 0 when stopped."""
+    home = new_namespace(api, prefix)
+    bind_cluster_role(api, f"{home}-operator", RBAC_RULES, home, "operator")
+    kubeconfig = service_account_kubeconfig(cluster, home, "operator", folder / "kubeconfig")
+    running = Operator(kubeconfig, folder / "operator.log", *args)
+    yield running
+    assert running.stop() == 0, running.logs()
+    kubectl("delete", "namespace", home, "--wait=false", check=False)

@@ -16,11 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_operator_support import Operator, bind_cluster_role, wait
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
+from cluster_operator_support import Operator, operator_with_chart_rules, wait
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, wait_established
 from operator_support import CRD_PATH, deployment_path, is_path, pod_path, service_path
-
-from kubeinfer.operator.kube import RBAC_RULES
 
 IMAGE = "registry.example.com/kubeinfer/runtime:drift"
 _names = itertools.count()
@@ -37,14 +35,9 @@ def crds(kubectl: Kubectl) -> None:
 def operator(kube_cluster: LocalCluster, api: Api, kubectl: Kubectl,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """One operator, cluster-wide, as a ServiceAccount with exactly the chart's rules."""
-    home = new_namespace(api, "drift")
-    tmp = tmp_path_factory.mktemp("drift")
-    bind_cluster_role(api, f"{home}-operator", RBAC_RULES, home, "operator")
-    kubeconfig = service_account_kubeconfig(kube_cluster, home, "operator", tmp / "kubeconfig")
-    running = Operator(kubeconfig, tmp / "operator.log", "--runtime-image", IMAGE)
-    yield running
-    assert running.stop() == 0, running.logs()
-    kubectl("delete", "namespace", home, "--wait=false", check=False)
+    with operator_with_chart_rules(kube_cluster, api, kubectl, tmp_path_factory.mktemp("drift"), "drift",
+                                   "--runtime-image", IMAGE) as running:
+        yield running
 
 
 @pytest.fixture()

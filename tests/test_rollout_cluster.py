@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_operator_support import Operator, bind_cluster_role, wait
-from cluster_support import Api, Kubectl, LocalCluster, new_namespace, service_account_kubeconfig, wait_established
+from cluster_operator_support import Operator, operator_with_chart_rules, wait
+from cluster_support import Api, Kubectl, LocalCluster, new_namespace, wait_established
 from operator_support import CRD_PATH, deployment_path, is_path, service_path
 
-from kubeinfer.operator.kube import RBAC_RULES
 from kubeinfer.operator.render import REVISION_LABEL
 
 IMAGE = "registry.example.com/kubeinfer/runtime:rollout"
@@ -35,14 +34,9 @@ def crds(kubectl: Kubectl) -> None:
 @pytest.fixture(scope="module")
 def operator(kube_cluster: LocalCluster, api: Api, kubectl: Kubectl,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    home = new_namespace(api, "rollout")
-    tmp = tmp_path_factory.mktemp("rollout")
-    bind_cluster_role(api, f"{home}-operator", RBAC_RULES, home, "operator")
-    kubeconfig = service_account_kubeconfig(kube_cluster, home, "operator", tmp / "kubeconfig")
-    running = Operator(kubeconfig, tmp / "operator.log", "--runtime-image", IMAGE)
-    yield running
-    assert running.stop() == 0, running.logs()
-    kubectl("delete", "namespace", home, "--wait=false", check=False)
+    with operator_with_chart_rules(kube_cluster, api, kubectl, tmp_path_factory.mktemp("rollout"), "rollout",
+                                   "--runtime-image", IMAGE) as running:
+        yield running
 
 
 @pytest.fixture()
